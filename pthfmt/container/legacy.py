@@ -1,0 +1,130 @@
+"""The legacy (non-zip) format: ``torch.save(..., _use_new_zipfile_serialization=False)``.
+
+Five pickles back to back, then the raw storages::
+
+    magic number    0x1950a86a20f9469cfc6c
+    protocol        1001
+    sys_info        {'protocol_version': 1001, 'little_endian': True, 'type_sizes': {...}}
+    the object      persistent ids ('storage', cls, key, location, numel, view_metadata)
+    storage keys    [key, ...] in the order the storages follow
+    per key:        int64 little-endian element count, then count x itemsize bytes
+
+Counts and data are little-endian whatever ``sys_info`` says (torch converts on big-endian
+hosts and never reads ``sys_info``).  Storages follow the object pickle, so tensors are made
+after the key list is read: a copying load allocates each storage when a tensor first views
+it (its size is checked against what the file can hold) and fills it afterwards; an mmap load
+unpickles a second time once every storage's offset is known.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptError, FormatError
+from ..pickle.allowlist import TorchHandlers
+from ..pickle.unpickler import Unpickler
+from ..source import Source
+from ..storage import StorageTable, stored_reader
+from ..tensor import StorageInfo
+from .options import Options, Parsed
+
+__all__ = ["read_legacy", "MAGIC_NUMBER", "PROTOCOL_VERSION"]
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+_COUNT = struct.Struct("<q")
+
+
+def _header(src: Source, pos: int, handlers: TorchHandlers, what: str) -> tuple[Any, int]:
+    u = Unpickler(src.buf, handlers, start=pos, record=what)
+    value = u.load()
+    return value, u.pos
+
+
+def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
+                   offsets: dict[str, int] | None) -> tuple[Any, int, StorageTable,
+                                                            dict[str, np.ndarray]]:
+    fill: dict[str, np.ndarray] = {}
+    budget = [src.size - start]
+
+    def locate(info: StorageInfo) -> None:
+        budget[0] -= info.nbytes
+        if budget[0] < 0:
+            raise CorruptError(f"storage {info.key!r} of {info.nbytes} bytes: the storages "
+                               f"declared so far need more than the file holds")
+        info.record = f"storage {info.key}"
+        if offsets is not None:
+            info.offset = offsets[info.key]
+            info._reader = stored_reader(src, info.offset, info, False)
+        elif eager:
+            def allocate(mmap: bool, info: StorageInfo = info) -> np.ndarray:
+                buf = fill[info.key] = np.empty(info.nbytes, np.uint8)
+                return buf
+            info._reader = allocate
+
+    table = StorageTable(opts.mapper, locate)
+    handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap)
+    u = Unpickler(src.buf, handlers, start=start, record="legacy object pickle")
+    obj = u.load()
+    return obj, u.pos, table, fill
+
+
+def read_legacy(src: Source, opts: Options) -> Parsed:
+    plain = TorchHandlers(StorageTable(opts.mapper, lambda info: None), eager=False,
+                          mmap=False)
+    magic, pos = _header(src, 0, plain, "legacy magic number")
+    if magic != MAGIC_NUMBER:
+        raise FormatError("not a torch checkpoint: the legacy magic number is missing")
+    proto, pos = _header(src, pos, plain, "legacy protocol version")
+    if proto != PROTOCOL_VERSION:
+        raise FormatError(f"legacy protocol version {proto!r}, expected {PROTOCOL_VERSION}")
+    sys_info, pos = _header(src, pos, plain, "legacy sys_info")
+    if not isinstance(sys_info, dict):
+        raise FormatError(f"legacy sys_info is a {type(sys_info).__name__}, not a dict")
+    main_start = pos
+    copy_now = opts.eager and not opts.mmap
+    obj, pos, table, fill = _unpickle_main(src, main_start, opts, copy_now, None)
+    keys, pos = _header(src, pos, plain, "legacy storage keys")
+    if not isinstance(keys, list) or not all(isinstance(k, (str, bytes)) for k in keys):
+        raise FormatError("legacy storage key list is not a list of strings")
+    offsets: dict[str, int] = {}
+    for raw_key in keys:
+        key = raw_key.decode("ascii", "replace") if isinstance(raw_key, bytes) else raw_key
+        info = table.infos.get(key)
+        if info is None:
+            raise FormatError(f"storage {key!r} is listed but no object uses it",
+                              record="legacy storage keys")
+        if key in offsets:
+            raise FormatError(f"storage {key!r} is listed twice", record="legacy storage keys")
+        src.check(pos, 8, f"count of storage {key!r}", info.record)
+        (count,) = _COUNT.unpack_from(src.buf, pos)
+        if count < 0 or count * table.count_unit(key) != info.nbytes:
+            raise CorruptError(f"storage {key!r} holds {count} elements in the file but "
+                               f"{info.nbytes} bytes are declared", record=info.record,
+                               offset=pos)
+        offsets[key] = pos + 8
+        src.check(pos + 8, info.nbytes, f"storage {key!r}", info.record)
+        pos += 8 + info.nbytes
+    missing = [k for k in table.infos if k not in offsets]
+    if missing:
+        raise CorruptError(f"storage {missing[0]!r} has no data after the key list",
+                           record="legacy storage keys")
+    if opts.eager and opts.mmap:
+        obj, _, table, fill = _unpickle_main(src, main_start, opts, True, offsets)
+    else:
+        for key, info in table.infos.items():
+            info.offset = offsets[key]
+            buf = fill.get(key)
+            if buf is not None:
+                buf[:] = src.array(info.offset, info.nbytes)
+            else:
+                info._reader = stored_reader(src, info.offset, info, False)
+    return Parsed(format="legacy", obj=obj, storages=table.infos,
+                  records=["magic number", "protocol version", "sys_info", "object",
+                           "storage keys", *(f"storage {k}" for k in offsets)],
+                  byteorder="little", version=str(PROTOCOL_VERSION),
+                  extra={"sys_info": sys_info, "storage_end": pos})
+

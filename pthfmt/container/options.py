@@ -1,0 +1,31 @@
+"""What a container reader needs to know about the load, and what it hands back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..device import Device
+from ..tensor import StorageInfo
+
+
+@dataclass(frozen=True)
+class Options:
+    mapper: Callable[[str], Device]
+    eager: bool          # tensors become numpy arrays while unpickling
+    mmap: bool           # arrays view the mapped file where the bytes allow it
+
+
+@dataclass
+class Parsed:
+    """A container's reading of a file."""
+
+    format: str
+    obj: Any
+    storages: dict[str, StorageInfo]
+    records: list[str]
+    byteorder: str = "little"
+    version: str | None = None
+    archive_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

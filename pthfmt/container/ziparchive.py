@@ -1,0 +1,182 @@
+"""A zip reader for checkpoints: central directory, zip64, local headers, stored/deflated.
+
+Sizes and offsets come from the central directory (torch's miniz writer leaves them zero in
+local headers and puts a non-standard zip64 extra there); the payload start comes from the
+local header's own name and extra lengths, which differ from the central ones (the ``FB``
+alignment padding lives only in the local header).  Every offset is checked against the file
+size before it is used, and a deflated record never inflates past its declared size.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from ..errors import CorruptError, FormatError, UnsupportedError
+from ..source import Source
+
+__all__ = ["ZipEntry", "ZipArchive"]
+
+_EOCD = struct.Struct("<4sHHHHIIH")              # 22 bytes
+_Z64_LOCATOR = struct.Struct("<4sIQI")           # 20 bytes
+_Z64_EOCD = struct.Struct("<4sQHHIIQQQQ")        # 56 bytes
+_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # 46 bytes
+_LOCAL = struct.Struct("<4sHHHHHIIIHH")          # 30 bytes
+_MAX_COMMENT = 0xFFFF
+STORED, DEFLATED = 0, 8
+
+
+@dataclass
+class ZipEntry:
+    """One central-directory entry."""
+
+    name: str
+    index: int
+    method: int
+    flags: int
+    crc: int
+    csize: int
+    usize: int
+    header_offset: int
+    central_offset: int
+    local_name: bytes = b""
+    local_extra: bytes = b""
+    data_offset: int = field(default=-1)
+
+    @property
+    def stored(self) -> bool:
+        return self.method == STORED
+
+
+class ZipArchive:
+    """The entries of a zip file held by a :class:`Source`."""
+
+    def __init__(self, src: Source) -> None:
+        self.src = src
+        self.eocd_offset, self.cd_offset, self.cd_size, count = self._find_directory()
+        self.entries = self._read_central(count)
+
+    # -- end of central directory --------------------------------------------------------------
+    def _find_directory(self) -> tuple[int, int, int, int]:
+        buf, size = self.src.buf, self.src.size
+        lo = max(0, size - _EOCD.size - _MAX_COMMENT)
+        pos = buf.rfind(b"PK\x05\x06", lo)
+        while pos >= 0 and pos + _EOCD.size > size:
+            pos = buf.rfind(b"PK\x05\x06", lo, pos)
+        if pos < 0:
+            raise CorruptError("zip end-of-central-directory record not found (truncated file?)")
+        (_, disk, cd_disk, _n_disk, count, cd_size, cd_offset, _clen) = \
+            _EOCD.unpack_from(buf, pos)
+        loc = pos - _Z64_LOCATOR.size
+        if loc >= 0 and buf[loc:loc + 4] == b"PK\x06\x07":
+            _, _, z64_offset, _ = _Z64_LOCATOR.unpack_from(buf, loc)
+            self.src.check(z64_offset, _Z64_EOCD.size, "zip64 end of central directory")
+            fields = _Z64_EOCD.unpack_from(buf, z64_offset)
+            if fields[0] != b"PK\x06\x06":
+                raise CorruptError("zip64 end-of-central-directory signature missing",
+                                   offset=z64_offset)
+            disk, cd_disk, count, cd_size, cd_offset = (fields[4], fields[5], fields[7],
+                                                        fields[8], fields[9])
+        if disk != 0 or cd_disk != 0:
+            raise UnsupportedError("multi-disk (spanned) zip archives")
+        self.src.check(cd_offset, cd_size, "zip central directory")
+        if count > cd_size // _CENTRAL.size:
+            raise CorruptError(f"zip directory claims {count} entries in {cd_size} bytes",
+                               offset=pos)
+        return pos, cd_offset, cd_size, count
+
+    # -- central directory ---------------------------------------------------------------------
+    def _read_central(self, count: int) -> list[ZipEntry]:
+        buf = self.src.buf
+        pos, end = self.cd_offset, self.cd_offset + self.cd_size
+        entries: list[ZipEntry] = []
+        for index in range(count):
+            if pos + _CENTRAL.size > end:
+                raise CorruptError(f"zip central directory truncated at entry {index}",
+                                   offset=pos)
+            (sig, _made, _need, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
+             _dstart, _iattr, _xattr, lho) = _CENTRAL.unpack_from(buf, pos)
+            if sig != b"PK\x01\x02":
+                raise CorruptError(f"zip central directory entry {index} has a bad signature",
+                                   offset=pos)
+            stop = pos + _CENTRAL.size + nlen + xlen + clen
+            if stop > end:
+                raise CorruptError(f"zip central directory entry {index} runs past the "
+                                   "directory", offset=pos)
+            raw_name = bytes(buf[pos + _CENTRAL.size:pos + _CENTRAL.size + nlen])
+            extra = bytes(buf[pos + _CENTRAL.size + nlen:pos + _CENTRAL.size + nlen + xlen])
+            usize, csize, lho = _zip64(extra, usize, csize, lho, index, pos)
+            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+            entries.append(ZipEntry(name, index, method, flags, crc, csize, usize, lho, pos))
+            pos = stop
+        return entries
+
+    # -- payloads ------------------------------------------------------------------------------
+    def data_offset(self, entry: ZipEntry) -> int:
+        """Where the entry's (compressed) bytes start, from its local header."""
+        if entry.data_offset < 0:
+            buf = self.src.buf
+            self.src.check(entry.header_offset, _LOCAL.size, "zip local header", entry.name)
+            (sig, _need, _flags, _method, _t, _d, _crc, _cs, _us, nlen, xlen) = \
+                _LOCAL.unpack_from(buf, entry.header_offset)
+            if sig != b"PK\x03\x04":
+                raise CorruptError("zip local header signature missing", record=entry.name,
+                                   offset=entry.header_offset)
+            start = entry.header_offset + _LOCAL.size
+            entry.local_name = bytes(buf[start:start + nlen])
+            entry.local_extra = bytes(buf[start + nlen:start + nlen + xlen])
+            entry.data_offset = start + nlen + xlen
+            self.src.check(entry.data_offset, entry.csize, "zip record data", entry.name)
+        return entry.data_offset
+
+    def check_readable(self, entry: ZipEntry) -> None:
+        if entry.flags & 0x1:
+            raise UnsupportedError("encrypted zip record", record=entry.name)
+        if entry.method not in (STORED, DEFLATED):
+            raise UnsupportedError(f"zip compression method {entry.method}", record=entry.name)
+        if entry.method == STORED and entry.csize != entry.usize:
+            raise CorruptError(f"stored zip record with compressed size {entry.csize} and "
+                               f"size {entry.usize}", record=entry.name)
+
+    def read(self, entry: ZipEntry) -> bytes:
+        """The entry's bytes, inflated if needed (never more than its declared size)."""
+        self.check_readable(entry)
+        start = self.data_offset(entry)
+        if entry.method == STORED:
+            return self.src.bytes(start, entry.usize)
+        raw = self.src.buf[start:start + entry.csize]
+        inflater = zlib.decompressobj(-15)
+        try:
+            out = inflater.decompress(raw, entry.usize + 1)
+        except zlib.error as exc:
+            raise CorruptError(f"bad deflate data: {exc}", record=entry.name) from None
+        if len(out) != entry.usize:
+            raise CorruptError(f"record inflates to {'more than ' if len(out) > entry.usize else ''}"
+                               f"{len(out)} bytes, its header says {entry.usize}",
+                               record=entry.name)
+        return out
+
+
+def _zip64(extra: bytes, usize: int, csize: int, lho: int, index: int,
+           pos: int) -> tuple[int, int, int]:
+    i = 0
+    while i + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, i)
+        body = extra[i + 4:i + 4 + length]
+        if tag == 1:
+            j = 0
+            values = []
+            for v in (usize, csize, lho):
+                if v == 0xFFFFFFFF:
+                    if j + 8 > len(body):
+                        raise CorruptError(f"zip64 extra field of entry {index} is too short",
+                                           offset=pos)
+                    v = struct.unpack_from("<Q", body, j)[0]
+                    j += 8
+                values.append(v)
+            return values[0], values[1], values[2]
+        i += 4 + length
+    if 0xFFFFFFFF in (usize, csize, lho):
+        raise FormatError(f"zip entry {index} needs a zip64 extra field", offset=pos)
+    return usize, csize, lho

@@ -1,0 +1,131 @@
+"""torch's zip checkpoint layout (``torch.save`` since 1.6, and ``torch.jit.save`` archives).
+
+Records live under one top-level folder whose name is arbitrary (torch uses the file stem or
+``archive``): ``data.pkl`` (the pickle), ``data/<key>`` (one per storage), ``version`` or
+``.data/version``, optionally ``byteorder`` (``little``/``big``), ``.format_version``,
+``.storage_alignment`` and ``.data/serialization_id``.  A ``constants.pkl`` record marks a
+TorchScript archive.
+"""
+
+from __future__ import annotations
+
+from ..errors import CorruptError, FormatError
+from ..pickle.allowlist import TorchHandlers
+from ..pickle.unpickler import Unpickler
+from ..source import Source
+from ..storage import StorageTable, bytes_reader, stored_reader
+from ..tensor import StorageInfo
+from .options import Options, Parsed
+from .ziparchive import ZipArchive, ZipEntry
+
+__all__ = ["read_zip", "TorchZip", "MAX_VERSION"]
+
+MAX_VERSION = 10          # caffe2::serialize::kMaxSupportedFileFormatVersion
+
+
+class TorchZip:
+    """A zip archive viewed as torch's record store: one folder, records looked up by name."""
+
+    def __init__(self, src: Source) -> None:
+        self.zip = ZipArchive(src)
+        if not self.zip.entries:
+            raise FormatError("zip archive has no records")
+        first = self.zip.entries[0].name
+        if "/" not in first:
+            raise FormatError(f"zip record {first!r} is not inside an archive folder")
+        self.prefix = first.split("/", 1)[0]
+        self.records: dict[str, list[ZipEntry]] = {}
+        self.folded: dict[str, list[ZipEntry]] = {}
+        for entry in self.zip.entries:
+            head, sep, rel = entry.name.partition("/")
+            if head != self.prefix or not sep:
+                raise FormatError(f"zip record {entry.name!r} is outside the archive folder "
+                                  f"{self.prefix + '/'!r}")
+            self.records.setdefault(rel, []).append(entry)
+            self.folded.setdefault(rel.lower(), []).append(entry)
+
+    def find(self, rel: str) -> ZipEntry | None:
+        """The record ``rel`` (torch looks names up case-insensitively); ambiguity refused."""
+        hits = self.folded.get(rel.lower())
+        if not hits:
+            return None
+        if len(hits) > 1:
+            names = sorted({e.name for e in hits})
+            raise FormatError(f"record {rel!r} is ambiguous: the archive holds "
+                              f"{len(hits)} records named {' / '.join(names)}")
+        return hits[0]
+
+    def need(self, rel: str) -> ZipEntry:
+        entry = self.find(rel)
+        if entry is None:
+            raise FormatError(f"record {self.prefix}/{rel} is missing")
+        return entry
+
+    def read(self, rel: str) -> bytes:
+        return self.zip.read(self.need(rel))
+
+
+def _version(archive: TorchZip) -> str:
+    entry = archive.find(".data/version") or archive.need("version")
+    raw = archive.zip.read(entry)
+    text = raw.decode("ascii", "replace")
+    digits = text.lstrip(" \t\n\r\f\v")
+    digits = digits[:len(digits) - len(digits.lstrip("0123456789"))]
+    if not digits:
+        raise FormatError(f"version record {raw[:20]!r} is not a number", record=entry.name)
+    if not 1 <= int(digits) <= MAX_VERSION:
+        raise FormatError(f"version {digits} is outside the supported 1..{MAX_VERSION}",
+                          record=entry.name)
+    return digits
+
+
+def _byteorder(archive: TorchZip) -> str:
+    entry = archive.find("byteorder")
+    if entry is None:
+        return "little"
+    raw = archive.zip.read(entry)
+    if raw not in (b"little", b"big"):
+        raise FormatError(f"byteorder record is {raw[:20]!r}, not b'little' or b'big'",
+                          record=entry.name)
+    return raw.decode()
+
+
+def read_zip(src: Source, opts: Options, pickle_name: str = "data.pkl") -> Parsed:
+    archive = TorchZip(src)
+    version = _version(archive)
+    byteorder = _byteorder(archive)
+    big = byteorder == "big"
+    folder = pickle_name[:-len(".pkl")]
+
+    def locate(info: StorageInfo) -> None:
+        entry = archive.find(f"{folder}/{info.key}")
+        if entry is None:
+            raise FormatError(f"storage {info.key!r} has no record "
+                              f"{archive.prefix}/{folder}/{info.key}")
+        info.record = entry.name
+        if entry.usize != info.nbytes:
+            raise CorruptError(f"record holds {entry.usize} bytes but storage {info.key!r} "
+                               f"needs {info.nbytes}", record=entry.name)
+        archive.zip.check_readable(entry)
+        if entry.stored:
+            info.offset = archive.zip.data_offset(entry)
+            info._reader = stored_reader(src, info.offset, info, big)
+        else:
+            archive.zip.data_offset(entry)
+            info.compressed = True
+            info._reader = bytes_reader(lambda: archive.zip.read(entry), info, big)
+
+    table = StorageTable(opts.mapper, locate)
+    handlers = TorchHandlers(table, eager=opts.eager, mmap=opts.mmap)
+    pkl = archive.need(pickle_name)
+    obj = Unpickler(archive.zip.read(pkl), handlers, record=pkl.name).load()
+    torchscript = archive.find("constants.pkl") is not None
+    return Parsed(
+        format="torchscript" if torchscript else "zip",
+        obj=obj,
+        storages=table.infos,
+        records=[e.name for e in archive.zip.entries],
+        byteorder=byteorder,
+        version=version,
+        archive_name=archive.prefix,
+    )

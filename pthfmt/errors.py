@@ -1,0 +1,86 @@
+"""The one exception hierarchy of pthfmt.
+
+Every problem with a file's content surfaces as a :class:`PthError` subclass (itself a
+``ValueError``) whose message says *what* is wrong and *where*: the record (zip member or
+legacy section), the byte offset inside that record or the pickle, and the key path of the
+object being built (``model_state_dict.fc1.weight``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PthError",
+    "FormatError",
+    "CorruptError",
+    "UnsafePickleError",
+    "UnsupportedError",
+    "UnserializableError",
+]
+
+
+class PthError(ValueError):
+    """Base class of every pthfmt error about a file's content or an object to save."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        record: str | None = None,
+        offset: int | None = None,
+        key_path: str | None = None,
+    ) -> None:
+        self.message = message
+        self.record = record
+        self.offset = offset
+        self.key_path = key_path
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.record is not None:
+            where.append(f"record {self.record!r}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        if self.key_path is not None:
+            where.append(f"key {self.key_path!r}")
+        return f"{self.message} ({', '.join(where)})" if where else self.message
+
+    def locate(
+        self,
+        *,
+        record: str | None = None,
+        offset: int | None = None,
+        key_path: str | None = None,
+    ) -> PthError:
+        """Fill in location fields that are still unknown; returns ``self`` for ``raise``."""
+        if self.record is None and record is not None:
+            self.record = record
+        if self.offset is None and offset is not None:
+            self.offset = offset
+        if self.key_path is None and key_path is not None:
+            self.key_path = key_path
+        self.args = (self._render(),)
+        return self
+
+    def __str__(self) -> str:
+        return self._render()
+
+
+class FormatError(PthError):
+    """The container or the object structure is not what a torch checkpoint holds."""
+
+
+class CorruptError(PthError):
+    """The file is damaged: truncated, a CRC mismatch, sizes or offsets that do not fit."""
+
+
+class UnsafePickleError(PthError):
+    """The pickle asks for a global or an opcode outside pthfmt's allowlist."""
+
+
+class UnsupportedError(PthError):
+    """Valid torch content that pthfmt does not handle (yet); the message names it."""
+
+
+class UnserializableError(PthError):
+    """:func:`pthfmt.save` was given an object the checkpoint format cannot hold."""

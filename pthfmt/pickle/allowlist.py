@@ -1,0 +1,458 @@
+"""The allowlist: every global a checkpoint may name, and pthfmt's own handler for it.
+
+Nothing named by a file is ever imported.  ``resolve(module, name)`` looks the name up in
+:data:`ALLOWLIST`; a hit is either an inert *value* (a dtype, a storage class, a qscheme) or
+the name of a handler method on :class:`TorchHandlers`, wrapped in a
+:class:`~pthfmt.pickle.unpickler.Global`.  Anything else raises
+:class:`~pthfmt.errors.UnsafePickleError` naming ``module.name``.
+
+The set mirrors what torch's own ``weights_only=True`` loader allows for tensors and
+containers, plus numpy arrays, dtypes and scalars (decoded here, never by numpy's pickle
+support; object arrays are refused).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any, Final
+
+import numpy as np
+
+from ..device import Device
+from ..dtypes import DTYPES, UNSAVABLE, DType, DTypeInfo
+from ..errors import CorruptError, FormatError, UnsafePickleError, UnsupportedError
+from ..storage import StorageSlice, StorageTable, StorageType
+from ..tensor import StorageInfo, TensorRef, check_view
+from .unpickler import Global, Pending
+
+__all__ = ["ALLOWLIST", "TorchHandlers", "MODULE_ALIASES"]
+
+#: Python 2 and numpy 1/2 spellings of the same module.
+MODULE_ALIASES: Final[dict[str, str]] = {
+    "__builtin__": "builtins",
+    "copy_reg": "copyreg",
+    "numpy._core.multiarray": "numpy.core.multiarray",
+    "numpy._core.numeric": "numpy.core.numeric",
+}
+
+_QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_tensor_symmetric",
+             "per_channel_symmetric", "per_channel_affine_float_qparams")
+_LAYOUTS = frozenset(["torch.strided", "torch.sparse_coo", "torch.sparse_csr",
+                      "torch.sparse_csc", "torch.sparse_bsr", "torch.sparse_bsc",
+                      "torch._mkldnn", "torch.jagged"])
+_UNSUPPORTED_REBUILDS = {
+    "_rebuild_qtensor": "quantized tensors",
+    "_rebuild_sparse_tensor": "sparse tensors",
+    "_rebuild_sparse_csr_tensor": "sparse CSR tensors",
+    "_rebuild_nested_tensor": "nested tensors",
+    "_rebuild_meta_tensor_no_storage": "meta tensors (no data)",
+    "_rebuild_wrapper_subclass": "tensor wrapper subclasses",
+    "_rebuild_device_tensor_from_cpu_tensor": "device tensors (xla/mtia)",
+    "_rebuild_device_tensor_from_numpy": "XLA tensors saved as numpy arrays",
+    "_rebuild_xla_tensor": "XLA tensors",
+    "_rebuild_mps_tensor": "MPS tensors of torch < 1.12",
+    "_rebuild_mkldnn_tensor": "MKL-DNN tensors",
+}
+
+
+class _Marker:
+    """An inert stand-in for a class the file names but never gets to call."""
+
+    __slots__ = ("qualname",)
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+
+    def __repr__(self) -> str:
+        return f"<{self.qualname}>"
+
+
+def _build_allowlist() -> dict[str, Any]:
+    table: dict[str, Any] = {
+        "collections.OrderedDict": "ordered_dict",
+        "collections.Counter": "counter",
+        "builtins.set": "set_",
+        "builtins.frozenset": "frozenset_",
+        "builtins.complex": "complex_",
+        "builtins.bytearray": "bytearray_",
+        "_codecs.encode": "codecs_encode",
+        "torch.Size": "size",
+        "torch.device": "device",
+        "torch.Tensor": "tensor_class",
+        "torch.nn.parameter.Parameter": "parameter_class",
+        "torch.serialization._get_layout": "get_layout",
+        "torch._utils._rebuild_tensor": "rebuild_tensor",
+        "torch._utils._rebuild_tensor_v2": "rebuild_tensor_v2",
+        "torch._utils._rebuild_tensor_v3": "rebuild_tensor_v3",
+        "torch._utils._rebuild_parameter": "rebuild_parameter",
+        "torch._utils._rebuild_parameter_with_state": "rebuild_parameter_with_state",
+        "torch._tensor._rebuild_from_type_v2": "rebuild_from_type_v2",
+        "torch._tensor._rebuild_from_type": "rebuild_from_type_v2",
+        "numpy.core.multiarray._reconstruct": "np_reconstruct",
+        "numpy.core.multiarray.scalar": "np_scalar",
+        "numpy.dtype": "np_dtype",
+        "numpy.ndarray": _Marker("numpy.ndarray"),
+    }
+    for name in _UNSUPPORTED_REBUILDS:
+        table[f"torch._utils.{name}"] = "unsupported_rebuild"
+    untyped = StorageType("UntypedStorage", None)
+    table["torch.storage.UntypedStorage"] = table["torch.UntypedStorage"] = untyped
+    for info in DTYPES:
+        table[f"torch.{info.name}"] = DType(info.name)
+        if info.storage:
+            stype = StorageType(info.storage, info)
+            table[f"torch.{info.storage}"] = table[f"torch.cuda.{info.storage}"] = stype
+            tensor_class = info.storage.replace("Storage", "Tensor")
+            for module in ("torch", "torch.cuda"):
+                table[f"{module}.{tensor_class}"] = _Marker(f"{module}.{tensor_class}")
+    for name in UNSAVABLE:
+        table[f"torch.{name}"] = DType(name)
+    for name in _QSCHEMES:
+        table[f"torch.{name}"] = _Marker(f"torch.{name}")
+    return table
+
+
+#: qualified name -> inert value, or the name of a :class:`TorchHandlers` method.
+ALLOWLIST: Final[dict[str, Any]] = _build_allowlist()
+
+_CODECS = {"latin1": "latin-1", "latin-1": "latin-1", "utf-8": "utf-8", "utf8": "utf-8",
+           "ascii": "ascii"}
+_NUMPY_KINDS = frozenset("biufcSUV?")
+
+
+class _PendingArray(Pending):
+    """``numpy.core.multiarray._reconstruct``; its ``BUILD`` state holds the data."""
+
+    __slots__ = ()
+
+    def build(self, state: Any) -> np.ndarray:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise FormatError("numpy array state is not a 5-tuple")
+        _version, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, np.dtype):
+            raise FormatError(f"numpy array dtype is a {type(dtype).__name__}")
+        if dtype.hasobject:
+            raise UnsafePickleError("numpy object arrays are not allowed")
+        if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+            raise FormatError(f"numpy array shape {shape!r} is not a tuple of ints")
+        if isinstance(raw, str):
+            raw = raw.encode("latin-1")
+        if not isinstance(raw, (bytes, bytearray)):
+            raise UnsafePickleError(f"numpy array data is a {type(raw).__name__}, not bytes")
+        if len(raw) != math.prod(shape) * dtype.itemsize:
+            raise CorruptError(f"numpy array of shape {shape} and dtype {dtype} needs "
+                               f"{math.prod(shape) * dtype.itemsize} bytes, has {len(raw)}")
+        arr = np.frombuffer(bytearray(raw), dtype)
+        return arr.reshape(shape, order="F" if fortran else "C")
+
+
+class _PendingDType(Pending):
+    """``numpy.dtype(spec, align, copy)``; ``BUILD`` sets its byte order."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: np.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def build(self, state: Any) -> np.dtype:
+        if not isinstance(state, tuple) or len(state) < 8:
+            raise FormatError("numpy dtype state is not a tuple of 8 or more")
+        order, sub, names, fields = state[1], state[2], state[3], state[4]
+        if sub is not None or names is not None or fields is not None:
+            raise UnsupportedError("structured or sub-array numpy dtypes")
+        if order not in ("<", ">", "|", "="):
+            raise FormatError(f"numpy dtype byte order {order!r}")
+        return self.dtype.newbyteorder(order) if order in "<>" else self.dtype
+
+
+class TorchHandlers:
+    """Handlers for one checkpoint: torch's rebuild functions, containers, numpy values.
+
+    With ``eager`` every tensor becomes a numpy array as soon as it is rebuilt; otherwise it
+    stays a :class:`~pthfmt.tensor.TensorRef`.
+    """
+
+    def __init__(self, storages: StorageTable, *, eager: bool, mmap: bool) -> None:
+        self.storages = storages
+        self.eager = eager
+        self.mmap = mmap
+        self._globals: dict[tuple[str, str], Any] = {}
+
+    # -- the pickle VM's interface ---------------------------------------------------------
+    def resolve(self, module: str, name: str) -> Any:
+        key = (module, name)
+        hit = self._globals.get(key)
+        if hit is not None:
+            return hit
+        qualname = f"{MODULE_ALIASES.get(module, module)}.{name}"
+        entry = ALLOWLIST.get(qualname)
+        if entry is None:
+            raise UnsafePickleError(f"global {module}.{name} is not allowed")
+        if entry == "unsupported_rebuild":
+            value: Any = Global(qualname, _unsupported(name))
+        elif isinstance(entry, str):
+            value = Global(qualname, getattr(self, entry))
+        else:
+            value = entry
+        self._globals[key] = value
+        return value
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or not pid:
+            raise FormatError(f"persistent id {_short(pid)} is not a tuple")
+        kind = _text(pid[0])
+        if kind == "module":
+            raise UnsafePickleError(f"persistent id of a pickled module class {_short(pid)}")
+        if kind != "storage" or len(pid) not in (5, 6):
+            raise FormatError(f"persistent id {_short(pid)} is not a storage reference")
+        _, stype, key, tag, numel = pid[:5]
+        info = self.storages.declare(_text(key), stype, _text(tag), numel)
+        view = pid[5] if len(pid) == 6 else None
+        if view is None:
+            return info
+        return self._legacy_view(info, view)
+
+    def _legacy_view(self, info: StorageInfo, view: Any) -> StorageSlice:
+        if not isinstance(view, tuple) or len(view) != 3:
+            raise FormatError(f"storage {info.key!r}: view metadata {_short(view)}")
+        _view_key, start, numel = view
+        if type(start) is not int or type(numel) is not int or start < 0 or numel < 0 or \
+                start + numel > info.numel:
+            raise CorruptError(f"storage {info.key!r}: view [{start}:{start}+{numel}] of a "
+                               f"{info.numel}-element storage")
+        return StorageSlice(info, start, numel)
+
+    def build(self, obj: Any, state: Any) -> None:
+        if isinstance(obj, OrderedDict):
+            if isinstance(state, tuple) and len(state) == 2:
+                state = state[0] or {}
+            if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+                raise FormatError("OrderedDict state is not a dict of attribute names")
+            vars(obj).update(state)
+            return
+        raise UnsafePickleError(f"BUILD on a {type(obj).__name__} (only OrderedDict and "
+                                "pthfmt's own types accept state)")
+
+    # -- tensors -------------------------------------------------------------------------------
+    def make_tensor(self, storage: Any, dtype: DTypeInfo | None, offset: Any, size: Any,
+                    stride: Any, requires_grad: Any, metadata: Any = None) -> Any:
+        start = 0
+        if isinstance(storage, StorageSlice):
+            start, limit, storage = storage.start, storage.numel, storage.base
+        elif not isinstance(storage, StorageInfo):
+            raise FormatError(f"tensor storage is a {type(storage).__name__}, not a "
+                              "persistent storage reference")
+        else:
+            limit = None
+        if dtype is None:
+            dtype = storage.dtype or _UINT8
+        StorageTable.claim(storage, dtype)
+        itemsize = dtype.itemsize
+        if limit is None:
+            nbytes = storage.nbytes
+        else:
+            nbytes = (start + limit) * itemsize
+            if type(offset) is int:
+                offset += start
+        offset, size, stride = check_view(dtype, nbytes, offset, size, stride,
+                                          f"tensor on storage {storage.key!r}")
+        conj = neg = False
+        if metadata:
+            if not isinstance(metadata, dict):
+                raise FormatError(f"tensor metadata is a {type(metadata).__name__}")
+            conj, neg = bool(metadata.get("conj")), bool(metadata.get("neg"))
+        if not isinstance(requires_grad, bool):
+            raise FormatError(f"requires_grad is {requires_grad!r}, not a bool")
+        ref = TensorRef(storage, dtype, offset, size, stride, requires_grad,
+                        conj=conj, neg=neg, mmap=self.mmap)
+        return ref.numpy() if self.eager else ref
+
+    def rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any) -> Any:
+        return self.make_tensor(storage, None, offset, size, stride, False)
+
+    def rebuild_tensor_v2(self, storage: Any, offset: Any, size: Any, stride: Any,
+                          requires_grad: Any, backward_hooks: Any = None,
+                          metadata: Any = None) -> Any:
+        return self.make_tensor(storage, None, offset, size, stride, requires_grad, metadata)
+
+    def rebuild_tensor_v3(self, storage: Any, offset: Any, size: Any, stride: Any,
+                          requires_grad: Any, backward_hooks: Any, dtype: Any,
+                          metadata: Any = None) -> Any:
+        if not isinstance(dtype, DType) or dtype.info is None:
+            raise FormatError(f"_rebuild_tensor_v3 dtype {dtype!r} is not a storable dtype")
+        return self.make_tensor(storage, dtype.info, offset, size, stride, requires_grad,
+                                metadata)
+
+    def rebuild_parameter(self, data: Any, requires_grad: Any, backward_hooks: Any = None,
+                          state: Any = None) -> Any:
+        if not isinstance(requires_grad, bool):
+            raise FormatError(f"Parameter requires_grad is {requires_grad!r}, not a bool")
+        return self._as_parameter(data, requires_grad, state)
+
+    def rebuild_parameter_with_state(self, data: Any, requires_grad: Any,
+                                     backward_hooks: Any, state: Any) -> Any:
+        return self.rebuild_parameter(data, requires_grad, backward_hooks, state)
+
+    def _as_parameter(self, data: Any, requires_grad: bool, state: Any) -> Any:
+        if isinstance(data, np.ndarray):
+            return data
+        if not isinstance(data, TensorRef):
+            raise FormatError(f"Parameter data is a {type(data).__name__}, not a tensor")
+        ref = _copy_ref(data)
+        ref.is_parameter = True
+        ref.requires_grad = requires_grad
+        if state:
+            ref.state = _state_dict(state)
+        return ref
+
+    def rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, state: Any) -> Any:
+        if not isinstance(func, Global) or not isinstance(args, tuple):
+            raise UnsafePickleError(f"_rebuild_from_type_v2 with function {func!r}")
+        kind = getattr(new_type, "qualname", None)
+        if kind not in ("torch.Tensor", "torch.nn.parameter.Parameter"):
+            raise UnsafePickleError(f"_rebuild_from_type_v2 to class {new_type!r}")
+        tensor = func.call(*args)
+        if kind == "torch.nn.parameter.Parameter":
+            return self._as_parameter(tensor, True, state)
+        if state and isinstance(tensor, TensorRef):
+            tensor = _copy_ref(tensor)
+            tensor.state = _state_dict(state)
+        return tensor
+
+    def tensor_class(self, *args: Any) -> Any:
+        raise UnsupportedError("torch.Tensor constructed directly (pre-1.0 tensor pickling)")
+
+    def parameter_class(self, data: Any = None, requires_grad: Any = True) -> Any:
+        return self.rebuild_parameter(data, requires_grad)
+
+    # -- torch values ------------------------------------------------------------------------
+    def size(self, dims: Any = ()) -> tuple[int, ...]:
+        if not isinstance(dims, (tuple, list)) or not all(type(d) is int for d in dims):
+            raise FormatError(f"torch.Size({_short(dims)}) is not a tuple of ints")
+        return tuple(dims)
+
+    def device(self, type_: Any, index: Any = None) -> Device:
+        if not isinstance(type_, str) or (index is not None and type(index) is not int):
+            raise FormatError(f"torch.device({_short(type_)}, {_short(index)})")
+        try:
+            return Device(type_, index) if index is not None else Device.parse(type_)
+        except ValueError as exc:
+            raise FormatError(str(exc)) from None
+
+    def get_layout(self, name: Any) -> str:
+        if name not in _LAYOUTS:
+            raise FormatError(f"unknown tensor layout {_short(name)}")
+        return name
+
+    # -- builtins and collections ------------------------------------------------------------
+    def ordered_dict(self, items: Any = ()) -> OrderedDict[Any, Any]:
+        return OrderedDict(_pairs(items, "OrderedDict"))
+
+    def counter(self, items: Any = ()) -> Counter[Any]:
+        if isinstance(items, dict):
+            return Counter(items)
+        raise FormatError("Counter() argument is not a dict")
+
+    def set_(self, items: Any = ()) -> set[Any]:
+        return set(_iterable(items, "set"))
+
+    def frozenset_(self, items: Any = ()) -> frozenset[Any]:
+        return frozenset(_iterable(items, "frozenset"))
+
+    def complex_(self, real: Any = 0.0, imag: Any = 0.0) -> complex:
+        if not all(type(v) in (int, float) for v in (real, imag)):
+            raise FormatError("complex() of non-numbers")
+        return complex(real, imag)
+
+    def bytearray_(self, data: Any = b"") -> bytearray:
+        if not isinstance(data, (bytes, bytearray)):
+            raise FormatError("bytearray() of a non-bytes value")
+        return bytearray(data)
+
+    def codecs_encode(self, text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+        codec = _CODECS.get(encoding) if isinstance(encoding, str) else None
+        if not isinstance(text, str) or codec is None or errors != "strict":
+            raise UnsafePickleError(f"_codecs.encode with encoding {_short(encoding)}")
+        try:
+            return text.encode(codec)
+        except UnicodeEncodeError as exc:
+            raise CorruptError(f"_codecs.encode: {exc.reason}") from None
+
+    # -- numpy ---------------------------------------------------------------------------------
+    def np_reconstruct(self, subtype: Any, shape: Any, code: Any) -> _PendingArray:
+        if getattr(subtype, "qualname", None) != "numpy.ndarray":
+            raise UnsafePickleError(f"numpy _reconstruct of {subtype!r}")
+        return _PendingArray()
+
+    def np_dtype(self, spec: Any, align: Any = False, copy: Any = False) -> _PendingDType:
+        if not isinstance(spec, str) or not spec or spec[0] not in _NUMPY_KINDS or \
+                not spec[1:].isdigit() and spec[1:] != "":
+            raise UnsafePickleError(f"numpy dtype {_short(spec)} is not a plain numeric dtype")
+        try:
+            return _PendingDType(np.dtype(spec))
+        except TypeError:
+            raise FormatError(f"invalid numpy dtype {spec!r}") from None
+
+    def np_scalar(self, dtype: Any, raw: Any = None) -> Any:
+        if isinstance(dtype, _PendingDType):
+            dtype = dtype.dtype
+        if not isinstance(dtype, np.dtype) or dtype.hasobject:
+            raise UnsafePickleError(f"numpy scalar of dtype {_short(dtype)}")
+        if isinstance(raw, str):
+            raw = raw.encode("latin-1")
+        if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+            raise CorruptError(f"numpy scalar of dtype {dtype} needs {dtype.itemsize} bytes")
+        return np.frombuffer(raw, dtype)[0]
+
+
+_UINT8: Final = next(i for i in DTYPES if i.name == "uint8")
+
+
+def _unsupported(name: str) -> Callable[..., Any]:
+    def handler(*args: Any) -> Any:
+        raise UnsupportedError(f"{_UNSUPPORTED_REBUILDS[name]} (torch._utils.{name})")
+    return handler
+
+
+def _copy_ref(ref: TensorRef) -> TensorRef:
+    new = TensorRef(ref.storage, ref.dtype_info, ref.storage_offset, ref.shape, ref.stride,
+                    ref.requires_grad, conj=ref.conj, neg=ref.neg, mmap=ref._mmap)
+    new.is_parameter = ref.is_parameter
+    new.state = ref.state
+    return new
+
+
+def _state_dict(state: Any) -> dict[str, Any] | None:
+    if isinstance(state, tuple) and len(state) == 2:
+        state = state[0]
+    if state is None or isinstance(state, dict):
+        return state
+    raise FormatError(f"tensor state is a {type(state).__name__}, not a dict")
+
+
+def _iterable(items: Any, what: str) -> Any:
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise FormatError(f"{what}() argument is a {type(items).__name__}")
+    return items
+
+
+def _pairs(items: Any, what: str) -> Any:
+    if isinstance(items, dict):
+        return items.items()
+    for pair in _iterable(items, what):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise FormatError(f"{what}() item {_short(pair)} is not a pair")
+    return items
+
+
+def _text(value: Any) -> Any:
+    """torch's ``_maybe_decode_ascii``: Python 2 files carry bytes for names."""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,420 @@
+"""A restricted pickle virtual machine.
+
+It runs the opcodes of :mod:`.opcodes` over an in-memory record with a plain loop (no
+recursion the file could drive) and never imports or calls anything named by the file:
+``GLOBAL``/``STACK_GLOBAL``/``INST`` names go to ``handlers.resolve``, which returns either an
+inert value (a dtype, a storage type) or a :class:`Global` wrapping one of *our* handlers.
+``REDUCE``/``NEWOBJ``/``OBJ`` call only such wrappers; ``BUILD`` only updates our own types
+and ``OrderedDict`` attributes; ``SETITEM(S)``/``APPEND(S)``/``ADDITEMS`` only touch real dicts,
+lists and sets.  Every error becomes a :class:`~pthfmt.errors.PthError` carrying the record,
+the opcode's offset and the key path being built.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
+from .opcodes import BY_CODE, HIGHEST_PROTOCOL, OPCODES, Opcode
+
+__all__ = ["Global", "Pending", "Handlers", "Unpickler"]
+
+
+class Global:
+    """An allowlisted callable: one of pthfmt's handlers standing in for a file's global."""
+
+    __slots__ = ("qualname", "call")
+
+    def __init__(self, qualname: str, call: Callable[..., Any]) -> None:
+        self.qualname = qualname
+        self.call = call
+
+    def __repr__(self) -> str:
+        return f"<allowed global {self.qualname}>"
+
+
+class Pending:
+    """Base of objects that ``BUILD`` replaces by their final value (numpy arrays, dtypes)."""
+
+    __slots__ = ("memo_keys",)
+
+    def __init__(self) -> None:
+        self.memo_keys: list[int] = []
+
+    def build(self, state: Any) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class Handlers(Protocol):
+    def resolve(self, module: str, name: str) -> Any: ...
+
+    def persistent_load(self, pid: Any) -> Any: ...
+
+    def build(self, obj: Any, state: Any) -> Any: ...
+
+
+class _Mark:
+    __slots__ = ()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _describe(obj: Any) -> str:
+    return obj.qualname if isinstance(obj, Global) else type(obj).__name__
+
+
+class Unpickler:
+    """Run one pickle from ``data[start:end]``; :meth:`load` returns the object."""
+
+    def __init__(self, data: Any, handlers: Handlers, *, start: int = 0,
+                 end: int | None = None, record: str | None = None) -> None:
+        self.data = data
+        self.handlers = handlers
+        self.pos = start
+        self.end = len(data) if end is None else end
+        self.record = record
+        self.stack: list[Any] = []
+        self.metastack: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self.proto = 0
+        self.op_pos = start
+        table: list[tuple[Any, Callable[[Any], Any]] | None] = [None] * 256
+        for op in OPCODES:
+            table[op.code] = (op.arg.read, getattr(self, "op_" + op.name))
+        self._dispatch = table
+
+    # -- the loop --------------------------------------------------------------------------
+    def load(self) -> Any:
+        data, end, dispatch = self.data, self.end, self._dispatch
+        pos = self.pos
+        op_pos = pos
+        try:
+            while True:
+                op_pos = pos
+                if pos >= end:
+                    raise CorruptError("pickle truncated: no STOP opcode before the end")
+                entry = dispatch[data[pos]]
+                if entry is None:
+                    raise CorruptError(f"unknown pickle opcode 0x{data[pos]:02x}")
+                read, handler = entry
+                if read is None:
+                    pos += 1
+                    arg = None
+                else:
+                    arg, pos = read(data, pos + 1, end)
+                self.op_pos = op_pos
+                handler(arg)
+        except _Stop:
+            self.pos = pos
+            return self._result
+        except PthError as exc:
+            raise exc.locate(record=self.record, offset=op_pos, key_path=self.key_path())
+        except (IndexError, struct.error) as exc:
+            msg = "pickle stack underflow" if isinstance(exc, IndexError) else "pickle truncated"
+            raise CorruptError(f"{msg} at {self._opname(op_pos)}", record=self.record,
+                               offset=op_pos, key_path=self.key_path()) from None
+        except RecursionError:
+            raise CorruptError("object too deeply nested", record=self.record, offset=op_pos,
+                               key_path=self.key_path()) from None
+        except (TypeError, ValueError, OverflowError, MemoryError, KeyError) as exc:
+            raise FormatError(f"invalid pickle at {self._opname(op_pos)}: {exc}",
+                              record=self.record, offset=op_pos,
+                              key_path=self.key_path()) from None
+
+    def _opname(self, pos: int) -> str:
+        try:
+            return BY_CODE[self.data[pos]].name
+        except (KeyError, IndexError):
+            return "end of data"
+
+    # -- helpers ---------------------------------------------------------------------------
+    def pop_mark(self) -> list[Any]:
+        items = self.stack
+        if not self.metastack:
+            raise CorruptError("pickle mark missing")
+        self.stack = self.metastack.pop()
+        return items
+
+    def key_path(self) -> str | None:
+        """Best-effort key path of the object under construction (for error messages)."""
+        try:
+            parts: list[str] = []
+            frames = [*self.metastack, self.stack]
+            for i, frame in enumerate(frames):
+                for j in range(len(frame) - 2, -1, -1):     # dict, key, <value...> (SETITEM)
+                    if isinstance(frame[j], dict) and isinstance(frame[j + 1], (str, int)):
+                        if j + 2 < len(frame) or i + 1 < len(frames):
+                            parts.append(str(frame[j + 1]))
+                        break
+                if i + 1 < len(frames) and frame:
+                    target, items = frame[-1], frames[i + 1]
+                    if isinstance(target, dict) and items:
+                        key = items[(len(items) - 1) // 2 * 2]
+                        if isinstance(key, (str, int)):
+                            parts.append(str(key))
+                    elif isinstance(target, list):
+                        parts.append(str(len(target) + max(len(items) - 1, 0)))
+            return ".".join(parts) if parts else None
+        except Exception:  # noqa: BLE001 - only ever used to decorate another error
+            return None
+
+    def _call(self, func: Any, args: Any, how: str) -> Any:
+        if not isinstance(func, Global):
+            raise UnsafePickleError(f"{how} on {_describe(func)}, which is not callable")
+        if not isinstance(args, tuple):
+            raise FormatError(f"{how} arguments of {func.qualname} are a "
+                              f"{type(args).__name__}, not a tuple")
+        return func.call(*args)
+
+    def _global(self, module: Any, name: Any) -> Any:
+        if not isinstance(module, str) or not isinstance(name, str):
+            raise UnsafePickleError("STACK_GLOBAL with non-string module or name")
+        return self.handlers.resolve(module, name)
+
+    def _get(self, idx: int) -> None:
+        try:
+            self.stack.append(self.memo[idx])
+        except KeyError:
+            raise CorruptError(f"memo key {idx} was never stored") from None
+
+    def _put(self, idx: int) -> None:
+        if idx < 0:
+            raise CorruptError(f"negative memo key {idx}")
+        value = self.stack[-1]
+        self.memo[idx] = value
+        if isinstance(value, Pending):
+            value.memo_keys.append(idx)
+
+    def _setitems(self, target: Any, items: list[Any]) -> None:
+        if not isinstance(target, dict):
+            raise FormatError(f"SETITEM on a {_describe(target)}; only dicts take items")
+        if len(items) % 2:
+            raise CorruptError("SETITEMS with an odd number of items")
+        try:
+            for i in range(0, len(items), 2):
+                target[items[i]] = items[i + 1]
+        except TypeError:
+            raise FormatError(f"dict key of type {type(items[i]).__name__} is not hashable") \
+                from None
+
+    def _push(self, value: Any) -> None:
+        self.stack.append(value)
+
+    # -- opcodes: pushing values -------------------------------------------------------------
+    def op_INT(self, arg: Any) -> None:
+        self.stack.append(arg)
+
+    op_BININT = op_BININT1 = op_BININT2 = op_LONG = op_LONG1 = op_LONG4 = op_INT
+    op_STRING = op_BINSTRING = op_SHORT_BINSTRING = op_INT
+    op_BINBYTES = op_SHORT_BINBYTES = op_BINBYTES8 = op_INT
+    op_UNICODE = op_SHORT_BINUNICODE = op_BINUNICODE = op_BINUNICODE8 = op_INT
+    op_FLOAT = op_BINFLOAT = op_INT
+
+    def op_BYTEARRAY8(self, arg: bytes) -> None:
+        self.stack.append(bytearray(arg))
+
+    def op_NEXT_BUFFER(self, arg: None) -> None:
+        raise UnsupportedError("out-of-band pickle buffers (protocol 5 NEXT_BUFFER)")
+
+    op_READONLY_BUFFER = op_NEXT_BUFFER
+
+    def op_NONE(self, arg: None) -> None:
+        self.stack.append(None)
+
+    def op_NEWTRUE(self, arg: None) -> None:
+        self.stack.append(True)
+
+    def op_NEWFALSE(self, arg: None) -> None:
+        self.stack.append(False)
+
+    # -- containers --------------------------------------------------------------------------
+    def op_EMPTY_LIST(self, arg: None) -> None:
+        self.stack.append([])
+
+    def op_APPEND(self, arg: None) -> None:
+        value = self.stack.pop()
+        target = self.stack[-1]
+        if type(target) is not list:
+            raise FormatError(f"APPEND to a {_describe(target)}; only lists take items")
+        target.append(value)
+
+    def op_APPENDS(self, arg: None) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not list:
+            raise FormatError(f"APPENDS to a {_describe(target)}; only lists take items")
+        target.extend(items)
+
+    def op_LIST(self, arg: None) -> None:
+        items = self.pop_mark()
+        self.stack.append(items)
+
+    def op_EMPTY_TUPLE(self, arg: None) -> None:
+        self.stack.append(())
+
+    def op_TUPLE(self, arg: None) -> None:
+        items = tuple(self.pop_mark())
+        self.stack.append(items)
+
+    def op_TUPLE1(self, arg: None) -> None:
+        self.stack[-1] = (self.stack[-1],)
+
+    def op_TUPLE2(self, arg: None) -> None:
+        stack = self.stack
+        if len(stack) < 2:
+            raise IndexError
+        stack[-2:] = [(stack[-2], stack[-1])]
+
+    def op_TUPLE3(self, arg: None) -> None:
+        stack = self.stack
+        if len(stack) < 3:
+            raise IndexError
+        stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
+
+    def op_EMPTY_DICT(self, arg: None) -> None:
+        self.stack.append({})
+
+    def op_DICT(self, arg: None) -> None:
+        d: dict[Any, Any] = {}
+        self._setitems(d, self.pop_mark())
+        self.stack.append(d)
+
+    def op_SETITEM(self, arg: None) -> None:
+        stack = self.stack
+        value = stack.pop()
+        key = stack.pop()
+        self._setitems(stack[-1], [key, value])
+
+    def op_SETITEMS(self, arg: None) -> None:
+        items = self.pop_mark()
+        self._setitems(self.stack[-1], items)
+
+    def op_EMPTY_SET(self, arg: None) -> None:
+        self.stack.append(set())
+
+    def op_ADDITEMS(self, arg: None) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not set:
+            raise FormatError(f"ADDITEMS to a {_describe(target)}; only sets take items")
+        target.update(items)
+
+    def op_FROZENSET(self, arg: None) -> None:
+        items = frozenset(self.pop_mark())
+        self.stack.append(items)
+
+    # -- stack and memo ------------------------------------------------------------------------
+    def op_POP(self, arg: None) -> None:
+        if self.stack:
+            self.stack.pop()
+        else:
+            self.pop_mark()
+
+    def op_DUP(self, arg: None) -> None:
+        self.stack.append(self.stack[-1])
+
+    def op_MARK(self, arg: None) -> None:
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def op_POP_MARK(self, arg: None) -> None:
+        self.pop_mark()
+
+    def op_GET(self, arg: Any) -> None:
+        if type(arg) is not int:
+            raise CorruptError(f"GET with a non-integer key {arg!r}")
+        self._get(arg)
+
+    op_BINGET = op_LONG_BINGET = op_GET
+
+    def op_PUT(self, arg: Any) -> None:
+        if type(arg) is not int:
+            raise CorruptError(f"PUT with a non-integer key {arg!r}")
+        self._put(arg)
+
+    op_BINPUT = op_LONG_BINPUT = op_PUT
+
+    def op_MEMOIZE(self, arg: None) -> None:
+        self._put(len(self.memo))
+
+    def op_EXT1(self, arg: int) -> None:
+        raise UnsafePickleError(f"copyreg extension code {arg} (EXT opcodes are not allowed)")
+
+    op_EXT2 = op_EXT4 = op_EXT1
+
+    # -- globals and calls ---------------------------------------------------------------------
+    def op_GLOBAL(self, arg: tuple[str, str]) -> None:
+        self.stack.append(self._global(*arg))
+
+    def op_STACK_GLOBAL(self, arg: None) -> None:
+        name = self.stack.pop()
+        module = self.stack.pop()
+        self.stack.append(self._global(module, name))
+
+    def op_REDUCE(self, arg: None) -> None:
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args, "REDUCE")
+
+    def op_NEWOBJ(self, arg: None) -> None:
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args, "NEWOBJ")
+
+    def op_NEWOBJ_EX(self, arg: None) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        if kwargs:
+            raise UnsupportedError("NEWOBJ_EX with keyword arguments")
+        self.stack[-1] = self._call(self.stack[-1], args, "NEWOBJ_EX")
+
+    def op_INST(self, arg: tuple[str, str]) -> None:
+        args = tuple(self.pop_mark())
+        self.stack.append(self._call(self._global(*arg), args, "INST"))
+
+    def op_OBJ(self, arg: None) -> None:
+        items = self.pop_mark()
+        if not items:
+            raise IndexError
+        self.stack.append(self._call(items[0], tuple(items[1:]), "OBJ"))
+
+    def op_BUILD(self, arg: None) -> None:
+        state = self.stack.pop()
+        obj = self.stack[-1]
+        if isinstance(obj, Pending):
+            result = obj.build(state)
+            self.stack[-1] = result
+            for key in obj.memo_keys:
+                self.memo[key] = result
+        else:
+            self.handlers.build(obj, state)
+
+    def op_PERSID(self, arg: str) -> None:
+        self.stack.append(self.handlers.persistent_load(arg))
+
+    def op_BINPERSID(self, arg: None) -> None:
+        self.stack[-1] = self.handlers.persistent_load(self.stack[-1])
+
+    # -- framing -------------------------------------------------------------------------------
+    def op_PROTO(self, arg: int) -> None:
+        if arg > HIGHEST_PROTOCOL:
+            raise UnsupportedError(f"pickle protocol {arg} (pthfmt reads 0 to "
+                                   f"{HIGHEST_PROTOCOL})")
+        self.proto = arg
+
+    def op_FRAME(self, arg: int) -> None:
+        if self.pos + arg > self.end and self.op_pos + 9 + arg > self.end:
+            raise CorruptError(f"pickle frame of {arg} bytes runs past the end")
+
+    def op_STOP(self, arg: None) -> None:
+        if not self.stack:
+            raise CorruptError("STOP on an empty stack")
+        self._result = self.stack.pop()
+        raise _Stop
+
+
+def opcode_at(data: Any, pos: int) -> Opcode | None:
+    """The opcode at ``pos`` (for messages and scanners)."""
+    return BY_CODE.get(data[pos]) if 0 <= pos < len(data) else None

@@ -1,0 +1,166 @@
+"""Opening checkpoints: format detection, :func:`open` (lazy) and :func:`load` (arrays)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .container.legacy import read_legacy
+from .container.options import Options, Parsed
+from .container.zipformat import read_zip
+from .device import MapLocation, location_mapper
+from .errors import FormatError, UnsupportedError
+from .source import PathOrFile, Source
+from .tensor import StorageInfo, TensorRef
+
+__all__ = ["Checkpoint", "open", "load", "detect_format"]
+
+_LEGACY_PREFIX = bytes.fromhex("8a0a6cfc9c46f9206aa85019")  # LONG1 10 <magic number>
+
+
+def detect_format(head: bytes) -> str:
+    """``zip``, ``tar``, ``legacy`` or ``unknown`` from a file's first 512 bytes."""
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    if head[:1] == b"\x80" and len(head) > 2:
+        return "legacy"
+    return "unknown"
+
+
+def _parse(src: Source, opts: Options) -> Parsed:
+    kind = detect_format(bytes(src.buf[:512]))
+    if kind == "zip":
+        return read_zip(src, opts)
+    if kind == "legacy":
+        return read_legacy(src, opts)
+    if kind == "tar":
+        from .container.tar import read_tar
+        return read_tar(src, opts)
+    head = bytes(src.buf[:8])
+    if len(head) == 8 and int.from_bytes(head, "little") < src.size and \
+            bytes(src.buf[8:9]) == b"{":
+        raise FormatError("this is a safetensors file, not a torch checkpoint")
+    raise FormatError(f"not a torch checkpoint: the file starts with {head!r}")
+
+
+class Checkpoint:
+    """An open checkpoint: its structure with lazy :class:`TensorRef` leaves.
+
+    Use as a context manager or call :meth:`close`; ``TensorRef.numpy()`` reads data on
+    demand (zero copy from the mapped file where the bytes lie uncompressed).
+    """
+
+    def __init__(self, src: Source, parsed: Parsed) -> None:
+        self._src = src
+        self._parsed = parsed
+
+    @property
+    def format(self) -> str:
+        """``"zip"``, ``"legacy"``, ``"tar"`` or ``"torchscript"``."""
+        return self._parsed.format
+
+    @property
+    def obj(self) -> Any:
+        return self._parsed.obj
+
+    @property
+    def storages(self) -> dict[str, StorageInfo]:
+        return self._parsed.storages
+
+    @property
+    def records(self) -> list[str]:
+        return self._parsed.records
+
+    @property
+    def byteorder(self) -> str:
+        return self._parsed.byteorder
+
+    @property
+    def version(self) -> str | None:
+        return self._parsed.version
+
+    @property
+    def archive_name(self) -> str | None:
+        return self._parsed.archive_name
+
+    @property
+    def path(self) -> str | None:
+        return self._src.path
+
+    def tensors(self) -> Iterator[tuple[str, TensorRef]]:
+        """``(key_path, TensorRef)`` in file order, each object visited once."""
+        for path, value in walk(self._parsed.obj):
+            if isinstance(value, TensorRef):
+                yield path, value
+
+    def close(self) -> None:
+        self._src = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<pthfmt.Checkpoint {self.format} {self.path or '<stream>'}: "
+                f"{len(self.storages)} storages>")
+
+
+def walk(root: Any) -> Iterator[tuple[str, Any]]:
+    """Depth-first ``(key_path, value)`` over dicts, lists and tuples, without recursion.
+
+    Containers reached twice (shared or cyclic references) are entered once; key paths join
+    dict keys and list indices with dots (``state.0.exp_avg``).
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, (dict, list, tuple, TensorRef, np.ndarray)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+        yield path, value
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif isinstance(value, (list, tuple)):
+            items = list(enumerate(value))
+        else:
+            state = getattr(value, "__dict__", None)
+            if state and isinstance(value, dict):
+                items = list(state.items())
+            else:
+                continue
+        prefix = f"{path}." if path else ""
+        stack.extend((f"{prefix}{k}", v) for k, v in reversed(items))
+
+
+def open(f: PathOrFile, *, map_location: MapLocation = None) -> Checkpoint:  # noqa: A001
+    """Open a checkpoint for inspection and lazy access (reads no tensor data)."""
+    src = Source(f)
+    opts = Options(location_mapper(map_location), eager=False, mmap=src.mapped)
+    return Checkpoint(src, _parse(src, opts))
+
+
+def load(f: PathOrFile, *, map_location: MapLocation = None, mmap: bool = False) -> Any:
+    """Load a checkpoint: its Python structure with every tensor a ``numpy.ndarray``.
+
+    Tensors sharing a torch storage come back as views of one buffer.  With ``mmap=True``
+    arrays are read-only views of the mapped file wherever the bytes lie uncompressed.
+    """
+    src = Source(f)
+    opts = Options(location_mapper(map_location), eager=True, mmap=mmap)
+    parsed = _parse(src, opts)
+    if parsed.format == "torchscript":
+        pass
+    return parsed.obj
+
+
+__all__ += ["walk", "UnsupportedError"]

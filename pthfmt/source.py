@@ -1,0 +1,78 @@
+"""Where a checkpoint's bytes come from: a memory map of a file, or bytes read from a stream."""
+
+from __future__ import annotations
+
+import io
+import mmap as _mmap
+import os
+from typing import IO, Any, Union
+
+import numpy as np
+
+from .errors import CorruptError, FormatError
+
+__all__ = ["Source", "PathOrFile"]
+
+PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
+
+
+class Source:
+    """The whole file as one buffer (``mmap`` when the file can be mapped, else ``bytes``)."""
+
+    def __init__(self, f: PathOrFile) -> None:
+        self.path: str | None = None
+        self.mapped = False
+        if isinstance(f, (str, bytes, os.PathLike)):
+            self.path = os.fspath(f) if not isinstance(f, bytes) else os.fsdecode(f)
+            with open(self.path, "rb") as fh:
+                self.buf = self._map(fh)
+        elif hasattr(f, "read"):
+            self.buf = self._from_stream(f)
+        else:
+            raise TypeError(f"expected a path or a binary file object, not {type(f).__name__}")
+        self.size = len(self.buf)
+        if self.size == 0:
+            raise FormatError("empty file: not a torch checkpoint")
+
+    def _map(self, fh: Any) -> Any:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return b""
+        self.mapped = True
+        return _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
+
+    def _from_stream(self, f: Any) -> Any:
+        if isinstance(f, io.BytesIO):
+            return f.getbuffer()[f.tell():].tobytes()
+        try:
+            fileno = f.fileno()
+            start = f.tell()
+            if start == 0 and _is_regular(fileno):
+                buf = self._map(f)
+                if buf:
+                    return buf
+        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+            pass
+        data = f.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError("file object must be opened in binary mode")
+        return bytes(data)
+
+    def array(self, offset: int, nbytes: int) -> np.ndarray:
+        """A read-only ``uint8`` view of ``nbytes`` at ``offset`` (zero copy)."""
+        self.check(offset, nbytes, "data")
+        return np.frombuffer(self.buf, np.uint8, count=nbytes, offset=offset)
+
+    def bytes(self, offset: int, nbytes: int) -> bytes:
+        self.check(offset, nbytes, "data")
+        return bytes(self.buf[offset:offset + nbytes])
+
+    def check(self, offset: int, nbytes: int, what: str, record: str | None = None) -> None:
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            raise CorruptError(f"{what} of {nbytes} bytes at file offset {offset} runs past "
+                               f"the end of the {self.size}-byte file", record=record)
+
+
+def _is_regular(fileno: int) -> bool:
+    import stat
+    return stat.S_ISREG(os.fstat(fileno).st_mode)

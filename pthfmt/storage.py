@@ -1,0 +1,140 @@
+"""The storages of one checkpoint: declared by persistent ids, located by the container.
+
+Every persistent id goes through :meth:`StorageTable.declare`.  The first declaration of a key
+fixes its type, size and device tag; a later one that disagrees is refused (torch silently
+keeps the first, which can turn a ``LongStorage`` into floats).  The container's ``locate``
+callback then says where the bytes are and checks that the record holds exactly
+``numel x itemsize`` bytes, so nothing is allocated that the file does not hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .device import Device
+from .dtypes import DTypeInfo, by_name
+from .errors import CorruptError, FormatError
+from .source import Source
+from .tensor import StorageInfo
+
+__all__ = ["StorageType", "StorageSlice", "StorageTable", "swap_to_native", "stored_reader"]
+
+UINT8 = by_name("uint8")
+
+
+class StorageType:
+    """The value of a storage-class global: ``torch.FloatStorage`` or ``UntypedStorage``."""
+
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: DTypeInfo | None) -> None:
+        self.name = name
+        self.dtype = dtype          # None: untyped (numel counts bytes)
+
+    def __repr__(self) -> str:
+        return f"<storage type {self.name}>"
+
+
+class StorageSlice:
+    """A legacy-format storage view: ``numel`` elements of ``base`` from element ``start``."""
+
+    __slots__ = ("base", "start", "numel")
+
+    def __init__(self, base: StorageInfo, start: int, numel: int) -> None:
+        self.base, self.start, self.numel = base, start, numel
+
+
+class StorageTable:
+    def __init__(self, mapper: Callable[[str], Device],
+                 locate: Callable[[StorageInfo], None]) -> None:
+        self.infos: dict[str, StorageInfo] = {}
+        self._declared: dict[str, tuple[str, int, str]] = {}
+        self._mapper = mapper
+        self._locate = locate
+
+    def declare(self, key: object, stype: object, tag: object, numel: object) -> StorageInfo:
+        if not isinstance(key, str):
+            raise FormatError(f"storage key {key!r} is not a string")
+        if not isinstance(stype, StorageType):
+            raise FormatError(f"storage {key!r}: {stype!r} is not a storage class")
+        if not isinstance(tag, str):
+            raise FormatError(f"storage {key!r}: location {tag!r} is not a string")
+        if type(numel) is not int or numel < 0:
+            raise FormatError(f"storage {key!r}: size {numel!r} is not a non-negative int")
+        seen = self._declared.get(key)
+        if seen is not None:
+            if seen != (stype.name, numel, tag):
+                raise FormatError(
+                    f"storage {key!r} is declared twice, as {seen[0]}[{seen[1]}] on "
+                    f"{seen[2]!r} and as {stype.name}[{numel}] on {tag!r}")
+            return self.infos[key]
+        self._declared[key] = (stype.name, numel, tag)
+        try:
+            location = self._mapper(tag)
+        except ValueError as exc:
+            raise FormatError(f"storage {key!r}: {exc}") from None
+        itemsize = stype.dtype.itemsize if stype.dtype else 1
+        info = StorageInfo(key, stype.dtype, numel * itemsize, tag, location)
+        self._locate(info)
+        self.infos[key] = info
+        return info
+
+    def count_unit(self, key: str) -> int:
+        """Bytes per element of ``key``'s declared storage class (1 for UntypedStorage)."""
+        name = self._declared[key][0]
+        info = self.infos[key]
+        return 1 if name == "UntypedStorage" or info.dtype is None else info.dtype.itemsize
+
+    @staticmethod
+    def claim(info: StorageInfo, dtype: DTypeInfo) -> None:
+        """Give an untyped storage its element type (``_rebuild_tensor_v3``); one per storage."""
+        if info.dtype is None:
+            info.dtype = dtype
+        elif info.dtype is not dtype and info.dtype.name != dtype.name:
+            raise FormatError(f"storage {info.key!r} holds {info.dtype.name} but a tensor "
+                              f"reads it as {dtype.name}")
+
+
+def swap_to_native(buf: np.ndarray, dtype: DTypeInfo | None, key: str) -> None:
+    """Byte-swap a big-endian storage in place, element by element (complex: per half)."""
+    unit = dtype.swap if dtype else 1
+    if unit <= 1:
+        return
+    if buf.nbytes % unit:
+        raise CorruptError(f"storage {key!r}: {buf.nbytes} bytes is not a whole number of "
+                           f"{unit}-byte elements")
+    buf.view(f"u{unit}").byteswap(inplace=True)
+
+
+def stored_reader(src: Source, offset: int, info: StorageInfo,
+                  big_endian: bool) -> Callable[[bool], np.ndarray]:
+    """A reader for bytes that lie uncompressed in the file: zero copy when ``mmap``."""
+
+    def read(mmap: bool) -> np.ndarray:
+        view = src.array(offset, info.nbytes)
+        if big_endian:
+            buf = view.copy()
+            swap_to_native(buf, info.dtype, info.key)
+            return buf
+        return view if mmap else view.copy()
+
+    return read
+
+
+def bytes_reader(data: Callable[[], bytes], info: StorageInfo,
+                 big_endian: bool) -> Callable[[bool], np.ndarray]:
+    """A reader for bytes that must be decoded first (compressed records): always a copy."""
+
+    def read(mmap: bool) -> np.ndarray:
+        raw = data()
+        if len(raw) != info.nbytes:
+            raise CorruptError(f"storage {info.key!r} decompressed to {len(raw)} bytes, "
+                               f"expected {info.nbytes}", record=info.record)
+        buf = np.frombuffer(bytearray(raw), np.uint8)
+        if big_endian:
+            swap_to_native(buf, info.dtype, info.key)
+        return buf
+
+    return read

@@ -1,0 +1,217 @@
+"""The tensor model: storages, lazy tensor references, and the numpy views made from them.
+
+A torch tensor is a view of a *storage* (one flat run of bytes, shared by every tensor that
+views it): ``storage_offset``, ``shape`` and ``stride`` are counted in elements of the tensor's
+dtype.  pthfmt keeps exactly that model:
+
+- :class:`StorageInfo` describes one storage of a file (key, dtype, size, device tag, where
+  its bytes are) and caches the one numpy ``uint8`` buffer made for it, so that every tensor
+  viewing it becomes a numpy view of the same memory.
+- :class:`TensorRef` is a tensor that has not been read: metadata only, ``.numpy()`` reads.
+- :class:`Tensor` is what a user hands to :func:`pthfmt.save` to say what numpy cannot
+  (device tag, ``requires_grad``, ``nn.Parameter``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .device import Device
+from .dtypes import DTypeInfo
+from .errors import CorruptError, FormatError, UnsupportedError
+
+__all__ = ["StorageInfo", "TensorRef", "Tensor", "check_view", "view_of"]
+
+#: numpy's limit on dimensions.
+MAX_NDIM = 64
+_INTP_MAX = np.iinfo(np.intp).max
+
+
+class StorageInfo:
+    """One storage of a checkpoint.
+
+    ``dtype`` is the element type (``None`` for an untyped storage no tensor has claimed yet),
+    ``numel`` counts elements of ``dtype`` (bytes while untyped), ``location`` is the device
+    after ``map_location`` and ``tag`` the device tag written in the file.  ``record`` names
+    where the bytes live (``archive/data/0``, or a legacy section), ``offset`` is their
+    absolute offset in the file when they lie there uncompressed (``None`` otherwise).
+    """
+
+    __slots__ = ("key", "dtype", "nbytes", "tag", "location", "record", "offset",
+                 "compressed", "_buffer", "_reader")
+
+    def __init__(self, key: str, dtype: DTypeInfo | None, nbytes: int, tag: str,
+                 location: Device) -> None:
+        self.key = key
+        self.dtype = dtype
+        self.nbytes = nbytes
+        self.tag = tag
+        self.location = location
+        self.record: str | None = None
+        self.offset: int | None = None
+        self.compressed = False
+        self._buffer: np.ndarray | None = None
+        self._reader: Callable[[bool], np.ndarray] | None = None
+
+    @property
+    def numel(self) -> int:
+        return self.nbytes // (self.dtype.itemsize if self.dtype else 1)
+
+    @property
+    def device(self) -> Device:
+        return self.location
+
+    def buffer(self, mmap: bool) -> np.ndarray:
+        """The storage's bytes as one flat ``uint8`` array, made once and then shared."""
+        if self._buffer is None:
+            if self._reader is None:
+                raise FormatError(f"storage {self.key!r} has no data")
+            self._buffer = self._reader(mmap)
+        return self._buffer
+
+    def __repr__(self) -> str:
+        dtype = self.dtype.name if self.dtype else "untyped"
+        return (f"StorageInfo(key={self.key!r}, dtype={dtype}, numel={self.numel}, "
+                f"nbytes={self.nbytes}, location={str(self.location)!r}, record={self.record!r})")
+
+
+def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: Any,
+               what: str) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Validate a view's metadata against its storage; return it as plain int tuples."""
+    if type(offset) is not int or offset < 0:
+        raise FormatError(f"{what}: storage offset {offset!r} is not a non-negative int")
+    shape = _int_tuple(shape, f"{what}: size")
+    stride = _int_tuple(stride, f"{what}: stride")
+    if len(shape) != len(stride):
+        raise FormatError(f"{what}: size {shape} and stride {stride} differ in length")
+    if len(shape) > MAX_NDIM:
+        raise UnsupportedError(f"{what}: {len(shape)} dimensions (numpy allows {MAX_NDIM})")
+    count = math.prod(shape)
+    if count * dtype.itemsize > _INTP_MAX:
+        raise CorruptError(f"{what}: size {shape} is too large for an array")
+    if count:
+        extent = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+        if extent * dtype.itemsize > nbytes:
+            raise CorruptError(
+                f"{what}: view (offset {offset}, size {shape}, stride {stride}) needs "
+                f"{extent * dtype.itemsize} bytes of a {nbytes}-byte storage")
+    return offset, shape, stride
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)):
+        raise FormatError(f"{what} must be a tuple of ints, not {type(value).__name__}")
+    for v in value:
+        if type(v) is not int or v < 0:
+            raise FormatError(f"{what} {tuple(value)!r} holds {v!r}, not a non-negative int")
+    return tuple(value)
+
+
+def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int, ...],
+            stride: tuple[int, ...]) -> np.ndarray:
+    """A numpy view of ``buffer`` (checked with :func:`check_view` first)."""
+    size = dtype.itemsize
+    if 0 in shape:
+        return np.ndarray(shape, dtype.numpy, buffer=buffer, offset=0,
+                          strides=tuple(s * size for s in stride))
+    return np.ndarray(shape, dtype.numpy, buffer=buffer, offset=offset * size,
+                      strides=tuple(s * size for s in stride))
+
+
+class TensorRef:
+    """A tensor of a checkpoint whose data has not been read: metadata and ``.numpy()``."""
+
+    __slots__ = ("storage", "_dtype", "shape", "stride", "storage_offset", "requires_grad",
+                 "is_parameter", "conj", "neg", "state", "_mmap")
+
+    def __init__(self, storage: StorageInfo, dtype: DTypeInfo, storage_offset: int,
+                 shape: tuple[int, ...], stride: tuple[int, ...], requires_grad: bool = False,
+                 *, conj: bool = False, neg: bool = False, mmap: bool = False) -> None:
+        self.storage = storage
+        self._dtype = dtype
+        self.storage_offset = storage_offset
+        self.shape = shape
+        self.stride = stride
+        self.requires_grad = requires_grad
+        self.is_parameter = False
+        self.conj = conj
+        self.neg = neg
+        #: Python attributes torch pickled with the tensor (``_rebuild_from_type_v2`` state,
+        #: ``_rebuild_parameter_with_state``), else ``None``.
+        self.state: dict[str, Any] | None = None
+        self._mmap = mmap
+
+    @property
+    def dtype(self) -> str:
+        """torch's dtype name, e.g. ``"bfloat16"``."""
+        return self._dtype.name
+
+    @property
+    def dtype_info(self) -> DTypeInfo:
+        return self._dtype
+
+    @property
+    def device(self) -> Device:
+        return self.storage.location
+
+    @property
+    def storage_key(self) -> str:
+        return self.storage.key
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self._dtype.itemsize
+
+    def numpy(self, *, mmap: bool | None = None) -> np.ndarray:
+        """Read the tensor: a numpy view of its storage (shared with other views of it)."""
+        buf = self.storage.buffer(self._mmap if mmap is None else mmap)
+        arr = view_of(buf, self._dtype, self.storage_offset, self.shape, self.stride)
+        if self.conj:
+            arr = np.conj(arr)
+        if self.neg:
+            arr = np.negative(arr)
+        return arr
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self.numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __repr__(self) -> str:
+        kind = "Parameter" if self.is_parameter else "TensorRef"
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        return (f"{kind}(dtype={self.dtype}, shape={self.shape}, device={str(self.device)!r}, "
+                f"storage={self.storage_key!r}{extra})")
+
+
+class Tensor:
+    """A numpy array with what numpy cannot say, for :func:`pthfmt.save`.
+
+    ``Tensor(array, device="cuda:0", requires_grad=True, parameter=True)`` saves as an
+    ``nn.Parameter`` on ``cuda:0``.  The data is always the array's.
+    """
+
+    __slots__ = ("array", "device", "requires_grad", "parameter")
+
+    def __init__(self, array: Any, device: str | Device = "cpu", requires_grad: bool = False,
+                 parameter: bool = False) -> None:
+        self.array = array if isinstance(array, (np.ndarray, TensorRef)) else np.asarray(array)
+        self.device = device if isinstance(device, Device) else Device.parse(device)
+        self.requires_grad = bool(requires_grad)
+        self.parameter = bool(parameter)
+
+    def __repr__(self) -> str:
+        return (f"Tensor(shape={self.array.shape}, dtype={self.array.dtype}, "
+                f"device={str(self.device)!r}, requires_grad={self.requires_grad}, "
+                f"parameter={self.parameter})")
