@@ -23,12 +23,12 @@ _TAG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::(\d+))?$")
 class Device:
     """A torch device as a value: ``Device("cuda", 0)`` prints like ``torch.device``."""
 
-    __slots__ = ("type", "index")
+    __slots__ = ("index", "type")
 
-    def __init__(self, type: str, index: int | None = None) -> None:  # noqa: A002
+    def __init__(self, type: str, index: int | None = None) -> None:
         if index is None and ":" in type:
             parsed = Device.parse(type)
-            type, index = parsed.type, parsed.index  # noqa: A001
+            type, index = parsed.type, parsed.index
         if not _TAG.match(type) or ":" in type:
             raise ValueError(f"invalid device type {type!r}")
         if index is not None and (not isinstance(index, int) or index < 0):
@@ -66,7 +66,7 @@ class Device:
         return Device, (self.type, self.index)
 
 
-MapLocation = Union[None, str, Device, Mapping[str, Union[str, Device]], Callable[[str], object]]
+MapLocation = Union[None, str, Device, Mapping[str, str | Device], Callable[[str], object]]
 
 
 def _to_device(value: object, what: str) -> Device:

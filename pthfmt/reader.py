@@ -12,11 +12,12 @@ from .container.legacy import read_legacy
 from .container.options import Options, Parsed
 from .container.zipformat import read_zip
 from .device import MapLocation, location_mapper
-from .errors import FormatError, UnsupportedError
+from .errors import FormatError
 from .source import PathOrFile, Source
 from .tensor import StorageInfo, TensorRef
+from .tree import walk
 
-__all__ = ["Checkpoint", "open", "load", "detect_format"]
+__all__ = ["Checkpoint", "open", "load", "detect_format", "walk"]
 
 _LEGACY_PREFIX = bytes.fromhex("8a0a6cfc9c46f9206aa85019")  # LONG1 10 <magic number>
 
@@ -94,7 +95,7 @@ class Checkpoint:
 
     def tensors(self) -> Iterator[tuple[str, TensorRef]]:
         """``(key_path, TensorRef)`` in file order, each object visited once."""
-        for path, value in walk(self._parsed.obj):
+        for path, value in walk(self._parsed.obj, leaves=(TensorRef, np.ndarray)):
             if isinstance(value, TensorRef):
                 yield path, value
 
@@ -113,36 +114,7 @@ class Checkpoint:
                 f"{len(self.storages)} storages>")
 
 
-def walk(root: Any) -> Iterator[tuple[str, Any]]:
-    """Depth-first ``(key_path, value)`` over dicts, lists and tuples, without recursion.
-
-    Containers reached twice (shared or cyclic references) are entered once; key paths join
-    dict keys and list indices with dots (``state.0.exp_avg``).
-    """
-    seen: set[int] = set()
-    stack: list[tuple[str, Any]] = [("", root)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, (dict, list, tuple, TensorRef, np.ndarray)):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-        yield path, value
-        if isinstance(value, dict):
-            items = list(value.items())
-        elif isinstance(value, (list, tuple)):
-            items = list(enumerate(value))
-        else:
-            state = getattr(value, "__dict__", None)
-            if state and isinstance(value, dict):
-                items = list(state.items())
-            else:
-                continue
-        prefix = f"{path}." if path else ""
-        stack.extend((f"{prefix}{k}", v) for k, v in reversed(items))
-
-
-def open(f: PathOrFile, *, map_location: MapLocation = None) -> Checkpoint:  # noqa: A001
+def open(f: PathOrFile, *, map_location: MapLocation = None) -> Checkpoint:
     """Open a checkpoint for inspection and lazy access (reads no tensor data)."""
     src = Source(f)
     opts = Options(location_mapper(map_location), eager=False, mmap=src.mapped)
@@ -157,10 +129,4 @@ def load(f: PathOrFile, *, map_location: MapLocation = None, mmap: bool = False)
     """
     src = Source(f)
     opts = Options(location_mapper(map_location), eager=True, mmap=mmap)
-    parsed = _parse(src, opts)
-    if parsed.format == "torchscript":
-        pass
-    return parsed.obj
-
-
-__all__ += ["walk", "UnsupportedError"]
+    return _parse(src, opts).obj

@@ -27,7 +27,7 @@ UINT8 = by_name("uint8")
 class StorageType:
     """The value of a storage-class global: ``torch.FloatStorage`` or ``UntypedStorage``."""
 
-    __slots__ = ("name", "dtype")
+    __slots__ = ("dtype", "name")
 
     def __init__(self, name: str, dtype: DTypeInfo | None) -> None:
         self.name = name
@@ -40,7 +40,7 @@ class StorageType:
 class StorageSlice:
     """A legacy-format storage view: ``numel`` elements of ``base`` from element ``start``."""
 
-    __slots__ = ("base", "start", "numel")
+    __slots__ = ("base", "numel", "start")
 
     def __init__(self, base: StorageInfo, start: int, numel: int) -> None:
         self.base, self.start, self.numel = base, start, numel
@@ -51,8 +51,8 @@ class StorageTable:
                  locate: Callable[[StorageInfo], None]) -> None:
         self.infos: dict[str, StorageInfo] = {}
         self._declared: dict[str, tuple[str, int, str]] = {}
-        self._mapper = mapper
-        self._locate = locate
+        self.mapper = mapper
+        self.locate = locate
 
     def declare(self, key: object, stype: object, tag: object, numel: object) -> StorageInfo:
         if not isinstance(key, str):
@@ -72,12 +72,12 @@ class StorageTable:
             return self.infos[key]
         self._declared[key] = (stype.name, numel, tag)
         try:
-            location = self._mapper(tag)
+            location = self.mapper(tag)
         except ValueError as exc:
             raise FormatError(f"storage {key!r}: {exc}") from None
         itemsize = stype.dtype.itemsize if stype.dtype else 1
         info = StorageInfo(key, stype.dtype, numel * itemsize, tag, location)
-        self._locate(info)
+        self.locate(info)
         self.infos[key] = info
         return info
 

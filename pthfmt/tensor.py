@@ -41,8 +41,18 @@ class StorageInfo:
     absolute offset in the file when they lie there uncompressed (``None`` otherwise).
     """
 
-    __slots__ = ("key", "dtype", "nbytes", "tag", "location", "record", "offset",
-                 "compressed", "_buffer", "_reader")
+    __slots__ = (
+        "_buffer",
+        "_reader",
+        "compressed",
+        "dtype",
+        "key",
+        "location",
+        "nbytes",
+        "offset",
+        "record",
+        "tag",
+    )
 
     def __init__(self, key: str, dtype: DTypeInfo | None, nbytes: int, tag: str,
                  location: Device) -> None:
@@ -125,8 +135,19 @@ def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int,
 class TensorRef:
     """A tensor of a checkpoint whose data has not been read: metadata and ``.numpy()``."""
 
-    __slots__ = ("storage", "_dtype", "shape", "stride", "storage_offset", "requires_grad",
-                 "is_parameter", "conj", "neg", "state", "_mmap")
+    __slots__ = (
+        "_dtype",
+        "_mmap",
+        "conj",
+        "is_parameter",
+        "neg",
+        "requires_grad",
+        "shape",
+        "state",
+        "storage",
+        "storage_offset",
+        "stride",
+    )
 
     def __init__(self, storage: StorageInfo, dtype: DTypeInfo, storage_offset: int,
                  shape: tuple[int, ...], stride: tuple[int, ...], requires_grad: bool = False,
@@ -202,7 +223,7 @@ class Tensor:
     ``nn.Parameter`` on ``cuda:0``.  The data is always the array's.
     """
 
-    __slots__ = ("array", "device", "requires_grad", "parameter")
+    __slots__ = ("array", "device", "parameter", "requires_grad")
 
     def __init__(self, array: Any, device: str | Device = "cpu", requires_grad: bool = False,
                  parameter: bool = False) -> None:

@@ -14,6 +14,7 @@ support; object arrays are refused).
 from __future__ import annotations
 
 import math
+import reprlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
@@ -77,6 +78,7 @@ def _build_allowlist() -> dict[str, Any]:
         "builtins.frozenset": "frozenset_",
         "builtins.complex": "complex_",
         "builtins.bytearray": "bytearray_",
+        "builtins.bytes": "bytes_",
         "_codecs.encode": "codecs_encode",
         "torch.Size": "size",
         "torch.device": "device",
@@ -182,6 +184,10 @@ class TorchHandlers:
         self._globals: dict[tuple[str, str], Any] = {}
 
     # -- the pickle VM's interface ---------------------------------------------------------
+    def lenient(self) -> TorchHandlers:
+        table = StorageTable(self.storages.mapper, self.storages.locate)
+        return TorchHandlers(table, eager=False, mmap=False)
+
     def resolve(self, module: str, name: str) -> Any:
         key = (module, name)
         hit = self._globals.get(key)
@@ -372,6 +378,11 @@ class TorchHandlers:
             raise FormatError("bytearray() of a non-bytes value")
         return bytearray(data)
 
+    def bytes_(self, data: Any = b"") -> bytes:
+        if not isinstance(data, (bytes, bytearray)):
+            raise FormatError("bytes() of a non-bytes value")
+        return bytes(data)
+
     def codecs_encode(self, text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
         codec = _CODECS.get(encoding) if isinstance(encoding, str) else None
         if not isinstance(text, str) or codec is None or errors != "strict":
@@ -389,7 +400,7 @@ class TorchHandlers:
 
     def np_dtype(self, spec: Any, align: Any = False, copy: Any = False) -> _PendingDType:
         if not isinstance(spec, str) or not spec or spec[0] not in _NUMPY_KINDS or \
-                not spec[1:].isdigit() and spec[1:] != "":
+                (not spec[1:].isdigit() and spec[1:] != ""):
             raise UnsafePickleError(f"numpy dtype {_short(spec)} is not a plain numeric dtype")
         try:
             return _PendingDType(np.dtype(spec))
@@ -453,6 +464,10 @@ def _text(value: Any) -> Any:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else value
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A bounded repr (no recursion the file controls, no megabyte messages)."""
+    return _REPR.repr(value)

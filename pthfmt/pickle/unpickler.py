@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
+from ..tree import walk
 from .opcodes import BY_CODE, HIGHEST_PROTOCOL, OPCODES, Opcode
 
 __all__ = ["Global", "Pending", "Handlers", "Unpickler"]
@@ -25,7 +26,7 @@ __all__ = ["Global", "Pending", "Handlers", "Unpickler"]
 class Global:
     """An allowlisted callable: one of pthfmt's handlers standing in for a file's global."""
 
-    __slots__ = ("qualname", "call")
+    __slots__ = ("call", "qualname")
 
     def __init__(self, qualname: str, call: Callable[..., Any]) -> None:
         self.qualname = qualname
@@ -54,9 +55,18 @@ class Handlers(Protocol):
 
     def build(self, obj: Any, state: Any) -> Any: ...
 
+    def lenient(self) -> Handlers:
+        """Fresh handlers for a lenient re-run (see :meth:`Unpickler.key_path`)."""
+        ...
 
-class _Mark:
-    __slots__ = ()
+
+class _Poison:
+    """Stands for an object whose construction failed, in a lenient re-run."""
+
+    __slots__ = ("op_pos",)
+
+    def __init__(self, op_pos: int) -> None:
+        self.op_pos = op_pos
 
 
 class _Stop(Exception):
@@ -74,7 +84,8 @@ class Unpickler:
                  end: int | None = None, record: str | None = None) -> None:
         self.data = data
         self.handlers = handlers
-        self.pos = start
+        self.pos = self.start = start
+        self.lenient = False
         self.end = len(data) if end is None else end
         self.record = record
         self.stack: list[Any] = []
@@ -112,18 +123,18 @@ class Unpickler:
             self.pos = pos
             return self._result
         except PthError as exc:
-            raise exc.locate(record=self.record, offset=op_pos, key_path=self.key_path())
+            raise exc.locate(record=self.record, offset=op_pos, key_path=self.key_path(op_pos))
         except (IndexError, struct.error) as exc:
             msg = "pickle stack underflow" if isinstance(exc, IndexError) else "pickle truncated"
             raise CorruptError(f"{msg} at {self._opname(op_pos)}", record=self.record,
-                               offset=op_pos, key_path=self.key_path()) from None
+                               offset=op_pos, key_path=self.key_path(op_pos)) from None
         except RecursionError:
             raise CorruptError("object too deeply nested", record=self.record, offset=op_pos,
-                               key_path=self.key_path()) from None
+                               key_path=self.key_path(op_pos)) from None
         except (TypeError, ValueError, OverflowError, MemoryError, KeyError) as exc:
             raise FormatError(f"invalid pickle at {self._opname(op_pos)}: {exc}",
                               record=self.record, offset=op_pos,
-                              key_path=self.key_path()) from None
+                              key_path=self.key_path(op_pos)) from None
 
     def _opname(self, pos: int) -> str:
         try:
@@ -139,30 +150,44 @@ class Unpickler:
         self.stack = self.metastack.pop()
         return items
 
-    def key_path(self) -> str | None:
-        """Best-effort key path of the object under construction (for error messages)."""
-        try:
-            parts: list[str] = []
-            frames = [*self.metastack, self.stack]
-            for i, frame in enumerate(frames):
-                for j in range(len(frame) - 2, -1, -1):     # dict, key, <value...> (SETITEM)
-                    if isinstance(frame[j], dict) and isinstance(frame[j + 1], (str, int)):
-                        if j + 2 < len(frame) or i + 1 < len(frames):
-                            parts.append(str(frame[j + 1]))
-                        break
-                if i + 1 < len(frames) and frame:
-                    target, items = frame[-1], frames[i + 1]
-                    if isinstance(target, dict) and items:
-                        key = items[(len(items) - 1) // 2 * 2]
-                        if isinstance(key, (str, int)):
-                            parts.append(str(key))
-                    elif isinstance(target, list):
-                        parts.append(str(len(target) + max(len(items) - 1, 0)))
-            return ".".join(parts) if parts else None
-        except Exception:  # noqa: BLE001 - only ever used to decorate another error
+    def key_path(self, fail_pos: int) -> str | None:
+        """The key path of the object whose construction failed at ``fail_pos``.
+
+        The stack alone cannot tell (``SETITEM`` and ``SETITEMS`` leave the same layout), so
+        the pickle is run again with lenient handlers that turn each failure into an inert
+        :class:`_Poison` and go on to ``STOP``; the first poison's place in the finished tree
+        is the path.  Runs only after an error; linear like the first run.
+        """
+        if self.lenient:
             return None
+        try:
+            rerun = Unpickler(self.data, self.handlers.lenient(), start=self.start,
+                              end=self.end, record=self.record)
+            rerun.lenient = True
+            root = rerun.load()
+        except Exception:
+            return None
+        for path, value in walk(root):
+            if isinstance(value, _Poison) and value.op_pos == fail_pos:
+                return path or None
+        return None
+
+    def _poison(self, *inputs: Any) -> _Poison:
+        """A new poison, or the one an input already carries (so the first one travels)."""
+        for value in inputs:
+            if isinstance(value, _Poison):
+                return value
+        return _Poison(self.op_pos)
 
     def _call(self, func: Any, args: Any, how: str) -> Any:
+        if self.lenient:
+            try:
+                return self._strict_call(func, args, how)
+            except PthError:
+                return self._poison(func, *(args if isinstance(args, tuple) else (args,)))
+        return self._strict_call(func, args, how)
+
+    def _strict_call(self, func: Any, args: Any, how: str) -> Any:
         if not isinstance(func, Global):
             raise UnsafePickleError(f"{how} on {_describe(func)}, which is not callable")
         if not isinstance(args, tuple):
@@ -173,6 +198,11 @@ class Unpickler:
     def _global(self, module: Any, name: Any) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise UnsafePickleError("STACK_GLOBAL with non-string module or name")
+        if self.lenient:
+            try:
+                return self.handlers.resolve(module, name)
+            except PthError:
+                return self._poison()
         return self.handlers.resolve(module, name)
 
     def _get(self, idx: int) -> None:
@@ -384,18 +414,31 @@ class Unpickler:
         state = self.stack.pop()
         obj = self.stack[-1]
         if isinstance(obj, Pending):
-            result = obj.build(state)
+            try:
+                result = obj.build(state)
+            except PthError:
+                if not self.lenient:
+                    raise
+                result = self._poison(state)
             self.stack[-1] = result
             for key in obj.memo_keys:
                 self.memo[key] = result
-        else:
+        elif not self.lenient:
             self.handlers.build(obj, state)
 
+    def _persistent(self, pid: Any) -> Any:
+        if self.lenient:
+            try:
+                return self.handlers.persistent_load(pid)
+            except PthError:
+                return self._poison(pid, *(pid if isinstance(pid, tuple) else ()))
+        return self.handlers.persistent_load(pid)
+
     def op_PERSID(self, arg: str) -> None:
-        self.stack.append(self.handlers.persistent_load(arg))
+        self.stack.append(self._persistent(arg))
 
     def op_BINPERSID(self, arg: None) -> None:
-        self.stack[-1] = self.handlers.persistent_load(self.stack[-1])
+        self.stack[-1] = self._persistent(self.stack[-1])
 
     # -- framing -------------------------------------------------------------------------------
     def op_PROTO(self, arg: int) -> None:
