@@ -12,7 +12,10 @@ from .errors import (
     UnserializableError,
     UnsupportedError,
 )
+from .modules import state_dict
 from .reader import Checkpoint, load, open
+from .sharded import ShardedCheckpoint, load_sharded
+from .stub import Stub, StubType
 from .tensor import StorageInfo, Tensor, TensorRef
 
 __version__ = "0.1.0"
@@ -21,6 +24,11 @@ __all__ = [
     "load",
     "open",
     "Checkpoint",
+    "state_dict",
+    "load_sharded",
+    "ShardedCheckpoint",
+    "Stub",
+    "StubType",
     "TensorRef",
     "Tensor",
     "StorageInfo",

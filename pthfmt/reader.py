@@ -103,6 +103,11 @@ class Checkpoint:
         return self._parsed.archive_name
 
     @property
+    def constants(self) -> Any:
+        """A TorchScript archive's ``constants.pkl`` (tensor constants), else ``None``."""
+        return self._parsed.extra.get("constants")
+
+    @property
     def path(self) -> str | None:
         return self._src.path
 
@@ -127,19 +132,28 @@ class Checkpoint:
                 f"{len(self.storages)} storages>")
 
 
-def open(f: PathOrFile, *, map_location: MapLocation = None) -> Checkpoint:
-    """Open a checkpoint for inspection and lazy access (reads no tensor data)."""
+def open(f: PathOrFile, *, map_location: MapLocation = None,
+         unknown: str = "error") -> Checkpoint:
+    """Open a checkpoint for inspection and lazy access (reads no tensor data).
+
+    ``unknown="stub"`` turns globals outside the allowlist (the classes of a pickled
+    ``nn.Module``) into inert :class:`pthfmt.Stub` objects instead of refusing the file.
+    """
     src = Source(f)
-    opts = Options(location_mapper(map_location), eager=False, mmap=src.mapped)
+    opts = Options(location_mapper(map_location), eager=False, mmap=src.mapped,
+                   unknown=unknown)
     return Checkpoint(src, _parse(src, opts))
 
 
-def load(f: PathOrFile, *, map_location: MapLocation = None, mmap: bool = False) -> Any:
+def load(f: PathOrFile, *, map_location: MapLocation = None, mmap: bool = False,
+         unknown: str = "error") -> Any:
     """Load a checkpoint: its Python structure with every tensor a ``numpy.ndarray``.
 
     Tensors sharing a torch storage come back as views of one buffer.  With ``mmap=True``
     arrays are read-only views of the mapped file wherever the bytes lie uncompressed.
+    ``unknown="stub"`` turns globals outside the allowlist into inert :class:`pthfmt.Stub`
+    objects (nothing is imported or called); the default refuses them.
     """
     src = Source(f)
-    opts = Options(location_mapper(map_location), eager=True, mmap=mmap)
+    opts = Options(location_mapper(map_location), eager=True, mmap=mmap, unknown=unknown)
     return _parse(src, opts).obj

@@ -66,7 +66,7 @@ def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
             info._reader = allocate
 
     table = StorageTable(opts.mapper, locate)
-    handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap)
+    handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap, unknown=opts.unknown)
     u = Unpickler(src.buf, handlers, start=start, record="legacy object pickle")
     obj = u.load()
     return obj, u.pos, table, fill

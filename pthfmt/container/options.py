@@ -15,6 +15,7 @@ class Options:
     mapper: Callable[[str], Device]
     eager: bool          # tensors become numpy arrays while unpickling
     mmap: bool           # arrays view the mapped file where the bytes allow it
+    unknown: str = "error"   # "stub": globals outside the allowlist become pthfmt.Stub
 
 
 @dataclass

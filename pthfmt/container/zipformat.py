@@ -9,13 +9,16 @@ TorchScript archive.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import CorruptError, FormatError
-from ..pickle.allowlist import TorchHandlers
+from ..pickle.allowlist import ScriptClasses, TorchHandlers
 from ..pickle.unpickler import Unpickler
 from ..source import Source
 from ..storage import StorageTable, bytes_reader, stored_reader
 from ..tensor import StorageInfo
 from .options import Options, Parsed
+from .torchscript import read_sources, script_classes
 from .ziparchive import ZipArchive, ZipEntry
 
 __all__ = ["read_zip", "TorchZip", "MAX_VERSION"]
@@ -90,10 +93,32 @@ def _byteorder(archive: TorchZip) -> str:
     return raw.decode()
 
 
-def read_zip(src: Source, opts: Options, pickle_name: str = "data.pkl") -> Parsed:
+def read_zip(src: Source, opts: Options) -> Parsed:
     archive = TorchZip(src)
     version = _version(archive)
     byteorder = _byteorder(archive)
+    torchscript = archive.find("constants.pkl") is not None
+    classes = script_classes(read_sources(archive)) if torchscript else None
+    obj = _unpickle(archive, src, opts, "data.pkl", byteorder, classes)
+    extra = {}
+    if torchscript:
+        extra["constants"] = _unpickle(archive, src, opts, "constants.pkl", byteorder,
+                                       classes)[0]
+    return Parsed(
+        format="torchscript" if torchscript else "zip",
+        obj=obj[0],
+        storages=obj[1],
+        records=[e.name for e in archive.zip.entries],
+        byteorder=byteorder,
+        version=version,
+        archive_name=archive.prefix,
+        extra=extra,
+    )
+
+
+def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
+              byteorder: str, classes: ScriptClasses | None) -> tuple[Any, dict[str, Any]]:
+    """Run ``pickle_name``; its tensors live in the records of the folder named after it."""
     big = byteorder == "big"
     folder = pickle_name[:-len(".pkl")]
 
@@ -116,16 +141,8 @@ def read_zip(src: Source, opts: Options, pickle_name: str = "data.pkl") -> Parse
             info._reader = bytes_reader(lambda: archive.zip.read(entry), info, big)
 
     table = StorageTable(opts.mapper, locate)
-    handlers = TorchHandlers(table, eager=opts.eager, mmap=opts.mmap)
+    handlers = TorchHandlers(table, eager=opts.eager, mmap=opts.mmap, unknown=opts.unknown,
+                             script_classes=classes)
     pkl = archive.need(pickle_name)
     obj = Unpickler(archive.zip.read(pkl), handlers, record=pkl.name).load()
-    torchscript = archive.find("constants.pkl") is not None
-    return Parsed(
-        format="torchscript" if torchscript else "zip",
-        obj=obj,
-        storages=table.infos,
-        records=[e.name for e in archive.zip.entries],
-        byteorder=byteorder,
-        version=version,
-        archive_name=archive.prefix,
-    )
+    return obj, table.infos

@@ -25,6 +25,7 @@ from ..device import Device
 from ..dtypes import DTYPES, UNSAVABLE, DType, DTypeInfo
 from ..errors import CorruptError, FormatError, UnsafePickleError, UnsupportedError
 from ..storage import StorageSlice, StorageTable, StorageType
+from ..stub import Stub, StubType
 from ..tensor import StorageInfo, TensorRef, check_view
 from .unpickler import Global, Pending
 
@@ -96,6 +97,13 @@ def _build_allowlist() -> dict[str, Any]:
         "numpy.core.multiarray.scalar": "np_scalar",
         "numpy.dtype": "np_dtype",
         "numpy.ndarray": _Marker("numpy.ndarray"),
+        # TorchScript archives: typed containers and type tags (data only).
+        "torch.jit._pickle.restore_type_tag": "restore_type_tag",
+        "torch.jit._pickle.build_intlist": "build_list",
+        "torch.jit._pickle.build_doublelist": "build_list",
+        "torch.jit._pickle.build_boollist": "build_list",
+        "torch.jit._pickle.build_tensorlist": "build_list",
+        "torch.jit._pickle.build_complexlist": "build_list",
     }
     for name in _UNSUPPORTED_REBUILDS:
         table[f"torch._utils.{name}"] = "unsupported_rebuild"
@@ -170,23 +178,35 @@ class _PendingDType(Pending):
         return self.dtype.newbyteorder(order) if order in "<>" else self.dtype
 
 
+ScriptClasses = dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]]
+
+
 class TorchHandlers:
-    """Handlers for one checkpoint: torch's rebuild functions, containers, numpy values.
+    r"""Handlers for one checkpoint: torch's rebuild functions, containers, numpy values.
 
     With ``eager`` every tensor becomes a numpy array as soon as it is rebuilt; otherwise it
-    stays a :class:`~pthfmt.tensor.TensorRef`.
+    stays a :class:`~pthfmt.tensor.TensorRef`.  ``unknown="stub"`` turns globals outside the
+    allowlist into inert :class:`~pthfmt.stub.StubType`\ s instead of refusing them;
+    ``script_classes`` (TorchScript archives) stubs the archive's own ``__torch__`` classes,
+    with the parameter and buffer names its code records declare.
     """
 
-    def __init__(self, storages: StorageTable, *, eager: bool, mmap: bool) -> None:
+    def __init__(self, storages: StorageTable, *, eager: bool, mmap: bool,
+                 unknown: str = "error", script_classes: ScriptClasses | None = None) -> None:
+        if unknown not in ("error", "stub"):
+            raise ValueError(f"unknown must be 'error' or 'stub', not {unknown!r}")
         self.storages = storages
         self.eager = eager
         self.mmap = mmap
+        self.unknown = unknown
+        self.script_classes = script_classes
         self._globals: dict[tuple[str, str], Any] = {}
 
     # -- the pickle VM's interface ---------------------------------------------------------
     def lenient(self) -> TorchHandlers:
         table = StorageTable(self.storages.mapper, self.storages.locate)
-        return TorchHandlers(table, eager=False, mmap=False)
+        return TorchHandlers(table, eager=False, mmap=False, unknown=self.unknown,
+                             script_classes=self.script_classes)
 
     def resolve(self, module: str, name: str) -> Any:
         key = (module, name)
@@ -196,7 +216,9 @@ class TorchHandlers:
         qualname = f"{MODULE_ALIASES.get(module, module)}.{name}"
         entry = ALLOWLIST.get(qualname)
         if entry is None:
-            raise UnsafePickleError(f"global {module}.{name} is not allowed")
+            value = self._stub_type(module, name)
+            self._globals[key] = value
+            return value
         if entry == "unsupported_rebuild":
             value: Any = Global(qualname, _unsupported(name))
         elif isinstance(entry, str):
@@ -206,11 +228,24 @@ class TorchHandlers:
         self._globals[key] = value
         return value
 
+    def _stub_type(self, module: str, name: str) -> StubType:
+        script = self.script_classes is not None and module.split(".", 1)[0] == "__torch__"
+        if self.unknown != "stub" and not script:
+            raise UnsafePickleError(f"global {module}.{name} is not allowed")
+        stub = StubType(module, name)
+        if script and self.script_classes:
+            info = self.script_classes.get(stub.qualname)
+            if info is not None:
+                stub.parameters, stub.buffers, stub.is_module = info
+        return stub
+
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid:
             raise FormatError(f"persistent id {_short(pid)} is not a tuple")
         kind = _text(pid[0])
         if kind == "module":
+            if self.unknown == "stub" and len(pid) > 1 and isinstance(pid[1], StubType):
+                return pid[1]
             raise UnsafePickleError(f"persistent id of a pickled module class {_short(pid)}")
         if kind != "storage" or len(pid) not in (5, 6):
             raise FormatError(f"persistent id {_short(pid)} is not a storage reference")
@@ -232,6 +267,9 @@ class TorchHandlers:
         return StorageSlice(info, start, numel)
 
     def build(self, obj: Any, state: Any) -> None:
+        if isinstance(obj, Stub):
+            obj.state = state
+            return
         if isinstance(obj, OrderedDict):
             if isinstance(state, tuple) and len(state) == 2:
                 state = state[0] or {}
@@ -241,6 +279,19 @@ class TorchHandlers:
             return
         raise UnsafePickleError(f"BUILD on a {type(obj).__name__} (only OrderedDict and "
                                 "pthfmt's own types accept state)")
+
+    def setitems(self, obj: Any, items: list[Any]) -> None:
+        if not isinstance(obj, Stub):
+            raise FormatError(f"SETITEM on a {_kind(obj)}; only dicts take items")
+        if len(items) % 2:
+            raise CorruptError("SETITEMS with an odd number of items")
+        for i in range(0, len(items), 2):
+            obj.dictitems[items[i]] = items[i + 1]
+
+    def extend(self, obj: Any, items: list[Any]) -> None:
+        if not isinstance(obj, Stub):
+            raise FormatError(f"APPEND to a {_kind(obj)}; only lists take items")
+        obj.listitems.extend(items)
 
     # -- tensors -------------------------------------------------------------------------------
     def make_tensor(self, storage: Any, dtype: DTypeInfo | None, offset: Any, size: Any,
@@ -318,7 +369,8 @@ class TorchHandlers:
         if not isinstance(func, Global) or not isinstance(args, tuple):
             raise UnsafePickleError(f"_rebuild_from_type_v2 with function {func!r}")
         kind = getattr(new_type, "qualname", None)
-        if kind not in ("torch.Tensor", "torch.nn.parameter.Parameter"):
+        if kind not in ("torch.Tensor", "torch.nn.parameter.Parameter") and \
+                not isinstance(new_type, StubType):
             raise UnsafePickleError(f"_rebuild_from_type_v2 to class {new_type!r}")
         tensor = func.call(*args)
         if kind == "torch.nn.parameter.Parameter":
@@ -333,6 +385,13 @@ class TorchHandlers:
 
     def parameter_class(self, data: Any = None, requires_grad: Any = True) -> Any:
         return self.rebuild_parameter(data, requires_grad)
+
+    # -- TorchScript ---------------------------------------------------------------------------
+    def restore_type_tag(self, value: Any, type_str: Any = None) -> Any:
+        return value
+
+    def build_list(self, items: Any) -> list[Any]:
+        return list(_iterable(items, "TorchScript list"))
 
     # -- torch values ------------------------------------------------------------------------
     def size(self, dims: Any = ()) -> tuple[int, ...]:
@@ -457,6 +516,10 @@ def _pairs(items: Any, what: str) -> Any:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise FormatError(f"{what}() item {_short(pair)} is not a pair")
     return items
+
+
+def _kind(obj: Any) -> str:
+    return getattr(obj, "qualname", None) or type(obj).__name__
 
 
 def _text(value: Any) -> Any:

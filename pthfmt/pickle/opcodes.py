@@ -126,6 +126,27 @@ class ArgKind:
     read: Reader | None
     doc: str
 
+    @property
+    def size(self) -> int:
+        """Bytes of a fixed-size argument (0 for none); -1 when the size varies."""
+        return _FIXED_SIZES.get(self.name, -1)
+
+
+_FIXED_SIZES: Final = {"none": 0, "uint1": 1, "uint2": 2, "int4": 4, "uint4": 4, "uint8": 8,
+                       "float8": 8}
+
+
+def _unicode4(data: Any, pos: int, end: int) -> tuple[str, int]:
+    """BINUNICODE, the commonest argument of all (every key and device tag): kept direct."""
+    start = pos + 4
+    stop = start + _u4(data, pos)[0]
+    if stop > end:
+        _need(start, stop - start, end)
+    try:
+        return str(data[start:stop], "utf-8", "surrogatepass"), stop
+    except UnicodeDecodeError as exc:
+        raise CorruptError(f"invalid UTF-8 in a pickled string: {exc.reason}") from None
+
 
 _K = {k.name: k for k in (
     ArgKind("none", None, "no argument"),
@@ -143,7 +164,7 @@ _K = {k.name: k for k in (
     ArgKind("bytes4", _sized(4, _fixed(4, _u4), bytes), "uint4 length + bytes"),
     ArgKind("bytes8", _sized(8, _fixed(8, _u8), bytes), "uint8 length + bytes"),
     ArgKind("unicode1", _sized(1, _uint1, _utf8), "uint1 length + UTF-8"),
-    ArgKind("unicode4", _sized(4, _fixed(4, _u4), _utf8), "uint4 length + UTF-8"),
+    ArgKind("unicode4", _unicode4, "uint4 length + UTF-8"),
     ArgKind("unicode8", _sized(8, _fixed(8, _u8), _utf8), "uint8 length + UTF-8"),
     ArgKind("decimalnl", _decimal, "decimal integer + newline ('00'/'01' are booleans)"),
     ArgKind("floatnl", _floatnl, "float repr + newline"),

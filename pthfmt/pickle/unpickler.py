@@ -55,6 +55,14 @@ class Handlers(Protocol):
 
     def build(self, obj: Any, state: Any) -> Any: ...
 
+    def setitems(self, obj: Any, items: list[Any]) -> None:
+        """SETITEM(S) on something that is not a dict (refuse, or record on a stub)."""
+        ...
+
+    def extend(self, obj: Any, items: list[Any]) -> None:
+        """APPEND(S) on something that is not a list (refuse, or record on a stub)."""
+        ...
+
     def lenient(self) -> Handlers:
         """Fresh handlers for a lenient re-run (see :meth:`Unpickler.key_path`)."""
         ...
@@ -67,6 +75,9 @@ class _Poison:
 
     def __init__(self, op_pos: int) -> None:
         self.op_pos = op_pos
+
+
+_U4 = struct.Struct("<I").unpack_from
 
 
 class _Stop(Exception):
@@ -93,45 +104,69 @@ class Unpickler:
         self.memo: dict[int, Any] = {}
         self.proto = 0
         self.op_pos = start
-        table: list[tuple[Any, Callable[[Any], Any]] | None] = [None] * 256
+        # Dispatch tables indexed by opcode byte: how its argument is read (-1 unknown,
+        # 0 none, 1 one byte, 2 the table's reader) and the handler that runs it.
+        self._kinds = [-1] * 256
+        self._readers: list[Any] = [None] * 256
+        self._handlers: list[Any] = [None] * 256
         for op in OPCODES:
-            table[op.code] = (op.arg.read, getattr(self, "op_" + op.name))
-        self._dispatch = table
+            self._kinds[op.code] = {"none": 0, "uint1": 1, "uint4": 4}.get(op.arg.name, 2)
+            self._readers[op.code] = op.arg.read
+            self._handlers[op.code] = getattr(self, "op_" + op.name)
 
     # -- the loop --------------------------------------------------------------------------
     def load(self) -> Any:
-        data, end, dispatch = self.data, self.end, self._dispatch
+        """Run to ``STOP``; ``pos`` is the opcode being run until its handler returns."""
+        data, end = self.data, self.end
+        kinds, readers, handlers = self._kinds, self._readers, self._handlers
+        lenient = self.lenient
+        u4 = _U4
         pos = self.pos
-        op_pos = pos
         try:
             while True:
-                op_pos = pos
                 if pos >= end:
                     raise CorruptError("pickle truncated: no STOP opcode before the end")
-                entry = dispatch[data[pos]]
-                if entry is None:
-                    raise CorruptError(f"unknown pickle opcode 0x{data[pos]:02x}")
-                read, handler = entry
-                if read is None:
+                code = data[pos]
+                kind = kinds[code]
+                if lenient:
+                    self.op_pos = pos
+                if kind == 0:
+                    handlers[code](None)
                     pos += 1
-                    arg = None
+                elif kind == 1:
+                    if pos + 2 > end:
+                        raise CorruptError("pickle truncated in an opcode argument")
+                    handlers[code](data[pos + 1])
+                    pos += 2
+                elif kind == 4:
+                    if pos + 5 > end:
+                        raise CorruptError("pickle truncated in an opcode argument")
+                    handlers[code](u4(data, pos + 1)[0])
+                    pos += 5
+                elif kind == 2:
+                    arg, next_pos = readers[code](data, pos + 1, end)
+                    handlers[code](arg)
+                    pos = next_pos
                 else:
-                    arg, pos = read(data, pos + 1, end)
-                self.op_pos = op_pos
-                handler(arg)
+                    raise CorruptError(f"unknown pickle opcode 0x{code:02x}")
         except _Stop:
-            self.pos = pos
+            self.pos = pos + 1
             return self._result
         except PthError as exc:
-            raise exc.locate(record=self.record, offset=op_pos, key_path=self.key_path(op_pos))
+            op_pos = self.op_pos = pos
+            raise exc.locate(record=self.record, offset=op_pos,
+                             key_path=self.key_path(op_pos)) from None
         except (IndexError, struct.error) as exc:
+            op_pos = self.op_pos = pos
             msg = "pickle stack underflow" if isinstance(exc, IndexError) else "pickle truncated"
             raise CorruptError(f"{msg} at {self._opname(op_pos)}", record=self.record,
                                offset=op_pos, key_path=self.key_path(op_pos)) from None
         except RecursionError:
+            op_pos = pos
             raise CorruptError("object too deeply nested", record=self.record, offset=op_pos,
                                key_path=self.key_path(op_pos)) from None
         except (TypeError, ValueError, OverflowError, MemoryError, KeyError) as exc:
+            op_pos = pos
             raise FormatError(f"invalid pickle at {self._opname(op_pos)}: {exc}",
                               record=self.record, offset=op_pos,
                               key_path=self.key_path(op_pos)) from None
@@ -221,7 +256,8 @@ class Unpickler:
 
     def _setitems(self, target: Any, items: list[Any]) -> None:
         if not isinstance(target, dict):
-            raise FormatError(f"SETITEM on a {_describe(target)}; only dicts take items")
+            self.handlers.setitems(target, items)
+            return
         if len(items) % 2:
             raise CorruptError("SETITEMS with an odd number of items")
         try:
@@ -268,16 +304,18 @@ class Unpickler:
     def op_APPEND(self, arg: None) -> None:
         value = self.stack.pop()
         target = self.stack[-1]
-        if type(target) is not list:
-            raise FormatError(f"APPEND to a {_describe(target)}; only lists take items")
-        target.append(value)
+        if type(target) is list:
+            target.append(value)
+        else:
+            self.handlers.extend(target, [value])
 
     def op_APPENDS(self, arg: None) -> None:
         items = self.pop_mark()
         target = self.stack[-1]
-        if type(target) is not list:
-            raise FormatError(f"APPENDS to a {_describe(target)}; only lists take items")
-        target.extend(items)
+        if type(target) is list:
+            target.extend(items)
+        else:
+            self.handlers.extend(target, items)
 
     def op_LIST(self, arg: None) -> None:
         items = self.pop_mark()
@@ -359,14 +397,25 @@ class Unpickler:
             raise CorruptError(f"GET with a non-integer key {arg!r}")
         self._get(arg)
 
-    op_BINGET = op_LONG_BINGET = op_GET
+    def op_BINGET(self, arg: int) -> None:
+        try:
+            self.stack.append(self.memo[arg])
+        except KeyError:
+            raise CorruptError(f"memo key {arg} was never stored") from None
+
+    op_LONG_BINGET = op_BINGET
 
     def op_PUT(self, arg: Any) -> None:
         if type(arg) is not int:
             raise CorruptError(f"PUT with a non-integer key {arg!r}")
         self._put(arg)
 
-    op_BINPUT = op_LONG_BINPUT = op_PUT
+    def op_BINPUT(self, arg: int) -> None:
+        value = self.memo[arg] = self.stack[-1]
+        if isinstance(value, Pending):
+            value.memo_keys.append(arg)
+
+    op_LONG_BINPUT = op_BINPUT
 
     def op_MEMOIZE(self, arg: None) -> None:
         self._put(len(self.memo))
@@ -448,7 +497,7 @@ class Unpickler:
         self.proto = arg
 
     def op_FRAME(self, arg: int) -> None:
-        if self.pos + arg > self.end and self.op_pos + 9 + arg > self.end:
+        if arg > self.end - self.start:
             raise CorruptError(f"pickle frame of {arg} bytes runs past the end")
 
     def op_STOP(self, arg: None) -> None:
