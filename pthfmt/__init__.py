@@ -7,6 +7,7 @@ from .dtypes import DTYPES, DType
 from .errors import (
     CorruptError,
     FormatError,
+    LimitError,
     PthError,
     UnsafePickleError,
     UnserializableError,
@@ -41,4 +42,5 @@ __all__ = [
     "UnsafePickleError",
     "UnsupportedError",
     "UnserializableError",
+    "LimitError",
 ]

@@ -15,6 +15,7 @@ __all__ = [
     "UnsafePickleError",
     "UnsupportedError",
     "UnserializableError",
+    "LimitError",
 ]
 
 
@@ -76,6 +77,15 @@ class CorruptError(PthError):
 
 class UnsafePickleError(PthError):
     """The pickle asks for a global or an opcode outside pthfmt's allowlist."""
+
+
+class LimitError(PthError):
+    """The file asks for more memory or work than its size justifies.
+
+    Raised for amplification (one pickled blob copied again and again through memo
+    references), hash flooding (many colliding integer dict keys) and similar resource
+    abuse; a genuine checkpoint never comes near these bounds.
+    """
 
 
 class UnsupportedError(PthError):

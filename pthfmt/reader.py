@@ -13,7 +13,7 @@ from .container.legacy import read_legacy
 from .container.options import Options, Parsed
 from .container.zipformat import read_zip
 from .device import MapLocation, location_mapper
-from .errors import FormatError
+from .errors import FormatError, LimitError
 from .source import PathOrFile, Source
 from .tensor import StorageInfo, TensorRef
 from .tree import walk
@@ -41,6 +41,8 @@ def _parse(src: Source, opts: Options) -> Parsed:
     gc.disable()
     try:
         return _parse_format(src, opts)
+    except MemoryError:
+        raise LimitError(f"out of memory reading the {src.size}-byte file") from None
     finally:
         if enabled:
             gc.enable()
@@ -113,9 +115,9 @@ class Checkpoint:
 
     def tensors(self) -> Iterator[tuple[str, TensorRef]]:
         """``(key_path, TensorRef)`` in file order, each object visited once."""
-        for path, value in walk(self._parsed.obj, leaves=(TensorRef, np.ndarray)):
-            if isinstance(value, TensorRef):
-                yield path, value
+        for path, value in walk(self._parsed.obj, leaves=(TensorRef, np.ndarray),
+                                 want=_is_ref):
+            yield path, value
 
     def close(self) -> None:
         self._src = None  # type: ignore[assignment]
@@ -130,6 +132,10 @@ class Checkpoint:
     def __repr__(self) -> str:
         return (f"<pthfmt.Checkpoint {self.format} {self.path or '<stream>'}: "
                 f"{len(self.storages)} storages>")
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, TensorRef)
 
 
 def open(f: PathOrFile, *, map_location: MapLocation = None,

@@ -9,7 +9,7 @@ callback then says where the bytes are and checks that the record holds exactly
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from .errors import CorruptError, FormatError
 from .source import Source
 from .tensor import StorageInfo
 
-__all__ = ["StorageType", "StorageSlice", "StorageTable", "swap_to_native", "stored_reader"]
+__all__ = ["StorageType", "StorageSlice", "StorageTable", "swap_to_native", "stored_reader",
+           "chunked_reader"]
 
 UINT8 = by_name("uint8")
 
@@ -123,16 +124,23 @@ def stored_reader(src: Source, offset: int, info: StorageInfo,
     return read
 
 
-def bytes_reader(data: Callable[[], bytes], info: StorageInfo,
-                 big_endian: bool) -> Callable[[bool], np.ndarray]:
-    """A reader for bytes that must be decoded first (compressed records): always a copy."""
+def chunked_reader(chunks: Callable[[], Iterable[bytes]], info: StorageInfo,
+                   big_endian: bool) -> Callable[[bool], np.ndarray]:
+    """A reader for bytes that must be decoded first (compressed records): always a copy,
+    written chunk by chunk into one buffer of the storage's size."""
 
     def read(mmap: bool) -> np.ndarray:
-        raw = data()
-        if len(raw) != info.nbytes:
-            raise CorruptError(f"storage {info.key!r} decompressed to {len(raw)} bytes, "
-                               f"expected {info.nbytes}", record=info.record)
-        buf = np.frombuffer(bytearray(raw), np.uint8)
+        buf = np.empty(info.nbytes, np.uint8)
+        pos = 0
+        for chunk in chunks():
+            if pos + len(chunk) > info.nbytes:
+                raise CorruptError(f"storage {info.key!r} decodes to more than "
+                                   f"{info.nbytes} bytes", record=info.record)
+            buf[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            pos += len(chunk)
+        if pos != info.nbytes:
+            raise CorruptError(f"storage {info.key!r} decodes to {pos} bytes, expected "
+                               f"{info.nbytes}", record=info.record)
         if big_endian:
             swap_to_native(buf, info.dtype, info.key)
         return buf

@@ -29,7 +29,7 @@ from ..pickle.unpickler import Unpickler
 from ..source import Source
 from ..storage import StorageTable, stored_reader
 from ..tensor import StorageInfo
-from .options import Options, Parsed
+from .options import Options, Parsed, copy_budget
 
 __all__ = ["read_legacy", "MAGIC_NUMBER", "PROTOCOL_VERSION"]
 
@@ -66,7 +66,8 @@ def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
             info._reader = allocate
 
     table = StorageTable(opts.mapper, locate)
-    handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap, unknown=opts.unknown)
+    handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap, unknown=opts.unknown,
+                             copy_budget=copy_budget(src.size))
     u = Unpickler(src.buf, handlers, start=start, record="legacy object pickle")
     obj = u.load()
     return obj, u.pos, table, fill

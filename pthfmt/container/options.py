@@ -10,6 +10,12 @@ from ..device import Device
 from ..tensor import StorageInfo
 
 
+def copy_budget(file_size: int) -> int:
+    """Bytes that pickled values may copy (see ``TorchHandlers.charge``): a genuine
+    checkpoint copies at most its own size; twice that plus slack is never reached."""
+    return 2 * file_size + (64 << 20)
+
+
 @dataclass(frozen=True)
 class Options:
     mapper: Callable[[str], Device]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import CorruptError, FormatError, UnsupportedError
@@ -25,6 +26,7 @@ _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # 46 bytes
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")          # 30 bytes
 _MAX_COMMENT = 0xFFFF
 STORED, DEFLATED = 0, 8
+_MAX_RATIO = 1032          # DEFLATE's best case: 258 bytes from one ~2-bit code
 
 
 @dataclass
@@ -145,17 +147,40 @@ class ZipArchive:
         start = self.data_offset(entry)
         if entry.method == STORED:
             return self.src.bytes(start, entry.usize)
-        raw = self.src.buf[start:start + entry.csize]
+        return b"".join(self.inflate(entry))
+
+    def inflate(self, entry: ZipEntry, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Inflate a deflated entry in chunks of at most ``chunk`` bytes.
+
+        A header can lie about the inflated size: output is produced piece by piece (a
+        lying size never pre-allocates), must stop at exactly ``usize`` bytes, and a size
+        beyond DEFLATE's maximum ratio (1032:1) is refused before any work.
+        """
+        start = self.data_offset(entry)
+        if entry.usize > _MAX_RATIO * entry.csize + 1024:
+            raise CorruptError(f"deflated record claims {entry.usize} bytes from "
+                               f"{entry.csize}: more than DEFLATE can encode",
+                               record=entry.name)
         inflater = zlib.decompressobj(-15)
+        pending = self.src.buf[start:start + entry.csize]
+        produced = 0
         try:
-            out = inflater.decompress(raw, entry.usize + 1)
+            while True:
+                out = inflater.decompress(pending, chunk)
+                pending = inflater.unconsumed_tail
+                produced += len(out)
+                if produced > entry.usize:
+                    break
+                if out:
+                    yield out
+                if inflater.eof or (not out and not pending):
+                    break
         except zlib.error as exc:
             raise CorruptError(f"bad deflate data: {exc}", record=entry.name) from None
-        if len(out) != entry.usize:
-            raise CorruptError(f"record inflates to {'more than ' if len(out) > entry.usize else ''}"
-                               f"{len(out)} bytes, its header says {entry.usize}",
+        if produced != entry.usize or not inflater.eof:
+            raise CorruptError(f"record inflates to {'more than ' if produced > entry.usize else ''}"
+                               f"{produced} bytes, its header says {entry.usize}",
                                record=entry.name)
-        return out
 
 
 def _zip64(extra: bytes, usize: int, csize: int, lho: int, index: int,

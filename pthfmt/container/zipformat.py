@@ -15,9 +15,9 @@ from ..errors import CorruptError, FormatError
 from ..pickle.allowlist import ScriptClasses, TorchHandlers
 from ..pickle.unpickler import Unpickler
 from ..source import Source
-from ..storage import StorageTable, bytes_reader, stored_reader
+from ..storage import StorageTable, chunked_reader, stored_reader
 from ..tensor import StorageInfo
-from .options import Options, Parsed
+from .options import Options, Parsed, copy_budget
 from .torchscript import read_sources, script_classes
 from .ziparchive import ZipArchive, ZipEntry
 
@@ -138,11 +138,11 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
         else:
             archive.zip.data_offset(entry)
             info.compressed = True
-            info._reader = bytes_reader(lambda: archive.zip.read(entry), info, big)
+            info._reader = chunked_reader(lambda: archive.zip.inflate(entry), info, big)
 
     table = StorageTable(opts.mapper, locate)
     handlers = TorchHandlers(table, eager=opts.eager, mmap=opts.mmap, unknown=opts.unknown,
-                             script_classes=classes)
+                             script_classes=classes, copy_budget=copy_budget(src.size))
     pkl = archive.need(pickle_name)
     obj = Unpickler(archive.zip.read(pkl), handlers, record=pkl.name).load()
     return obj, table.infos

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..device import Device
 from ..dtypes import DTYPES, UNSAVABLE, DType, DTypeInfo
-from ..errors import CorruptError, FormatError, UnsafePickleError, UnsupportedError
+from ..errors import CorruptError, FormatError, LimitError, UnsafePickleError, UnsupportedError
 from ..storage import StorageSlice, StorageTable, StorageType
 from ..stub import Stub, StubType
 from ..tensor import StorageInfo, TensorRef, check_view
@@ -135,7 +135,11 @@ _NUMPY_KINDS = frozenset("biufcSUV?")
 class _PendingArray(Pending):
     """``numpy.core.multiarray._reconstruct``; its ``BUILD`` state holds the data."""
 
-    __slots__ = ()
+    __slots__ = ("handlers",)
+
+    def __init__(self, handlers: TorchHandlers) -> None:
+        super().__init__()
+        self.handlers = handlers
 
     def build(self, state: Any) -> np.ndarray:
         if not isinstance(state, tuple) or len(state) != 5:
@@ -154,6 +158,7 @@ class _PendingArray(Pending):
         if len(raw) != math.prod(shape) * dtype.itemsize:
             raise CorruptError(f"numpy array of shape {shape} and dtype {dtype} needs "
                                f"{math.prod(shape) * dtype.itemsize} bytes, has {len(raw)}")
+        self.handlers.charge(len(raw), "numpy array")
         arr = np.frombuffer(bytearray(raw), dtype)
         return arr.reshape(shape, order="F" if fortran else "C")
 
@@ -192,7 +197,8 @@ class TorchHandlers:
     """
 
     def __init__(self, storages: StorageTable, *, eager: bool, mmap: bool,
-                 unknown: str = "error", script_classes: ScriptClasses | None = None) -> None:
+                 unknown: str = "error", script_classes: ScriptClasses | None = None,
+                 copy_budget: int = 1 << 62) -> None:
         if unknown not in ("error", "stub"):
             raise ValueError(f"unknown must be 'error' or 'stub', not {unknown!r}")
         self.storages = storages
@@ -201,12 +207,22 @@ class TorchHandlers:
         self.unknown = unknown
         self.script_classes = script_classes
         self._globals: dict[tuple[str, str], Any] = {}
+        #: Bytes that handlers may still copy out of pickled values (bytearray(),
+        #: _codecs.encode, numpy arrays): a memo reference lets a file name one big blob
+        #: many times, so copies are charged against a budget set from the file's size.
+        self.copy_budget = copy_budget
 
     # -- the pickle VM's interface ---------------------------------------------------------
     def lenient(self) -> TorchHandlers:
         table = StorageTable(self.storages.mapper, self.storages.locate)
         return TorchHandlers(table, eager=False, mmap=False, unknown=self.unknown,
-                             script_classes=self.script_classes)
+                             script_classes=self.script_classes, copy_budget=self.copy_budget)
+
+    def charge(self, nbytes: int, what: str) -> None:
+        self.copy_budget -= nbytes
+        if self.copy_budget < 0:
+            raise LimitError(f"{what}: the pickle copies more data than the file's size "
+                             "justifies (a blob referenced again and again)")
 
     def resolve(self, module: str, name: str) -> Any:
         key = (module, name)
@@ -435,6 +451,7 @@ class TorchHandlers:
     def bytearray_(self, data: Any = b"") -> bytearray:
         if not isinstance(data, (bytes, bytearray)):
             raise FormatError("bytearray() of a non-bytes value")
+        self.charge(len(data), "bytearray()")
         return bytearray(data)
 
     def bytes_(self, data: Any = b"") -> bytes:
@@ -446,6 +463,7 @@ class TorchHandlers:
         codec = _CODECS.get(encoding) if isinstance(encoding, str) else None
         if not isinstance(text, str) or codec is None or errors != "strict":
             raise UnsafePickleError(f"_codecs.encode with encoding {_short(encoding)}")
+        self.charge(len(text), "_codecs.encode")
         try:
             return text.encode(codec)
         except UnicodeEncodeError as exc:
@@ -455,7 +473,7 @@ class TorchHandlers:
     def np_reconstruct(self, subtype: Any, shape: Any, code: Any) -> _PendingArray:
         if getattr(subtype, "qualname", None) != "numpy.ndarray":
             raise UnsafePickleError(f"numpy _reconstruct of {subtype!r}")
-        return _PendingArray()
+        return _PendingArray(self)
 
     def np_dtype(self, spec: Any, align: Any = False, copy: Any = False) -> _PendingDType:
         if not isinstance(spec, str) or not spec or spec[0] not in _NUMPY_KINDS or \
@@ -533,4 +551,7 @@ _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 
 def _short(value: Any) -> str:
     """A bounded repr (no recursion the file controls, no megabyte messages)."""
-    return _REPR.repr(value)
+    try:
+        return _REPR.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"

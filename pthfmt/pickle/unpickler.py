@@ -16,7 +16,14 @@ import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
+from ..errors import (
+    CorruptError,
+    FormatError,
+    LimitError,
+    PthError,
+    UnsafePickleError,
+    UnsupportedError,
+)
 from ..tree import walk
 from .opcodes import BY_CODE, HIGHEST_PROTOCOL, OPCODES, Opcode
 
@@ -78,6 +85,8 @@ class _Poison:
 
 
 _U4 = struct.Struct("<I").unpack_from
+_SMALL_INT = 1 << 60
+_MAX_BIG_KEYS = 1000
 
 
 class _Stop(Exception):
@@ -97,6 +106,7 @@ class Unpickler:
         self.handlers = handlers
         self.pos = self.start = start
         self.lenient = False
+        self.big_keys = 0
         self.end = len(data) if end is None else end
         self.record = record
         self.stack: list[Any] = []
@@ -202,9 +212,11 @@ class Unpickler:
             root = rerun.load()
         except Exception:
             return None
-        for path, value in walk(root):
-            if isinstance(value, _Poison) and value.op_pos == fail_pos:
-                return path or None
+        def failed(value: Any) -> bool:
+            return isinstance(value, _Poison) and value.op_pos == fail_pos
+
+        for path, _ in walk(root, want=failed):
+            return path or None
         return None
 
     def _poison(self, *inputs: Any) -> _Poison:
@@ -262,10 +274,26 @@ class Unpickler:
             raise CorruptError("SETITEMS with an odd number of items")
         try:
             for i in range(0, len(items), 2):
-                target[items[i]] = items[i + 1]
+                key = items[i]
+                if type(key) is int and not -_SMALL_INT < key < _SMALL_INT:
+                    self.count_colliding(key)
+                target[key] = items[i + 1]
         except TypeError:
             raise FormatError(f"dict key of type {type(items[i]).__name__} is not hashable") \
                 from None
+
+    def count_colliding(self, key: int) -> None:
+        """Hash flooding guard: ints from +-2**61 on can be chosen to share one hash."""
+        self.big_keys += 1
+        if self.big_keys > _MAX_BIG_KEYS:
+            raise LimitError(f"more than {_MAX_BIG_KEYS} dict keys or set items are huge "
+                             "integers (a hash-flooding pattern)")
+
+    def _hashable_items(self, items: list[Any]) -> list[Any]:
+        for key in items:
+            if type(key) is int and not -_SMALL_INT < key < _SMALL_INT:
+                self.count_colliding(key)
+        return items
 
     def _push(self, value: Any) -> None:
         self.stack.append(value)
@@ -369,10 +397,10 @@ class Unpickler:
         target = self.stack[-1]
         if type(target) is not set:
             raise FormatError(f"ADDITEMS to a {_describe(target)}; only sets take items")
-        target.update(items)
+        target.update(self._hashable_items(items))
 
     def op_FROZENSET(self, arg: None) -> None:
-        items = frozenset(self.pop_mark())
+        items = frozenset(self._hashable_items(self.pop_mark()))
         self.stack.append(items)
 
     # -- stack and memo ------------------------------------------------------------------------
