@@ -101,7 +101,7 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
     if len(shape) > MAX_NDIM:
         raise UnsupportedError(f"{what}: {len(shape)} dimensions (numpy allows {MAX_NDIM})")
     count = math.prod(shape)
-    if count * dtype.itemsize > _INTP_MAX:
+    if math.prod(n for n in shape if n) * dtype.itemsize > _INTP_MAX:
         raise CorruptError(f"{what}: size {shape} is too large for an array")
     if count:
         extent = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
@@ -125,9 +125,11 @@ def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int,
             stride: tuple[int, ...]) -> np.ndarray:
     """A numpy view of ``buffer`` (checked with :func:`check_view` first)."""
     size = dtype.itemsize
-    if 0 in shape:
-        return np.ndarray(shape, dtype.numpy, buffer=buffer, offset=0,
-                          strides=tuple(s * size for s in stride))
+    if 0 in shape:      # no elements: offset (and strides too large for numpy) do not matter
+        strides = tuple(s * size for s in stride)
+        if max(strides, default=0) > _INTP_MAX:
+            return np.ndarray(shape, dtype.numpy, buffer=buffer[:0])
+        return np.ndarray(shape, dtype.numpy, buffer=buffer[:0], strides=strides)
     return np.ndarray(shape, dtype.numpy, buffer=buffer, offset=offset * size,
                       strides=tuple(s * size for s in stride))
 

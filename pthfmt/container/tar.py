@@ -22,22 +22,29 @@ than with :mod:`tarfile`, so that every offset is checked against the file, the 
 scanned in linear time, and storage bytes stay where they are: an mmap load views them in the
 mapped file.  Pickle offsets in errors are absolute file offsets; ``record`` names the member.
 
-pthfmt is stricter than torch where torch would silently pick one of two readings: a member
-name or a key that occurs twice, a count that disagrees with the member's length, and bytes
-after the last item of a member are refused.
+pthfmt is stricter than torch where torch would silently pick one of two readings or read
+memory the file does not hold: a member name or a key that occurs twice, a count that
+disagrees with the member's length, bytes after the last item of a member, and a tensor that
+runs past its storage (torch's ``set_`` grows the storage with uninitialised memory) are
+refused.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import struct
 from typing import Any
+
+import numpy as np
 
 from ..errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
 from ..pickle.allowlist import TorchHandlers
 from ..pickle.unpickler import Unpickler
 from ..source import Source
 from ..storage import StorageSlice, StorageTable, StorageType, stored_reader
-from ..tensor import StorageInfo
+from ..stub import StubType
+from ..tensor import StorageInfo, TensorRef
 from .options import Options, Parsed
 
 __all__ = ["read_tar", "TarMember", "tar_members"]
@@ -50,13 +57,14 @@ _NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directories, 
 _UNSIGNED = struct.Struct("148B8x356B")
 _SIGNED = struct.Struct("148b8x356b")
 _POSIX_MAGIC = b"ustar\x0000"
+_INTP_MAX = np.iinfo(np.intp).max
 _REQUIRED = ("storages", "tensors", "pickle")
 
 
 class TarMember:
     """One tar member: its name, type flag and where its data lies in the file."""
 
-    __slots__ = ("name", "type", "header", "offset", "size")
+    __slots__ = ("header", "name", "offset", "size", "type")
 
     def __init__(self, name: str, type_: bytes, header: int, offset: int, size: int) -> None:
         self.name, self.type, self.header, self.offset, self.size = \
@@ -221,17 +229,33 @@ class _TarHandlers(TorchHandlers):
     """TorchHandlers whose persistent ids are the tensor and storage keys of the archive.
 
     ``objects`` is ``None`` while the header pickles of ``storages`` and ``tensors`` are read
-    (torch reads those without a ``persistent_load``).
+    (torch reads those without a ``persistent_load``).  Two pieces of torch 0.3 pickling are
+    understood here: an nn.Module class travels as the persistent id
+    ``(cls, source_file, source)`` (a stub with ``unknown="stub"``, else refused), and an
+    ``nn.Parameter`` is ``Parameter(data)`` followed by ``BUILD`` with the Variable state
+    ``(requires_grad, volatile, backward_hooks)``.
     """
 
-    def __init__(self, table: StorageTable, *, eager: bool, mmap: bool) -> None:
-        super().__init__(table, eager=eager, mmap=mmap)
+    def __init__(self, table: StorageTable, *, eager: bool, mmap: bool,
+                 unknown: str = "error") -> None:
+        super().__init__(table, eager=eager, mmap=mmap, unknown=unknown)
         self.objects: dict[str, Any] | None = None
+
+    def lenient(self) -> _TarHandlers:
+        twin = copy.copy(self)          # same objects: the re-run resolves the same keys
+        twin.eager = twin.mmap = False
+        twin._globals = {}
+        return twin
 
     def persistent_load(self, pid: Any) -> Any:
         if self.objects is None:
             raise FormatError(f"persistent id {_short(pid)} in a header pickle")
         if isinstance(pid, (tuple, list)):
+            tagged = len(pid) > 1 and isinstance(pid[0], (str, bytes)) and \
+                pid[0] in ("module", b"module")
+            cls = pid[1] if tagged else pid[0] if pid else None
+            if self.unknown == "stub" and isinstance(cls, StubType):
+                return cls
             raise UnsafePickleError(f"persistent id {_short(pid)} is a pickled class (an "
                                     f"nn.Module source reference); pthfmt loads no classes")
         key = _key(pid, "persistent id")
@@ -240,6 +264,15 @@ class _TarHandlers(TorchHandlers):
             raise FormatError(f"persistent id {_short(pid)} names no tensor of member "
                               f"'tensors' and no storage of member 'storages'")
         return hit
+
+    def build(self, obj: Any, state: Any) -> None:
+        if isinstance(obj, (TensorRef, np.ndarray)) and isinstance(state, tuple) and \
+                len(state) == 3 and isinstance(state[0], bool) and \
+                isinstance(state[1], bool) and (state[2] is None or isinstance(state[2], dict)):
+            if isinstance(obj, TensorRef):         # torch's Tensor.__setstate__, legacy
+                obj.requires_grad = state[0]
+            return
+        super().build(obj, state)
 
 
 def _key(value: Any, what: str) -> str:
@@ -378,6 +411,23 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
     r.finish("the storage view list")
 
 
+def _check_empty_view(storage: StorageInfo | StorageSlice, shape: tuple[int, ...],
+                      stride: tuple[int, ...], key: str, name: str, at: int) -> None:
+    """What ``check_view`` leaves open for a view with no elements: numpy's own limits.
+
+    A non-empty view is bounded by its storage; an empty one may declare any sizes and
+    strides, and numpy refuses (with ``ValueError``) those it cannot represent.
+    """
+    if 0 not in shape:
+        return
+    info = storage.base if isinstance(storage, StorageSlice) else storage
+    itemsize = info.dtype.itemsize if info.dtype else 1
+    if math.prod(n for n in shape if n) * itemsize > _INTP_MAX or \
+            any(abs(s) * itemsize > _INTP_MAX for s in stride):
+        raise CorruptError(f"member {name!r}: empty tensor {key} has sizes {shape} and strides "
+                           f"{stride} that no array can have", record=name, offset=at)
+
+
 def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -> None:
     name = r.member.name
     buf = r.src.buf
@@ -408,6 +458,7 @@ def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -
         shape = struct.unpack_from(f"<{ndim}q", buf, meta)
         stride = struct.unpack_from(f"<{ndim}q", buf, meta + 8 * ndim)
         (offset,) = _COUNT.unpack_from(buf, meta + 16 * ndim)
+        _check_empty_view(storage, shape, stride, key, name, at)
         try:
             objects[key] = handlers.make_tensor(storage, None, offset, shape, stride, False)
         except PthError as exc:
@@ -419,7 +470,7 @@ def read_tar(src: Source, opts: Options) -> Parsed:
     members = tar_members(src)
     found = _index(members)
     table = StorageTable(opts.mapper, lambda info: None)
-    handlers = _TarHandlers(table, eager=opts.eager, mmap=opts.mmap)
+    handlers = _TarHandlers(table, eager=opts.eager, mmap=opts.mmap, unknown=opts.unknown)
 
     sys_info = None
     if "sys_info" in found:

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..errors import CorruptError, FormatError, UnsupportedError
+from ..errors import CorruptError, FormatError, LimitError, UnsupportedError
 from ..source import Source
 
 __all__ = ["ZipEntry", "ZipArchive"]
@@ -27,6 +27,10 @@ _LOCAL = struct.Struct("<4sHHHHHIIIHH")          # 30 bytes
 _MAX_COMMENT = 0xFFFF
 STORED, DEFLATED = 0, 8
 _MAX_RATIO = 1032          # DEFLATE's best case: 258 bytes from one ~2-bit code
+#: Inflation bounds (see SECURITY.md): real pickles compress about 4:1 and real weights
+#: barely at all; only constant-filled tensors approach DEFLATE's 1032:1.
+PICKLE_RATIO = 64
+DATA_RATIO = 256
 
 
 @dataclass
@@ -141,26 +145,33 @@ class ZipArchive:
             raise CorruptError(f"stored zip record with compressed size {entry.csize} and "
                                f"size {entry.usize}", record=entry.name)
 
-    def read(self, entry: ZipEntry) -> bytes:
+    def read(self, entry: ZipEntry, max_ratio: int = PICKLE_RATIO) -> bytes:
         """The entry's bytes, inflated if needed (never more than its declared size)."""
         self.check_readable(entry)
         start = self.data_offset(entry)
         if entry.method == STORED:
             return self.src.bytes(start, entry.usize)
-        return b"".join(self.inflate(entry))
+        return b"".join(self.inflate(entry, max_ratio))
 
-    def inflate(self, entry: ZipEntry, chunk: int = 1 << 20) -> Iterator[bytes]:
+    def inflate(self, entry: ZipEntry, max_ratio: int = DATA_RATIO,
+                chunk: int = 1 << 20) -> Iterator[bytes]:
         """Inflate a deflated entry in chunks of at most ``chunk`` bytes.
 
         A header can lie about the inflated size: output is produced piece by piece (a
-        lying size never pre-allocates), must stop at exactly ``usize`` bytes, and a size
-        beyond DEFLATE's maximum ratio (1032:1) is refused before any work.
+        lying size never pre-allocates) and must stop at exactly ``usize`` bytes.  A size
+        beyond DEFLATE's maximum ratio (1032:1) is refused as corrupt before any work, and
+        one beyond ``max_ratio`` (+1 MiB) as a decompression bomb.
         """
         start = self.data_offset(entry)
         if entry.usize > _MAX_RATIO * entry.csize + 1024:
             raise CorruptError(f"deflated record claims {entry.usize} bytes from "
                                f"{entry.csize}: more than DEFLATE can encode",
                                record=entry.name)
+        if entry.usize > max_ratio * entry.csize + (1 << 20):
+            raise LimitError(f"deflated record inflates {entry.usize // max(entry.csize, 1)}:1 "
+                             f"({entry.usize} bytes from {entry.csize}), over pthfmt's "
+                             f"{max_ratio}:1 bound for such records (a decompression bomb?)",
+                             record=entry.name)
         inflater = zlib.decompressobj(-15)
         pending = self.src.buf[start:start + entry.csize]
         produced = 0
@@ -178,8 +189,9 @@ class ZipArchive:
         except zlib.error as exc:
             raise CorruptError(f"bad deflate data: {exc}", record=entry.name) from None
         if produced != entry.usize or not inflater.eof:
-            raise CorruptError(f"record inflates to {'more than ' if produced > entry.usize else ''}"
-                               f"{produced} bytes, its header says {entry.usize}",
+            more = "more than " if produced > entry.usize else ""
+            raise CorruptError(f"record inflates to {more}{produced} bytes, its header says "
+                               f"{entry.usize}",
                                record=entry.name)
 
 
