@@ -114,21 +114,13 @@ class Unpickler:
         self.memo: dict[int, Any] = {}
         self.proto = 0
         self.op_pos = start
-        # Dispatch tables indexed by opcode byte: how its argument is read (-1 unknown,
-        # 0 none, 1 one byte, 2 the table's reader) and the handler that runs it.
-        self._kinds = [-1] * 256
-        self._readers: list[Any] = [None] * 256
-        self._handlers: list[Any] = [None] * 256
-        for op in OPCODES:
-            self._kinds[op.code] = {"none": 0, "uint1": 1, "uint4": 4}.get(op.arg.name, 2)
-            self._readers[op.code] = op.arg.read
-            self._handlers[op.code] = getattr(self, "op_" + op.name)
 
     # -- the loop --------------------------------------------------------------------------
     def load(self) -> Any:
         """Run to ``STOP``; ``pos`` is the opcode being run until its handler returns."""
         data, end = self.data, self.end
-        kinds, readers, handlers = self._kinds, self._readers, self._handlers
+        kinds, readers = _KINDS, _READERS
+        handlers = [None if f is None else f.__get__(self) for f in _HANDLERS]
         lenient = self.lenient
         u4 = _U4
         pos = self.pos
@@ -533,6 +525,18 @@ class Unpickler:
             raise CorruptError("STOP on an empty stack")
         self._result = self.stack.pop()
         raise _Stop
+
+
+# Dispatch tables indexed by opcode byte, built once from the opcode table: how the argument
+# is read (-1 unknown opcode, 0 none, 1 one byte, 4 four bytes, 2 the table's reader) and the
+# ``op_<NAME>`` method that runs it.
+_KINDS: list[int] = [-1] * 256
+_READERS: list[Any] = [None] * 256
+_HANDLERS: list[Any] = [None] * 256
+for _op in OPCODES:
+    _KINDS[_op.code] = {"none": 0, "uint1": 1, "uint4": 4}.get(_op.arg.name, 2)
+    _READERS[_op.code] = _op.arg.read
+    _HANDLERS[_op.code] = getattr(Unpickler, "op_" + _op.name)
 
 
 def opcode_at(data: Any, pos: int) -> Opcode | None:

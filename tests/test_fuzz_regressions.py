@@ -1,0 +1,23 @@
+"""Inputs the fuzzers once crashed on (``fuzz/regressions/``): each must raise PthError or load."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+import pthfmt
+
+CASES = sorted((Path(__file__).resolve().parent.parent / "fuzz" / "regressions").glob("*"))
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.name for p in CASES])
+def test_regression(path):
+    data = path.read_bytes()
+    for read in (lambda: pthfmt.load(io.BytesIO(data)),
+                 lambda: [r.numpy() for _, r in pthfmt.open(io.BytesIO(data)).tensors()]):
+        try:
+            read()
+        except pthfmt.PthError:
+            pass
