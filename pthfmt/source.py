@@ -63,6 +63,12 @@ class Source:
         self.check(offset, nbytes, "data")
         return np.frombuffer(self.buf, np.uint8, count=nbytes, offset=offset)
 
+    def copy(self, offset: int, nbytes: int) -> np.ndarray:
+        """A private, writable copy of ``nbytes`` at ``offset`` (its own base array, so that
+        sharing between arrays means sharing a torch storage)."""
+        self.check(offset, nbytes, "data")
+        return np.frombuffer(self.buf, np.uint8, count=nbytes, offset=offset).copy()
+
     def bytes(self, offset: int, nbytes: int) -> bytes:
         self.check(offset, nbytes, "data")
         return bytes(self.buf[offset:offset + nbytes])

@@ -114,12 +114,12 @@ def stored_reader(src: Source, offset: int, info: StorageInfo,
     """A reader for bytes that lie uncompressed in the file: zero copy when ``mmap``."""
 
     def read(mmap: bool) -> np.ndarray:
-        view = src.array(offset, info.nbytes)
+        if mmap and not big_endian:
+            return src.array(offset, info.nbytes)
+        buf = src.copy(offset, info.nbytes)
         if big_endian:
-            buf = view.copy()
             swap_to_native(buf, info.dtype, info.key)
-            return buf
-        return view if mmap else view.copy()
+        return buf
 
     return read
 
