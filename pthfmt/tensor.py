@@ -102,7 +102,8 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
         raise UnsupportedError(f"{what}: {len(shape)} dimensions (numpy allows {MAX_NDIM})")
     count = math.prod(shape)
     if math.prod(n for n in shape if n) * dtype.itemsize > _INTP_MAX:
-        raise CorruptError(f"{what}: size {shape} is too large for an array")
+        raise UnsupportedError(f"{what}: size {shape} has more elements than a numpy array "
+                               "can hold")
     if count:
         extent = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
         if extent * dtype.itemsize > nbytes:

@@ -67,7 +67,7 @@ def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
 
     table = StorageTable(opts.mapper, locate)
     handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap, unknown=opts.unknown,
-                             copy_budget=copy_budget(src.size))
+                             copy_budget=copy_budget(src.size), pid_length=6)
     u = Unpickler(src.buf, handlers, start=start, record="legacy object pickle")
     obj = u.load()
     return obj, u.pos, table, fill

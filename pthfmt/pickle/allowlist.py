@@ -198,7 +198,7 @@ class TorchHandlers:
 
     def __init__(self, storages: StorageTable, *, eager: bool, mmap: bool,
                  unknown: str = "error", script_classes: ScriptClasses | None = None,
-                 copy_budget: int = 1 << 62) -> None:
+                 copy_budget: int = 1 << 62, pid_length: int = 5) -> None:
         if unknown not in ("error", "stub"):
             raise ValueError(f"unknown must be 'error' or 'stub', not {unknown!r}")
         self.storages = storages
@@ -211,12 +211,15 @@ class TorchHandlers:
         #: _codecs.encode, numpy arrays): a memo reference lets a file name one big blob
         #: many times, so copies are charged against a budget set from the file's size.
         self.copy_budget = copy_budget
+        #: zip persistent ids have 5 items; legacy ones a 6th, the storage view metadata.
+        self.pid_length = pid_length
 
     # -- the pickle VM's interface ---------------------------------------------------------
     def lenient(self) -> TorchHandlers:
         table = StorageTable(self.storages.mapper, self.storages.locate)
         return TorchHandlers(table, eager=False, mmap=False, unknown=self.unknown,
-                             script_classes=self.script_classes, copy_budget=self.copy_budget)
+                             script_classes=self.script_classes, copy_budget=self.copy_budget,
+                             pid_length=self.pid_length)
 
     def charge(self, nbytes: int, what: str) -> None:
         self.copy_budget -= nbytes
@@ -263,8 +266,9 @@ class TorchHandlers:
             if self.unknown == "stub" and len(pid) > 1 and isinstance(pid[1], StubType):
                 return pid[1]
             raise UnsafePickleError(f"persistent id of a pickled module class {_short(pid)}")
-        if kind != "storage" or len(pid) not in (5, 6):
-            raise FormatError(f"persistent id {_short(pid)} is not a storage reference")
+        if kind != "storage" or len(pid) != self.pid_length:
+            raise FormatError(f"persistent id {_short(pid)} is not a storage reference "
+                              f"(a {self.pid_length}-tuple in this container)")
         _, stype, key, tag, numel = pid[:5]
         info = self.storages.declare(_text(key), stype, _text(tag), numel)
         view = pid[5] if len(pid) == 6 else None
