@@ -18,12 +18,16 @@ from .reader import Checkpoint, load, open
 from .sharded import ShardedCheckpoint, load_sharded
 from .stub import Stub, StubType
 from .tensor import StorageInfo, Tensor, TensorRef
+from .validation import Problem, Report, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "load",
     "open",
+    "validate",
+    "Report",
+    "Problem",
     "Checkpoint",
     "state_dict",
     "load_sharded",

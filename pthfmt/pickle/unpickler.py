@@ -156,7 +156,8 @@ class Unpickler:
             return self._result
         except PthError as exc:
             op_pos = self.op_pos = pos
-            raise exc.locate(record=self.record, offset=op_pos,
+            own = exc.record is None or exc.record == self.record   # else: another record's
+            raise exc.locate(record=self.record, offset=op_pos if own else None,
                              key_path=self.key_path(op_pos)) from None
         except (IndexError, struct.error) as exc:
             op_pos = self.op_pos = pos
