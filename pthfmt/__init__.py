@@ -19,12 +19,14 @@ from .sharded import ShardedCheckpoint, load_sharded
 from .stub import Stub, StubType
 from .tensor import StorageInfo, Tensor, TensorRef
 from .validation import Problem, Report, validate
+from .writer import save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "load",
     "open",
+    "save",
     "validate",
     "Report",
     "Problem",

@@ -9,6 +9,7 @@ callable receives the tag and returns the new one (or ``None`` to keep it).
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Union
@@ -66,6 +67,34 @@ class Device:
         return Device, (self.type, self.index)
 
 
+class MapLocationError(Exception):
+    """A user's ``map_location`` callable raised: the original exception is re-raised."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+class _HostStorage:
+    """What a torch-style ``map_location(storage, location)`` callable receives as
+    ``storage``: returning it unchanged means "keep it in host memory" (device ``cpu``)."""
+
+    def __repr__(self) -> str:
+        return "<pthfmt host storage>"
+
+
+HOST_STORAGE = _HostStorage()
+
+
+def _takes_two(func: Callable[..., object]) -> bool:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
 MapLocation = Union[None, str, Device, Mapping[str, str | Device], Callable[[str], object]]
 
 
@@ -99,9 +128,15 @@ def location_mapper(map_location: MapLocation) -> Callable[[str], Device]:
             return table[tag] if tag in table else _to_device(tag, "storage location")
     elif callable(map_location):
         func = map_location
+        torch_style = _takes_two(func)
 
         def choose(tag: str) -> Device:
-            out = func(tag)
+            try:
+                out = func(HOST_STORAGE, tag) if torch_style else func(tag)
+            except Exception as exc:
+                raise MapLocationError(exc) from exc
+            if out is HOST_STORAGE:         # torch's `lambda storage, loc: storage`
+                return Device("cpu")
             return _to_device(tag if out is None else out, "storage location")
     else:
         raise TypeError(f"unsupported map_location {map_location!r}")

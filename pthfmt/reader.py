@@ -12,7 +12,7 @@ import numpy as np
 from .container.legacy import read_legacy
 from .container.options import Options, Parsed
 from .container.zipformat import read_zip
-from .device import MapLocation, location_mapper
+from .device import MapLocation, MapLocationError, location_mapper
 from .errors import FormatError, LimitError
 from .source import PathOrFile, Source
 from .tensor import StorageInfo, TensorRef
@@ -43,6 +43,8 @@ def _parse(src: Source, opts: Options) -> Parsed:
         return _parse_format(src, opts)
     except MemoryError:
         raise LimitError(f"out of memory reading the {src.size}-byte file") from None
+    except MapLocationError as exc:
+        raise exc.original from None
     finally:
         if enabled:
             gc.enable()

@@ -203,9 +203,9 @@ class TensorRef:
         buf = self.storage.buffer(self._mmap if mmap is None else mmap)
         arr = view_of(buf, self._dtype, self.storage_offset, self.shape, self.stride)
         if self.conj:
-            arr = np.conj(arr)
+            arr = np.asarray(np.conj(arr))
         if self.neg:
-            arr = np.negative(arr)
+            arr = np.asarray(np.negative(arr))
         return arr
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

@@ -62,10 +62,10 @@ def strided_views(draw, base: torch.Tensor) -> torch.Tensor:
 #: BUG (xfail in test_reader_torch.py::test_conj_neg_views_legacy_copy): a copying load of a
 #: legacy file computes conj/neg views from the storage before its bytes are read.  Until it
 #: is fixed, legacy examples draw no conj/neg views; set False to let hypothesis find it.
-AVOID_LEGACY_CONJ_NEG_BUG = True
+AVOID_LEGACY_CONJ_NEG_BUG = False
 #: BUG (xfail in test_reader_torch.py::test_zero_dim_conj_neg_is_an_array): a 0-dim conj/neg
 #: view comes back as a numpy scalar, not a 0-d array.
-AVOID_ZERO_DIM_CONJ_NEG_BUG = True
+AVOID_ZERO_DIM_CONJ_NEG_BUG = False
 
 
 @st.composite

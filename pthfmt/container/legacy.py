@@ -10,18 +10,16 @@ Five pickles back to back, then the raw storages::
     per key:        int64 little-endian element count, then count x itemsize bytes
 
 Counts and data are little-endian whatever ``sys_info`` says (torch converts on big-endian
-hosts and never reads ``sys_info``).  Storages follow the object pickle, so tensors are made
-after the key list is read: a copying load allocates each storage when a tensor first views
-it (its size is checked against what the file can hold) and fills it afterwards; an mmap load
-unpickles a second time once every storage's offset is known.
+hosts and never reads ``sys_info``).  Storages follow the object pickle, so their offsets are
+known only after it: the object pickle is run once lazily (declaring the storages), the
+storages are located, and a load that wants arrays runs it a second time with every
+storage's bytes in place.
 """
 
 from __future__ import annotations
 
 import struct
 from typing import Any
-
-import numpy as np
 
 from ..errors import CorruptError, FormatError
 from ..pickle.allowlist import TorchHandlers
@@ -45,9 +43,7 @@ def _header(src: Source, pos: int, handlers: TorchHandlers, what: str) -> tuple[
 
 
 def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
-                   offsets: dict[str, int] | None) -> tuple[Any, int, StorageTable,
-                                                            dict[str, np.ndarray]]:
-    fill: dict[str, np.ndarray] = {}
+                   offsets: dict[str, int] | None) -> tuple[Any, int, StorageTable]:
     budget = [src.size - start]
 
     def locate(info: StorageInfo) -> None:
@@ -59,18 +55,13 @@ def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
         if offsets is not None:
             info.offset = offsets[info.key]
             info._reader = stored_reader(src, info.offset, info, False)
-        elif eager:
-            def allocate(mmap: bool, info: StorageInfo = info) -> np.ndarray:
-                buf = fill[info.key] = np.empty(info.nbytes, np.uint8)
-                return buf
-            info._reader = allocate
 
     table = StorageTable(opts.mapper, locate)
     handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap, unknown=opts.unknown,
                              copy_budget=copy_budget(src.size), pid_length=6)
     u = Unpickler(src.buf, handlers, start=start, record="legacy object pickle")
     obj = u.load()
-    return obj, u.pos, table, fill
+    return obj, u.pos, table
 
 
 def read_legacy(src: Source, opts: Options) -> Parsed:
@@ -86,8 +77,7 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
     if not isinstance(sys_info, dict):
         raise FormatError(f"legacy sys_info is a {type(sys_info).__name__}, not a dict")
     main_start = pos
-    copy_now = opts.eager and not opts.mmap
-    obj, pos, table, fill = _unpickle_main(src, main_start, opts, copy_now, None)
+    obj, pos, table = _unpickle_main(src, main_start, opts, False, None)
     keys, pos = _header(src, pos, plain, "legacy storage keys")
     if not isinstance(keys, list) or not all(isinstance(k, (str, bytes)) for k in keys):
         raise FormatError("legacy storage key list is not a list of strings")
@@ -113,16 +103,12 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
     if missing:
         raise CorruptError(f"storage {missing[0]!r} has no data after the key list",
                            record="legacy storage keys")
-    if opts.eager and opts.mmap:
-        obj, _, table, fill = _unpickle_main(src, main_start, opts, True, offsets)
+    if opts.eager:
+        obj, _, table = _unpickle_main(src, main_start, opts, True, offsets)
     else:
         for key, info in table.infos.items():
             info.offset = offsets[key]
-            buf = fill.get(key)
-            if buf is not None:
-                buf[:] = src.array(info.offset, info.nbytes)
-            else:
-                info._reader = stored_reader(src, info.offset, info, False)
+            info._reader = stored_reader(src, info.offset, info, False)
     return Parsed(format="legacy", obj=obj, storages=table.infos,
                   records=["magic number", "protocol version", "sys_info", "object",
                            "storage keys", *(f"storage {k}" for k in offsets)],

@@ -95,6 +95,7 @@ def _build_allowlist() -> dict[str, Any]:
         "torch._tensor._rebuild_from_type": "rebuild_from_type_v2",
         "numpy.core.multiarray._reconstruct": "np_reconstruct",
         "numpy.core.multiarray.scalar": "np_scalar",
+        "numpy.core.numeric._frombuffer": "np_frombuffer",
         "numpy.dtype": "np_dtype",
         "numpy.ndarray": _Marker("numpy.ndarray"),
         # TorchScript archives: typed containers and type tags (data only).
@@ -341,6 +342,11 @@ class TorchHandlers:
             if not isinstance(metadata, dict):
                 raise FormatError(f"tensor metadata is a {type(metadata).__name__}")
             conj, neg = bool(metadata.get("conj")), bool(metadata.get("neg"))
+            if neg and dtype.kind == "bool":
+                if math.prod(size if isinstance(size, (tuple, list)) else ()):
+                    raise UnsupportedError("a negated view of a bool tensor (torch cannot "
+                                           "materialize it either: bool has no negative)")
+                neg = False                 # an empty one holds no values to negate
         if not isinstance(requires_grad, bool):
             raise FormatError(f"requires_grad is {requires_grad!r}, not a bool")
         ref = TensorRef(storage, dtype, offset, size, stride, requires_grad,
@@ -487,6 +493,22 @@ class TorchHandlers:
             return _PendingDType(np.dtype(spec))
         except TypeError:
             raise FormatError(f"invalid numpy dtype {spec!r}") from None
+
+    def np_frombuffer(self, buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+        """numpy's protocol-5 array pickling (in-band buffer)."""
+        if isinstance(dtype, _PendingDType):
+            dtype = dtype.dtype
+        if not isinstance(dtype, np.dtype) or dtype.hasobject:
+            raise UnsafePickleError(f"numpy array of dtype {_short(dtype)}")
+        if not isinstance(buf, (bytes, bytearray)) or order not in ("C", "F"):
+            raise FormatError("numpy _frombuffer of a non-bytes buffer or unknown order")
+        if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+            raise FormatError(f"numpy array shape {_short(shape)} is not a tuple of ints")
+        if len(buf) != math.prod(shape) * dtype.itemsize:
+            raise CorruptError(f"numpy array of shape {shape} and dtype {dtype} needs "
+                               f"{math.prod(shape) * dtype.itemsize} bytes, has {len(buf)}")
+        self.charge(len(buf), "numpy array")
+        return np.frombuffer(bytearray(buf), dtype).reshape(shape, order=order)
 
     def np_scalar(self, dtype: Any, raw: Any = None) -> Any:
         if isinstance(dtype, _PendingDType):

@@ -117,40 +117,114 @@ class Unpickler:
 
     # -- the loop --------------------------------------------------------------------------
     def load(self) -> Any:
-        """Run to ``STOP``; ``pos`` is the opcode being run until its handler returns."""
+        """Run to ``STOP``; ``pos`` is the opcode being run until its handler returns.
+
+        The opcodes that make up nearly all of a torch pickle (memo puts and gets, small
+        ints, marks, tuples, REDUCE, BINPERSID, strings) run inline on local variables;
+        every other opcode goes through the dispatch tables built from the opcode table,
+        with ``self.stack`` synchronised around the call.
+        """
         data, end = self.data, self.end
         kinds, readers = _KINDS, _READERS
         handlers = [None if f is None else f.__get__(self) for f in _HANDLERS]
         lenient = self.lenient
-        u4 = _U4
+        u4, pending, call, persistent = _U4, Pending, self._call, self._persistent
+        read_str = _READERS[ord("X")]
+        memo, metastack = self.memo, self.metastack
+        stack = self.stack
         pos = self.pos
         try:
             while True:
                 if pos >= end:
                     raise CorruptError("pickle truncated: no STOP opcode before the end")
                 code = data[pos]
-                kind = kinds[code]
                 if lenient:
                     self.op_pos = pos
-                if kind == 0:
-                    handlers[code](None)
-                    pos += 1
-                elif kind == 1:
+                if code == 0x71 or code == 0x72:                    # BINPUT, LONG_BINPUT
+                    if code == 0x71:
+                        if pos + 2 > end:
+                            raise CorruptError("pickle truncated in an opcode argument")
+                        idx = data[pos + 1]
+                        pos += 2
+                    else:
+                        if pos + 5 > end:
+                            raise CorruptError("pickle truncated in an opcode argument")
+                        idx = u4(data, pos + 1)[0]
+                        pos += 5
+                    value = memo[idx] = stack[-1]
+                    if isinstance(value, pending):
+                        value.memo_keys.append(idx)
+                elif code == 0x68:                                  # BINGET
                     if pos + 2 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
-                    handlers[code](data[pos + 1])
+                    try:
+                        stack.append(memo[data[pos + 1]])
+                    except KeyError:
+                        raise CorruptError(f"memo key {data[pos + 1]} was never stored") \
+                            from None
                     pos += 2
-                elif kind == 4:
-                    if pos + 5 > end:
+                elif code == 0x4B:                                  # BININT1
+                    if pos + 2 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
-                    handlers[code](u4(data, pos + 1)[0])
-                    pos += 5
-                elif kind == 2:
-                    arg, next_pos = readers[code](data, pos + 1, end)
-                    handlers[code](arg)
-                    pos = next_pos
+                    stack.append(data[pos + 1])
+                    pos += 2
+                elif code == 0x28:                                  # MARK
+                    metastack.append(stack)
+                    stack = []
+                    pos += 1
+                elif code == 0x74:                                  # TUPLE
+                    if not metastack:
+                        raise CorruptError("pickle mark missing")
+                    items = tuple(stack)
+                    stack = metastack.pop()
+                    stack.append(items)
+                    pos += 1
+                elif code == 0x52:                                  # REDUCE
+                    args = stack.pop()
+                    stack[-1] = call(stack[-1], args, "REDUCE")
+                    pos += 1
+                elif code == 0x58:                                  # BINUNICODE
+                    arg, pos = read_str(data, pos + 1, end)
+                    stack.append(arg)
+                elif code == 0x85:                                  # TUPLE1
+                    stack[-1] = (stack[-1],)
+                    pos += 1
+                elif code == 0x86:                                  # TUPLE2
+                    second = stack.pop()
+                    stack[-1] = (stack[-1], second)
+                    pos += 1
+                elif code == 0x29:                                  # EMPTY_TUPLE
+                    stack.append(())
+                    pos += 1
+                elif code == 0x51:                                  # BINPERSID
+                    stack[-1] = persistent(stack[-1])
+                    pos += 1
+                elif code == 0x89:                                  # NEWFALSE
+                    stack.append(False)
+                    pos += 1
                 else:
-                    raise CorruptError(f"unknown pickle opcode 0x{code:02x}")
+                    self.stack = stack
+                    kind = kinds[code]
+                    if kind == 0:
+                        handlers[code](None)
+                        pos += 1
+                    elif kind == 1:
+                        if pos + 2 > end:
+                            raise CorruptError("pickle truncated in an opcode argument")
+                        handlers[code](data[pos + 1])
+                        pos += 2
+                    elif kind == 4:
+                        if pos + 5 > end:
+                            raise CorruptError("pickle truncated in an opcode argument")
+                        handlers[code](u4(data, pos + 1)[0])
+                        pos += 5
+                    elif kind == 2:
+                        arg, next_pos = readers[code](data, pos + 1, end)
+                        handlers[code](arg)
+                        pos = next_pos
+                    else:
+                        raise CorruptError(f"unknown pickle opcode 0x{code:02x}")
+                    stack = self.stack
         except _Stop:
             self.pos = pos + 1
             return self._result
@@ -217,6 +291,11 @@ class Unpickler:
         for value in inputs:
             if isinstance(value, _Poison):
                 return value
+        for value in inputs:        # one level into argument and state tuples
+            if isinstance(value, (tuple, list)):
+                for item in value:
+                    if isinstance(item, _Poison):
+                        return item
         return _Poison(self.op_pos)
 
     def _call(self, func: Any, args: Any, how: str) -> Any:
