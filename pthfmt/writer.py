@@ -1,0 +1,595 @@
+"""Writing checkpoints: :func:`save`, the counterpart of ``torch.save``.
+
+What is written, for a tensor (a numpy array, a :class:`~pthfmt.TensorRef` from
+:func:`pthfmt.open`, or a :class:`~pthfmt.Tensor` wrapper)::
+
+    torch._utils._rebuild_tensor_v2(
+        PERSID ('storage', torch.<X>Storage, '<key>', '<device>', <numel in elements>),
+        storage_offset, size, stride,            # in elements
+        requires_grad, OrderedDict()             # backward hooks: always empty
+        [, {'neg': True, 'conj': True}])         # only when set (TensorRef flags)
+
+    torch._utils._rebuild_tensor_v3(             # dtypes with no typed storage class
+        PERSID ('storage', torch.storage.UntypedStorage, key, device, <numel in BYTES>),
+        storage_offset, size, stride, requires_grad, OrderedDict(), torch.<dtype> [, metadata])
+
+``nn.Parameter`` is ``_rebuild_parameter(<tensor, requires_grad=False>, requires_grad,
+OrderedDict())`` (``_rebuild_parameter_with_state`` with Python attributes); a plain tensor
+with attributes is ``torch._tensor._rebuild_from_type_v2(_rebuild_tensor_v2, torch.Tensor,
+args, state)``.  Storage keys are ``"0"``, ``"1"``, ... in the order the pickle first meets
+them, and the bytes of storage ``k`` are the record ``data/k``, little-endian, written in key
+order (zip layout: :mod:`pthfmt.container.zipwriter`; legacy: :func:`_write_legacy`).
+
+**Storages from numpy arrays.**  Arrays that view one memory block share one storage, as
+torch tensors viewing one storage do: arrays whose byte ranges overlap, or that have the same
+owning base (an ``ndarray`` that owns its data, or a ``bytes``/``bytearray``), become one
+storage spanning the lowest to the highest byte any of them uses, each with its own element
+offset and strides.  A memory-mapped file is not one block (every array loaded from it has the
+mapping as base), so arrays based on other buffer objects share only when they overlap.
+Arrays that torch cannot express as a view get a contiguous copy of their own: negative
+strides, strides that are not a multiple of the item size, and empty arrays.  Arrays of
+different torch dtypes, byte orders or devices, or whose element grids do not line up, never
+share a storage (torch cannot load that).  Big-endian arrays are byte-swapped as written.
+
+**Streaming.**  The pickle is built in memory (it holds no tensor data); storages are written
+straight from the arrays (or the mapped checkpoint of a ``TensorRef``) in pieces of
+:data:`CHUNK` bytes, so saving costs about that much memory beyond the inputs.  Nothing is
+ever sought: the output may be a pipe.
+
+**Atomicity.**  Everything is checked before a byte is written: an object the format cannot
+hold raises :class:`~pthfmt.errors.UnserializableError` naming its key path and nothing is
+written.  A path target is written to a temporary file beside it (``.<name>.<random>.tmp``),
+flushed, fsynced and renamed over the target; on any error, ``KeyboardInterrupt`` and a full
+disk included, the temporary file is removed and the old file is untouched.  A process killed
+by SIGKILL can leave the temporary file behind, never a partial file under the target name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import struct
+import sys
+import types
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, Final, Union
+
+import numpy as np
+
+from .container.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
+from .container.zipwriter import ZipWriter, archive_name_for_path
+from .device import Device
+from .dtypes import DType, DTypeInfo, from_numpy
+from .errors import UnserializableError
+from .pickle.pickler import GlobalRef, Path, PersistentId, Pickler, Reduction
+from .tensor import Tensor, TensorRef
+
+__all__ = ["save", "CHUNK"]
+
+#: Bytes handed to the output per write while streaming storages.
+CHUNK: Final = 16 << 20
+
+Target = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]", IO[bytes]]
+Write = Callable[[Any], None]
+
+_REBUILD_V2 = GlobalRef("torch._utils", "_rebuild_tensor_v2")
+_REBUILD_V3 = GlobalRef("torch._utils", "_rebuild_tensor_v3")
+_PARAMETER = GlobalRef("torch._utils", "_rebuild_parameter")
+_PARAMETER_WITH_STATE = GlobalRef("torch._utils", "_rebuild_parameter_with_state")
+_FROM_TYPE = GlobalRef("torch._tensor", "_rebuild_from_type_v2")
+_TENSOR_CLASS = GlobalRef("torch", "Tensor")
+_UNTYPED = GlobalRef("torch.storage", "UntypedStorage")
+_DEVICE = GlobalRef("torch", "device")
+#: ``sys_info`` of a legacy file, as ``torch.save`` writes it (``struct`` sizes of ``=h =i =l``).
+_SYS_INFO: Final = {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
+                    "type_sizes": {"short": 2, "int": 4, "long": 4}}
+
+
+def save(obj: Any, f: Target, *, format: str = "zip",
+         archive_name: str | None = None) -> None:
+    """Save ``obj`` as a checkpoint that ``torch.load(f, weights_only=True)`` reads.
+
+    ``f`` is a path (written atomically) or a writable binary file object (written from its
+    current position, never sought, so pipes work).  ``format`` is ``"zip"`` (torch's default
+    since 1.6, laid out byte for byte as ``torch.save`` does) or ``"legacy"``
+    (``_use_new_zipfile_serialization=False``).  ``archive_name`` overrides the zip's folder
+    name, which is otherwise what torch picks: the file name without its extension, or
+    ``archive`` for file objects and non-ASCII paths.
+
+    ``obj`` may hold dicts (``OrderedDict`` attributes such as ``_metadata`` included),
+    lists, tuples, sets, ``Counter``, str, bytes, bytearray, int, float, complex, bool,
+    ``None``, :class:`~pthfmt.Device`, :class:`~pthfmt.DType`, numpy arrays of every dtype in
+    :data:`pthfmt.DTYPES` but the quantized ones, :class:`~pthfmt.TensorRef` and
+    :class:`~pthfmt.Tensor`.  numpy scalars are written as the Python scalar they hold
+    (torch's weights-only loader refuses numpy's own pickling).  Anything else raises
+    :class:`~pthfmt.errors.UnserializableError` naming its key path, before anything is written.
+    """
+    if format not in ("zip", "legacy"):
+        raise ValueError(f"format must be 'zip' or 'legacy', not {format!r}")
+    if archive_name is not None:
+        if format != "zip":
+            raise ValueError("archive_name only applies to the zip format")
+        if not isinstance(archive_name, str) or not archive_name or "/" in archive_name:
+            raise ValueError(f"archive_name {archive_name!r} must be a non-empty name "
+                             "without '/'")
+    plan = _Plan(legacy=format == "legacy")
+    pickled = plan.pickle(obj)
+
+    def emit(write: Write, name: str) -> None:
+        if format == "zip":
+            _write_zip(write, name, pickled, plan.storages)
+        else:
+            _write_legacy(write, pickled, plan.storages)
+
+    if isinstance(f, (str, bytes, os.PathLike)):
+        path = os.fsdecode(os.fspath(f))
+        name = archive_name or archive_name_for_path(path)
+        _write_atomically(path, lambda write: emit(write, name))
+    elif callable(getattr(f, "write", None)):
+        emit(_stream_writer(f), archive_name or "archive")
+        flush = getattr(f, "flush", None)
+        if callable(flush):
+            flush()
+    else:
+        raise TypeError(f"expected a path or a writable binary file object, not "
+                        f"{type(f).__name__}")
+
+
+# -- the plan: tensors, their storages and the pickle ----------------------------------------
+
+@dataclass(eq=False)
+class _Storage:
+    """One storage to write: ``nbytes`` little-endian bytes from ``chunks()``."""
+
+    dtype: DTypeInfo
+    nbytes: int
+    tag: str
+    chunks: Callable[[], Iterator[Any]]
+    key: str | None = None
+
+
+@dataclass(eq=False)
+class _View:
+    """One tensor: how it views its storage, and what else torch records about it."""
+
+    dtype: DTypeInfo
+    tag: str
+    requires_grad: bool
+    parameter: bool
+    array: np.ndarray | None = None           # numpy source
+    ref: TensorRef | None = None              # checkpoint source
+    state: dict[str, Any] | None = None
+    conj: bool = False
+    neg: bool = False
+    storage: _Storage | None = None
+    offset: int = 0
+    shape: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+
+
+class _Inner:
+    """The plain tensor inside an ``nn.Parameter`` (a fresh object, as ``Parameter.data``)."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: _View) -> None:
+        self.view = view
+
+
+@dataclass(eq=False)
+class _Plan:
+    """Pickles an object twice: once to check it and collect its tensors, once to write it
+    after the tensors' storages are laid out (keys follow the second pass's order)."""
+
+    legacy: bool
+    views: dict[int, _View] = field(default_factory=dict)
+    keep: list[Any] = field(default_factory=list)      # leaves, so their ids stay unique
+    storages: list[_Storage] = field(default_factory=list)
+    final: bool = False
+
+    def pickle(self, obj: Any) -> bytes:
+        Pickler(self.reduce).dump(obj)
+        _assign_storages(list(self.views.values()))
+        self.final = True
+        return Pickler(self.reduce).dump(obj)
+
+    # -- the pickler's reducer -----------------------------------------------------------------
+    def reduce(self, obj: Any, path: Path) -> Any:
+        if isinstance(obj, (np.ndarray, TensorRef, Tensor)):
+            view = self.views.get(id(obj))
+            if view is None:
+                if self.final:
+                    raise UnserializableError("the object changed while it was being saved")
+                view = self.views[id(obj)] = _make_view(obj, self.legacy)
+                self.keep.append(obj)
+            return self._tensor(view)
+        if isinstance(obj, _Inner):
+            return self._plain_tensor(obj.view, requires_grad=False)
+        if isinstance(obj, DType):
+            return GlobalRef("torch", obj.name)
+        if isinstance(obj, Device):
+            args = (_fresh(obj.type),) if obj.index is None else (_fresh(obj.type), obj.index)
+            return Reduction(_DEVICE, args)
+        if isinstance(obj, np.generic):
+            return _python_scalar(obj)
+        raise UnserializableError(_unsupported(obj))
+
+    def _tensor(self, view: _View) -> Reduction:
+        if view.parameter:
+            args = (_Inner(view), view.requires_grad, OrderedDict())
+            if view.state:
+                return Reduction(_PARAMETER_WITH_STATE, (*args, view.state))
+            return Reduction(_PARAMETER, args)
+        plain = self._plain_tensor(view, view.requires_grad)
+        if view.state:
+            return Reduction(_FROM_TYPE, (plain.func, _TENSOR_CLASS, plain.args, view.state))
+        return plain
+
+    def _plain_tensor(self, view: _View, requires_grad: bool) -> Reduction:
+        info, storage = view.dtype, view.storage
+        typed = info.storage is not None
+        if storage is None:                                  # first pass: structure only
+            key, nbytes, tag = "", 0, view.tag
+        else:
+            if storage.key is None:
+                storage.key = str(len(self.storages))
+                self.storages.append(storage)
+            key, nbytes, tag = storage.key, storage.nbytes, storage.tag
+        pid: tuple[Any, ...] = (
+            "storage", GlobalRef("torch", info.storage) if typed else _UNTYPED, key,
+            _location(tag), nbytes // info.itemsize if typed else nbytes)
+        if self.legacy:
+            pid += (None,)                                   # view_metadata
+        args: tuple[Any, ...] = (
+            PersistentId(pid), view.offset, tuple(list(view.shape)),
+            tuple(list(view.stride)), requires_grad, OrderedDict())
+        if not typed:
+            args += (GlobalRef("torch", info.name),)
+        metadata = {**({"neg": True} if view.neg else {}), **({"conj": True} if view.conj else {})}
+        if metadata:
+            args += (metadata,)
+        return Reduction(_REBUILD_V2 if typed else _REBUILD_V3, args)
+
+
+def _location(tag: str) -> str:
+    """The device tag as torch's ``location_tag`` returns it: ``'cpu'`` (and other index-less
+    tags) is one interned string, ``'cuda:0'`` a new string per storage reference.  This only
+    decides which repeats the pickle memo shares, so that the bytes match torch's."""
+    return sys.intern(tag) if ":" not in tag else _fresh(tag)
+
+
+def _fresh(text: str) -> str:
+    """A new ``str`` object equal to ``text`` (as torch builds device strings per call)."""
+    return text[:1] + text[1:] if len(text) > 1 else text
+
+
+def _python_scalar(value: np.generic) -> Any:
+    """numpy scalars are written as Python scalars: torch's weights-only loader refuses the
+    ``numpy.core.multiarray.scalar`` global that pickling a numpy scalar needs."""
+    if isinstance(value, np.str_):
+        return str(value)
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    item = value.item() if value.dtype.kind in "biufc" or from_numpy(value.dtype) else None
+    if type(item) in (bool, int, float, complex):
+        return item
+    raise UnserializableError(f"numpy scalar of dtype {value.dtype} has no Python or torch "
+                              "equivalent")
+
+
+def _unsupported(obj: Any) -> str:
+    kind = type(obj)
+    name = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" \
+        else kind.__qualname__
+    if isinstance(obj, (types.GeneratorType, types.CoroutineType)) or \
+            (hasattr(obj, "__next__") and hasattr(obj, "__iter__")):
+        why = "iterators and generators cannot be saved; save a list"
+    elif isinstance(obj, type) or callable(obj):
+        why = "functions and classes cannot be saved (torch.load(weights_only=True) refuses code)"
+    elif hasattr(obj, "__array__"):
+        why = "convert it with numpy.asarray() first"
+    else:
+        why = ("torch.load(weights_only=True) only rebuilds tensors, dicts, lists, tuples, "
+               "sets, strings, bytes, numbers, None, devices and dtypes")
+    return f"cannot save an object of type {name}: {why}"
+
+
+# -- tensors -----------------------------------------------------------------------------------
+
+_Member = tuple[int, int, _View]      # (lowest byte address, one past the highest, view)
+
+
+def _make_view(obj: Any, legacy: bool) -> _View:
+    """Describe a tensor-like leaf; raises UnserializableError for what torch cannot load."""
+    source = obj.array if isinstance(obj, Tensor) else obj
+    if isinstance(source, TensorRef):
+        view = _View(source.dtype_info, str(source.device), source.requires_grad,
+                     source.is_parameter, ref=source, state=source.state, conj=source.conj,
+                     neg=source.neg)
+    else:
+        if isinstance(source, np.ma.MaskedArray):
+            raise UnserializableError("a masked array would lose its mask; save .data and "
+                                      ".mask separately")
+        array = np.asarray(source)
+        view = _View(_torch_dtype(array.dtype), "cpu", False, False, array=array)
+    if isinstance(obj, Tensor):
+        view.tag, view.requires_grad, view.parameter = (str(obj.device), obj.requires_grad,
+                                                         obj.parameter)
+    info = view.dtype
+    if info.kind == "quantized":
+        raise UnserializableError(f"{info.name} tensors need quantization parameters; "
+                                  "pthfmt does not write quantized tensors")
+    if legacy and info.storage is None:
+        raise UnserializableError(f"torch cannot load {info.name} tensors from the legacy "
+                                  "format (it has no typed storage for them); use format='zip'")
+    if view.requires_grad and info.kind not in ("float", "complex"):
+        raise UnserializableError(f"a {info.name} tensor cannot require gradients (only "
+                                  "floating point and complex tensors can)")
+    if view.requires_grad and not view.parameter and info.storage is None:
+        # _rebuild_tensor_v3 makes the tensor with requires_grad, then calls set_() on it:
+        # torch 2.13 fails to load such a file (even one torch.save wrote).
+        raise UnserializableError(f"torch cannot load a {info.name} tensor that requires "
+                                  "gradients (_rebuild_tensor_v3 fails); save it as a "
+                                  "Parameter or without requires_grad")
+    return view
+
+
+def _torch_dtype(dtype: np.dtype) -> DTypeInfo:
+    if dtype.hasobject:
+        raise UnserializableError("numpy object arrays cannot be saved: tensors hold numbers")
+    info = from_numpy(dtype)
+    if info is None:
+        raise UnserializableError(f"numpy dtype {dtype} has no torch equivalent")
+    return info
+
+
+def _assign_storages(views: list[_View]) -> None:
+    """Give every view its storage, offset, shape and stride (see the module docstring)."""
+    shared: dict[tuple[Any, ...], _Storage] = {}
+    groups: dict[tuple[Any, ...], list[_Member]] = defaultdict(list)
+    for view in views:
+        ref, array = view.ref, view.array
+        if ref is not None:
+            key = (id(ref.storage), ref.dtype, view.tag)
+            if key not in shared:
+                shared[key] = _Storage(view.dtype, ref.storage.nbytes, view.tag,
+                                       _buffer_chunks(ref, view.dtype))
+            view.storage = shared[key]
+            view.offset, view.shape, view.stride = ref.storage_offset, ref.shape, ref.stride
+            continue
+        assert array is not None
+        size = array.dtype.itemsize
+        if array.size == 0 or any(s < 0 or s % size for s in array.strides):
+            _own_copy(view, array)
+            continue
+        lo = array.__array_interface__["data"][0]
+        hi = lo + size + sum((n - 1) * s for n, s in zip(array.shape, array.strides))
+        groups[(view.dtype.name, _is_big(array.dtype), view.tag, lo % size)].append(
+            (lo, hi, view))
+    for members in groups.values():
+        for component in _sharing_components(members):
+            _share(component)
+
+
+def _own_copy(view: _View, array: np.ndarray) -> None:
+    """A storage holding a C-contiguous copy of ``array`` (made chunk by chunk when written).
+    Empty arrays get contiguous strides too, as ``torch.empty`` has (numpy's are 0)."""
+    big = _is_big(array.dtype)
+    view.storage = _Storage(view.dtype, array.nbytes, view.tag,
+                            lambda: _array_chunks(array, view.dtype.swap, big))
+    view.offset, view.shape = 0, tuple(int(n) for n in array.shape)
+    view.stride = _c_strides(view.shape)
+
+
+def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """torch's contiguous strides (in elements; a 0-size dimension counts as 1)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _sharing_components(members: list[_Member]) -> list[list[_Member]]:
+    """Split same-typed arrays into groups that share memory: same owning base, or
+    overlapping byte ranges (union-find)."""
+    parent = list(range(len(members)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        parent[find(i)] = find(j)
+
+    by_owner: dict[int, int] = {}
+    for i, (_, _, view) in enumerate(members):
+        owner = _owner(view.array)
+        if owner is not None:
+            union(i, by_owner.setdefault(id(owner), i))
+    order = sorted(range(len(members)), key=lambda i: members[i][0])
+    reach, last = -1, -1
+    for i in order:
+        lo, hi, _ = members[i]
+        if lo < reach:
+            union(i, last)
+        if hi > reach:
+            reach, last = hi, i
+    components: dict[int, list[_Member]] = defaultdict(list)
+    for i, member in enumerate(members):
+        components[find(i)].append(member)
+    return list(components.values())
+
+
+def _owner(array: Any) -> Any:
+    """The object owning ``array``'s memory when that is one block (an ndarray owning its data,
+    bytes, bytearray), else ``None``."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    if isinstance(array, (np.ndarray, bytes, bytearray)):
+        return array
+    return None
+
+
+def _share(members: list[_Member]) -> None:
+    """One storage spanning every member's bytes; each member views it at its own offset."""
+    lo = min(m[0] for m in members)
+    hi = max(m[1] for m in members)
+    first = next(m[2] for m in members if m[0] == lo)
+    assert first.array is not None
+    array = first.array
+    size, big = array.dtype.itemsize, _is_big(array.dtype)
+    # The bytes from lo to hi as uint8, from the first element of the lowest member (as_strided
+    # on the member itself would go through __array_interface__, which ml_dtypes lack).
+    element = array.reshape(1) if array.ndim == 0 else \
+        array[(slice(0, 1),) * array.ndim].reshape(-1)
+    span = np.lib.stride_tricks.as_strided(element.view(np.uint8), shape=(hi - lo,),
+                                           strides=(1,), writeable=False)
+    storage = _Storage(first.dtype, hi - lo, first.tag,
+                       lambda: _array_chunks(span, first.dtype.swap, big))
+    for start, _, view in members:
+        assert view.array is not None
+        view.storage = storage
+        view.offset = (start - lo) // size
+        view.shape = tuple(int(n) for n in view.array.shape)
+        view.stride = tuple(s // size for s in view.array.strides)
+
+
+def _is_big(dtype: np.dtype) -> bool:
+    return dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+
+
+def _little(raw: np.ndarray, swap: int, big: bool) -> np.ndarray:
+    """``raw`` (contiguous uint8) in little-endian order: swapped per ``swap``-byte unit."""
+    if big and swap > 1:
+        return raw.view(f"u{swap}").byteswap().view(np.uint8)
+    return raw
+
+
+def _array_chunks(array: np.ndarray, swap: int, big: bool) -> Iterator[np.ndarray]:
+    """The C-order bytes of ``array`` in pieces of at most about CHUNK bytes (views where the
+    array is contiguous, small copies where it is not), made little-endian when ``big``."""
+    if array.ndim == 0 or array.nbytes <= CHUNK:
+        flat = np.ascontiguousarray(array).reshape(-1)
+        yield _little(flat.view(np.uint8), swap, big)
+        return
+    rows = CHUNK // array[0].nbytes
+    if rows:
+        for start in range(0, array.shape[0], rows):
+            yield from _array_chunks(array[start:start + rows], swap, big)
+    else:
+        for row in array:
+            yield from _array_chunks(row, swap, big)
+
+
+def _buffer_chunks(ref: TensorRef, dtype: DTypeInfo) -> Callable[[], Iterator[Any]]:
+    """Chunks of a checkpoint storage: slices of its (memory-mapped where possible) buffer."""
+    def chunks() -> Iterator[Any]:
+        buffer = ref.storage.buffer(True)
+        big = sys.byteorder == "big"          # the reader's buffers are in host order
+        for start in range(0, buffer.nbytes, CHUNK):
+            yield _little(buffer[start:start + CHUNK], dtype.swap, big)
+    return chunks
+
+
+# -- containers --------------------------------------------------------------------------------
+
+def _write_zip(write: Write, archive_name: str, pickled: bytes,
+               storages: list[_Storage]) -> None:
+    """torch's record order: the pickle, ``.format_version``, ``.storage_alignment``,
+    ``byteorder``, ``data/0..N`` (numeric order, which ``.format_version`` 1 promises and
+    ``calculate_storage_offsets`` relies on), then ``version`` and the serialization id."""
+    archive = ZipWriter(write, archive_name)
+    archive.add("data.pkl", pickled)
+    archive.add(".format_version", b"1")
+    archive.add(".storage_alignment", str(archive.alignment).encode("ascii"))
+    archive.add("byteorder", b"little")
+    for storage in storages:
+        archive.add(f"data/{storage.key}", storage.chunks(), storage.nbytes)
+    archive.finish()
+
+
+def _write_legacy(write: Write, pickled: bytes, storages: list[_Storage]) -> None:
+    """Five pickles (magic number, protocol 1001, sys_info, the object, the storage keys
+    sorted as strings), then per key an int64 little-endian element count and the bytes."""
+    def plain(value: Any) -> bytes:
+        def refuse(obj: Any, path: Path) -> Any:
+            raise UnserializableError(_unsupported(obj))
+        return Pickler(refuse).dump(value)
+
+    for header in (MAGIC_NUMBER, PROTOCOL_VERSION, _SYS_INFO):
+        write(plain(header))
+    write(pickled)
+    by_key = {s.key: s for s in storages}
+    keys = sorted(by_key)
+    write(plain(keys))
+    for key in keys:
+        storage = by_key[key]
+        write(struct.pack("<q", storage.nbytes // storage.dtype.itemsize))
+        written = 0
+        for chunk in storage.chunks():
+            write(chunk)
+            written += chunk.nbytes
+        if written != storage.nbytes:
+            raise UnserializableError(f"storage {key} produced {written} bytes, expected "
+                                      f"{storage.nbytes} (was an array modified while saving?)")
+
+
+# -- outputs -----------------------------------------------------------------------------------
+
+def _stream_writer(f: IO[bytes]) -> Write:
+    """``f.write`` until every byte is taken (raw files may take part of a buffer)."""
+    def write(data: Any) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            n = f.write(view)
+            if n is None or n >= view.nbytes:
+                return
+            if n <= 0:
+                raise OSError("the output accepted no bytes")
+            view = view[n:]
+    return write
+
+
+def _write_atomically(path: str, emit: Callable[[Write], None]) -> None:
+    """Write through ``emit`` to a temporary file beside ``path``, then rename it over ``path``."""
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    directory = os.path.dirname(os.path.abspath(target))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | \
+        getattr(os, "O_BINARY", 0)
+    while True:
+        temp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(temp, flags, 0o666)      # the umask applies, as for torch.save
+            break
+        except FileExistsError:
+            continue
+    try:
+        with open(fd, "wb", buffering=1 << 20) as out:
+            emit(_stream_writer(out))
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(OSError):        # keep an existing file's permissions
+            os.chmod(temp, stat.S_IMODE(os.stat(target).st_mode))
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable (best effort: not every platform can open a directory)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
