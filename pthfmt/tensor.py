@@ -90,36 +90,62 @@ class StorageInfo:
 
 
 def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: Any,
-               what: str) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-    """Validate a view's metadata against its storage; return it as plain int tuples."""
+               key: str) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Validate a view's metadata against its storage (``key``, ``nbytes`` bytes); return it
+    as plain int tuples.  Offsets, sizes and strides count elements of ``dtype``."""
     if type(offset) is not int or offset < 0:
-        raise FormatError(f"{what}: storage offset {offset!r} is not a non-negative int")
-    shape = _int_tuple(shape, f"{what}: size")
-    stride = _int_tuple(stride, f"{what}: stride")
-    if len(shape) != len(stride):
-        raise FormatError(f"{what}: size {shape} and stride {stride} differ in length")
-    if len(shape) > MAX_NDIM:
-        raise UnsupportedError(f"{what}: {len(shape)} dimensions (numpy allows {MAX_NDIM})")
-    count = math.prod(shape)
-    if math.prod(n for n in shape if n) * dtype.itemsize > _INTP_MAX:
-        raise UnsupportedError(f"{what}: size {shape} has more elements than a numpy array "
-                               "can hold")
-    if count:
+        raise FormatError(f"{_what(key)}: storage offset {offset!r} is not a non-negative int")
+    shape = _int_tuple(shape, key, "size")
+    stride = _int_tuple(stride, key, "stride")
+    ndim = len(shape)
+    if ndim != len(stride):
+        raise FormatError(f"{_what(key)}: size {shape} and stride {stride} differ in length")
+    if ndim > MAX_NDIM:
+        raise UnsupportedError(f"{_what(key)}: {ndim} dimensions (numpy allows {MAX_NDIM})")
+    itemsize = dtype.itemsize
+    if ndim == 1:                                       # the common case, without loops
+        n = shape[0]
+        if n * itemsize > _INTP_MAX:
+            _too_many(key, shape)
+        if n and (offset + (n - 1) * stride[0] + 1) * itemsize > nbytes:
+            _outside(key, offset, shape, stride, itemsize, nbytes)
+        return offset, shape, stride
+    if math.prod(n for n in shape if n) * itemsize > _INTP_MAX:
+        _too_many(key, shape)
+    if 0 not in shape:
         extent = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
-        if extent * dtype.itemsize > nbytes:
-            raise CorruptError(
-                f"{what}: view (offset {offset}, size {shape}, stride {stride}) needs "
-                f"{extent * dtype.itemsize} bytes of a {nbytes}-byte storage")
+        if extent * itemsize > nbytes:
+            _outside(key, offset, shape, stride, itemsize, nbytes)
     return offset, shape, stride
 
 
-def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)):
-        raise FormatError(f"{what} must be a tuple of ints, not {type(value).__name__}")
+def _what(key: str) -> str:
+    return f"tensor on storage {key!r}"
+
+
+def _too_many(key: str, shape: tuple[int, ...]) -> None:
+    raise UnsupportedError(f"{_what(key)}: size {shape} has more elements than a numpy array "
+                           "can hold")
+
+
+def _outside(key: str, offset: int, shape: tuple[int, ...], stride: tuple[int, ...],
+             itemsize: int, nbytes: int) -> None:
+    extent = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+    raise CorruptError(f"{_what(key)}: view (offset {offset}, size {shape}, stride {stride}) "
+                       f"needs {extent * itemsize} bytes of a {nbytes}-byte storage")
+
+
+def _int_tuple(value: Any, key: str, what: str) -> tuple[int, ...]:
+    if type(value) is not tuple:
+        if not isinstance(value, (tuple, list)):
+            raise FormatError(f"{_what(key)}: {what} must be a tuple of ints, not "
+                              f"{type(value).__name__}")
+        value = tuple(value)
     for v in value:
         if type(v) is not int or v < 0:
-            raise FormatError(f"{what} {tuple(value)!r} holds {v!r}, not a non-negative int")
-    return tuple(value)
+            raise FormatError(f"{_what(key)}: {what} {value!r} holds {v!r}, not a "
+                              "non-negative int")
+    return value
 
 
 def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int, ...],

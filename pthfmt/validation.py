@@ -759,8 +759,7 @@ class _Audit(TorchHandlers):
             if type(offset) is int:
                 offset += start
         try:
-            offset, shape, stride = check_view(dtype, nbytes, offset, size, stride,
-                                               f"tensor on storage {key!r}")
+            offset, shape, stride = check_view(dtype, nbytes, offset, size, stride, key)
         except PthError as exc:
             self.note("tensor.view", exc.message, storage=key)
             self.partial.add(key)

@@ -36,9 +36,16 @@ straight from the arrays (or the mapped checkpoint of a ``TensorRef``) in pieces
 :data:`CHUNK` bytes, so saving costs about that much memory beyond the inputs.  Nothing is
 ever sought: the output may be a pipe.
 
-**Atomicity.**  Everything is checked before a byte is written: an object the format cannot
-hold raises :class:`~pthfmt.errors.UnserializableError` naming its key path and nothing is
-written.  A path target is written to a temporary file beside it (``.<name>.<random>.tmp``),
+**Refusals.**  Everything is checked before a byte is written: an object the format cannot
+hold, or that torch 2.13 could not load, raises :class:`~pthfmt.errors.UnserializableError`
+naming its key path, and nothing is written.  Beyond unknown types that covers numpy dtypes
+torch lacks (object, strings, structured, ``float128``), quantized dtypes (they need
+quantization parameters), ``requires_grad`` on a non-floating dtype, ``requires_grad`` on a
+plain (non-Parameter) ``_rebuild_tensor_v3`` tensor (torch writes such files but
+``_rebuild_tensor_v3`` fails to load them), and ``_rebuild_tensor_v3`` dtypes in the legacy
+format (torch cannot load those either).
+
+**Atomicity.**  A path target is written to a temporary file beside it (``.<name>.<random>.tmp``),
 flushed, fsynced and renamed over the target; on any error, ``KeyboardInterrupt`` and a full
 disk included, the temporary file is removed and the old file is untouched.  A process killed
 by SIGKILL can leave the temporary file behind, never a partial file under the target name.
@@ -206,6 +213,8 @@ class _Plan:
                     raise UnserializableError("the object changed while it was being saved")
                 view = self.views[id(obj)] = _make_view(obj, self.legacy)
                 self.keep.append(obj)
+            if not self.final:               # first pass: only the tensor's own Python state
+                return Reduction(_REBUILD_V2, (view.state,) if view.state else ())
             return self._tensor(view)
         if isinstance(obj, _Inner):
             return self._plain_tensor(obj.view, requires_grad=False)
@@ -232,13 +241,11 @@ class _Plan:
     def _plain_tensor(self, view: _View, requires_grad: bool) -> Reduction:
         info, storage = view.dtype, view.storage
         typed = info.storage is not None
-        if storage is None:                                  # first pass: structure only
-            key, nbytes, tag = "", 0, view.tag
-        else:
-            if storage.key is None:
-                storage.key = str(len(self.storages))
-                self.storages.append(storage)
-            key, nbytes, tag = storage.key, storage.nbytes, storage.tag
+        assert storage is not None
+        if storage.key is None:
+            storage.key = str(len(self.storages))
+            self.storages.append(storage)
+        key, nbytes, tag = storage.key, storage.nbytes, storage.tag
         pid: tuple[Any, ...] = (
             "storage", GlobalRef("torch", info.storage) if typed else _UNTYPED, key,
             _location(tag), nbytes // info.itemsize if typed else nbytes)
@@ -445,12 +452,15 @@ def _share(members: list[_Member]) -> None:
     assert first.array is not None
     array = first.array
     size, big = array.dtype.itemsize, _is_big(array.dtype)
-    # The bytes from lo to hi as uint8, from the first element of the lowest member (as_strided
-    # on the member itself would go through __array_interface__, which ml_dtypes lack).
-    element = array.reshape(1) if array.ndim == 0 else \
-        array[(slice(0, 1),) * array.ndim].reshape(-1)
-    span = np.lib.stride_tricks.as_strided(element.view(np.uint8), shape=(hi - lo,),
-                                           strides=(1,), writeable=False)
+    if len(members) == 1 and array.flags.c_contiguous:
+        span = array                      # the common case: memory order is C order
+    else:
+        # The bytes from lo to hi as uint8, from the first element of the lowest member
+        # (as_strided on the member would go through __array_interface__: no ml_dtypes).
+        element = array.reshape(1) if array.ndim == 0 else \
+            array[(slice(0, 1),) * array.ndim].reshape(-1)
+        span = np.lib.stride_tricks.as_strided(element.view(np.uint8), shape=(hi - lo,),
+                                               strides=(1,), writeable=False)
     storage = _Storage(first.dtype, hi - lo, first.tag,
                        lambda: _array_chunks(span, first.dtype.swap, big))
     for start, _, view in members:

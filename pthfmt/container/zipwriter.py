@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from zlib import crc32
 
-from ..errors import PthError
+from ..errors import UnserializableError
 
 __all__ = ["ZipWriter", "data_offset", "serialization_id", "archive_name_for_path",
            "DEFAULT_ALIGNMENT", "FILE_FORMAT_VERSION"]
@@ -60,10 +60,6 @@ _FLAG_DESCRIPTOR, _FLAG_UTF8 = 0x0008, 0x0800
 _DESCRIPTOR_SIG = b"PK\x07\x08"
 
 Buffer = Any   # bytes, bytearray, memoryview or a contiguous uint8 numpy array
-
-
-class ZipWriteError(PthError):
-    """A record's data did not match its declared size (the source changed while saving)."""
 
 
 def _needs_zip64(size: int, offset: int) -> bool:
@@ -152,8 +148,8 @@ class ZipWriter:
                 break
             self._emit(view)
         if written != size:
-            raise ZipWriteError(f"record {name!r} produced {written} bytes, expected {size} "
-                                "(was an array modified while saving?)")
+            raise UnserializableError(f"record {name!r} produced {written} bytes, expected "
+                                      f"{size} (was an array resized while saving?)")
         if size:
             if size >= 8 and head[:4] == _DESCRIPTOR_SIG:
                 # miniz hands the whole record to one write call; torch's write callback takes

@@ -26,7 +26,7 @@ from ..dtypes import DTYPES, UNSAVABLE, DType, DTypeInfo
 from ..errors import CorruptError, FormatError, LimitError, UnsafePickleError, UnsupportedError
 from ..storage import StorageSlice, StorageTable, StorageType
 from ..stub import Stub, StubType
-from ..tensor import StorageInfo, TensorRef, check_view
+from ..tensor import StorageInfo, TensorRef, check_view, view_of
 from .unpickler import Global, Pending
 
 __all__ = ["ALLOWLIST", "TorchHandlers", "MODULE_ALIASES"]
@@ -335,8 +335,7 @@ class TorchHandlers:
             nbytes = (start + limit) * itemsize
             if type(offset) is int:
                 offset += start
-        offset, size, stride = check_view(dtype, nbytes, offset, size, stride,
-                                          f"tensor on storage {storage.key!r}")
+        offset, size, stride = check_view(dtype, nbytes, offset, size, stride, storage.key)
         conj = neg = False
         if metadata:
             if not isinstance(metadata, dict):
@@ -347,8 +346,10 @@ class TorchHandlers:
                     raise UnsupportedError("a negated view of a bool tensor (torch cannot "
                                            "materialize it either: bool has no negative)")
                 neg = False                 # an empty one holds no values to negate
-        if not isinstance(requires_grad, bool):
-            raise FormatError(f"requires_grad is {requires_grad!r}, not a bool")
+        if requires_grad is not True and requires_grad is not False:
+            raise FormatError(f"requires_grad is {_short(requires_grad)}, not a bool")
+        if self.eager and not (conj or neg):
+            return view_of(storage.buffer(self.mmap), dtype, offset, size, stride)
         ref = TensorRef(storage, dtype, offset, size, stride, requires_grad,
                         conj=conj, neg=neg, mmap=self.mmap)
         return ref.numpy() if self.eager else ref
@@ -399,8 +400,9 @@ class TorchHandlers:
                 not isinstance(new_type, StubType):
             raise UnsafePickleError(f"_rebuild_from_type_v2 to class {new_type!r}")
         tensor = func.call(*args)
-        if kind == "torch.nn.parameter.Parameter":
-            return self._as_parameter(tensor, True, state)
+        if kind == "torch.nn.parameter.Parameter":     # torch keeps the inner tensor's flag
+            flag = tensor.requires_grad if isinstance(tensor, TensorRef) else True
+            return self._as_parameter(tensor, flag, state)
         if state and isinstance(tensor, TensorRef):
             tensor = _copy_ref(tensor)
             tensor.state = _state_dict(state)
@@ -440,6 +442,8 @@ class TorchHandlers:
 
     # -- builtins and collections ------------------------------------------------------------
     def ordered_dict(self, items: Any = ()) -> OrderedDict[Any, Any]:
+        if items == ():                 # every tensor's backward_hooks: OrderedDict()
+            return OrderedDict()
         return OrderedDict(_pairs(items, "OrderedDict"))
 
     def counter(self, items: Any = ()) -> Counter[Any]:

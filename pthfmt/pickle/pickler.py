@@ -205,22 +205,27 @@ class Pickler:
     def dump(self, obj: Any) -> bytes:
         self.out += PROTO + bytes([PROTOCOL])
         self._stack.append((_SAVE, obj, None, 0))
-        stack, out = self._stack, self.out
-        while stack:
-            item = stack.pop()
-            kind = item[0]
-            if kind == _SAVE:
-                self._save(item[1], item[2], item[3])
-            elif kind == _WRITE:
-                out += item[1]
-            elif kind == _MEMO:
-                self._active.discard(id(item[1]))
-                self._memo_put(item[1])
-            else:                                       # _END_TUPLE
-                tup = item[1]
-                self._active.discard(id(tup))
-                out += _TUPLE_N[len(tup)] if len(tup) <= 3 else TUPLE
-                self._memo_put(tup)
+        stack, out, save = self._stack, self.out, self._save_value
+        item: tuple[Any, ...] = ()
+        try:
+            while stack:
+                item = stack.pop()
+                kind = item[0]
+                if kind == _SAVE:
+                    save(item[1], item[2], item[3])
+                elif kind == _WRITE:
+                    out += item[1]
+                elif kind == _MEMO:
+                    self._active.discard(id(item[1]))
+                    self._memo_put(item[1])
+                else:                                       # _END_TUPLE
+                    tup = item[1]
+                    self._active.discard(id(tup))
+                    out += _TUPLE_N[len(tup)] if len(tup) <= 3 else TUPLE
+                    self._memo_put(tup)
+        except PthError as exc:              # only _SAVE items raise: locate the value
+            raise exc.locate(key_path=key_path(item[2] if item[0] == _SAVE else None)) \
+                from None
         out += STOP
         return bytes(out)
 
@@ -240,13 +245,8 @@ class Pickler:
 
     @staticmethod
     def _saves(values: Iterable[Any], path: Path, depth: int,
-               keys: Iterable[Any] | None = None) -> Iterator[tuple[Any, ...]]:
-        if keys is None:
-            for value in values:
-                yield (_SAVE, value, path, depth)
-        else:
-            for key, value in zip(keys, values):
-                yield (_SAVE, value, (path, key), depth)
+               keys: Iterable[Any]) -> list[tuple[Any, ...]]:
+        return [(_SAVE, value, (path, key), depth) for key, value in zip(keys, values)]
 
     def _pairs(self, pairs: list[tuple[Any, Any]], path: Path,
                depth: int) -> Iterator[tuple[Any, ...]]:
@@ -255,12 +255,6 @@ class Pickler:
             yield (_SAVE, value, (path, key), depth)
 
     # -- one value -----------------------------------------------------------------------------
-    def _save(self, obj: Any, path: Path, depth: int) -> None:
-        try:
-            self._save_value(obj, path, depth)
-        except PthError as exc:
-            raise exc.locate(key_path=key_path(path)) from None
-
     def _save_value(self, obj: Any, path: Path, depth: int) -> None:
         out, kind = self.out, type(obj)
         if obj is None:
@@ -333,9 +327,11 @@ class Pickler:
             self.out += EMPTY_TUPLE
             return
         self._active.add(id(obj))
-        items = self._saves(obj, path, depth, keys=range(len(obj)))
-        head = [] if len(obj) <= 3 else [(_WRITE, MARK)]
-        self._push([*head, *items, (_END_TUPLE, obj)])
+        work = self._saves(obj, path, depth, range(len(obj)))
+        if len(obj) > 3:
+            work.insert(0, (_WRITE, MARK))
+        work.append((_END_TUPLE, obj))
+        self._stack.extend(reversed(work))
 
     def _list_items(self, items: list[Any], path: Path, depth: int) -> Iterator[tuple[Any, ...]]:
         """``batch_list_exact``: a lone item is ``APPEND``, else batches of ``APPENDS``."""
@@ -346,7 +342,7 @@ class Pickler:
         for start in range(0, len(items), BATCH):
             yield (_WRITE, MARK)
             yield from self._saves(items[start:start + BATCH], path, depth,
-                                   keys=range(start, start + BATCH))
+                                   range(start, start + BATCH))
             yield (_WRITE, APPENDS)
 
     def _dict_items(self, pairs: list[tuple[Any, Any]], path: Path,

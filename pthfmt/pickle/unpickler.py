@@ -127,7 +127,6 @@ class Unpickler:
         data, end = self.data, self.end
         kinds, readers = _KINDS, _READERS
         handlers = [None if f is None else f.__get__(self) for f in _HANDLERS]
-        lenient = self.lenient
         u4, pending, call, persistent = _U4, Pending, self._call, self._persistent
         read_str = _READERS[ord("X")]
         memo, metastack = self.memo, self.metastack
@@ -138,8 +137,6 @@ class Unpickler:
                 if pos >= end:
                     raise CorruptError("pickle truncated: no STOP opcode before the end")
                 code = data[pos]
-                if lenient:
-                    self.op_pos = pos
                 if code == 0x71 or code == 0x72:                    # BINPUT, LONG_BINPUT
                     if code == 0x71:
                         if pos + 2 > end:
@@ -180,6 +177,7 @@ class Unpickler:
                     stack.append(items)
                     pos += 1
                 elif code == 0x52:                                  # REDUCE
+                    self.op_pos = pos                               # for lenient poisons
                     args = stack.pop()
                     stack[-1] = call(stack[-1], args, "REDUCE")
                     pos += 1
@@ -197,6 +195,7 @@ class Unpickler:
                     stack.append(())
                     pos += 1
                 elif code == 0x51:                                  # BINPERSID
+                    self.op_pos = pos
                     stack[-1] = persistent(stack[-1])
                     pos += 1
                 elif code == 0x89:                                  # NEWFALSE
@@ -204,6 +203,7 @@ class Unpickler:
                     pos += 1
                 else:
                     self.stack = stack
+                    self.op_pos = pos
                     kind = kinds[code]
                     if kind == 0:
                         handlers[code](None)
