@@ -1,0 +1,235 @@
+"""Hypothesis strategies for testing *your* checkpoint loaders and converters.
+
+Needs ``hypothesis`` (not a dependency of pthfmt itself)::
+
+    import io
+    from hypothesis import given
+    from pthfmt import strategies as pst
+
+    @given(pst.checkpoints())
+    def test_my_loader_reads_torch_checkpoints(example):
+        weights = my_loader(io.BytesIO(example.data))
+        for key, expected in example.tensors.items():
+            assert (weights[key] == expected).all()
+
+    @given(pst.corrupted(pst.checkpoints()))
+    def test_my_loader_fails_cleanly(bad):
+        try:
+            my_loader(io.BytesIO(bad.data))
+        except MyLoaderError:
+            pass                                  # anything else is a bug
+
+- :func:`tensors` — numpy arrays of every dtype torch can save (bfloat16, float8, complex32
+  through ``ml_dtypes``), any shape, including non-contiguous views (slices with steps,
+  transposes, offsets into a larger buffer).
+- :func:`state_dicts` — torch-like ``OrderedDict``\\ s (``encoder.layers.0.weight``) whose
+  tensors may share storage (views of one array) and may be ``nn.Parameter``\\ s.
+- :func:`checkpoints` — :class:`Example`\\ s: a state dict (or a training-checkpoint dict)
+  encoded by :func:`pthfmt.save` in the zip or legacy format, with the values a correct reader
+  must decode.  torch loads every example exactly as described.
+- :func:`corrupted` — :class:`Corruption`\\ s of checkpoints: structured mutations that still
+  look plausible (a wrong CRC, off-by-one record sizes, swapped records, lying headers,
+  truncation, flipped pickle bytes).  Some still load (torch ignores CRCs); a careful reader
+  either loads them or fails with its own error, never a crash or a hang.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .dtypes import DTYPES, DTypeInfo, from_numpy
+from .tensor import Tensor
+from .writer import save
+
+__all__ = ["dtypes", "tensors", "state_dicts", "checkpoints", "corrupted", "Example",
+           "Corruption"]
+
+#: Dtypes a checkpoint can hold without extra metadata (quantized ones need scales).
+SAVABLE: tuple[DTypeInfo, ...] = tuple(i for i in DTYPES if i.kind != "quantized")
+_NAMES = ("weight", "bias", "running_mean", "running_var", "scale", "embed", "proj")
+_MODULES = ("encoder", "decoder", "layers", "blocks", "attn", "mlp", "norm", "head")
+
+
+def dtypes(*, names: tuple[str, ...] | None = None) -> st.SearchStrategy[DTypeInfo]:
+    """Rows of :data:`pthfmt.DTYPES` (all savable ones, or those ``names`` lists)."""
+    rows = [i for i in SAVABLE if names is None or i.name in names]
+    return st.sampled_from(rows)
+
+
+@st.composite
+def _array(draw: st.DrawFn, info: DTypeInfo, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape)) if shape else 1
+    raw = draw(st.binary(min_size=count * info.itemsize, max_size=count * info.itemsize))
+    arr = np.frombuffer(bytearray(raw), np.uint8).view(info.numpy)
+    if info.kind == "bool":
+        arr = arr.view(np.uint8) & 1
+        arr = arr.view(info.numpy)
+    return arr.reshape(shape)
+
+
+@st.composite
+def tensors(draw: st.DrawFn, *, dtype: DTypeInfo | None = None, max_dims: int = 4,
+            max_side: int = 5, views: bool = True) -> np.ndarray:
+    """A numpy array of a torch dtype; with ``views``, often a non-contiguous view."""
+    info = dtype or draw(dtypes())
+    shape = tuple(draw(st.lists(st.integers(0, max_side), max_size=max_dims)))
+    if not views or not shape or draw(st.booleans()):
+        return draw(_array(info, shape))
+    # a view: a slice with steps, or a transpose, of a larger array
+    big = tuple(n * 2 + 1 for n in shape)
+    base = draw(_array(info, big))
+    index = tuple(slice(draw(st.integers(0, 1)), None, draw(st.integers(1, 2))) for _ in big)
+    view = base[index][tuple(slice(0, n) for n in shape)]
+    if len(shape) > 1 and draw(st.booleans()):
+        view = view.T
+    return view
+
+
+@st.composite
+def state_dicts(draw: st.DrawFn, *, max_tensors: int = 6, shared: bool = True,
+                parameters: bool = True) -> OrderedDict[str, Any]:
+    """A torch-like state dict: dotted keys, arrays, shared storages, Parameters."""
+    out: OrderedDict[str, Any] = OrderedDict()
+    count = draw(st.integers(1, max_tensors))
+    pool: list[np.ndarray] = []
+    for i in range(count):
+        path = draw(st.lists(st.sampled_from(_MODULES), max_size=2))
+        if path and draw(st.booleans()):
+            path.append(str(draw(st.integers(0, 3))))
+        key = ".".join([*path, draw(st.sampled_from(_NAMES))])
+        while key in out:
+            key = f"{key}_{i}"
+        if shared and pool and draw(st.integers(0, 3)) == 0:
+            base = draw(st.sampled_from(pool))       # a second view of an earlier array
+            value: Any = base[1:] if base.ndim and base.shape[0] > 1 else base[...]
+        else:
+            value = draw(tensors())
+            pool.append(value)
+        if parameters and value.dtype.kind in "fc" and value.dtype.metadata is None \
+                and draw(st.integers(0, 3)) == 0:
+            value = Tensor(value, parameter=True, requires_grad=draw(st.booleans()))
+        out[key] = value
+    return out
+
+
+@dataclass
+class Example:
+    """A checkpoint as bytes, and what a correct reader decodes from it."""
+
+    data: bytes
+    format: str
+    obj: Any
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"Example({self.format}, {len(self.data)} bytes, "
+                f"{len(self.tensors)} tensors: {list(self.tensors)[:4]})")
+
+
+def _plain(value: Any) -> Any:
+    return value.array if isinstance(value, Tensor) else value
+
+
+@st.composite
+def checkpoints(draw: st.DrawFn, format: str | None = None,  # noqa: A002
+                values: st.SearchStrategy[Any] | None = None) -> Example:
+    """A state dict, or a training checkpoint around one, encoded by :func:`pthfmt.save`."""
+    fmt = format or draw(st.sampled_from(["zip", "legacy"]))
+    sd = draw(values if values is not None else state_dicts())
+    if fmt == "legacy":     # the legacy format cannot hold _rebuild_tensor_v3 dtypes
+        sd = OrderedDict((k, v) for k, v in sd.items() if _typed(_plain(v).dtype))
+    obj: Any = sd
+    if draw(st.booleans()):
+        obj = {"epoch": draw(st.integers(0, 1000)), "model_state_dict": sd,
+               "loss": draw(st.floats(0, 10, allow_nan=False)), "note": draw(st.text())}
+    buf = io.BytesIO()
+    save(obj, buf, format=fmt)
+    prefix = "model_state_dict." if obj is not sd else ""
+    expected = {prefix + k: np.asarray(_plain(v)) for k, v in sd.items()}
+    return Example(buf.getvalue(), fmt, obj, expected)
+
+
+def _typed(dtype: np.dtype) -> bool:
+    """Whether torch writes this dtype with a typed storage class (``_rebuild_tensor_v2``)."""
+    info = from_numpy(dtype)
+    return info is not None and info.storage is not None
+
+
+@dataclass
+class Corruption:
+    """Bytes of a damaged checkpoint, and which damage was done."""
+
+    data: bytes
+    kind: str
+    original: Example | bytes
+
+    def __repr__(self) -> str:
+        return f"Corruption({self.kind}, {len(self.data)} bytes)"
+
+
+def _central(data: bytes) -> list[int]:
+    out, pos = [], 0
+    while (pos := data.find(b"PK\x01\x02", pos)) >= 0:
+        out.append(pos)
+        pos += 4
+    return out
+
+
+def _mutate(data: bytes, kind: str, pick: int, value: int) -> bytes:
+    buf = bytearray(data)
+    entries = _central(data)
+    if kind == "truncate":
+        return bytes(buf[: pick % max(len(buf), 1)])
+    if kind == "bitflip":
+        buf[pick % len(buf)] ^= 1 << (value % 8)
+        return bytes(buf)
+    if not entries:                 # legacy format: lie in a storage count or the pickle
+        pos = pick % max(len(buf) - 8, 1)
+        buf[pos] = (buf[pos] + 1 + value % 255) % 256
+        return bytes(buf)
+    at = entries[pick % len(entries)]
+    if kind == "crc":
+        struct.pack_into("<I", buf, at + 16, struct.unpack_from("<I", buf, at + 16)[0] ^
+                         (value | 1))
+    elif kind == "size":
+        usize = struct.unpack_from("<I", buf, at + 24)[0]
+        struct.pack_into("<I", buf, at + 24, (usize + (1 if value % 2 else -1)) % 2**32)
+    elif kind == "offset":
+        lho = struct.unpack_from("<I", buf, at + 42)[0]
+        struct.pack_into("<I", buf, at + 42, (lho + 1 + value % 64) % 2**32)
+    elif kind == "swap" and len(entries) > 1:
+        other = entries[value % len(entries)]
+        n1, n2 = (struct.unpack_from("<H", buf, a + 28)[0] for a in (at, other))
+        if n1 == n2:
+            a_name = bytes(buf[at + 46:at + 46 + n1])
+            buf[at + 46:at + 46 + n1] = buf[other + 46:other + 46 + n2]
+            buf[other + 46:other + 46 + n2] = a_name
+    elif kind == "header":
+        lho = struct.unpack_from("<I", buf, at + 42)[0]
+        if lho + 30 <= len(buf):
+            struct.pack_into("<H", buf, lho + 26, (value % 200) + 1)
+    return bytes(buf)
+
+
+_KINDS = ("crc", "size", "offset", "swap", "header", "truncate", "bitflip")
+
+
+@st.composite
+def corrupted(draw: st.DrawFn, checkpoint: st.SearchStrategy[Any] | Example | bytes
+              ) -> Corruption:
+    """A structured mutation of a checkpoint (an :class:`Example`, bytes, or a strategy)."""
+    original = draw(checkpoint) if isinstance(checkpoint, st.SearchStrategy) else checkpoint
+    data = original.data if isinstance(original, Example) else bytes(original)
+    kind = draw(st.sampled_from(_KINDS))
+    pick, value = draw(st.integers(0, 2**31)), draw(st.integers(0, 2**31))
+    mutated = _mutate(data, kind, pick, value)
+    if mutated == data:
+        mutated = _mutate(data, "bitflip", pick, value)
+    return Corruption(mutated, kind, original)
