@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import mmap as _mmap
 import os
+import weakref
 from typing import IO, Any, Union
 
 import numpy as np
@@ -12,6 +13,9 @@ import numpy as np
 from .errors import CorruptError, FormatError
 
 __all__ = ["Source", "PathOrFile"]
+
+_PREAD_FROM = 1 << 20        # smaller copies come from the mapping (one call is cheaper)
+_PREAD_CHUNK = 1 << 30
 
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -22,6 +26,7 @@ class Source:
     def __init__(self, f: PathOrFile) -> None:
         self.path: str | None = None
         self.mapped = False
+        self._fd: int | None = None
         if isinstance(f, (str, bytes, os.PathLike)):
             self.path = os.fspath(f) if not isinstance(f, bytes) else os.fsdecode(f)
             with open(self.path, "rb") as fh:
@@ -39,6 +44,10 @@ class Source:
         if size == 0:
             return b""
         self.mapped = True
+        # A descriptor of our own for copies: pread moves bytes from the page cache straight
+        # into the new buffer, without faulting in the mapping first (about 1.5x faster).
+        self._fd = os.dup(fh.fileno())
+        weakref.finalize(self, os.close, self._fd)
         return _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
 
     def _from_stream(self, f: Any) -> Any:
@@ -67,7 +76,17 @@ class Source:
         """A private, writable copy of ``nbytes`` at ``offset`` (its own base array, so that
         sharing between arrays means sharing a torch storage)."""
         self.check(offset, nbytes, "data")
-        return np.frombuffer(self.buf, np.uint8, count=nbytes, offset=offset).copy()
+        if self._fd is None or nbytes < _PREAD_FROM:
+            return np.frombuffer(self.buf, np.uint8, count=nbytes, offset=offset).copy()
+        out = np.empty(nbytes, np.uint8)
+        view = memoryview(out)
+        done = 0
+        while done < nbytes:
+            got = os.preadv(self._fd, [view[done:done + _PREAD_CHUNK]], offset + done)
+            if got <= 0:
+                raise CorruptError(f"file shrank while reading {nbytes} bytes at {offset}")
+            done += got
+        return out
 
     def bytes(self, offset: int, nbytes: int) -> bytes:
         self.check(offset, nbytes, "data")
