@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from .container.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
 from .container.options import Options
-from .container.ziparchive import DEFLATED, STORED, ZipArchive, ZipEntry
+from .container.ziparchive import DEFLATED, PICKLE_RATIO, STORED, ZipArchive, ZipEntry
 from .container.zipformat import MAX_VERSION
 from .device import Device, location_mapper
 from .dtypes import by_name
@@ -1412,6 +1412,8 @@ class _Validator:
             return None
         if e.method == STORED:
             return self.buf, r.data, r.data + e.usize
+        if e.usize > PICKLE_RATIO * e.csize + (1 << 20):
+            return None         # a decompression bomb: the reader's LimitError reports it
         raw = self.record_bytes(r)
         return None if raw is None else (raw, 0, len(raw))
 
