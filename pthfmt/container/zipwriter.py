@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 from zlib import crc32
@@ -92,6 +93,17 @@ class _Entry:
     crc: int
 
 
+_PARALLEL_CRC = 1 << 20
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _crc_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pthfmt-crc")
+    return _POOL
+
+
 class ZipWriter:
     """Write records to ``write`` (a callable taking a buffer) one after the other."""
 
@@ -138,15 +150,26 @@ class ZipWriter:
         self._emit(full)
         self._emit(extra)
         crc, written, head = 0, 0, b""
+        pending: Future[int] | None = None
         for chunk in data:
             view = memoryview(chunk).cast("B")
             if len(head) < 8:
                 head += bytes(view[:8 - len(head)])
-            crc = crc32(view, crc)
             written += len(view)
             if written > size:
                 break
+            if pending is not None:
+                crc = pending.result()
+                pending = None
+            if len(view) >= _PARALLEL_CRC:
+                # zlib.crc32 and the write both release the GIL: checksum one chunk on a
+                # helper thread while the same chunk goes to the file.
+                pending = _crc_pool().submit(crc32, view, crc)
+            else:
+                crc = crc32(view, crc)
             self._emit(view)
+        if pending is not None:
+            crc = pending.result()
         if written != size:
             raise UnserializableError(f"record {name!r} produced {written} bytes, expected "
                                       f"{size} (was an array resized while saving?)")
