@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import mmap as _mmap
 import os
-import weakref
 from typing import IO, Any, Union
 
 import numpy as np
@@ -46,8 +45,8 @@ class Source:
         self.mapped = True
         # A descriptor of our own for copies: pread moves bytes from the page cache straight
         # into the new buffer, without faulting in the mapping first (about 1.5x faster).
-        self._fd = os.dup(fh.fileno())
-        weakref.finalize(self, os.close, self._fd)
+        self._descriptor = _Descriptor(os.dup(fh.fileno()))
+        self._fd = self._descriptor.fd
         return _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
 
     def _from_stream(self, f: Any) -> Any:
@@ -96,6 +95,21 @@ class Source:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
             raise CorruptError(f"{what} of {nbytes} bytes at file offset {offset} runs past "
                                f"the end of the {self.size}-byte file", record=record)
+
+
+class _Descriptor:
+    """A file descriptor closed when the last array that may need it is gone."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
 
 
 def _is_regular(fileno: int) -> bool:
