@@ -12,7 +12,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from ..errors import CorruptError, FormatError, LimitError, UnsupportedError
 from ..source import Source
@@ -33,26 +32,32 @@ PICKLE_RATIO = 64
 DATA_RATIO = 256
 
 
-@dataclass
 class ZipEntry:
-    """One central-directory entry."""
+    """One central-directory entry (sizes and offsets already widened by zip64 fields)."""
 
-    name: str
-    index: int
-    method: int
-    flags: int
-    crc: int
-    csize: int
-    usize: int
-    header_offset: int
-    central_offset: int
-    local_name: bytes = b""
-    local_extra: bytes = b""
-    data_offset: int = field(default=-1)
+    __slots__ = ("name", "index", "method", "flags", "crc", "csize", "usize", "header_offset",
+                 "central_offset", "data_offset")
+
+    def __init__(self, name: str, index: int, method: int, flags: int, crc: int, csize: int,
+                 usize: int, header_offset: int, central_offset: int) -> None:
+        self.name = name
+        self.index = index
+        self.method = method
+        self.flags = flags
+        self.crc = crc
+        self.csize = csize
+        self.usize = usize
+        self.header_offset = header_offset
+        self.central_offset = central_offset
+        self.data_offset = -1               # from the local header, on first use
 
     @property
     def stored(self) -> bool:
         return self.method == STORED
+
+    def __repr__(self) -> str:
+        return (f"ZipEntry({self.name!r}, method={self.method}, usize={self.usize}, "
+                f"header_offset={self.header_offset})")
 
 
 class ZipArchive:
@@ -110,10 +115,11 @@ class ZipArchive:
             if stop > end:
                 raise CorruptError(f"zip central directory entry {index} runs past the "
                                    "directory", offset=pos)
-            raw_name = bytes(buf[pos + _CENTRAL.size:pos + _CENTRAL.size + nlen])
-            extra = bytes(buf[pos + _CENTRAL.size + nlen:pos + _CENTRAL.size + nlen + xlen])
-            usize, csize, lho = _zip64(extra, usize, csize, lho, index, pos)
-            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+            at = pos + _CENTRAL.size
+            if xlen or 0xFFFFFFFF in (usize, csize, lho):
+                usize, csize, lho = _zip64(bytes(buf[at + nlen:at + nlen + xlen]), usize, csize,
+                                           lho, index, pos)
+            name = str(buf[at:at + nlen], "utf-8" if flags & 0x800 else "cp437", "replace")
             entries.append(ZipEntry(name, index, method, flags, crc, csize, usize, lho, pos))
             pos = stop
         return entries
@@ -129,10 +135,7 @@ class ZipArchive:
             if sig != b"PK\x03\x04":
                 raise CorruptError("zip local header signature missing", record=entry.name,
                                    offset=entry.header_offset)
-            start = entry.header_offset + _LOCAL.size
-            entry.local_name = bytes(buf[start:start + nlen])
-            entry.local_extra = bytes(buf[start + nlen:start + nlen + xlen])
-            entry.data_offset = start + nlen + xlen
+            entry.data_offset = entry.header_offset + _LOCAL.size + nlen + xlen
             self.src.check(entry.data_offset, entry.csize, "zip record data", entry.name)
         return entry.data_offset
 

@@ -260,6 +260,9 @@ class TorchHandlers:
         return stub
 
     def persistent_load(self, pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 5 == self.pid_length and pid[0] == "storage" \
+                and type(pid[2]) is str and type(pid[3]) is str:      # the common case
+            return self.storages.declare(pid[2], pid[1], pid[3], pid[4])
         if not isinstance(pid, tuple) or not pid:
             raise FormatError(f"persistent id {_short(pid)} is not a tuple")
         kind = _text(pid[0])
