@@ -35,8 +35,18 @@ DATA_RATIO = 256
 class ZipEntry:
     """One central-directory entry (sizes and offsets already widened by zip64 fields)."""
 
-    __slots__ = ("name", "index", "method", "flags", "crc", "csize", "usize", "header_offset",
-                 "central_offset", "data_offset")
+    __slots__ = (
+        "central_offset",
+        "crc",
+        "csize",
+        "data_offset",
+        "flags",
+        "header_offset",
+        "index",
+        "method",
+        "name",
+        "usize",
+    )
 
     def __init__(self, name: str, index: int, method: int, flags: int, crc: int, csize: int,
                  usize: int, header_offset: int, central_offset: int) -> None:
