@@ -95,7 +95,8 @@ def _takes_two(func: Callable[..., object]) -> bool:
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
-MapLocation = Union[None, str, Device, Mapping[str, str | Device], Callable[[str], object]]
+MapLocation = Union[  # noqa: UP007 - a runtime alias, kept valid on Python 3.10
+    None, str, Device, Mapping[str, Union[str, Device]], Callable[..., object]]
 
 
 def _to_device(value: object, what: str) -> Device:

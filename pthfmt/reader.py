@@ -117,9 +117,7 @@ class Checkpoint:
 
     def tensors(self) -> Iterator[tuple[str, TensorRef]]:
         """``(key_path, TensorRef)`` in file order, each object visited once."""
-        for path, value in walk(self._parsed.obj, leaves=(TensorRef, np.ndarray),
-                                 want=_is_ref):
-            yield path, value
+        yield from walk(self._parsed.obj, leaves=(TensorRef, np.ndarray), want=_is_ref)
 
     def close(self) -> None:
         self._src = None  # type: ignore[assignment]

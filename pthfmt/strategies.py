@@ -138,7 +138,7 @@ def _plain(value: Any) -> Any:
 
 
 @st.composite
-def checkpoints(draw: st.DrawFn, format: str | None = None,  # noqa: A002
+def checkpoints(draw: st.DrawFn, format: str | None = None,
                 values: st.SearchStrategy[Any] | None = None) -> Example:
     """A state dict, or a training checkpoint around one, encoded by :func:`pthfmt.save`."""
     fmt = format or draw(st.sampled_from(["zip", "legacy"]))

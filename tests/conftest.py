@@ -11,7 +11,8 @@ try:
 except ImportError:  # pragma: no cover - exercised only on machines without torch
     torch = None
     if os.environ.get("CI"):
-        raise RuntimeError("torch==2.13.0 must be installed in CI (pip install -e '.[test]')")
+        raise RuntimeError(
+            "torch==2.13.0 must be installed in CI (pip install -e '.[test]')") from None
 
 
 @pytest.fixture(scope="session")

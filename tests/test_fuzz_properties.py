@@ -96,7 +96,7 @@ def test_record_swaps(name, i, j):
 @fast
 @given(st.sampled_from([n for n in sorted(SEEDS) if SEEDS[n][:2] == b"PK"]),
        st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["set", "insert", "delete"]),
-                          st.sampled_from(CODES + [0, 0xFF])), min_size=1, max_size=6))
+                          st.sampled_from([*CODES, 0, 0xFF])), min_size=1, max_size=6))
 def test_pickle_opcode_mutations(name, edits):
     def mutate(records):
         pkl = next(n for n in records if n.endswith("data.pkl"))

@@ -162,7 +162,8 @@ def test_setitem_and_append_only_on_real_containers():
 
 
 def test_codecs_encode_only_plain_codecs():
-    ok = b"\x80\x02" + _global("_codecs", "encode") + b"X\x02\x00\x00\x00hiX\x06\x00\x00\x00latin1\x86R."
+    ok = (b"\x80\x02" + _global("_codecs", "encode")
+          + b"X\x02\x00\x00\x00hiX\x06\x00\x00\x00latin1\x86R.")
     assert run(ok) == b"hi"
     bad = ok.replace(b"X\x06\x00\x00\x00latin1", b"X\x06\x00\x00\x00rot_13")
     with pytest.raises(UnsafePickleError):
