@@ -96,7 +96,7 @@ def _takes_two(func: Callable[..., object]) -> bool:
 
 
 MapLocation = Union[  # noqa: UP007 - a runtime alias, kept valid on Python 3.10
-    None, str, Device, Mapping[str, Union[str, Device]], Callable[..., object]]
+    None, str, Device, Mapping[str, str | Device], Callable[..., object]]
 
 
 def _to_device(value: object, what: str) -> Device:
