@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .conversion import convert
 from .device import Device
 from .dtypes import DTYPES, DType
 from .errors import (
@@ -27,6 +28,7 @@ __all__ = [
     "load",
     "open",
     "save",
+    "convert",
     "validate",
     "Report",
     "Problem",

@@ -723,6 +723,120 @@ def _diff_run(args: argparse.Namespace) -> int:
     return _guard(None, run)
 
 
+# -- convert -----------------------------------------------------------------------------------
+
+#: Bytes of tensor data from which ``convert`` shows a progress bar (when stderr is a terminal).
+PROGRESS_MIN = 64 << 20
+
+
+class _ProgressBar:
+    """``label [#####     ]  42%  1.2 GiB / 2.9 GiB`` on stderr, redrawn at most 10 times
+    a second; :meth:`clear` wipes it."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.last = 0.0
+        self.width = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        frac = min(done / total, 1.0) if total else 1.0
+        bar = "#" * int(frac * 30)
+        line = (f"{self.label} [{bar:<30}] {frac:4.0%}  {human_size(min(done, total))} / "
+                f"{human_size(total)}")
+        self.width = max(self.width, len(line))
+        sys.stderr.write("\r" + line.ljust(self.width))
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
+def _convert_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert", help="convert between .pth/.pt/.bin, .safetensors and .npz",
+        description=_wrap("Convert a checkpoint to the format OUT's extension names: torch "
+        "(.pth, .pt, .bin, .ckpt), .safetensors or .npz.  IN may also be a sharded checkpoint "
+        "(its *.index.json or the folder holding it).  Nested keys flatten with dots, as "
+        "state_dict keys do; non-tensor values (epoch, loss, hyper-parameters) travel as JSON "
+        "in the safetensors metadata or the npz sidecar.  Whatever OUT's format cannot hold "
+        "is left out and named in a warning on stderr.  Tensors stream one by one; OUT is "
+        "written to a temporary file and renamed into place when complete.  Exit status: 0 "
+        "converted, 1 a problem with IN, 2 usage error or unreadable/unwritable file."),
+        epilog="examples:\n  pthfmt convert model.pth model.safetensors\n"
+        "  pthfmt convert model.safetensors model.pth\n"
+        "  pthfmt convert --key model_state_dict checkpoint.pth model.safetensors\n"
+        "  pthfmt convert ./sharded-model/ merged.safetensors   (folder with *.bin.index.json)"
+        "\n  pthfmt convert weights.npz weights.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", metavar="IN")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--format", choices=("pth", "safetensors", "npz"),
+                   help="OUT's format, when its extension does not say")
+    p.add_argument("--key", metavar="KEY", help="convert only the entries under KEY, without "
+                   "the prefix (e.g. model_state_dict)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no summary and no progress bar (warnings are still shown)")
+
+
+def _convert_run(args: argparse.Namespace) -> int:
+    from .conversion import Conversion, UnknownFormatError, output_format
+
+    def check_output() -> int:
+        try:
+            output_format(args.output, args.format)
+        except UnknownFormatError as exc:
+            raise _Fail(str(exc), USAGE) from None
+        if os.path.isdir(args.output):
+            raise _Fail("is a directory", USAGE)
+        return OK
+
+    job: list[Conversion] = []
+
+    def read() -> int:
+        try:
+            job.append(Conversion(args.input, args.output, format=args.format, key=args.key))
+        except UnknownFormatError as exc:
+            raise _Fail(str(exc), USAGE) from None
+        return OK
+
+    def write() -> int:
+        conv = job[0]
+        bar = _ProgressBar(f"{args.input} -> {args.output}")
+        show = not args.quiet and conv.nbytes >= PROGRESS_MIN and sys.stderr.isatty()
+        try:
+            conv.write(bar if show else None)
+        except PthError as exc:            # bad data met while streaming: IN's problem
+            _err(f"{args.input}: {exc}")
+            return PROBLEM
+        finally:
+            bar.clear()
+        for warning in conv.warnings:
+            _err(f"warning: {warning}")
+        if not args.quiet:
+            def count(n: int, noun: str) -> str:
+                return f"{n} {noun}{'' if n == 1 else 's'}"
+            values = f", {count(len(conv.values), 'value')}" if conv.values else ""
+            print(f"{args.input} -> {args.output} ({conv.format}): "
+                  f"{count(len(conv.items), 'tensor')} "
+                  f"({human_size(os.path.getsize(args.output))}){values}")
+        return OK
+
+    status = _guard(args.output, check_output) or _guard(args.input, read)
+    if status:
+        return status
+    try:
+        return _guard(args.output, write)     # OSError here: OUT cannot be written
+    finally:
+        job[0].close()
+
+
 # -- the command table -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -737,6 +851,7 @@ COMMANDS: list[Command] = [
     Command("inspect", _inspect_parser, _inspect_run),
     Command("validate", _validate_parser, _validate_run),
     Command("diff", _diff_parser, _diff_run),
+    Command("convert", _convert_parser, _convert_run),
 ]
 
 
@@ -750,7 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap("Read, check and compare PyTorch checkpoint files (.pt/.pth/.bin) "
         "without torch and without running code from them."),
         epilog="examples:\n  pthfmt inspect model.pth\n  pthfmt validate --strict *.pth\n"
-        "  pthfmt diff --strip-a module. a.pth b.pth\n\n"
+        "  pthfmt diff --strip-a module. a.pth b.pth\n"
+        "  pthfmt convert model.pth model.safetensors\n\n"
         "Run 'pthfmt COMMAND --help' for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pthfmt {__version__}")
