@@ -237,6 +237,9 @@ def _stub_classes(root: Any) -> list[str]:
 
 def inspect_summary(path: str) -> dict[str, Any]:
     """Everything ``pthfmt inspect`` shows, as one JSON-ready dict (reads no tensor data)."""
+    from .sharded import is_index
+    if is_index(path):
+        return _sharded_summary(path)
     with _open(path) as ck:
         entries = list(leaves(ck.obj))
         tensors = [(k, v) for k, v in entries if isinstance(v, TensorRef)]
@@ -277,6 +280,33 @@ def inspect_summary(path: str) -> dict[str, Any]:
                        "storage_bytes": sum(per_dtype.values()),
                        "bytes_per_dtype": dict(per_dtype)},
         }
+
+
+def _sharded_summary(path: str) -> dict[str, Any]:
+    """``inspect`` of a sharded checkpoint: the shards' summaries merged, in index order."""
+    from .sharded import ShardedCheckpoint
+    merged = ShardedCheckpoint(path)             # checks the index against the shards
+    folder = os.path.dirname(merged.index_path)
+    parts = [inspect_summary(os.path.join(folder, shard)) for shard in merged.shards]
+    rows = [dict(r, shard=os.path.basename(p["file"])) for p in parts for r in p["tensors"]]
+    totals: dict[str, Any] = {"bytes_per_dtype": Counter()}
+    for p in parts:
+        for k, v in p["totals"].items():
+            if k == "bytes_per_dtype":
+                totals[k].update(v)
+            else:
+                totals[k] = totals.get(k, 0) + v
+    totals["bytes_per_dtype"] = dict(totals["bytes_per_dtype"])
+    return {
+        "file": merged.index_path, "size": sum(p["size"] for p in parts),
+        "format": f"sharded ({len(parts)} shards: {parts[0]['format']})" if parts else "sharded",
+        "version": parts[0]["version"] if parts else None,
+        "byteorder": parts[0]["byteorder"] if parts else "little", "archive": None,
+        "classes": sorted({c for p in parts for c in p["classes"]}),
+        "tensors": rows, "storages": [s for p in parts for s in p["storages"]],
+        "values": {"metadata": _plain(merged.metadata)} if merged.metadata else {},
+        "shards": [os.path.basename(p["file"]) for p in parts], "totals": totals,
+    }
 
 
 def _print_inspect(s: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from .device import MapLocation
 from .errors import FormatError
 from .tensor import TensorRef
 
-__all__ = ["ShardedCheckpoint", "load_sharded", "find_index"]
+__all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index", "shard_names"]
 
 _INDEX_SUFFIXES = (".bin.index.json", ".pt.index.json", ".pth.index.json")
 
@@ -36,6 +36,25 @@ def find_index(path: str | os.PathLike[str]) -> str:
         raise FormatError(f"{path}: expected one *.bin.index.json, found "
                           f"{', '.join(found) or 'none'}")
     return os.path.join(path, found[0])
+
+
+def is_index(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a shard index (``*.bin.index.json``) or a folder holding one."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return any(n.endswith(_INDEX_SUFFIXES) for n in os.listdir(path))
+    return path.endswith(_INDEX_SUFFIXES)
+
+
+def shard_names(index: str) -> list[str]:
+    """The shard file names an index lists, in first-use order (empty if unreadable)."""
+    try:
+        with open(index, encoding="utf-8") as fh:
+            weight_map = json.load(fh).get("weight_map") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [s for s in dict.fromkeys(weight_map.values()) if isinstance(s, str)
+            and os.path.basename(s) == s]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import re
 import struct
 import zlib
@@ -46,6 +47,7 @@ from .errors import CorruptError, FormatError, PthError, UnsafePickleError, Unsu
 from .pickle.allowlist import ALLOWLIST, MODULE_ALIASES, TorchHandlers
 from .pickle.opcodes import BY_CODE, read_arg
 from .pickle.unpickler import Global, Unpickler, _Poison
+from .sharded import ShardedCheckpoint, find_index, is_index, shard_names
 from .source import PathOrFile, Source
 from .storage import StorageSlice, StorageTable, StorageType
 from .tensor import StorageInfo, TensorRef, check_view
@@ -188,6 +190,10 @@ CHECKS: Final[tuple[Check, ...]] = (
     _c("legacy.v3_dtype", E, "a legacy-format file holds an UntypedStorage (v3 dtype)",
        "fails: UntypedStorage has no attribute 'dtype'"),
     _c("legacy.trailing_data", W, "bytes after the last legacy storage", "ignores them"),
+    # sharded checkpoints (an index and its shards)
+    _c("index.inconsistent", E, "a sharded checkpoint's index and its shards disagree "
+       "(a missing shard, a key in two shards, a key the index does not list)",
+       "transformers fails, or loads some weights from the wrong shard"),
     # the reader's verdict
     _c("load.failed", E, "pthfmt's reader refuses the file for a reason no other check names",
        "see the message"),
@@ -1811,6 +1817,8 @@ def validate(f: PathOrFile, *, strict: bool = False) -> Report:
     ``OSError``.  ``strict`` adds what torch accepts but a careful publisher would not ship
     (compressed or unaligned data, extra records, unreferenced storages, odd names).
     """
+    if isinstance(f, (str, os.PathLike)) and is_index(f):
+        return _validate_index(os.fspath(f), strict)
     try:
         src = Source(f)
     except FormatError as exc:
@@ -1831,3 +1839,30 @@ def validate(f: PathOrFile, *, strict: bool = False) -> Report:
         if enabled:
             gc.enable()
     return v.finish()
+
+
+def _validate_index(path: str, strict: bool) -> Report:
+    """A sharded checkpoint: the index against the shards, then every shard, in one report
+    (a shard's problems carry ``<shard>/`` before their record)."""
+    index = find_index(path)
+    problems: list[Problem] = []
+    ok = True
+    try:
+        ShardedCheckpoint(index)
+    except PthError as exc:
+        problems.append(Problem("index.inconsistent", "error", exc.message,
+                                os.path.basename(index)))
+        ok = False
+    folder = os.path.dirname(index)
+    for shard in shard_names(index):
+        shard_path = os.path.join(folder, shard)
+        if not os.path.isfile(shard_path):
+            continue                        # reported as index.inconsistent above
+        report = validate(shard_path, strict=strict)
+        ok = ok and report.ok
+        for p in report.problems:
+            problems.append(Problem(p.code, p.severity, p.message,
+                                    f"{shard}/{p.record}" if p.record else shard, p.offset,
+                                    p.key_path))
+    return Report(index, "sharded", ok and not problems, problems, strict)
+

@@ -186,3 +186,24 @@ def test_sharded_errors(tmp_path):
     index.write_text('{"weight_map": {"a": "x.bin", "a": "y.bin"}}')
     with pytest.raises(FormatError, match="twice"):
         pthfmt.load_sharded(index)
+
+
+def test_cli_inspect_and_validate_accept_a_shard_index(tmp_path):
+    state = {"a": torch.ones(2), "b": torch.zeros(3)}
+    index = write_shards(tmp_path, state, [["a"], ["b"]])
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pthfmt", *args], capture_output=True,
+                              text=True)
+
+    out = cli("inspect", "--json", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [r["key"] for r in doc["tensors"]] == ["a", "b"] and len(doc["shards"]) == 2
+    assert cli("validate", str(index)).returncode == 0
+    report = pthfmt.validate(index)
+    assert report.ok and report.format == "sharded"
+    os.remove(tmp_path / json.loads(index.read_text())["weight_map"]["b"])
+    out = cli("validate", str(tmp_path))
+    assert out.returncode == 1 and "index.inconsistent" in out.stdout
+    assert cli("inspect", str(index)).returncode == 1
