@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .conversion import convert
+from typing import TYPE_CHECKING, Any
+
 from .device import Device
 from .dtypes import DTYPES, DType
 from .errors import (
@@ -19,10 +20,27 @@ from .reader import Checkpoint, load, open
 from .sharded import ShardedCheckpoint, load_sharded
 from .stub import Stub, StubType
 from .tensor import StorageInfo, Tensor, TensorRef
-from .validation import Problem, Report, validate
-from .writer import save
+
+if TYPE_CHECKING:
+    from .conversion import convert
+    from .validation import Problem, Report, validate
+    from .writer import save
 
 __version__ = "0.1.0"
+
+# Imported on first use: a plain ``load`` needs none of them (command-line start-up time).
+_LAZY = {"save": "writer", "convert": "conversion", "validate": "validation",
+         "Report": "validation", "Problem": "validation"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pthfmt' has no attribute {name!r}")
+    from importlib import import_module
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "load",

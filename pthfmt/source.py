@@ -76,7 +76,7 @@ class Source:
         sharing between arrays means sharing a torch storage)."""
         self.check(offset, nbytes, "data")
         if self._fd is None or nbytes < _PREAD_FROM:
-            return np.frombuffer(self.buf, np.uint8, count=nbytes, offset=offset).copy()
+            return np.frombuffer(bytearray(self.buf[offset:offset + nbytes]), np.uint8)
         out = np.empty(nbytes, np.uint8)
         view = memoryview(out)
         done = 0

@@ -37,18 +37,44 @@ class TorchZip:
         if "/" not in first:
             raise FormatError(f"zip record {first!r} is not inside an archive folder")
         self.prefix = first.split("/", 1)[0]
-        self.records: dict[str, list[ZipEntry]] = {}
-        self.folded: dict[str, list[ZipEntry]] = {}
+        head = self.prefix + "/"
+        cut = len(head)
+        #: relative name -> entry, and every entry under names equal but for case (those are
+        #: ambiguous: torch's lookup is case-insensitive and which copy it reads varies).
+        self.exact: dict[str, ZipEntry] = {}
+        self._cut = cut
         for entry in self.zip.entries:
-            head, sep, rel = entry.name.partition("/")
-            if head != self.prefix or not sep:
-                raise FormatError(f"zip record {entry.name!r} is outside the archive folder "
-                                  f"{self.prefix + '/'!r}")
-            self.records.setdefault(rel, []).append(entry)
-            self.folded.setdefault(rel.lower(), []).append(entry)
+            name = entry.name
+            if not name.startswith(head):
+                raise FormatError(f"zip record {name!r} is outside the archive folder {head!r}")
+            self.exact[name[cut:]] = entry
+        self._folded: dict[str, list[ZipEntry]] | None = None
+        self.clashes = len(self.exact) != len(self.zip.entries) or \
+            len({rel.lower() for rel in self.exact}) != len(self.exact)
+
+    @property
+    def folded(self) -> dict[str, list[ZipEntry]]:
+        """Lower-cased relative name -> every entry under it (built on first need)."""
+        if self._folded is None:
+            self._folded = {}
+            for entry in self.zip.entries:
+                self._folded.setdefault(entry.name[self._cut:].lower(), []).append(entry)
+        return self._folded
+
+    @property
+    def records(self) -> dict[str, list[ZipEntry]]:
+        """Relative name -> every entry under exactly that name."""
+        out: dict[str, list[ZipEntry]] = {}
+        for entry in self.zip.entries:
+            out.setdefault(entry.name[self._cut:], []).append(entry)
+        return out
 
     def find(self, rel: str) -> ZipEntry | None:
         """The record ``rel`` (torch looks names up case-insensitively); ambiguity refused."""
+        if not self.clashes:
+            entry = self.exact.get(rel)
+            if entry is not None:
+                return entry
         hits = self.folded.get(rel.lower())
         if not hits:
             return None

@@ -127,7 +127,9 @@ class Unpickler:
         data, end = self.data, self.end
         kinds, readers = _KINDS, _READERS
         handlers = [None if f is None else f.__get__(self) for f in _HANDLERS]
-        u4, pending, call, persistent = _U4, Pending, self._call, self._persistent
+        u4, pending, call = _U4, Pending, self._call
+        fast = not self.lenient           # lenient re-runs turn handler errors into poisons
+        persistent = self.handlers.persistent_load if fast else self._persistent
         read_str = _READERS[ord("X")]
         memo, metastack = self.memo, self.metastack
         stack = self.stack
@@ -179,7 +181,11 @@ class Unpickler:
                 elif code == 0x52:                                  # REDUCE
                     self.op_pos = pos                               # for lenient poisons
                     args = stack.pop()
-                    stack[-1] = call(stack[-1], args, "REDUCE")
+                    func = stack[-1]
+                    if fast and type(func) is Global and type(args) is tuple:
+                        stack[-1] = func.call(*args)
+                    else:
+                        stack[-1] = call(func, args, "REDUCE")
                     pos += 1
                 elif code == 0x58:                                  # BINUNICODE
                     arg, pos = read_str(data, pos + 1, end)
@@ -196,7 +202,7 @@ class Unpickler:
                     pos += 1
                 elif code == 0x51:                                  # BINPERSID
                     self.op_pos = pos
-                    stack[-1] = persistent(stack[-1])
+                    stack[-1] = persistent(stack[-1])           # (lenient: poisons)
                     pos += 1
                 elif code == 0x89:                                  # NEWFALSE
                     stack.append(False)
