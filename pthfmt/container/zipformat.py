@@ -49,8 +49,9 @@ class TorchZip:
                 raise FormatError(f"zip record {name!r} is outside the archive folder {head!r}")
             self.exact[name[cut:]] = entry
         self._folded: dict[str, list[ZipEntry]] | None = None
+        self.lower = {rel.lower(): entry for rel, entry in self.exact.items()}
         self.clashes = len(self.exact) != len(self.zip.entries) or \
-            len({rel.lower() for rel in self.exact}) != len(self.exact)
+            len(self.lower) != len(self.exact)
 
     @property
     def folded(self) -> dict[str, list[ZipEntry]]:
@@ -73,8 +74,7 @@ class TorchZip:
         """The record ``rel`` (torch looks names up case-insensitively); ambiguity refused."""
         if not self.clashes:
             entry = self.exact.get(rel)
-            if entry is not None:
-                return entry
+            return entry if entry is not None else self.lower.get(rel.lower())
         hits = self.folded.get(rel.lower())
         if not hits:
             return None
