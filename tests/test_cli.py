@@ -66,7 +66,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_help_on_every_command():
     out = run("--help")
     assert out.returncode == 0
-    for command in ("inspect", "validate", "diff"):
+    from pthfmt.cli import COMMANDS
+    assert {c.name for c in COMMANDS} == {"inspect", "validate", "diff", "convert"}
+    for command in (c.name for c in COMMANDS):
         assert command in out.stdout
         sub = run(command, "--help")
         assert sub.returncode == 0 and "example" in sub.stdout, command
