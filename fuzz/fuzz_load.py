@@ -24,6 +24,8 @@ import atheris
 
 with atheris.instrument_imports(include=["pthfmt"]):
     import pthfmt
+    import pthfmt.modules
+    import pthfmt.validation  # imported lazily by pthfmt; instrument it too
 
 
 def exercise(data: bytes) -> None:
