@@ -62,6 +62,7 @@ from .device import Device
 from .dtypes import DTypeInfo, by_name, from_numpy
 from .errors import CorruptError, FormatError, LimitError, PthError, UnsupportedError
 from .modules import is_module, state_dict
+from .sharded import find_index, unique_keys
 from .stub import Stub
 from .tensor import MAX_NDIM, StorageInfo, TensorRef
 from .writer import _array_chunks, _c_strides, _is_big, _write_atomically, save
@@ -555,15 +556,7 @@ def _input_format(path: str) -> str:
 
 
 def _find_index(path: str) -> str:
-    if not os.path.isdir(path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(2, "No such file or directory", path)
-        return path
-    found = sorted(n for n in os.listdir(path) if n.endswith(".index.json"))
-    if len(found) != 1:
-        raise FormatError(f"expected one *.index.json in the folder, found "
-                          f"{', '.join(found) or 'none'}")
-    return os.path.join(path, found[0])
+    return find_index(path, (".index.json",))
 
 
 def _select(content: _Content, key: str) -> None:
@@ -705,7 +698,8 @@ def read_safetensors_header(buf: Any, size: int) -> tuple[list[_Entry], dict[str
         raise CorruptError(f"safetensors header of {n} bytes runs past the end of the "
                            f"{size}-byte file")
     try:
-        doc = json.loads(bytes(buf[8:8 + n]).decode("utf-8"), object_pairs_hook=_unique)
+        doc = json.loads(bytes(buf[8:8 + n]).decode("utf-8"),
+                         object_pairs_hook=unique_keys("the safetensors header"))
     except UnicodeDecodeError:
         raise FormatError("safetensors header is not UTF-8") from None
     except json.JSONDecodeError as exc:
@@ -749,15 +743,6 @@ def read_safetensors_header(buf: Any, size: int) -> tuple[list[_Entry], dict[str
         if begin < end:
             raise FormatError(f"safetensors entries {a!r} and {b!r} overlap")
     return entries, metadata
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise FormatError(f"safetensors header names {k!r} twice")
-        out[k] = v
-    return out
 
 
 def _map(path: str, content: _Content) -> tuple[Any, int]:
@@ -830,7 +815,8 @@ def _read_sharded_safetensors(path: str, content: _Content) -> None:
     if len(text) > MAX_HEADER:
         raise LimitError(f"index larger than {MAX_HEADER} bytes")
     try:
-        doc = json.loads(text.decode("utf-8"), object_pairs_hook=_unique)
+        doc = json.loads(text.decode("utf-8"),
+                         object_pairs_hook=unique_keys("the index"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FormatError(f"not a JSON index ({exc})") from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None

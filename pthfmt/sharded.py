@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,14 +26,17 @@ __all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index", "shard
 _INDEX_SUFFIXES = (".bin.index.json", ".pt.index.json", ".pth.index.json")
 
 
-def find_index(path: str | os.PathLike[str]) -> str:
-    """The index file itself, or the one index inside a directory."""
+def find_index(path: str | os.PathLike[str], suffixes: tuple[str, ...] = _INDEX_SUFFIXES
+               ) -> str:
+    """The index file itself, or the one index (ending in one of ``suffixes``) in a folder."""
     path = os.fspath(path)
     if not os.path.isdir(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, "No such file or directory", path)
         return path
-    found = sorted(n for n in os.listdir(path) if n.endswith(_INDEX_SUFFIXES))
+    found = sorted(n for n in os.listdir(path) if n.endswith(suffixes))
     if len(found) != 1:
-        raise FormatError(f"{path}: expected one *.bin.index.json, found "
+        raise FormatError(f"{path}: expected one *{suffixes[0]}, found "
                           f"{', '.join(found) or 'none'}")
     return os.path.join(path, found[0])
 
@@ -57,13 +60,18 @@ def shard_names(index: str) -> list[str]:
             and os.path.basename(s) == s]
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise FormatError(f"key {key!r} appears twice in the index")
-        out[key] = value
-    return out
+def unique_keys(where: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A ``json`` ``object_pairs_hook`` refusing a key given twice (``json`` keeps the last)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise FormatError(f"key {key!r} appears twice in {where}")
+            out[key] = value
+        return out
+
+    return hook
 
 
 class ShardedCheckpoint(Mapping[str, np.ndarray]):
@@ -75,7 +83,7 @@ class ShardedCheckpoint(Mapping[str, np.ndarray]):
         folder = os.path.dirname(self.index_path)
         try:
             with open(self.index_path, encoding="utf-8") as fh:
-                doc = json.load(fh, object_pairs_hook=_no_duplicates)
+                doc = json.load(fh, object_pairs_hook=unique_keys("the index"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FormatError(f"{self.index_path}: not a JSON index ({exc})") from None
         weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
