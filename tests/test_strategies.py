@@ -21,8 +21,8 @@ def raw(value) -> bytes:
 
 
 def torch_raw(t) -> bytes:
-    t = t.detach().contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    fresh = torch.empty(t.shape, dtype=t.dtype).copy_(t.detach()).reshape(-1)
+    return fresh.view(torch.uint8).numpy().tobytes() if fresh.numel() else b""
 
 
 def flatten(tree, prefix=""):
@@ -76,5 +76,32 @@ def test_corruptions_change_bytes_and_never_crash(bad):
 
 
 def test_readme_example_runs():
-    text = open(pst.__file__).read()
-    assert "@given(pst.checkpoints())" in text and "@given(pst.corrupted(" in text
+    """The README's example, with pthfmt itself as 'my_loader'."""
+    from hypothesis import given
+
+    class MyLoaderError(Exception):
+        pass
+
+    def my_loader(f):
+        try:
+            return dict(flatten(pthfmt.load(f)))
+        except pthfmt.PthError as exc:
+            raise MyLoaderError(str(exc)) from exc
+
+    @SETTINGS
+    @given(pst.checkpoints())
+    def test_my_loader_reads_checkpoints(example):
+        weights = my_loader(io.BytesIO(example.data))
+        for key, expected in example.tensors.items():
+            assert raw(weights[key]) == raw(expected)
+
+    @SETTINGS
+    @given(pst.corrupted(pst.checkpoints()))
+    def test_my_loader_fails_cleanly(bad):
+        try:
+            my_loader(io.BytesIO(bad.data))
+        except MyLoaderError:
+            pass
+
+    test_my_loader_reads_checkpoints()
+    test_my_loader_fails_cleanly()
