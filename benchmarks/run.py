@@ -484,7 +484,9 @@ def measure(case: str, op: str, meta: dict, cache: Path, flag: mmap.mmap,
     scratch = str(HERE / "out" / "scratch.out")
     rec: dict = {"case": case, "op": op}
     if op in CLI_OPS:
-        mm = info["format"] == "zip"           # torch.load(mmap=True) refuses legacy files
+        # Each side as its users would run it: mmap wherever the library offers it (pthfmt
+        # maps both formats; torch.load(mmap=True) refuses legacy files).
+        mm = info["format"] == "zip" or op == "cli.pthfmt"
         r = spawn([sys.executable, "-c", cli_code(op, path, info["touch_path"], mm)], None,
                   timeout)
         rec.update(wall=r["wall"], t=r["wall"], maxrss=r["maxrss"],
