@@ -15,6 +15,7 @@ __all__ = ["Source", "PathOrFile"]
 
 _PREAD_FROM = 1 << 20        # smaller copies come from the mapping (one call is cheaper)
 _PREAD_CHUNK = 1 << 30
+_HAVE_PREADV = hasattr(os, "preadv")
 
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -75,7 +76,7 @@ class Source:
         """A private, writable copy of ``nbytes`` at ``offset`` (its own base array, so that
         sharing between arrays means sharing a torch storage)."""
         self.check(offset, nbytes, "data")
-        if self._fd is None or nbytes < _PREAD_FROM:
+        if self._fd is None or nbytes < _PREAD_FROM or not _HAVE_PREADV:
             return np.frombuffer(bytearray(self.buf[offset:offset + nbytes]), np.uint8)
         out = np.empty(nbytes, np.uint8)
         view = memoryview(out)
