@@ -39,7 +39,14 @@ from typing import Any, Final
 
 from .container.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
 from .container.options import Options
-from .container.ziparchive import DEFLATED, PICKLE_RATIO, STORED, ZipArchive, ZipEntry
+from .container.ziparchive import (
+    DEFLATED,
+    PICKLE_RATIO,
+    STORED,
+    ZipArchive,
+    ZipEntry,
+    inflate,
+)
 from .container.zipformat import MAX_VERSION
 from .device import Device, location_mapper
 from .dtypes import by_name
@@ -894,35 +901,19 @@ class _Validator:
             yield self.buf[a:min(a + CHUNK, stop)]
 
     def inflate(self, start: int, csize: int, usize: int,
-                sink: Callable[[bytes], None] | None = None) -> tuple[int, int, str | None]:
-        """Inflate a raw deflate stream chunk by chunk, never past ``usize`` + 1 bytes:
-        ``(crc32, size, error)``."""
-        d = zlib.decompressobj(-15)
+                sink: Callable[[bytes], None] | None = None, name: str = "record"
+                ) -> tuple[int, int, str | None]:
+        """Inflate a raw deflate stream with the reader's bounds (never past ``usize`` bytes,
+        never past its bomb ratio): ``(crc32, size, error)``."""
         crc = total = 0
-        feed = self.chunks(start, csize)
-        pending = b""
         try:
-            while not d.eof:
-                if d.unconsumed_tail:
-                    pending = d.unconsumed_tail
-                else:
-                    pending = next(feed, b"")
-                out = d.decompress(pending, CHUNK)
-                if not out and not pending:
-                    break
+            for out in inflate(self.buf, start, csize, usize, name):
                 total += len(out)
-                if total > usize:
-                    return crc, total, (f"inflates to more than the declared {usize} bytes "
-                                        "(zip bomb?)")
                 crc = zlib.crc32(out, crc)
                 if sink is not None:
                     sink(out)
-        except zlib.error as exc:
-            return crc, total, f"bad deflate data: {exc}"
-        if not d.eof:
-            return crc, total, "the deflate stream ends before its last block"
-        if total != usize:
-            return crc, total, f"inflates to {total} bytes, the header says {usize}"
+        except PthError as exc:
+            return crc, total, exc.message
         return crc, total, None
 
     def record_bytes(self, rec: _Rec, limit: int | None = None) -> bytes | None:
@@ -946,7 +937,7 @@ class _Validator:
         def sink(b: bytes) -> None:
             parts.append(b)
 
-        _, _, err = self.inflate(rec.data, e.csize, e.usize, sink)
+        _, _, err = self.inflate(rec.data, e.csize, e.usize, sink, e.name)
         return None if err else b"".join(parts)
 
     # -- unknown files and hidden archives ---------------------------------------------------------
@@ -1141,7 +1132,7 @@ class _Validator:
             for chunk in self.chunks(rec.data, e.usize if e.csize == e.usize else e.csize):
                 crc = zlib.crc32(chunk, crc)
         elif e.method == DEFLATED:
-            crc, _, err = self.inflate(rec.data, e.csize, e.usize)
+            crc, _, err = self.inflate(rec.data, e.csize, e.usize, name=e.name)
             if err:
                 self.add("zip.bad_deflate", err, record=e.name)
                 return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 from ..errors import CorruptError, FormatError, LimitError, UnsupportedError
 from ..source import Source
@@ -168,44 +169,48 @@ class ZipArchive:
 
     def inflate(self, entry: ZipEntry, max_ratio: int = DATA_RATIO,
                 chunk: int = 1 << 20) -> Iterator[bytes]:
-        """Inflate a deflated entry in chunks of at most ``chunk`` bytes.
+        """Inflate a deflated entry in chunks (see :func:`inflate`)."""
+        yield from inflate(self.src.buf, self.data_offset(entry), entry.csize, entry.usize,
+                           entry.name, max_ratio, chunk)
 
-        A header can lie about the inflated size: output is produced piece by piece (a
-        lying size never pre-allocates) and must stop at exactly ``usize`` bytes.  A size
-        beyond DEFLATE's maximum ratio (1032:1) is refused as corrupt before any work, and
-        one beyond ``max_ratio`` (+1 MiB) as a decompression bomb.
-        """
-        start = self.data_offset(entry)
-        if entry.usize > _MAX_RATIO * entry.csize + 1024:
-            raise CorruptError(f"deflated record claims {entry.usize} bytes from "
-                               f"{entry.csize}: more than DEFLATE can encode",
-                               record=entry.name)
-        if entry.usize > max_ratio * entry.csize + (1 << 20):
-            raise LimitError(f"deflated record inflates {entry.usize // max(entry.csize, 1)}:1 "
-                             f"({entry.usize} bytes from {entry.csize}), over pthfmt's "
-                             f"{max_ratio}:1 bound for such records (a decompression bomb?)",
-                             record=entry.name)
-        inflater = zlib.decompressobj(-15)
-        pending = self.src.buf[start:start + entry.csize]
-        produced = 0
-        try:
-            while True:
-                out = inflater.decompress(pending, chunk)
-                pending = inflater.unconsumed_tail
-                produced += len(out)
-                if produced > entry.usize:
-                    break
-                if out:
-                    yield out
-                if inflater.eof or (not out and not pending):
-                    break
-        except zlib.error as exc:
-            raise CorruptError(f"bad deflate data: {exc}", record=entry.name) from None
-        if produced != entry.usize or not inflater.eof:
-            more = "more than " if produced > entry.usize else ""
-            raise CorruptError(f"record inflates to {more}{produced} bytes, its header says "
-                               f"{entry.usize}",
-                               record=entry.name)
+
+def inflate(buf: Any, start: int, csize: int, usize: int, name: str,
+            max_ratio: int = DATA_RATIO, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Inflate the raw DEFLATE stream ``buf[start:start + csize]`` in chunks of at most
+    ``chunk`` bytes.
+
+    A header can lie about the inflated size: output is produced piece by piece (a lying
+    size never pre-allocates) and must stop at exactly ``usize`` bytes.  A size beyond
+    DEFLATE's maximum ratio (1032:1) is refused as corrupt before any work, and one beyond
+    ``max_ratio`` (+1 MiB) as a decompression bomb (:class:`LimitError`).
+    """
+    if usize > _MAX_RATIO * csize + 1024:
+        raise CorruptError(f"deflated record claims {usize} bytes from {csize}: more than "
+                           "DEFLATE can encode", record=name)
+    if usize > max_ratio * csize + (1 << 20):
+        raise LimitError(f"deflated record inflates {usize // max(csize, 1)}:1 ({usize} bytes "
+                         f"from {csize}), over pthfmt's {max_ratio}:1 bound for such records "
+                         "(a decompression bomb?)", record=name)
+    inflater = zlib.decompressobj(-15)
+    pending = buf[start:start + csize]
+    produced = 0
+    try:
+        while True:
+            out = inflater.decompress(pending, chunk)
+            pending = inflater.unconsumed_tail
+            produced += len(out)
+            if produced > usize:
+                break
+            if out:
+                yield out
+            if inflater.eof or (not out and not pending):
+                break
+    except zlib.error as exc:
+        raise CorruptError(f"bad deflate data: {exc}", record=name) from None
+    if produced != usize or not inflater.eof:
+        more = "more than " if produced > usize else ""
+        raise CorruptError(f"record inflates to {more}{produced} bytes, its header says "
+                           f"{usize}", record=name)
 
 
 def _zip64(extra: bytes, usize: int, csize: int, lho: int, index: int,
