@@ -48,11 +48,12 @@ from .container.ziparchive import (
     inflate,
 )
 from .container.zipformat import MAX_VERSION
+from .container.zipwriter import data_offset as miniz_data_offset
 from .device import Device, location_mapper
 from .dtypes import by_name
 from .errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
 from .pickle.allowlist import ALLOWLIST, MODULE_ALIASES, TorchHandlers
-from .pickle.opcodes import BY_CODE, read_arg
+from .pickle.opcodes import BY_CODE, OPCODES, read_arg
 from .pickle.unpickler import Global, Unpickler, _Poison
 from .sharded import ShardedCheckpoint, find_index, is_index, shard_names
 from .source import PathOrFile, Source
@@ -359,19 +360,6 @@ def _text(value: Any) -> Any:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else value
 
 
-def _miniz_data_offset(cursor: int, name_len: int, size: int, alignment: int) -> int:
-    """Where miniz (torch's writer) puts a record's data when its local header is at
-    ``cursor`` (``caffe2::serialize::detail::getOffset``)."""
-    start = cursor + 30 + name_len + 4
-    if size >= _U32 or cursor >= _U32:
-        start += 4
-        if size >= _U32:
-            start += 16
-        if cursor >= _U32:
-            start += 8
-    return start + (-start % alignment)
-
-
 # -- the static pickle scan ----------------------------------------------------------------------
 
 @dataclass
@@ -395,8 +383,7 @@ _SIZED_PREFIX: Final = {"uint1": (1, "<B"), "int4": (4, "<i"), "uint4": (4, "<I"
 _PREFIX_OF: Final = {"long1": "uint1", "long4": "int4", "string1": "uint1", "string4": "int4",
                      "bytes1": "uint1", "bytes4": "uint4", "bytes8": "uint8",
                      "unicode1": "uint1", "unicode4": "uint4", "unicode8": "uint8"}
-_FIXED: Final = {"none": 0, "uint1": 1, "uint2": 2, "int4": 4, "uint4": 4, "uint8": 8,
-                 "float8": 8}
+_FIXED: Final = {op.arg.name: op.arg.size for op in OPCODES if op.arg.size >= 0}
 
 
 def _scan_table() -> list[tuple[int, Any, Any] | None]:
@@ -1587,7 +1574,7 @@ class _Validator:
                 expected, lho = r.data, r.entry.header_offset
             else:
                 name_len = len(f"{folder}/data/{key}".encode())
-                expected = _miniz_data_offset(cursor, name_len, nbytes, alignment)
+                expected = miniz_data_offset(cursor, name_len, nbytes, alignment)
                 lho = cursor
             if expected != r.data:
                 self.add("record.format_version", f"torch would compute its data offset as "
