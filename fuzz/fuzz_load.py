@@ -24,10 +24,16 @@ import atheris
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# Instrument every pthfmt module the exercise reaches, the lazily imported ones included.
 with atheris.instrument_imports(include=["pthfmt"]):
-    pass
+    import pthfmt
+    import pthfmt.conversion
+    import pthfmt.modules
+    import pthfmt.validation
 
-from exercise import exercise
+INSTRUMENTED = (pthfmt, pthfmt.conversion, pthfmt.modules, pthfmt.validation)
+
+from exercise import exercise  # noqa: E402 - fuzz/exercise.py, shared with the tests
 
 
 def main() -> None:

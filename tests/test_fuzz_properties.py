@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -123,6 +124,8 @@ def test_atheris_short_pass(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     crashes = list(tmp_path.glob("crash-*"))
     assert out.returncode == 0 and not crashes, out.stderr[-4000:]
+    covered = re.search(r"INITED cov: (\d+)", out.stderr)
+    assert covered and int(covered.group(1)) > 500, "pthfmt is not instrumented"
 
 
 @pytest.mark.slow
