@@ -27,6 +27,8 @@ class Source:
         self.path: str | None = None
         self.mapped = False
         self._fd: int | None = None
+        self._whole: np.ndarray | None = None
+        self._view: memoryview | None = None
         if isinstance(f, (str, bytes, os.PathLike)):
             self.path = os.fspath(f) if not isinstance(f, bytes) else os.fsdecode(f)
             with open(self.path, "rb") as fh:
@@ -70,14 +72,29 @@ class Source:
     def array(self, offset: int, nbytes: int) -> np.ndarray:
         """A read-only ``uint8`` view of ``nbytes`` at ``offset`` (zero copy)."""
         self.check(offset, nbytes, "data")
-        return np.frombuffer(self.buf, np.uint8, count=nbytes, offset=offset)
+        # its own base (a memoryview), so that every storage is the root of its arrays
+        return np.frombuffer(self.view[offset:offset + nbytes], np.uint8)
+
+    @property
+    def whole(self) -> np.ndarray:
+        """The whole file as one read-only ``uint8`` array (made once; slices are cheap)."""
+        if self._whole is None:
+            self._whole = np.frombuffer(self.buf, np.uint8)
+        return self._whole
+
+    @property
+    def view(self) -> memoryview:
+        """The whole file as one read-only ``memoryview`` (made once)."""
+        if self._view is None:
+            self._view = memoryview(self.buf).toreadonly()
+        return self._view
 
     def copy(self, offset: int, nbytes: int) -> np.ndarray:
         """A private, writable copy of ``nbytes`` at ``offset`` (its own base array, so that
         sharing between arrays means sharing a torch storage)."""
         self.check(offset, nbytes, "data")
         if self._fd is None or nbytes < _PREAD_FROM or not _HAVE_PREADV:
-            return np.frombuffer(bytearray(self.buf[offset:offset + nbytes]), np.uint8)
+            return self.whole[offset:offset + nbytes].copy()
         out = np.empty(nbytes, np.uint8)
         view = memoryview(out)
         done = 0

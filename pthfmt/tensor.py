@@ -152,7 +152,7 @@ def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int,
             stride: tuple[int, ...]) -> np.ndarray:
     """A numpy view of ``buffer`` (checked with :func:`check_view` first)."""
     size = dtype.itemsize
-    if stride == (1,) and offset == 0 and shape[0] * size == buffer.nbytes:
+    if stride == (1,) and offset == 0 and 0 < shape[0] * size == buffer.nbytes:
         return buffer.view(dtype.numpy)         # a whole 1-d storage: the commonest tensor
     if 0 in shape:      # no elements: offset (and strides too large for numpy) do not matter
         strides = tuple(s * size for s in stride)
