@@ -10,6 +10,7 @@ callback then says where the bytes are and checks that the record holds exactly
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -52,18 +53,15 @@ class StorageTable:
                  locate: Callable[[StorageInfo], None]) -> None:
         self.infos: dict[str, StorageInfo] = {}
         self._declared: dict[str, tuple[str, int, str]] = {}
+        self._locations: dict[str, Device] = {}
         self.mapper = mapper
         self.locate = locate
 
-    def declare(self, key: object, stype: object, tag: object, numel: object) -> StorageInfo:
-        if not isinstance(key, str):
-            raise FormatError(f"storage key {key!r} is not a string")
-        if not isinstance(stype, StorageType):
-            raise FormatError(f"storage {key!r}: {stype!r} is not a storage class")
-        if not isinstance(tag, str):
-            raise FormatError(f"storage {key!r}: location {tag!r} is not a string")
-        if type(numel) is not int or numel < 0:
-            raise FormatError(f"storage {key!r}: size {numel!r} is not a non-negative int")
+    def declare(self, key: Any, stype: Any, tag: Any, numel: Any) -> StorageInfo:
+        """The storage of one persistent id: made and located on its first declaration."""
+        if type(key) is not str or type(stype) is not StorageType or type(tag) is not str \
+                or type(numel) is not int or numel < 0:
+            self._check(key, stype, tag, numel)
         seen = self._declared.get(key)
         if seen is not None:
             if seen != (stype.name, numel, tag):
@@ -72,15 +70,30 @@ class StorageTable:
                     f"{seen[2]!r} and as {stype.name}[{numel}] on {tag!r}")
             return self.infos[key]
         self._declared[key] = (stype.name, numel, tag)
-        try:
-            location = self.mapper(tag)
-        except ValueError as exc:
-            raise FormatError(f"storage {key!r}: {exc}") from None
-        itemsize = stype.dtype.itemsize if stype.dtype else 1
-        info = StorageInfo(key, stype.dtype, numel * itemsize, tag, location)
+        location = self._locations.get(tag)
+        if location is None:
+            try:
+                location = self._locations[tag] = self.mapper(tag)
+            except ValueError as exc:
+                raise FormatError(f"storage {key!r}: {exc}") from None
+        dtype = stype.dtype
+        info = StorageInfo(key, dtype, numel * dtype.itemsize if dtype else numel, tag,
+                           location)
         self.locate(info)
         self.infos[key] = info
         return info
+
+    @staticmethod
+    def _check(key: object, stype: object, tag: object, numel: object) -> None:
+        """Refuse a persistent id whose fields have the wrong types."""
+        if not isinstance(key, str):
+            raise FormatError(f"storage key {key!r} is not a string")
+        if not isinstance(stype, StorageType):
+            raise FormatError(f"storage {key!r}: {stype!r} is not a storage class")
+        if not isinstance(tag, str):
+            raise FormatError(f"storage {key!r}: location {tag!r} is not a string")
+        if type(numel) is not int or numel < 0:
+            raise FormatError(f"storage {key!r}: size {numel!r} is not a non-negative int")
 
     def count_unit(self, key: str) -> int:
         """Bytes per element of ``key``'s declared storage class (1 for UntypedStorage)."""

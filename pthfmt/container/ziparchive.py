@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from ..errors import CorruptError, FormatError, LimitError, UnsupportedError
 from ..source import Source
 
@@ -24,6 +26,17 @@ _Z64_LOCATOR = struct.Struct("<4sIQI")           # 20 bytes
 _Z64_EOCD = struct.Struct("<4sQHHIIQQQQ")        # 56 bytes
 _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # 46 bytes
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")          # 30 bytes
+#: ``_CENTRAL`` as a numpy record, for reading a whole directory at once
+_CENTRAL_ROW = np.dtype([(name, "<" + code) for name, code in (
+    ("sig", "u4"), ("made", "u2"), ("need", "u2"), ("flags", "u2"), ("method", "u2"),
+    ("time", "u2"), ("date", "u2"), ("crc", "u4"), ("csize", "u4"), ("usize", "u4"),
+    ("nlen", "u2"), ("xlen", "u2"), ("clen", "u2"), ("disk", "u2"), ("iattr", "u2"),
+    ("xattr", "u4"), ("lho", "u4"))])
+_LOCAL_ROW = np.dtype([(name, "<" + code) for name, code in (
+    ("sig", "u4"), ("need", "u2"), ("flags", "u2"), ("method", "u2"), ("time", "u2"),
+    ("date", "u2"), ("crc", "u4"), ("csize", "u4"), ("usize", "u4"), ("nlen", "u2"),
+    ("xlen", "u2"))])
+_SIG_LOCAL = int.from_bytes(b"PK\x03\x04", "little")
 _MAX_COMMENT = 0xFFFF
 STORED, DEFLATED = 0, 8
 _MAX_RATIO = 1032          # DEFLATE's best case: 258 bytes from one ~2-bit code
@@ -78,6 +91,7 @@ class ZipArchive:
         self.src = src
         self.eocd_offset, self.cd_offset, self.cd_size, count = self._find_directory()
         self.entries = self._read_central(count)
+        self._scanned = False
 
     # -- end of central directory --------------------------------------------------------------
     def _find_directory(self) -> tuple[int, int, int, int]:
@@ -110,6 +124,55 @@ class ZipArchive:
 
     # -- central directory ---------------------------------------------------------------------
     def _read_central(self, count: int) -> list[ZipEntry]:
+        entries = self._scan_central(count)
+        return entries if entries is not None else self._walk_central(count)
+
+    def _scan_central(self, count: int) -> list[ZipEntry] | None:
+        """The whole directory at once, column by column: for a well-formed directory only.
+
+        Every ``PK\\1\\2`` in it is a candidate entry; when the first is at the start, there
+        are ``count`` of them and each one's lengths lead exactly to the next, the candidates
+        are the entries (a signature inside a name or extra field would break the chain).
+        Anything else returns ``None`` and :meth:`_walk_central` says what is wrong.
+        """
+        size = self.cd_size
+        if count == 0 or size < _CENTRAL.size * count:
+            return None
+        cd = self.src.whole[self.cd_offset:self.cd_offset + size]
+        at = np.flatnonzero(cd[:size - _CENTRAL.size + 1] == 0x50)
+        at = at[(cd[at + 1] == 0x4B) & (cd[at + 2] == 1) & (cd[at + 3] == 2)]
+        if len(at) != count or at[0] != 0:
+            return None
+        rows = np.lib.stride_tricks.sliding_window_view(cd, _CENTRAL.size)[at]
+        rows = rows.view(_CENTRAL_ROW)[:, 0]
+        names_at = at + _CENTRAL.size
+        ends = names_at + rows["nlen"]
+        stop = ends + rows["xlen"] + rows["clen"]
+        if not (stop[:-1] == at[1:]).all() or stop[-1] > size:
+            return None
+        text = bytes(cd)
+        flags = rows["flags"].tolist()
+        # ASCII reads the same in UTF-8 and cp437: slice one decoded string, and decode only
+        # the names holding a byte >= 0x80 by their own flag.
+        ascii_text = str(text, "latin-1")
+        names = [ascii_text[a:b] for a, b in zip(names_at.tolist(), ends.tolist())]
+        high = np.flatnonzero(cd >= 0x80)
+        owner = np.searchsorted(at, high, "right") - 1
+        for i in sorted(set(owner[(high >= names_at[owner]) & (high < ends[owner])].tolist())):
+            names[i] = _name(text[names_at[i]:ends[i]], flags[i])
+        usize, csize, lho = rows["usize"].tolist(), rows["csize"].tolist(), rows["lho"].tolist()
+        central = (at + self.cd_offset).tolist()
+        wide = (rows["xlen"] != 0) | (rows["usize"] == 0xFFFFFFFF) | \
+            (rows["csize"] == 0xFFFFFFFF) | (rows["lho"] == 0xFFFFFFFF)
+        for i in np.flatnonzero(wide).tolist():
+            extra = text[ends[i]:ends[i] + rows["xlen"][i]]
+            usize[i], csize[i], lho[i] = _zip64(extra, usize[i], csize[i], lho[i], i,
+                                                central[i])
+        return list(map(ZipEntry, names, range(count), rows["method"].tolist(), flags,
+                        rows["crc"].tolist(), csize, usize, lho, central))
+
+    def _walk_central(self, count: int) -> list[ZipEntry]:
+        """The directory entry by entry, naming the first that is wrong."""
         buf = self.src.buf
         pos, end = self.cd_offset, self.cd_offset + self.cd_size
         entries: list[ZipEntry] = []
@@ -130,14 +193,37 @@ class ZipArchive:
             if xlen or 0xFFFFFFFF in (usize, csize, lho):
                 usize, csize, lho = _zip64(bytes(buf[at + nlen:at + nlen + xlen]), usize, csize,
                                            lho, index, pos)
-            name = str(buf[at:at + nlen], "utf-8" if flags & 0x800 else "cp437", "replace")
+            name = _name(buf[at:at + nlen], flags)
             entries.append(ZipEntry(name, index, method, flags, crc, csize, usize, lho, pos))
             pos = stop
         return entries
 
     # -- payloads ------------------------------------------------------------------------------
+    def _scan_local(self) -> None:
+        """Every entry's payload offset at once, from the local headers.
+
+        Entries whose local header is missing or wrong, or whose payload runs past the end,
+        are left for :meth:`data_offset` to report.
+        """
+        self._scanned = True
+        entries, size = self.entries, self.src.size
+        n = len(entries)
+        if size < _LOCAL.size:
+            return
+        lho = np.fromiter((e.header_offset for e in entries), np.int64, n)
+        csize = np.fromiter((e.csize for e in entries), np.int64, n)
+        lho[lho > size - _LOCAL.size] = -1
+        heads = np.lib.stride_tricks.sliding_window_view(self.src.whole, _LOCAL.size)[lho]
+        heads = heads.view(_LOCAL_ROW)[:, 0]
+        start = lho + _LOCAL.size + heads["nlen"] + heads["xlen"]
+        good = (lho >= 0) & (heads["sig"] == _SIG_LOCAL) & (start + csize <= size)
+        for entry, at in zip(entries, np.where(good, start, -1).tolist()):
+            entry.data_offset = at
+
     def data_offset(self, entry: ZipEntry) -> int:
         """Where the entry's (compressed) bytes start, from its local header."""
+        if entry.data_offset < 0 and not self._scanned:
+            self._scan_local()
         if entry.data_offset < 0:
             buf = self.src.buf
             self.src.check(entry.header_offset, _LOCAL.size, "zip local header", entry.name)
@@ -211,6 +297,11 @@ def inflate(buf: Any, start: int, csize: int, usize: int, name: str,
         more = "more than " if produced > usize else ""
         raise CorruptError(f"record inflates to {more}{produced} bytes, its header says "
                            f"{usize}", record=name)
+
+
+def _name(raw: bytes, flags: int) -> str:
+    """An entry name: UTF-8 when general-purpose flag bit 11 says so, else cp437."""
+    return str(raw, "utf-8" if flags & 0x800 else "cp437", "replace")
 
 
 def _zip64(extra: bytes, usize: int, csize: int, lho: int, index: int,

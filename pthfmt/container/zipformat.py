@@ -9,6 +9,7 @@ TorchScript archive.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any
 
 from ..errors import CorruptError, FormatError
@@ -19,7 +20,7 @@ from ..storage import StorageTable, chunked_reader, stored_reader
 from ..tensor import StorageInfo
 from .options import Options, Parsed, copy_budget
 from .torchscript import read_sources, script_classes
-from .ziparchive import ZipArchive, ZipEntry
+from .ziparchive import STORED, ZipArchive, ZipEntry
 
 __all__ = ["read_zip", "TorchZip", "MAX_VERSION"]
 
@@ -41,15 +42,15 @@ class TorchZip:
         cut = len(head)
         #: relative name -> entry, and every entry under names equal but for case (those are
         #: ambiguous: torch's lookup is case-insensitive and which copy it reads varies).
-        self.exact: dict[str, ZipEntry] = {}
         self._cut = cut
-        for entry in self.zip.entries:
-            name = entry.name
-            if not name.startswith(head):
-                raise FormatError(f"zip record {name!r} is outside the archive folder {head!r}")
-            self.exact[name[cut:]] = entry
+        names = [entry.name for entry in self.zip.entries]
+        if not all(map(str.startswith, names, repeat(head))):
+            name = next(name for name in names if not name.startswith(head))
+            raise FormatError(f"zip record {name!r} is outside the archive folder {head!r}")
+        relative = [name[cut:] for name in names]
+        self.exact: dict[str, ZipEntry] = dict(zip(relative, self.zip.entries))
         self._folded: dict[str, list[ZipEntry]] | None = None
-        self.lower = {rel.lower(): entry for rel, entry in self.exact.items()}
+        self.lower = dict(zip(map(str.lower, relative), self.zip.entries))
         self.clashes = len(self.exact) != len(self.zip.entries) or \
             len(self.lower) != len(self.exact)
 
@@ -146,23 +147,23 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
               byteorder: str, classes: ScriptClasses | None) -> tuple[Any, dict[str, Any]]:
     """Run ``pickle_name``; its tensors live in the records of the folder named after it."""
     big = byteorder == "big"
-    folder = pickle_name[:-len(".pkl")]
+    folder = pickle_name[:-len(".pkl")] + "/"
 
     def locate(info: StorageInfo) -> None:
-        entry = archive.find(f"{folder}/{info.key}")
+        entry = archive.find(folder + info.key)
         if entry is None:
             raise FormatError(f"storage {info.key!r} has no record "
-                              f"{archive.prefix}/{folder}/{info.key}")
+                              f"{archive.prefix}/{folder}{info.key}")
         info.record = entry.name
         if entry.usize != info.nbytes:
             raise CorruptError(f"record holds {entry.usize} bytes but storage {info.key!r} "
                                f"needs {info.nbytes}", record=entry.name)
         archive.zip.check_readable(entry)
-        if entry.stored:
-            info.offset = archive.zip.data_offset(entry)
-            info._reader = stored_reader(src, info.offset, info, big)
+        start = archive.zip.data_offset(entry)
+        if entry.method == STORED:
+            info.offset = start
+            info._reader = stored_reader(src, start, info, big)
         else:
-            archive.zip.data_offset(entry)
             info.compressed = True
             info._reader = chunked_reader(lambda: archive.zip.inflate(entry), info, big)
 
