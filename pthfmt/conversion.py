@@ -1004,7 +1004,7 @@ class _LazyStorage(StorageInfo):
 
     def buffer(self, mmap: bool) -> np.ndarray:
         assert self._reader is not None
-        return self._reader(mmap)
+        return self._reader(self, mmap)
 
 
 def _lazy_ref(name: str, info: DTypeInfo, shape: tuple[int, ...],
@@ -1013,7 +1013,7 @@ def _lazy_ref(name: str, info: DTypeInfo, shape: tuple[int, ...],
     storage = _LazyStorage(name, info, math.prod(shape) * info.itemsize, "cpu",
                            Device.parse("cpu"))
 
-    def read(mmap: bool) -> np.ndarray:
+    def read(_: StorageInfo, mmap: bool) -> np.ndarray:
         array = np.ascontiguousarray(load())
         if _is_big(array.dtype) != (sys.byteorder == "big"):   # the reader's host order
             array = array.byteswap().view(array.dtype.newbyteorder())

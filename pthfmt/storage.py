@@ -52,7 +52,6 @@ class StorageTable:
     def __init__(self, mapper: Callable[[str], Device],
                  locate: Callable[[StorageInfo], None]) -> None:
         self.infos: dict[str, StorageInfo] = {}
-        self._declared: dict[str, tuple[str, int, str]] = {}
         self._locations: dict[str, Device] = {}
         self.mapper = mapper
         self.locate = locate
@@ -62,14 +61,15 @@ class StorageTable:
         if type(key) is not str or type(stype) is not StorageType or type(tag) is not str \
                 or type(numel) is not int or numel < 0:
             self._check(key, stype, tag, numel)
-        seen = self._declared.get(key)
+        seen = self.infos.get(key)
         if seen is not None:
-            if seen != (stype.name, numel, tag):
+            if seen.storage_class != stype.name or seen.tag != tag or \
+                    seen.nbytes != numel * (stype.dtype.itemsize if stype.dtype else 1):
                 raise FormatError(
-                    f"storage {key!r} is declared twice, as {seen[0]}[{seen[1]}] on "
-                    f"{seen[2]!r} and as {stype.name}[{numel}] on {tag!r}")
-            return self.infos[key]
-        self._declared[key] = (stype.name, numel, tag)
+                    f"storage {key!r} is declared twice, as {seen.storage_class}"
+                    f"[{self._declared_numel(seen)}] on {seen.tag!r} and as "
+                    f"{stype.name}[{numel}] on {tag!r}")
+            return seen
         location = self._locations.get(tag)
         if location is None:
             try:
@@ -79,6 +79,7 @@ class StorageTable:
         dtype = stype.dtype
         info = StorageInfo(key, dtype, numel * dtype.itemsize if dtype else numel, tag,
                            location)
+        info.storage_class = stype.name
         self.locate(info)
         self.infos[key] = info
         return info
@@ -97,9 +98,12 @@ class StorageTable:
 
     def count_unit(self, key: str) -> int:
         """Bytes per element of ``key``'s declared storage class (1 for UntypedStorage)."""
-        name = self._declared[key][0]
         info = self.infos[key]
-        return 1 if name == "UntypedStorage" or info.dtype is None else info.dtype.itemsize
+        return 1 if info.storage_class == "UntypedStorage" or info.dtype is None \
+            else info.dtype.itemsize
+
+    def _declared_numel(self, info: StorageInfo) -> int:
+        return info.nbytes // self.count_unit(info.key)
 
     @staticmethod
     def claim(info: StorageInfo, dtype: DTypeInfo) -> None:
@@ -122,14 +126,18 @@ def swap_to_native(buf: np.ndarray, dtype: DTypeInfo | None, key: str) -> None:
     buf.view(f"u{unit}").byteswap(inplace=True)
 
 
-def stored_reader(src: Source, offset: int, info: StorageInfo,
-                  big_endian: bool) -> Callable[[bool], np.ndarray]:
-    """A reader for bytes that lie uncompressed in the file: zero copy when ``mmap``."""
+Reader = Callable[[StorageInfo, bool], np.ndarray]
 
-    def read(mmap: bool) -> np.ndarray:
+
+def stored_reader(src: Source, big_endian: bool) -> Reader:
+    """The reader of every storage whose bytes lie uncompressed in ``src`` at ``info.offset``
+    (one per container): zero copy when ``mmap``."""
+
+    def read(info: StorageInfo, mmap: bool) -> np.ndarray:
+        assert info.offset is not None
         if mmap and not big_endian:
-            return src.array(offset, info.nbytes)
-        buf = src.copy(offset, info.nbytes)
+            return src.array(info.offset, info.nbytes)
+        buf = src.copy(info.offset, info.nbytes)
         if big_endian:
             swap_to_native(buf, info.dtype, info.key)
         return buf
@@ -137,12 +145,11 @@ def stored_reader(src: Source, offset: int, info: StorageInfo,
     return read
 
 
-def chunked_reader(chunks: Callable[[], Iterable[bytes]], info: StorageInfo,
-                   big_endian: bool) -> Callable[[bool], np.ndarray]:
+def chunked_reader(chunks: Callable[[], Iterable[bytes]], big_endian: bool) -> Reader:
     """A reader for bytes that must be decoded first (compressed records): always a copy,
     written chunk by chunk into one buffer of the storage's size."""
 
-    def read(mmap: bool) -> np.ndarray:
+    def read(info: StorageInfo, mmap: bool) -> np.ndarray:
         buf = np.empty(info.nbytes, np.uint8)
         pos = 0
         for chunk in chunks():

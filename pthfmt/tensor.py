@@ -51,6 +51,7 @@ class StorageInfo:
         "nbytes",
         "offset",
         "record",
+        "storage_class",
         "tag",
     )
 
@@ -64,8 +65,11 @@ class StorageInfo:
         self.record: str | None = None
         self.offset: int | None = None
         self.compressed = False
+        #: the storage class named in the file (``FloatStorage``, ``UntypedStorage``...)
+        self.storage_class: str | None = None
         self._buffer: np.ndarray | None = None
-        self._reader: Callable[[bool], np.ndarray] | None = None
+        #: ``reader(self, mmap)`` makes the buffer (set by the container)
+        self._reader: Callable[[StorageInfo, bool], np.ndarray] | None = None
 
     @property
     def numel(self) -> int:
@@ -80,7 +84,7 @@ class StorageInfo:
         if self._buffer is None:
             if self._reader is None:
                 raise FormatError(f"storage {self.key!r} has no data")
-            self._buffer = self._reader(mmap)
+            self._buffer = self._reader(self, mmap)
         return self._buffer
 
     def __repr__(self) -> str:
@@ -95,6 +99,14 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
     as plain int tuples.  Offsets, sizes and strides count elements of ``dtype``."""
     if type(offset) is not int or offset < 0:
         raise FormatError(f"{_what(key)}: storage offset {offset!r} is not a non-negative int")
+    if type(shape) is tuple and type(stride) is tuple and len(shape) == 1 == len(stride):
+        n, step = shape[0], stride[0]       # the commonest tensor, checked without calls
+        if type(n) is int and type(step) is int and n >= 0 and step >= 0:
+            if n * dtype.itemsize > _INTP_MAX:
+                _too_many(key, shape)
+            if n and (offset + (n - 1) * step + 1) * dtype.itemsize > nbytes:
+                _outside(key, offset, shape, stride, dtype.itemsize, nbytes)
+            return offset, shape, stride
     shape = _int_tuple(shape, key, "size")
     stride = _int_tuple(stride, key, "stride")
     ndim = len(shape)

@@ -47,7 +47,7 @@ from .container.ziparchive import (
     ZipEntry,
     inflate,
 )
-from .container.zipformat import MAX_VERSION
+from .container.zipformat import MAX_VERSION, fold_case
 from .container.zipwriter import data_offset as miniz_data_offset
 from .device import Device, location_mapper
 from .dtypes import by_name
@@ -1227,7 +1227,7 @@ class _Validator:
                          f"{seen[name].entry.index} and {r.entry.index})", record=name)
             else:
                 seen[name] = r
-                other = folded.setdefault(name.lower(), r)
+                other = folded.setdefault(fold_case(name), r)
                 if other is not r:
                     self.add("zip.case_collision", f"{name!r} and {other.entry.name!r} differ only "
                              "in case: torch's lookup may read either", record=name)
@@ -1240,13 +1240,13 @@ class _Validator:
         for r in recs:
             if r.rel is not None:
                 exact.setdefault(r.rel, r)
-                folded.setdefault(r.rel.lower(), r)
+                folded.setdefault(fold_case(r.rel), r)
         warned: set[str] = set()
 
         def find(rel: str) -> _Rec | None:
             r = exact.get(rel)
             if r is None:
-                r = folded.get(rel.lower())
+                r = folded.get(fold_case(rel))
                 if r is not None and rel not in warned:
                     warned.add(rel)
                     self.add("record.case_mismatch", f"record {folder}/{rel} is found only as "

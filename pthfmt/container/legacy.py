@@ -45,6 +45,7 @@ def _header(src: Source, pos: int, handlers: TorchHandlers, what: str) -> tuple[
 def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
                    offsets: dict[str, int] | None) -> tuple[Any, int, StorageTable]:
     budget = [src.size - start]
+    reader = stored_reader(src, False)
 
     def locate(info: StorageInfo) -> None:
         budget[0] -= info.nbytes
@@ -54,7 +55,7 @@ def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
         info.record = f"storage {info.key}"
         if offsets is not None:
             info.offset = offsets[info.key]
-            info._reader = stored_reader(src, info.offset, info, False)
+            info._reader = reader
 
     table = StorageTable(opts.mapper, locate)
     handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap, unknown=opts.unknown,
@@ -106,9 +107,10 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
     if opts.eager:
         obj, _, table = _unpickle_main(src, main_start, opts, True, offsets)
     else:
+        reader = stored_reader(src, False)
         for key, info in table.infos.items():
             info.offset = offsets[key]
-            info._reader = stored_reader(src, info.offset, info, False)
+            info._reader = reader
     return Parsed(format="legacy", obj=obj, storages=table.infos,
                   records=["magic number", "protocol version", "sys_info", "object",
                            "storage keys", *(f"storage {k}" for k in offsets)],

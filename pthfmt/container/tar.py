@@ -349,6 +349,7 @@ class _Reader:
 def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> None:
     name = r.member.name
     total = _count(r.pickle(), "storage count", r.member, r.member.offset)
+    reader = stored_reader(r.src, False)
     for i in range(total):
         r.ran_out(i, total, "storages")
         at = r.pos
@@ -378,7 +379,7 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
             raise exc.locate(record=name, offset=at) from None
         info.record = name
         info.offset = data
-        info._reader = stored_reader(r.src, data, info, False)
+        info._reader = reader
         objects[key] = info
     at = r.pos
     views = r.pickle()

@@ -22,9 +22,16 @@ from .options import Options, Parsed, copy_budget
 from .torchscript import read_sources, script_classes
 from .ziparchive import STORED, ZipArchive, ZipEntry
 
-__all__ = ["read_zip", "TorchZip", "MAX_VERSION"]
+__all__ = ["read_zip", "TorchZip", "MAX_VERSION", "fold_case"]
 
 MAX_VERSION = 10          # caffe2::serialize::kMaxSupportedFileFormatVersion
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_case(name: str) -> str:
+    """``name`` as torch compares record names: miniz's lookup ignores the case of ASCII
+    letters only (``MZ_TOLOWER``), so ``É`` and ``é`` stay different names."""
+    return name.translate(_ASCII_LOWER)
 
 
 class TorchZip:
@@ -50,17 +57,21 @@ class TorchZip:
         relative = [name[cut:] for name in names]
         self.exact: dict[str, ZipEntry] = dict(zip(relative, self.zip.entries))
         self._folded: dict[str, list[ZipEntry]] | None = None
-        self.lower = dict(zip(map(str.lower, relative), self.zip.entries))
+        #: folded name -> entry, for the names folding changes (only those can be found
+        #: under another case than their own, or clash with another name); ``islower()``
+        #: is true of every name without an ASCII capital, so few names are folded
+        changed = [rel for rel in relative if not rel.islower() and fold_case(rel) != rel]
+        self.lower = {fold_case(rel): self.exact[rel] for rel in changed}
         self.clashes = len(self.exact) != len(self.zip.entries) or \
-            len(self.lower) != len(self.exact)
+            len(self.lower) != len(changed) or any(low in self.exact for low in self.lower)
 
     @property
     def folded(self) -> dict[str, list[ZipEntry]]:
-        """Lower-cased relative name -> every entry under it (built on first need)."""
+        """Folded relative name -> every entry under it (built on first need)."""
         if self._folded is None:
             self._folded = {}
             for entry in self.zip.entries:
-                self._folded.setdefault(entry.name[self._cut:].lower(), []).append(entry)
+                self._folded.setdefault(fold_case(entry.name[self._cut:]), []).append(entry)
         return self._folded
 
     @property
@@ -75,8 +86,11 @@ class TorchZip:
         """The record ``rel`` (torch looks names up case-insensitively); ambiguity refused."""
         if not self.clashes:
             entry = self.exact.get(rel)
-            return entry if entry is not None else self.lower.get(rel.lower())
-        hits = self.folded.get(rel.lower())
+            if entry is None:
+                low = fold_case(rel)
+                entry = self.exact.get(low) or self.lower.get(low)
+            return entry
+        hits = self.folded.get(fold_case(rel))
         if not hits:
             return None
         if len(hits) > 1:
@@ -148,6 +162,7 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
     """Run ``pickle_name``; its tensors live in the records of the folder named after it."""
     big = byteorder == "big"
     folder = pickle_name[:-len(".pkl")] + "/"
+    stored = stored_reader(src, big)
 
     def locate(info: StorageInfo) -> None:
         entry = archive.find(folder + info.key)
@@ -162,10 +177,10 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
         start = archive.zip.data_offset(entry)
         if entry.method == STORED:
             info.offset = start
-            info._reader = stored_reader(src, start, info, big)
+            info._reader = stored
         else:
             info.compressed = True
-            info._reader = chunked_reader(lambda: archive.zip.inflate(entry), info, big)
+            info._reader = chunked_reader(lambda: archive.zip.inflate(entry), big)
 
     table = StorageTable(opts.mapper, locate)
     handlers = TorchHandlers(table, eager=opts.eager, mmap=opts.mmap, unknown=opts.unknown,

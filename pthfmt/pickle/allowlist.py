@@ -320,24 +320,25 @@ class TorchHandlers:
     # -- tensors -------------------------------------------------------------------------------
     def make_tensor(self, storage: Any, dtype: DTypeInfo | None, offset: Any, size: Any,
                     stride: Any, requires_grad: Any, metadata: Any = None) -> Any:
-        start = 0
-        if isinstance(storage, StorageSlice):
-            start, limit, storage = storage.start, storage.numel, storage.base
-        elif not isinstance(storage, StorageInfo):
-            raise FormatError(f"tensor storage is a {type(storage).__name__}, not a "
-                              "persistent storage reference")
-        else:
-            limit = None
-        if dtype is None:
-            dtype = storage.dtype or _UINT8
-        StorageTable.claim(storage, dtype)
-        itemsize = dtype.itemsize
-        if limit is None:
+        if type(storage) is StorageInfo:
             nbytes = storage.nbytes
-        else:
-            nbytes = (start + limit) * itemsize
+            if dtype is None:
+                dtype = storage.dtype
+                if dtype is None:
+                    dtype = storage.dtype = _UINT8
+            elif storage.dtype is not dtype:
+                StorageTable.claim(storage, dtype)
+        elif isinstance(storage, StorageSlice):
+            start, limit, storage = storage.start, storage.numel, storage.base
+            if dtype is None:
+                dtype = storage.dtype or _UINT8
+            StorageTable.claim(storage, dtype)
+            nbytes = (start + limit) * dtype.itemsize
             if type(offset) is int:
                 offset += start
+        else:
+            raise FormatError(f"tensor storage is a {type(storage).__name__}, not a "
+                              "persistent storage reference")
         offset, size, stride = check_view(dtype, nbytes, offset, size, stride, storage.key)
         conj = neg = False
         if metadata:
@@ -352,7 +353,10 @@ class TorchHandlers:
         if requires_grad is not True and requires_grad is not False:
             raise FormatError(f"requires_grad is {_short(requires_grad)}, not a bool")
         if self.eager and not (conj or neg):
-            return view_of(storage.buffer(self.mmap), dtype, offset, size, stride)
+            buffer = storage._buffer
+            if buffer is None:
+                buffer = storage.buffer(self.mmap)
+            return view_of(buffer, dtype, offset, size, stride)
         ref = TensorRef(storage, dtype, offset, size, stride, requires_grad,
                         conj=conj, neg=neg, mmap=self.mmap)
         return ref.numpy() if self.eager else ref
