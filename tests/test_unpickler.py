@@ -216,3 +216,53 @@ def test_floats_and_ints_of_every_encoding():
 def test_opcode_codes_are_unique():
     assert len({op.code for op in OPCODES}) == len(OPCODES)
     assert BY_NAME["BINPERSID"].code == ord("Q")
+
+
+_memo_ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(["q", "r", "p", "\x94"]), st.integers(0, 300)),
+    st.tuples(st.just("get"), st.sampled_from(["h", "j", "g"]), st.integers(0, 300)),
+), max_size=40)
+
+
+def _memo_pickle(ops: list[tuple[str, str, int]]) -> bytes:
+    out = bytearray(b"\x80\x04(")
+    for n, (kind, code, idx) in enumerate(ops):
+        if kind == "put":
+            out += b"K" + bytes([n % 256])                  # a value, then memoize it
+            if code == "q":
+                out += b"q" + bytes([idx % 256])
+            elif code == "r":
+                out += b"r" + idx.to_bytes(4, "little")
+            elif code == "p":
+                out += b"p" + str(idx).encode() + b"\n"
+            else:
+                out += b"\x94"
+        elif code == "h":
+            out += b"h" + bytes([idx % 256])
+        elif code == "j":
+            out += b"j" + idx.to_bytes(4, "little")
+        else:
+            out += b"g" + str(idx).encode() + b"\n"
+    return bytes(out + b"l.")
+
+
+@settings(max_examples=300, deadline=None)
+@given(_memo_ops)
+def test_memo_puts_and_gets_in_any_order_match_pickle(ops):
+    data = _memo_pickle(ops)
+    try:
+        expected = pickle.loads(data)
+    except (KeyError, pickle.UnpicklingError):
+        with pytest.raises(CorruptError, match="memo key"):
+            run(data)
+        return
+    assert run(data) == expected
+
+
+def test_huge_or_negative_memo_indices_size_nothing():
+    top = (2**32 - 1).to_bytes(4, "little")
+    assert run(b"\x80\x02K\x07r" + top + b"0j" + top + b".") == 7
+    with pytest.raises(CorruptError, match="negative memo key"):
+        run(b"\x80\x02K\x07p-5\n.")
+    with pytest.raises(CorruptError, match="memo key -1 was never stored"):
+        run(b"\x80\x02K\x07q\x00g-1\n.")

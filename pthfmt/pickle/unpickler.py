@@ -111,7 +111,11 @@ class Unpickler:
         self.record = record
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
-        self.memo: dict[int, Any] = {}
+        #: The memo: picklers number entries 0, 1, 2...; those live in a list (no key
+        #: objects, no hashing) as long as each new index is the next one, any other index
+        #: in ``sparse`` (so a file's indices never size anything).
+        self.memo: list[Any] = []
+        self.sparse: dict[int, Any] = {}
         self.proto = 0
         self.op_pos = start
 
@@ -131,7 +135,7 @@ class Unpickler:
         fast = not self.lenient           # lenient re-runs turn handler errors into poisons
         persistent = self.handlers.persistent_load if fast else self._persistent
         read_str = _READERS[ord("X")]
-        memo, metastack = self.memo, self.metastack
+        memo, sparse, metastack = self.memo, self.sparse, self.metastack
         stack = self.stack
         pos = self.pos
         try:
@@ -139,28 +143,33 @@ class Unpickler:
                 if pos >= end:
                     raise CorruptError("pickle truncated: no STOP opcode before the end")
                 code = data[pos]
-                if code == 0x71 or code == 0x72:                    # BINPUT, LONG_BINPUT
-                    if code == 0x71:
-                        if pos + 2 > end:
-                            raise CorruptError("pickle truncated in an opcode argument")
-                        idx = data[pos + 1]
-                        pos += 2
-                    else:
+                if code == 0x72 or code == 0x71:                    # LONG_BINPUT, BINPUT
+                    if code == 0x72:
                         if pos + 5 > end:
                             raise CorruptError("pickle truncated in an opcode argument")
                         idx = u4(data, pos + 1)[0]
                         pos += 5
-                    value = memo[idx] = stack[-1]
+                    else:
+                        if pos + 2 > end:
+                            raise CorruptError("pickle truncated in an opcode argument")
+                        idx = data[pos + 1]
+                        pos += 2
+                    value = stack[-1]
+                    if idx == len(memo):
+                        memo.append(value)
+                        if sparse:
+                            sparse.pop(idx, None)
+                    elif idx < len(memo):
+                        memo[idx] = value
+                    else:
+                        sparse[idx] = value
                     if isinstance(value, pending):
                         value.memo_keys.append(idx)
                 elif code == 0x68:                                  # BINGET
                     if pos + 2 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
-                    try:
-                        stack.append(memo[data[pos + 1]])
-                    except KeyError:
-                        raise CorruptError(f"memo key {data[pos + 1]} was never stored") \
-                            from None
+                    idx = data[pos + 1]
+                    stack.append(memo[idx] if idx < len(memo) else self._sparse_get(idx))
                     pos += 2
                 elif code == 0x4B:                                  # BININT1
                     if pos + 2 > end:
@@ -190,22 +199,38 @@ class Unpickler:
                 elif code == 0x58:                                  # BINUNICODE
                     arg, pos = read_str(data, pos + 1, end)
                     stack.append(arg)
+                elif code == 0x29:                                  # EMPTY_TUPLE
+                    stack.append(())
+                    pos += 1
                 elif code == 0x85:                                  # TUPLE1
                     stack[-1] = (stack[-1],)
                     pos += 1
-                elif code == 0x86:                                  # TUPLE2
-                    second = stack.pop()
-                    stack[-1] = (stack[-1], second)
-                    pos += 1
-                elif code == 0x29:                                  # EMPTY_TUPLE
-                    stack.append(())
+                elif code == 0x89:                                  # NEWFALSE
+                    stack.append(False)
                     pos += 1
                 elif code == 0x51:                                  # BINPERSID
                     self.op_pos = pos
                     stack[-1] = persistent(stack[-1])           # (lenient: poisons)
                     pos += 1
-                elif code == 0x89:                                  # NEWFALSE
-                    stack.append(False)
+                elif code == 0x4D:                                  # BININT2
+                    if pos + 3 > end:
+                        raise CorruptError("pickle truncated in an opcode argument")
+                    stack.append(data[pos + 1] | data[pos + 2] << 8)
+                    pos += 3
+                elif code == 0x6A:                                  # LONG_BINGET
+                    if pos + 5 > end:
+                        raise CorruptError("pickle truncated in an opcode argument")
+                    idx = u4(data, pos + 1)[0]
+                    stack.append(memo[idx] if idx < len(memo) else self._sparse_get(idx))
+                    pos += 5
+                elif code == 0x86:                                  # TUPLE2
+                    second = stack.pop()
+                    stack[-1] = (stack[-1], second)
+                    pos += 1
+                elif code == 0x87:                                  # TUPLE3
+                    third = stack.pop()
+                    second = stack.pop()
+                    stack[-1] = (stack[-1], second, third)
                     pos += 1
                 else:
                     self.stack = stack
@@ -330,17 +355,31 @@ class Unpickler:
                 return self._poison()
         return self.handlers.resolve(module, name)
 
-    def _get(self, idx: int) -> None:
+    def _sparse_get(self, idx: int) -> Any:
         try:
-            self.stack.append(self.memo[idx])
+            return self.sparse[idx]
         except KeyError:
             raise CorruptError(f"memo key {idx} was never stored") from None
+
+    def _get(self, idx: int) -> None:
+        memo = self.memo
+        self.stack.append(memo[idx] if 0 <= idx < len(memo) else self._sparse_get(idx))
+
+    def _store(self, idx: int, value: Any) -> None:
+        memo = self.memo
+        if idx == len(memo):
+            memo.append(value)
+            self.sparse.pop(idx, None)
+        elif idx < len(memo):
+            memo[idx] = value
+        else:
+            self.sparse[idx] = value
 
     def _put(self, idx: int) -> None:
         if idx < 0:
             raise CorruptError(f"negative memo key {idx}")
         value = self.stack[-1]
-        self.memo[idx] = value
+        self._store(idx, value)
         if isinstance(value, Pending):
             value.memo_keys.append(idx)
 
@@ -504,10 +543,7 @@ class Unpickler:
         self._get(arg)
 
     def op_BINGET(self, arg: int) -> None:
-        try:
-            self.stack.append(self.memo[arg])
-        except KeyError:
-            raise CorruptError(f"memo key {arg} was never stored") from None
+        self._get(arg)
 
     op_LONG_BINGET = op_BINGET
 
@@ -516,15 +552,10 @@ class Unpickler:
             raise CorruptError(f"PUT with a non-integer key {arg!r}")
         self._put(arg)
 
-    def op_BINPUT(self, arg: int) -> None:
-        value = self.memo[arg] = self.stack[-1]
-        if isinstance(value, Pending):
-            value.memo_keys.append(arg)
-
-    op_LONG_BINPUT = op_BINPUT
+    op_BINPUT = op_LONG_BINPUT = _put
 
     def op_MEMOIZE(self, arg: None) -> None:
-        self._put(len(self.memo))
+        self._put(len(self.memo) + len(self.sparse))       # the number of entries
 
     def op_EXT1(self, arg: int) -> None:
         raise UnsafePickleError(f"copyreg extension code {arg} (EXT opcodes are not allowed)")
@@ -577,7 +608,7 @@ class Unpickler:
                 result = self._poison(state)
             self.stack[-1] = result
             for key in obj.memo_keys:
-                self.memo[key] = result
+                self._store(key, result)
         elif not self.lenient:
             self.handlers.build(obj, state)
 
