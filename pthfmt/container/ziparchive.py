@@ -152,14 +152,14 @@ class ZipArchive:
             return None
         text = bytes(cd)
         flags = rows["flags"].tolist()
-        # ASCII reads the same in UTF-8 and cp437: slice one decoded string, and decode only
-        # the names holding a byte >= 0x80 by their own flag.
-        ascii_text = str(text, "latin-1")
-        names = [ascii_text[a:b] for a, b in zip(names_at.tolist(), ends.tolist())]
-        high = np.flatnonzero(cd >= 0x80)
-        owner = np.searchsorted(at, high, "right") - 1
-        for i in sorted(set(owner[(high >= names_at[owner]) & (high < ends[owner])].tolist())):
-            names[i] = _name(text[names_at[i]:ends[i]], flags[i])
+        # ASCII reads the same in UTF-8 and cp437: slice one string decoded byte for byte,
+        # and decode the names holding a byte >= 0x80 again, by their own flag.
+        latin = str(text, "latin-1")
+        names = [latin[a:b] for a, b in zip(names_at.tolist(), ends.tolist())]
+        if not all(map(str.isascii, names)):
+            for i, name in enumerate(names):
+                if not name.isascii():
+                    names[i] = _name(name.encode("latin-1"), flags[i])
         usize, csize, lho = rows["usize"].tolist(), rows["csize"].tolist(), rows["lho"].tolist()
         central = (at + self.cd_offset).tolist()
         wide = (rows["xlen"] != 0) | (rows["usize"] == 0xFFFFFFFF) | \

@@ -164,8 +164,10 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
     folder = pickle_name[:-len(".pkl")] + "/"
     stored = stored_reader(src, big)
 
+    exact = archive.exact if not archive.clashes else {}
+
     def locate(info: StorageInfo) -> None:
-        entry = archive.find(folder + info.key)
+        entry = exact.get(folder + info.key) or archive.find(folder + info.key)
         if entry is None:
             raise FormatError(f"storage {info.key!r} has no record "
                               f"{archive.prefix}/{folder}{info.key}")
@@ -173,8 +175,11 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
         if entry.usize != info.nbytes:
             raise CorruptError(f"record holds {entry.usize} bytes but storage {info.key!r} "
                                f"needs {info.nbytes}", record=entry.name)
-        archive.zip.check_readable(entry)
-        start = archive.zip.data_offset(entry)
+        if entry.method != STORED or entry.flags & 1 or entry.csize != entry.usize:
+            archive.zip.check_readable(entry)
+        start = entry.data_offset
+        if start < 0:
+            start = archive.zip.data_offset(entry)
         if entry.method == STORED:
             info.offset = start
             info._reader = stored
