@@ -99,12 +99,17 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
     as plain int tuples.  Offsets, sizes and strides count elements of ``dtype``."""
     if type(offset) is not int or offset < 0:
         raise FormatError(f"{_what(key)}: storage offset {offset!r} is not a non-negative int")
-    if type(shape) is tuple and type(stride) is tuple and len(shape) == 1 == len(stride):
-        n, step = shape[0], stride[0]       # the commonest tensor, checked without calls
-        if type(n) is int and type(step) is int and n >= 0 and step >= 0:
-            if n * dtype.itemsize > _INTP_MAX:
-                _too_many(key, shape)
-            if n and (offset + (n - 1) * step + 1) * dtype.itemsize > nbytes:
+    if type(shape) is tuple and type(stride) is tuple:   # 1-d and 0-d, checked without calls
+        if len(shape) == 1 == len(stride):
+            n, step = shape[0], stride[0]
+            if type(n) is int and type(step) is int and n >= 0 and step >= 0:
+                if n * dtype.itemsize > _INTP_MAX:
+                    _too_many(key, shape)
+                if n and (offset + (n - 1) * step + 1) * dtype.itemsize > nbytes:
+                    _outside(key, offset, shape, stride, dtype.itemsize, nbytes)
+                return offset, shape, stride
+        elif not shape and not stride:
+            if (offset + 1) * dtype.itemsize > nbytes:
                 _outside(key, offset, shape, stride, dtype.itemsize, nbytes)
             return offset, shape, stride
     shape = _int_tuple(shape, key, "size")
@@ -171,8 +176,9 @@ def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int,
         if max(strides, default=0) > _INTP_MAX:
             return np.ndarray(shape, dtype.numpy, buffer=buffer[:0])
         return np.ndarray(shape, dtype.numpy, buffer=buffer[:0], strides=strides)
-    return np.ndarray(shape, dtype.numpy, buffer=buffer, offset=offset * size,
-                      strides=tuple(s * size for s in stride))
+    # (positional arguments: numpy parses keywords at twice the cost of the whole call)
+    strides = (stride[0] * size,) if len(stride) == 1 else tuple([s * size for s in stride])
+    return np.ndarray(shape, dtype.numpy, buffer, offset * size, strides)
 
 
 class TensorRef:
