@@ -210,6 +210,17 @@ def cases() -> list[Case]:
     add("setitem-on-list", checkpoint(b"\x80\x02]K\x01K\x02s."), FormatError, s)
     add("hash-flood", checkpoint(b"\x80\x02}(" + b"".join(
         uint((2**61 - 1) * (i + 1)) + b"N" for i in range(2000)) + b"u."), LimitError, s)
+    deep = b"K\x01" + b"\x85" * 1_000_000                  # ((((1,),),)...) a million deep
+    add("deep-tuple-dict-key", checkpoint(b"\x80\x02}" + deep + b"Ns."), LimitError, s)
+    add("deep-tuple-set-item", checkpoint(b"\x80\x04\x8f(" + deep + b"\x90."), LimitError, s)
+    add("deep-tuple-frozenset", checkpoint(b"\x80\x04(" + deep + b"\x91."), LimitError, s)
+    add("deep-tuple-ordereddict", checkpoint(
+        b"\x80\x02" + glob("collections", "OrderedDict") + b"](" + deep + b"Nta\x85R."),
+        LimitError, s)
+    shared = b"K\x01\x85" + b"q\x000h\x00h\x00\x86" * 80    # t[k] = (t[k-1], t[k-1]): 2**80
+    add("shared-tuple-dict-key", checkpoint(b"\x80\x02}" + shared + b"Ns."), LimitError, s)
+    add("tuple-hash-flood", checkpoint(b"\x80\x02}(" + b"".join(
+        uint((2**61 - 1) * (i + 1)) + b"\x85N" for i in range(2000)) + b"u."), LimitError, s)
     add("deep-nesting-then-evil", checkpoint(b"\x80\x02" + b"](" * 1_000_000
                                              + system_call() + b"e" * 1_000_000 + b"."), u, s)
     add("deep-nesting-unclosed", checkpoint(b"\x80\x02" + b"(" * 1_000_000 + b"."),

@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pthfmt.errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
+from pthfmt.errors import (
+    CorruptError,
+    FormatError,
+    LimitError,
+    PthError,
+    UnsafePickleError,
+    UnsupportedError,
+)
 from pthfmt.pickle.allowlist import TorchHandlers
 from pthfmt.pickle.opcodes import BY_NAME, OPCODES
 from pthfmt.pickle.unpickler import Unpickler
@@ -266,3 +273,38 @@ def test_huge_or_negative_memo_indices_size_nothing():
         run(b"\x80\x02K\x07p-5\n.")
     with pytest.raises(CorruptError, match="memo key -1 was never stored"):
         run(b"\x80\x02K\x07q\x00g-1\n.")
+
+
+def test_tuple_and_float_keys_of_real_files_pass_the_key_guard():
+    # many distinct tuple keys, one tuple key repeated in many dicts, floats, big ints
+    value = {
+        "pairs": {(i, i + 1): i for i in range(5000)},
+        "repeated": [{(1, 2): i} for i in range(5000)],
+        "floats": {i / 7: i for i in range(2000)},
+        "big": {2**64 + i: i for i in range(2000)},
+        "nested": {((1, (2, (3,))), frozenset({4, (5, 6)})): 0},
+    }
+    assert run(pickle.dumps(value, protocol=2)) == value
+
+
+@pytest.mark.parametrize("depth,ok", [(100, True), (101, False)])
+def test_key_nesting_is_bounded(depth, ok):
+    data = b"\x80\x02}" + b"K\x01" + b"\x85" * depth + b"Ns."
+    if ok:
+        assert len(run(data)) == 1
+    else:
+        with pytest.raises(LimitError, match="nested more than 100"):
+            run(data)
+
+
+def test_shared_subtuples_count_with_repetition_and_long_chains_as_chains():
+    # ((t, t), ...) doubling 20 times: 2**21 items to hash, from 100 bytes
+    data = b"\x80\x02}K\x01\x85" + b"q\x000h\x00h\x00\x86" * 20 + b"Ns."
+    with pytest.raises(LimitError, match="expands to more than"):
+        run(data)
+    # a chain behind shortcuts, (p149, ..., p1, p0) where p[k] = (p[k-1],): each p[k] is
+    # first met one level down, its p[k-1] already measured; the chain is 150 deep all the same
+    chain = b"K\x01\x85q\x00" + b"".join(b"\x85q" + bytes([k]) for k in range(1, 150))
+    shortcuts = b"0(" + b"".join(b"h" + bytes([k]) for k in reversed(range(150))) + b"t"
+    with pytest.raises(LimitError, match="nested more than"):
+        run(b"\x80\x02}" + chain + shortcuts + b"Ns.")

@@ -27,6 +27,7 @@ from ..errors import CorruptError, FormatError, LimitError, UnsafePickleError, U
 from ..storage import StorageSlice, StorageTable, StorageType
 from ..stub import Stub, StubType
 from ..tensor import StorageInfo, TensorRef, check_view, view_of
+from .keys import KeyGuard
 from .unpickler import Global, Pending
 
 __all__ = ["ALLOWLIST", "TorchHandlers", "MODULE_ALIASES"]
@@ -214,6 +215,7 @@ class TorchHandlers:
         self.copy_budget = copy_budget
         #: zip persistent ids have 5 items; legacy ones a 6th, the storage view metadata.
         self.pid_length = pid_length
+        self.keys = KeyGuard()
 
     # -- the pickle VM's interface ---------------------------------------------------------
     def lenient(self) -> TorchHandlers:
@@ -310,6 +312,7 @@ class TorchHandlers:
         if len(items) % 2:
             raise CorruptError("SETITEMS with an odd number of items")
         for i in range(0, len(items), 2):
+            self.keys.check(items[i])
             obj.dictitems[items[i]] = items[i + 1]
 
     def extend(self, obj: Any, items: list[Any]) -> None:
@@ -443,7 +446,7 @@ class TorchHandlers:
             raise FormatError(str(exc)) from None
 
     def get_layout(self, name: Any) -> str:
-        if name not in _LAYOUTS:
+        if type(name) is not str or name not in _LAYOUTS:
             raise FormatError(f"unknown tensor layout {_short(name)}")
         return name
 
@@ -451,7 +454,10 @@ class TorchHandlers:
     def ordered_dict(self, items: Any = ()) -> OrderedDict[Any, Any]:
         if items == ():                 # every tensor's backward_hooks: OrderedDict()
             return OrderedDict()
-        return OrderedDict(_pairs(items, "OrderedDict"))
+        pairs = _pairs(items, "OrderedDict")
+        if not isinstance(items, dict):
+            self.keys.check_all(pair[0] for pair in pairs)
+        return OrderedDict(pairs)
 
     def counter(self, items: Any = ()) -> Counter[Any]:
         if isinstance(items, dict):
@@ -459,10 +465,12 @@ class TorchHandlers:
         raise FormatError("Counter() argument is not a dict")
 
     def set_(self, items: Any = ()) -> set[Any]:
-        return set(_iterable(items, "set"))
+        self.keys.check_all(_iterable(items, "set"))
+        return set(items)
 
     def frozenset_(self, items: Any = ()) -> frozenset[Any]:
-        return frozenset(_iterable(items, "frozenset"))
+        self.keys.check_all(_iterable(items, "frozenset"))
+        return frozenset(items)
 
     def complex_(self, real: Any = 0.0, imag: Any = 0.0) -> complex:
         if not all(type(v) in (int, float) for v in (real, imag)):

@@ -19,12 +19,12 @@ from typing import Any, Protocol
 from ..errors import (
     CorruptError,
     FormatError,
-    LimitError,
     PthError,
     UnsafePickleError,
     UnsupportedError,
 )
 from ..tree import walk
+from .keys import KeyGuard
 from .opcodes import BY_CODE, HIGHEST_PROTOCOL, OPCODES, Opcode
 
 __all__ = ["Global", "Pending", "Handlers", "Unpickler"]
@@ -56,6 +56,9 @@ class Pending:
 
 
 class Handlers(Protocol):
+    #: checks every dict key and set item before it is hashed
+    keys: KeyGuard
+
     def resolve(self, module: str, name: str) -> Any: ...
 
     def persistent_load(self, pid: Any) -> Any: ...
@@ -85,8 +88,6 @@ class _Poison:
 
 
 _U4 = struct.Struct("<I").unpack_from
-_SMALL_INT = 1 << 60
-_MAX_BIG_KEYS = 1000
 
 
 class _Stop(Exception):
@@ -106,7 +107,6 @@ class Unpickler:
         self.handlers = handlers
         self.pos = self.start = start
         self.lenient = False
-        self.big_keys = 0
         self.end = len(data) if end is None else end
         self.record = record
         self.stack: list[Any] = []
@@ -389,27 +389,15 @@ class Unpickler:
             return
         if len(items) % 2:
             raise CorruptError("SETITEMS with an odd number of items")
-        try:
-            for i in range(0, len(items), 2):
-                key = items[i]
-                if type(key) is int and not -_SMALL_INT < key < _SMALL_INT:
-                    self.count_colliding(key)
-                target[key] = items[i + 1]
-        except TypeError:
-            raise FormatError(f"dict key of type {type(items[i]).__name__} is not hashable") \
-                from None
-
-    def count_colliding(self, key: int) -> None:
-        """Hash flooding guard: ints from +-2**61 on can be chosen to share one hash."""
-        self.big_keys += 1
-        if self.big_keys > _MAX_BIG_KEYS:
-            raise LimitError(f"more than {_MAX_BIG_KEYS} dict keys or set items are huge "
-                             "integers (a hash-flooding pattern)")
+        keys = self.handlers.keys
+        for i in range(0, len(items), 2):
+            key = items[i]
+            if type(key) is not str:
+                keys.check(key)
+            target[key] = items[i + 1]
 
     def _hashable_items(self, items: list[Any]) -> list[Any]:
-        for key in items:
-            if type(key) is int and not -_SMALL_INT < key < _SMALL_INT:
-                self.count_colliding(key)
+        self.handlers.keys.check_all(items)
         return items
 
     def _push(self, value: Any) -> None:
