@@ -72,6 +72,7 @@ from .container.zipwriter import ZipWriter, archive_name_for_path
 from .device import Device
 from .dtypes import DType, DTypeInfo, from_numpy
 from .errors import UnserializableError
+from .gcpause import paused_gc
 from .pickle.pickler import GlobalRef, Path, PersistentId, Pickler, Reduction
 from .tensor import Tensor, TensorRef
 
@@ -123,6 +124,11 @@ def save(obj: Any, f: Target, *, format: str = "zip",
         if not isinstance(archive_name, str) or not archive_name or "/" in archive_name:
             raise ValueError(f"archive_name {archive_name!r} must be a non-empty name "
                              "without '/'")
+    with paused_gc():
+        _save(obj, f, format, archive_name)
+
+
+def _save(obj: Any, f: Target, format: str, archive_name: str | None) -> None:
     plan = _Plan(legacy=format == "legacy")
     pickled = plan.pickle(obj)
 
@@ -446,9 +452,12 @@ def _owner(array: Any) -> Any:
 
 def _share(members: list[_Member]) -> None:
     """One storage spanning every member's bytes; each member views it at its own offset."""
-    lo = min(m[0] for m in members)
-    hi = max(m[1] for m in members)
-    first = next(m[2] for m in members if m[0] == lo)
+    if len(members) == 1:
+        lo, hi, first = members[0]
+    else:
+        lo = min(m[0] for m in members)
+        hi = max(m[1] for m in members)
+        first = next(m[2] for m in members if m[0] == lo)
     assert first.array is not None
     array = first.array
     size, big = array.dtype.itemsize, _is_big(array.dtype)
@@ -467,8 +476,8 @@ def _share(members: list[_Member]) -> None:
         assert view.array is not None
         view.storage = storage
         view.offset = (start - lo) // size
-        view.shape = tuple(int(n) for n in view.array.shape)
-        view.stride = tuple(s // size for s in view.array.strides)
+        view.shape = tuple([int(n) for n in view.array.shape])
+        view.stride = tuple([s // size for s in view.array.strides])
 
 
 def _is_big(dtype: np.dtype) -> bool:

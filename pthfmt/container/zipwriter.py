@@ -146,9 +146,8 @@ class ZipWriter:
         pad = data_offset(offset, len(full), size, self.alignment) - start
         extra = z64 + b"FB" + struct.pack("<H", pad) + b"Z" * pad
         flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
-        self._emit(_LOCAL.pack(0x04034B50, 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra)))
-        self._emit(full)
-        self._emit(extra)
+        self._emit(_LOCAL.pack(0x04034B50, 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra))
+                   + full + extra)
         crc, written, head = 0, 0, b""
         pending: Future[int] | None = None
         for chunk in data:

@@ -134,6 +134,8 @@ Path = tuple[Any, Any] | None
 
 OBJ_ORDERED_DICT: Final = GlobalRef("collections", "OrderedDict")
 OBJ_COUNTER: Final = GlobalRef("collections", "Counter")
+#: Types :meth:`Pickler._save_value` writes at once, pushing no work.
+_ATOMS: Final = frozenset({type(None), bool, int, float, str, GlobalRef})
 _SET = GlobalRef("__builtin__", "set")
 _COMPLEX = GlobalRef("__builtin__", "complex")
 _BYTEARRAY = GlobalRef("__builtin__", "bytearray")
@@ -278,7 +280,10 @@ class Pickler:
             out += GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii")
             self._memo_put(obj)
         elif kind is PersistentId:
-            self._push([(_SAVE, obj.pid, path, depth + 1), (_WRITE, BINPERSID)])
+            if type(obj.pid) is tuple and self._save_atoms(obj.pid, path):
+                out += BINPERSID
+            else:
+                self._push([(_SAVE, obj.pid, path, depth + 1), (_WRITE, BINPERSID)])
         else:
             if depth >= self.max_depth:
                 raise UnserializableError(f"the object is nested more than {self.max_depth} "
@@ -303,7 +308,12 @@ class Pickler:
             self.out += LONG1 + _u1(len(data)) + data
 
     def _save_container(self, obj: Any, kind: type, path: Path, depth: int) -> None:
-        if kind is dict:
+        if kind is OrderedDict and not obj and not vars(obj):
+            # OrderedDict(): every tensor's backward hooks (_save_reduce, without the stack)
+            self._save_value(OBJ_ORDERED_DICT, path, depth)
+            self.out += EMPTY_TUPLE + REDUCE
+            self._memo_put(obj)
+        elif kind is dict:
             self.out += EMPTY_DICT
             self._memo_put(obj)
             self._push(self._dict_items(list(obj.items()), path, depth))
@@ -326,12 +336,33 @@ class Pickler:
         if not obj:
             self.out += EMPTY_TUPLE
             return
+        if self._save_atoms(obj, path):
+            return
         self._active.add(id(obj))
         work = self._saves(obj, path, depth, range(len(obj)))
         if len(obj) > 3:
             work.insert(0, (_WRITE, MARK))
         work.append((_END_TUPLE, obj))
         self._stack.extend(reversed(work))
+
+    def _save_atoms(self, obj: tuple[Any, ...], path: Path) -> bool:
+        """Write a tuple of scalars, strings and globals at once (sizes, strides, persistent
+        ids): such items push no work, so nothing needs the stack.  False if any item is
+        something else (nothing is written then)."""
+        atoms = _ATOMS
+        for item in obj:
+            if type(item) not in atoms:
+                return False
+        if len(obj) > 3:
+            self.out += MARK
+        for index, item in enumerate(obj):
+            try:
+                self._save_value(item, path, 0)
+            except PthError as exc:
+                raise exc.locate(key_path=key_path((path, index))) from None
+        self.out += _TUPLE_N[len(obj)] if len(obj) <= 3 else TUPLE
+        self._memo_put(obj)
+        return True
 
     def _list_items(self, items: list[Any], path: Path, depth: int) -> Iterator[tuple[Any, ...]]:
         """``batch_list_exact``: a lone item is ``APPEND``, else batches of ``APPENDS``."""
