@@ -609,8 +609,9 @@ def test_deep_nesting_is_an_error_not_a_recursion_error() -> None:
     deep: Any = 1
     for _ in range(5000):
         deep = [deep]
-    with pytest.raises(UnserializableError, match="nested more than 1000"):
+    with pytest.raises(UnserializableError, match="nested more than 1000") as info:
         save_bytes(deep)
+    assert info.value.key_path == "<936 levels>." + ".".join(["0"] * 64)   # the innermost 64
     ok: Any = np.ones(1)
     for _ in range(900):
         ok = {"x": ok}

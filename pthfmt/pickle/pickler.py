@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from ..errors import PthError, UnserializableError
+from ..tree import MAX_PATH_PARTS
 from .opcodes import BY_NAME
 
 __all__ = ["GlobalRef", "PersistentId", "Reduction", "Pickler", "MAX_DEPTH", "key_path", "ARGS",
@@ -172,6 +173,8 @@ def key_path(path: Path) -> str | None:
                 parts.pop()          # the argument index
         else:
             parts.append(str(key))
+    if len(parts) > MAX_PATH_PARTS:           # the innermost parts, as tree.walk shows them
+        parts[MAX_PATH_PARTS:] = [f"<{len(parts) - MAX_PATH_PARTS} levels>"]
     return ".".join(reversed(parts)) if parts else None
 
 
