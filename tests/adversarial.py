@@ -219,6 +219,9 @@ def cases() -> list[Case]:
         LimitError, s)
     shared = b"K\x01\x85" + b"q\x000h\x00h\x00\x86" * 80    # t[k] = (t[k-1], t[k-1]): 2**80
     add("shared-tuple-dict-key", checkpoint(b"\x80\x02}" + shared + b"Ns."), LimitError, s)
+    big = b"K\x01\x85" + b"q\x000h\x00h\x00\x86" * 15 + b"q\x010"    # memo 1: 2**16 items
+    add("many-big-keys", checkpoint(b"\x80\x02" + big + b"}(" + b"".join(
+        b"h\x01" + uint(i) + b"\x86N" for i in range(5000)) + b"u."), LimitError, s)
     add("tuple-hash-flood", checkpoint(b"\x80\x02}(" + b"".join(
         uint((2**61 - 1) * (i + 1)) + b"\x85N" for i in range(2000)) + b"u."), LimitError, s)
     add("deep-nesting-then-evil", checkpoint(b"\x80\x02" + b"](" * 1_000_000

@@ -215,7 +215,7 @@ class TorchHandlers:
         self.copy_budget = copy_budget
         #: zip persistent ids have 5 items; legacy ones a 6th, the storage view metadata.
         self.pid_length = pid_length
-        self.keys = KeyGuard()
+        self.keys = KeyGuard(copy_budget // 32)
 
     # -- the pickle VM's interface ---------------------------------------------------------
     def lenient(self) -> TorchHandlers:

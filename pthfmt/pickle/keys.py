@@ -15,7 +15,10 @@ Hashing is the one step of unpickling whose cost the file can choose beyond its 
 ``None`` pass at the cost of a type check.  Tuples and frozensets must nest at most
 :data:`MAX_HEIGHT` deep and expand to at most :data:`MAX_NODES` items counted with
 repetition (the work of one hash); then any key's hash may be shared by at most
-:data:`MAX_SAME_HASH` distinct keys in one pickle.  Each is a :class:`LimitError`.
+:data:`MAX_SAME_HASH` distinct keys in one pickle.  The work of all hashes and same-hash
+comparisons of one pickle is charged to a budget set from the file's size (one item per
+32 bytes of copy budget), so many large keys cannot add up to a hang either.  Each is a
+:class:`LimitError`.
 """
 
 from __future__ import annotations
@@ -36,24 +39,29 @@ _SMALL_INT = 1 << 60
 class KeyGuard:
     """Checks the keys of one pickle (see the module docstring)."""
 
-    __slots__ = ("_by_hash",)
+    __slots__ = ("_by_hash", "budget")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int = 1 << 24) -> None:
         self._by_hash: dict[int, list[Any]] = {}    # hash -> the distinct keys that have it
+        #: items that hashing and comparing keys may still visit
+        self.budget = budget
 
     def check(self, key: Any) -> None:
         kind = type(key)
         if kind is str or kind is bytes or kind is bool or key is None or \
                 (kind is int and -_SMALL_INT < key < _SMALL_INT):
             return
-        if kind is tuple or kind is frozenset:
-            _bound(key)
+        work = _bound(key) if kind is tuple or kind is frozenset else 1
         try:
             value = hash(key)
         except TypeError:
             raise FormatError(f"dict key or set item of type {kind.__name__} is not "
                               "hashable") from None
         same = self._by_hash.get(value)
+        self.budget -= work * (2 + (len(same) if same else 0))   # hash, insert, compare
+        if self.budget < 0:
+            raise LimitError("hashing this pickle's dict keys and set items takes more work "
+                             "than the file's size justifies")
         if same is None:
             self._by_hash[value] = [key]
         elif key not in same:
@@ -68,10 +76,11 @@ class KeyGuard:
                 self.check(key)
 
 
-def _bound(root: tuple[Any, ...] | frozenset[Any]) -> None:
-    """Refuse a tuple/frozenset key nested deeper than MAX_HEIGHT or expanding to more than
-    MAX_NODES items.  Each distinct container is visited once, without recursion; height
-    and size are computed bottom-up, so sharing cannot hide a long chain."""
+def _bound(root: tuple[Any, ...] | frozenset[Any]) -> int:
+    """The items of a tuple/frozenset key's full expansion; refuse one nested deeper than
+    MAX_HEIGHT or expanding to more than MAX_NODES items.  Each distinct container is visited
+    once, without recursion; height and size are computed bottom-up, so sharing cannot hide
+    a long chain."""
     done: dict[int, tuple[int, int]] = {}   # id -> (items in its expansion, levels); the
     #                                         root keeps every container alive, so ids hold
     todo: list[tuple[Any, int, bool]] = [(root, 0, False)]
@@ -99,7 +108,7 @@ def _bound(root: tuple[Any, ...] | frozenset[Any]) -> None:
             todo.extend((item, depth + 1, False) for item in node
                         if type(item) in _NESTED and id(item) not in done)
     else:
-        return
+        return done[id(root)][0]
     raise LimitError(f"a dict key or set item is nested more than {MAX_HEIGHT} tuples deep")
 
 
