@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any
 
 __all__ = ["walk", "MAX_PATH_PARTS"]
@@ -13,19 +14,22 @@ MAX_PATH_PARTS = 64
 
 
 class _Node:
+    """A container on the way down: its parent, its key there, and its depth."""
+
     __slots__ = ("depth", "key", "parent")
 
     def __init__(self, parent: _Node | None, key: Any, depth: int) -> None:
         self.parent, self.key, self.depth = parent, key, depth
 
-    def path(self) -> str:
-        parts: list[str] = []
+    def path(self, *last: Any) -> str:
+        """This container's key path, or that of its item ``last[0]``."""
+        parts: list[str] = [str(k) for k in last]
         node: _Node | None = self
         while node is not None and node.parent is not None and len(parts) < MAX_PATH_PARTS:
             parts.append(str(node.key))
             node = node.parent
         if node is not None and node.parent is not None:
-            parts.append(f"<{self.depth - len(parts)} levels>")
+            parts.append(f"<{self.depth + len(last) - len(parts)} levels>")
         return ".".join(reversed(parts))
 
 
@@ -44,20 +48,25 @@ def walk(root: Any, *, leaves: tuple[type, ...] = (),
     """
     seen: set[int] = set()
     shared = (dict, list, tuple, *leaves)
-    stack: list[tuple[_Node, Any]] = [(_ROOT, root)]
+    # (the container holding value, value's key there, value); nodes only for containers
+    stack: list[tuple[_Node | None, Any, Any]] = [(None, None, root)]
     while stack:
-        node, value = stack.pop()
+        parent, key, value = stack.pop()
         if isinstance(value, shared):
             if id(value) in seen:
                 continue
             seen.add(id(value))
-        if want is None or want(value):
-            yield node.path(), value
+        wanted = want is None or want(value)
         if isinstance(value, dict):
-            items: list[tuple[Any, Any]] = list(value.items())
+            keys: Any = reversed(value)
+            values: Any = reversed(value.values())
         elif isinstance(value, (list, tuple)):
-            items = list(enumerate(value))
+            keys, values = range(len(value) - 1, -1, -1), reversed(value)
         else:
+            if wanted:
+                yield (parent.path(key) if parent is not None else ""), value
             continue
-        depth = node.depth + 1
-        stack.extend((_Node(node, k, depth), v) for k, v in reversed(items))
+        node = _ROOT if parent is None else _Node(parent, key, parent.depth + 1)
+        if wanted:
+            yield node.path(), value
+        stack.extend(zip(repeat(node), keys, values))
