@@ -60,7 +60,7 @@ import stat
 import struct
 import sys
 import types
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Union
@@ -205,10 +205,43 @@ class _Plan:
     final: bool = False
 
     def pickle(self, obj: Any) -> bytes:
-        Pickler(self.reduce).dump(obj)
+        if not self.collect(obj):
+            self.views.clear()
+            Pickler(self.reduce).dump(obj)
         _assign_storages(list(self.views.values()))
         self.final = True
         return Pickler(self.reduce).dump(obj)
+
+    def collect(self, root: Any) -> bool:
+        """The first pass without pickling, for the containers and leaves the pickler knows:
+        make every tensor's view.  False when it meets anything else, or a tensor torch
+        cannot load: the pickling first pass then runs, and says where the problem is."""
+        seen: set[int] = set()
+        stack = [root]
+        while stack:
+            obj = stack.pop()
+            kind = type(obj)
+            if kind in _PLAIN or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if kind is dict or kind is OrderedDict or kind is Counter:
+                stack += obj.keys()
+                stack += obj.values()
+                if kind is OrderedDict:
+                    stack.append(vars(obj))
+            elif kind is list or kind is tuple or kind is set:
+                stack += obj
+            elif isinstance(obj, (np.ndarray, TensorRef, Tensor)):
+                try:
+                    view = self.views[id(obj)] = _make_view(obj, self.legacy)
+                except UnserializableError:
+                    return False
+                self.keep.append(obj)
+                if view.state:
+                    stack.append(view.state)
+            elif not isinstance(obj, (DType, Device, np.generic)):
+                return False
+        return True
 
     # -- the pickler's reducer -----------------------------------------------------------------
     def reduce(self, obj: Any, path: Path) -> Any:
@@ -266,6 +299,10 @@ class _Plan:
         if metadata:
             args += (metadata,)
         return Reduction(_REBUILD_V2 if typed else _REBUILD_V3, args)
+
+
+#: Values that hold no tensor (what the pickler writes as is, or reduces to such values).
+_PLAIN: Final = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray})
 
 
 def _location(tag: str) -> str:

@@ -14,6 +14,7 @@ import itertools
 import math
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import ml_dtypes
 import numpy as np
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pthfmt
-from pthfmt import UnserializableError
+from pthfmt import UnserializableError, writer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -368,6 +369,32 @@ def test_random_trees_round_trip_through_pthfmt(obj: Any) -> None:
     for t, a in zip(loaded_leaves(theirs), _arrays(ours)):
         assert a.shape == tuple(t.shape)
         np.testing.assert_array_equal(array_bytes(a), element_bytes(t.detach()))
+
+
+@HYPOTHESIS
+@given(obj=trees())
+def test_the_collecting_first_pass_equals_the_pickling_one(obj: Any) -> None:
+    """save() finds the tensors with a plain walk; the pickling first pass it falls back to
+    (for anything the walk does not know) must give the very same bytes."""
+    fast = save_bytes(obj)
+    with mock.patch.object(writer._Plan, "collect", return_value=False):
+        assert save_bytes(obj) == fast
+
+
+def test_the_collecting_first_pass_sees_tensors_everywhere_the_pickler_does() -> None:
+    base = np.arange(12, dtype=np.float32)
+    od = collections.OrderedDict(w=base[:6])
+    od._metadata = {"": {"version": 1}, "x": base[6:]}  # type: ignore[attr-defined]
+    torch_file = io.BytesIO()
+    torch.save({"p": torch.nn.Parameter(torch.ones(3))}, torch_file)
+    ref = dict(pthfmt.open(io.BytesIO(torch_file.getvalue())).tensors())["p"]
+    obj = {"od": od, "set": {1, "a"}, "count": collections.Counter(a=2), "ref": ref,
+           "t": pthfmt.Tensor(base.reshape(3, 4), device="cuda:0"), "list": [base, (base,)],
+           "dtype": pthfmt.DType("bfloat16"), "scalar": np.float16(2)}
+    fast = save_bytes(obj)
+    with mock.patch.object(writer._Plan, "collect", return_value=False):
+        assert save_bytes(obj) == fast
+    assert writer._Plan(legacy=False).collect(obj)          # the walk handled all of it
 
 
 @HYPOTHESIS
