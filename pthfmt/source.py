@@ -11,13 +11,28 @@ import numpy as np
 
 from .errors import CorruptError, FormatError
 
-__all__ = ["Source", "PathOrFile"]
+__all__ = ["Source", "PathOrFile", "fresh_buffer"]
 
 _PREAD_FROM = 1 << 20        # smaller copies come from the mapping (one call is cheaper)
 _PREAD_CHUNK = 1 << 30
 _HAVE_PREADV = hasattr(os, "preadv")
 
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
+_POPULATE = getattr(_mmap, "MAP_POPULATE", 0)
+
+
+def fresh_buffer(nbytes: int) -> np.ndarray:
+    """A new writable ``uint8`` buffer that a copy is about to fill.
+
+    Large ones are private anonymous mappings made with ``MAP_POPULATE`` where the platform
+    has it: the kernel provides every page in one call instead of one page fault at a time
+    while the copy runs (on virtual machines, where faulting fresh memory is slow and erratic,
+    this is steadier).  The mapping is released with the last array that uses it.
+    """
+    if nbytes < _PREAD_FROM or not _POPULATE:
+        return np.empty(nbytes, np.uint8)
+    region = _mmap.mmap(-1, nbytes, flags=_mmap.MAP_PRIVATE | _POPULATE)
+    return np.frombuffer(region, np.uint8)
 
 
 class Source:
@@ -95,7 +110,7 @@ class Source:
         self.check(offset, nbytes, "data")
         if self._fd is None or nbytes < _PREAD_FROM or not _HAVE_PREADV:
             return self.whole[offset:offset + nbytes].copy()
-        out = np.empty(nbytes, np.uint8)
+        out = fresh_buffer(nbytes)
         view = memoryview(out)
         done = 0
         while done < nbytes:

@@ -150,7 +150,7 @@ def chunked_reader(chunks: Callable[[], Iterable[bytes]], big_endian: bool) -> R
     written chunk by chunk into one buffer of the storage's size."""
 
     def read(info: StorageInfo, mmap: bool) -> np.ndarray:
-        buf = np.empty(info.nbytes, np.uint8)
+        buf = np.empty(info.nbytes, np.uint8)   # (not populated: a lying size stays unpaid)
         pos = 0
         for chunk in chunks():
             if pos + len(chunk) > info.nbytes:
