@@ -97,12 +97,14 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
                key: str) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """Validate a view's metadata against its storage (``key``, ``nbytes`` bytes); return it
     as plain int tuples.  Offsets, sizes and strides count elements of ``dtype``."""
-    if type(offset) is not int or offset < 0:
-        raise FormatError(f"{_what(key)}: storage offset {offset!r} is not a non-negative int")
+    if type(offset) is not int or not 0 <= offset <= _INTP_MAX:
+        raise FormatError(f"{_what(key)}: storage offset {_show(offset)} is not an int in "
+                          "[0, 2**63)")
     if type(shape) is tuple and type(stride) is tuple:   # 1-d and 0-d, checked without calls
         if len(shape) == 1 == len(stride):
             n, step = shape[0], stride[0]
-            if type(n) is int and type(step) is int and n >= 0 and step >= 0:
+            if type(n) is int and type(step) is int and 0 <= n <= _INTP_MAX and \
+                    0 <= step <= _INTP_MAX:
                 if n * dtype.itemsize > _INTP_MAX:
                     _too_many(key, shape)
                 if n and (offset + (n - 1) * step + 1) * dtype.itemsize > nbytes:
@@ -159,10 +161,21 @@ def _int_tuple(value: Any, key: str, what: str) -> tuple[int, ...]:
                               f"{type(value).__name__}")
         value = tuple(value)
     for v in value:
-        if type(v) is not int or v < 0:
-            raise FormatError(f"{_what(key)}: {what} {value!r} holds {v!r}, not a "
-                              "non-negative int")
+        if type(v) is not int or not 0 <= v <= _INTP_MAX:
+            # (every value bounded before any arithmetic: a product of huge ints, which the
+            # memo can repeat at no cost, would take minutes)
+            raise FormatError(f"{_what(key)}: {what} holds {_show(v)}, not an int in "
+                              "[0, 2**63)")
     return value
+
+
+def _show(value: Any) -> str:
+    """A value for a message, safe for ints too long to print (and for any other object)."""
+    if type(value) is int:
+        return str(value) if value.bit_length() <= 64 else f"a {value.bit_length()}-bit int"
+    if type(value) in (float, bool, str) or value is None:
+        return repr(value)[:60]
+    return f"a {type(value).__name__}"
 
 
 def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int, ...],

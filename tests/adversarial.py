@@ -222,6 +222,11 @@ def cases() -> list[Case]:
     big = b"K\x01\x85" + b"q\x000h\x00h\x00\x86" * 15 + b"q\x010"    # memo 1: 2**16 items
     add("many-big-keys", checkpoint(b"\x80\x02" + big + b"}(" + b"".join(
         b"h\x01" + uint(i) + b"\x86N" for i in range(5000)) + b"u."), LimitError, s)
+    huge = b"\x8b" + struct.pack("<I", 200_001) + b"\x01" * 200_000 + b"\x00"   # LONG4
+    sizes = b"(" + b"h\x01" * 30 + b"t"                # the same 1.6-Mbit int, 30 times
+    add("huge-int-sizes", checkpoint(b"\x80\x02" + huge + b"q\x010}" + ustr("w") + glob(
+        "torch._utils", "_rebuild_tensor_v2") + tup(pid(), uint(0), sizes, tup(*[uint(1)] * 30),
+        b"\x89", glob("collections", "OrderedDict") + b")R") + b"Rs."), FormatError, s)
     add("tuple-hash-flood", checkpoint(b"\x80\x02}(" + b"".join(
         uint((2**61 - 1) * (i + 1)) + b"\x85N" for i in range(2000)) + b"u."), LimitError, s)
     add("deep-nesting-then-evil", checkpoint(b"\x80\x02" + b"](" * 1_000_000

@@ -308,3 +308,17 @@ def test_shared_subtuples_count_with_repetition_and_long_chains_as_chains():
     shortcuts = b"0(" + b"".join(b"h" + bytes([k]) for k in reversed(range(150))) + b"t"
     with pytest.raises(LimitError, match="nested more than"):
         run(b"\x80\x02}" + chain + shortcuts + b"Ns.")
+
+
+def test_huge_ints_in_shapes_are_refused_before_any_arithmetic():
+    """A 1 MB int repeated through the memo in a size tuple: its product would take minutes."""
+    from pthfmt.pickle.allowlist import _PendingArray
+
+    big = 1 << 8_000_000
+    h = handlers()
+    with pytest.raises(FormatError, match=r"at most 64 ints in \[0, 2\*\*63\)"):
+        h.np_frombuffer(b"", np.dtype("u1"), (big,) * 30)
+    with pytest.raises(FormatError, match=r"at most 64 ints"):
+        _PendingArray(h).build((1, (big,) * 30, np.dtype("u1"), False, b""))
+    with pytest.raises(FormatError, match=r"at most 64 ints"):
+        h.np_frombuffer(b"", np.dtype("u1"), (1,) * 65)

@@ -44,7 +44,7 @@ from ..pickle.unpickler import Unpickler
 from ..source import Source
 from ..storage import StorageSlice, StorageTable, StorageType, stored_reader
 from ..stub import StubType
-from ..tensor import StorageInfo, TensorRef
+from ..tensor import MAX_NDIM, StorageInfo, TensorRef
 from .options import Options, Parsed
 
 __all__ = ["read_tar", "TarMember", "tar_members"]
@@ -456,6 +456,9 @@ def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -
                                record=name, offset=r.pos - 8)
         meta = r.need(8 * (2 * ndim + 1), f"sizes, strides and offset of tensor {key} "
                                           f"({ndim} dimensions)")
+        if ndim > MAX_NDIM:         # (before any product of sizes: that would be quadratic)
+            raise UnsupportedError(f"member {name!r}: tensor {key} has {ndim} dimensions "
+                                   f"(numpy allows {MAX_NDIM})", record=name, offset=at)
         shape = struct.unpack_from(f"<{ndim}q", buf, meta)
         stride = struct.unpack_from(f"<{ndim}q", buf, meta + 8 * ndim)
         (offset,) = _COUNT.unpack_from(buf, meta + 16 * ndim)

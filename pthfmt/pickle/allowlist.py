@@ -26,7 +26,7 @@ from ..dtypes import DTYPES, UNSAVABLE, DType, DTypeInfo
 from ..errors import CorruptError, FormatError, LimitError, UnsafePickleError, UnsupportedError
 from ..storage import StorageSlice, StorageTable, StorageType
 from ..stub import Stub, StubType
-from ..tensor import StorageInfo, TensorRef, check_view, view_of
+from ..tensor import MAX_NDIM, StorageInfo, TensorRef, check_view, view_of
 from .keys import KeyGuard
 from .unpickler import Global, Pending
 
@@ -151,8 +151,7 @@ class _PendingArray(Pending):
             raise FormatError(f"numpy array dtype is a {type(dtype).__name__}")
         if dtype.hasobject:
             raise UnsafePickleError("numpy object arrays are not allowed")
-        if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
-            raise FormatError(f"numpy array shape {shape!r} is not a tuple of ints")
+        _np_shape(shape)
         if isinstance(raw, str):
             raw = raw.encode("latin-1")
         if not isinstance(raw, (bytes, bytearray)):
@@ -521,8 +520,7 @@ class TorchHandlers:
             raise UnsafePickleError(f"numpy array of dtype {_short(dtype)}")
         if not isinstance(buf, (bytes, bytearray)) or order not in ("C", "F"):
             raise FormatError("numpy _frombuffer of a non-bytes buffer or unknown order")
-        if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
-            raise FormatError(f"numpy array shape {_short(shape)} is not a tuple of ints")
+        _np_shape(shape)
         if len(buf) != math.prod(shape) * dtype.itemsize:
             raise CorruptError(f"numpy array of shape {shape} and dtype {dtype} needs "
                                f"{math.prod(shape) * dtype.itemsize} bytes, has {len(buf)}")
@@ -542,6 +540,7 @@ class TorchHandlers:
 
 
 _UINT8: Final = next(i for i in DTYPES if i.name == "uint8")
+_INTP_MAX: Final = int(np.iinfo(np.intp).max)
 
 
 def _unsupported(name: str) -> Callable[..., Any]:
@@ -564,6 +563,15 @@ def _state_dict(state: Any) -> dict[str, Any] | None:
     if state is None or isinstance(state, dict):
         return state
     raise FormatError(f"tensor state is a {type(state).__name__}, not a dict")
+
+
+def _np_shape(shape: Any) -> None:
+    """A numpy shape: at most 64 ints in [0, 2**63), checked before any arithmetic (a
+    product of huge ints, repeated at no cost through the memo, would take minutes)."""
+    if not isinstance(shape, tuple) or len(shape) > MAX_NDIM or \
+            not all(type(n) is int and 0 <= n <= _INTP_MAX for n in shape):
+        raise FormatError(f"numpy array shape {_short(shape)} is not a tuple of at most "
+                          f"{MAX_NDIM} ints in [0, 2**63)")
 
 
 def _iterable(items: Any, what: str) -> Any:
