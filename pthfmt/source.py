@@ -29,10 +29,13 @@ def fresh_buffer(nbytes: int) -> np.ndarray:
     while the copy runs (on virtual machines, where faulting fresh memory is slow and erratic,
     this is steadier).  The mapping is released with the last array that uses it.
     """
-    if nbytes < _PREAD_FROM or not _POPULATE:
-        return np.empty(nbytes, np.uint8)
-    region = _mmap.mmap(-1, nbytes, flags=_mmap.MAP_PRIVATE | _POPULATE)
-    return np.frombuffer(region, np.uint8)
+    if nbytes >= _PREAD_FROM and _POPULATE:
+        try:
+            region = _mmap.mmap(-1, nbytes, flags=_mmap.MAP_PRIVATE | _POPULATE)
+            return np.frombuffer(region, np.uint8)
+        except OSError:         # out of memory: numpy says so as a MemoryError (LimitError)
+            pass
+    return np.empty(nbytes, np.uint8)
 
 
 class Source:

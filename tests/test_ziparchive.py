@@ -160,3 +160,16 @@ def test_torch_and_pthfmt_find_records_under_another_case(tmp_path):
             zout.writestr(info.filename.replace("/data/", "/DATA/"), zin.read(info))
     expected = torch.load(dst, weights_only=True)["w"].numpy()
     assert (pthfmt.load(dst)["w"] == expected).all()
+
+
+def test_zip64_offsets_past_the_file_are_corrupt_records_not_overflows():
+    members = [(f"a/{i}", b"abc", b"", False) for i in range(5)]
+    members[2] = ("a/2", b"abc", struct.pack("<HHQ", 1, 8, 2**64 - 1), False)
+    raw = bytearray(_build(members))
+    at = ZipArchive(Source(io.BytesIO(bytes(raw)))).entries[2].central_offset
+    struct.pack_into("<I", raw, at + 42, 0xFFFFFFFF)          # header offset -> zip64 field
+    archive = ZipArchive(Source(io.BytesIO(bytes(raw))))
+    assert archive.entries[2].header_offset == 2**64 - 1
+    assert archive.read(archive.entries[0]) == b"abc"        # the batch scan copes
+    with pytest.raises(CorruptError, match="runs past the end"):
+        archive.data_offset(archive.entries[2])

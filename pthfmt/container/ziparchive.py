@@ -210,9 +210,11 @@ class ZipArchive:
         n = len(entries)
         if size < _LOCAL.size:
             return
-        lho = np.fromiter((e.header_offset for e in entries), np.int64, n)
-        csize = np.fromiter((e.csize for e in entries), np.int64, n)
-        lho[lho > size - _LOCAL.size] = -1
+        # (zip64 fields go up to 2**64 - 1: anything past the file is -1 before numpy sees it)
+        last = size - _LOCAL.size
+        lho = np.fromiter((e.header_offset if e.header_offset <= last else -1
+                           for e in entries), np.int64, n)
+        csize = np.fromiter((min(e.csize, size) for e in entries), np.int64, n)
         heads = np.lib.stride_tricks.sliding_window_view(self.src.whole, _LOCAL.size)[lho]
         heads = heads.view(_LOCAL_ROW)[:, 0]
         start = lho + _LOCAL.size + heads["nlen"] + heads["xlen"]

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from ..errors import (
     CorruptError,
     FormatError,
+    LimitError,
     PthError,
     UnsafePickleError,
     UnsupportedError,
@@ -273,7 +274,11 @@ class Unpickler:
             op_pos = pos
             raise CorruptError("object too deeply nested", record=self.record, offset=op_pos,
                                key_path=self.key_path(op_pos)) from None
-        except (TypeError, ValueError, OverflowError, MemoryError, KeyError) as exc:
+        except MemoryError:
+            op_pos = pos
+            raise LimitError(f"out of memory at {self._opname(op_pos)}", record=self.record,
+                             offset=op_pos) from None
+        except (TypeError, ValueError, OverflowError, KeyError) as exc:
             op_pos = pos
             raise FormatError(f"invalid pickle at {self._opname(op_pos)}: {exc}",
                               record=self.record, offset=op_pos,
