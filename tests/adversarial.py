@@ -227,6 +227,8 @@ def cases() -> list[Case]:
     add("huge-int-sizes", checkpoint(b"\x80\x02" + huge + b"q\x010}" + ustr("w") + glob(
         "torch._utils", "_rebuild_tensor_v2") + tup(pid(), uint(0), sizes, tup(*[uint(1)] * 30),
         b"\x89", glob("collections", "OrderedDict") + b")R") + b"Rs."), FormatError, s)
+    add("huge-int-key-repeated", checkpoint(b"\x80\x02" + huge + b"q\x010(" + (
+        b"}h\x01Ns" * 20_000) + b"l."), LimitError, s)         # one 1.6-Mbit int, 20,000 keys
     add("tuple-hash-flood", checkpoint(b"\x80\x02}(" + b"".join(
         uint((2**61 - 1) * (i + 1)) + b"\x85N" for i in range(2000)) + b"u."), LimitError, s)
     add("deep-nesting-then-evil", checkpoint(b"\x80\x02" + b"](" * 1_000_000

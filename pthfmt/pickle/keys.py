@@ -7,6 +7,8 @@ Hashing is the one step of unpickling whose cost the file can choose beyond its 
   overflows the C stack and kills the process.
 - **Sharing.** A tuple's hash is not cached and the memo lets a file reuse one tuple many
   times: ``t[k] = (t[k-1], t[k-1])`` is 60 opcodes for ``k = 60`` and 2**60 item hashes.
+- **Big ints.** An int's hash is not cached either and costs one step per 64 bits: a
+  megabyte int put in the memo once can be used as the key of a thousand dicts.
 - **Collisions.** ``str`` and ``bytes`` hashes are randomized per process, but ints, floats
   and tuples of them hash the same everywhere; integers from 2**61 on and many floats can be
   chosen to share one hash, and inserting n keys of one hash takes n**2 comparisons.
@@ -14,11 +16,11 @@ Hashing is the one step of unpickling whose cost the file can choose beyond its 
 :class:`KeyGuard` sees every key before it is hashed.  Strings, bytes, small ints, bools and
 ``None`` pass at the cost of a type check.  Tuples and frozensets must nest at most
 :data:`MAX_HEIGHT` deep and expand to at most :data:`MAX_NODES` items counted with
-repetition (the work of one hash); then any key's hash may be shared by at most
-:data:`MAX_SAME_HASH` distinct keys in one pickle.  The work of all hashes and same-hash
-comparisons of one pickle is charged to a budget set from the file's size (one item per
-32 bytes of copy budget), so many large keys cannot add up to a hang either.  Each is a
-:class:`LimitError`.
+repetition, big ints by their size (the work of one hash); then any key's hash may be
+shared by at most :data:`MAX_SAME_HASH` distinct keys in one pickle.  The work of all
+hashes and same-hash comparisons of one pickle is charged to a budget set from the file's
+size (one item per 32 bytes of copy budget), so many large keys cannot add up to a hang
+either.  Each is a :class:`LimitError`.
 """
 
 from __future__ import annotations
@@ -51,24 +53,30 @@ class KeyGuard:
         if kind is str or kind is bytes or kind is bool or key is None or \
                 (kind is int and -_SMALL_INT < key < _SMALL_INT):
             return
-        work = _bound(key) if kind is tuple or kind is frozenset else 1
+        work = _bound(key) if kind is tuple or kind is frozenset else _cost(key)
+        self._charge(2 * work)                      # our hash and the container's
         try:
             value = hash(key)
         except TypeError:
             raise FormatError(f"dict key or set item of type {kind.__name__} is not "
                               "hashable") from None
         same = self._by_hash.get(value)
-        self.budget -= work * (2 + (len(same) if same else 0))   # hash, insert, compare
-        if self.budget < 0:
-            raise LimitError("hashing this pickle's dict keys and set items takes more work "
-                             "than the file's size justifies")
         if same is None:
             self._by_hash[value] = [key]
-        elif key not in same:
+        else:
+            self._charge(work * len(same))          # comparisons with the keys of that hash
+            if key in same:
+                return
             same.append(key)
             if len(same) > MAX_SAME_HASH:
                 raise LimitError(f"more than {MAX_SAME_HASH} distinct dict keys or set items "
                                  "share one hash (a hash-flooding pattern)")
+
+    def _charge(self, work: int) -> None:
+        self.budget -= work
+        if self.budget < 0:
+            raise LimitError("hashing this pickle's dict keys and set items takes more work "
+                             "than the file's size justifies")
 
     def check_all(self, keys: Any) -> None:
         for key in keys:
@@ -91,7 +99,7 @@ def _bound(root: tuple[Any, ...] | frozenset[Any]) -> int:
             for item in node:
                 below = done.get(id(item)) if type(item) in _NESTED else None
                 if below is None:
-                    total += 1
+                    total += _cost(item)
                 else:
                     total += below[0]
                     height = max(height, below[1] + 1)
@@ -113,3 +121,9 @@ def _bound(root: tuple[Any, ...] | frozenset[Any]) -> int:
 
 
 _NESTED = (tuple, frozenset)
+
+
+def _cost(item: Any) -> int:
+    """The work of hashing a leaf, in items: ints hash digit by digit and do not cache it
+    (a megabyte int reused through the memo as a key would cost a megabyte each time)."""
+    return item.bit_length() // 64 + 1 if type(item) is int else 1
