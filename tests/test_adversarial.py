@@ -96,3 +96,17 @@ def test_validate_reports_case_with_a_code(case):
 
 def test_corpus_is_json_describable():
     assert json.dumps([(c.name, c.error.__name__, c.section, len(c.data)) for c in CASES])
+
+
+def test_running_out_of_memory_is_a_limit_error(tmp_path):
+    """A genuine checkpoint bigger than the address space left: LimitError, not OSError."""
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "big.pt"
+    pthfmt.save({f"w{i}": np.ones(1 << 20, np.float32) for i in range(64)}, path)  # 256 MiB
+    code = (f"import resource, pthfmt\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))\n"
+            f"try:\n    pthfmt.load({str(path)!r})\n    print('loaded')\n"
+            f"except pthfmt.PthError as e:\n    print(type(e).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "LimitError", out.stderr[-2000:]
