@@ -58,6 +58,8 @@ import time
 import zlib
 from pathlib import Path
 
+from run import child_env  # benchmarks/run.py, beside this script
+
 GiB = 1 << 30
 MiB = 1 << 20
 HERE = Path(__file__).resolve().parent
@@ -317,18 +319,10 @@ def _limit_data() -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (DATA_LIMIT, DATA_LIMIT))
 
 
-def _child_env() -> dict:
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
-    return env
-
-
 def measure(info: dict) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CHILD, info["path"], info["probe_sha256"]],
-                          capture_output=True, text=True, env=_child_env(),
+                          capture_output=True, text=True, env=child_env(),
                           preexec_fn=_limit_data, timeout=600)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

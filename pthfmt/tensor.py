@@ -26,9 +26,9 @@ from .errors import CorruptError, FormatError, UnsupportedError
 
 __all__ = ["StorageInfo", "TensorRef", "Tensor", "check_view", "view_of"]
 
-#: numpy's limit on dimensions.
+#: numpy's limits: dimensions, and elements, bytes, sizes and strides (its intp).
 MAX_NDIM = 64
-_INTP_MAX = np.iinfo(np.intp).max
+INTP_MAX = int(np.iinfo(np.intp).max)
 
 
 class StorageInfo:
@@ -97,15 +97,15 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
                key: str) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """Validate a view's metadata against its storage (``key``, ``nbytes`` bytes); return it
     as plain int tuples.  Offsets, sizes and strides count elements of ``dtype``."""
-    if type(offset) is not int or not 0 <= offset <= _INTP_MAX:
+    if type(offset) is not int or not 0 <= offset <= INTP_MAX:
         raise FormatError(f"{_what(key)}: storage offset {_show(offset)} is not an int in "
                           "[0, 2**63)")
     if type(shape) is tuple and type(stride) is tuple:   # 1-d and 0-d, checked without calls
         if len(shape) == 1 == len(stride):
             n, step = shape[0], stride[0]
-            if type(n) is int and type(step) is int and 0 <= n <= _INTP_MAX and \
-                    0 <= step <= _INTP_MAX:
-                if n * dtype.itemsize > _INTP_MAX:
+            if type(n) is int and type(step) is int and 0 <= n <= INTP_MAX and \
+                    0 <= step <= INTP_MAX:
+                if n * dtype.itemsize > INTP_MAX:
                     _too_many(key, shape)
                 if n and (offset + (n - 1) * step + 1) * dtype.itemsize > nbytes:
                     _outside(key, offset, shape, stride, dtype.itemsize, nbytes)
@@ -124,12 +124,12 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
     itemsize = dtype.itemsize
     if ndim == 1:                                       # the common case, without loops
         n = shape[0]
-        if n * itemsize > _INTP_MAX:
+        if n * itemsize > INTP_MAX:
             _too_many(key, shape)
         if n and (offset + (n - 1) * stride[0] + 1) * itemsize > nbytes:
             _outside(key, offset, shape, stride, itemsize, nbytes)
         return offset, shape, stride
-    if math.prod(n for n in shape if n) * itemsize > _INTP_MAX:
+    if math.prod(n for n in shape if n) * itemsize > INTP_MAX:
         _too_many(key, shape)
     if 0 not in shape:
         extent = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
@@ -161,7 +161,7 @@ def _int_tuple(value: Any, key: str, what: str) -> tuple[int, ...]:
                               f"{type(value).__name__}")
         value = tuple(value)
     for v in value:
-        if type(v) is not int or not 0 <= v <= _INTP_MAX:
+        if type(v) is not int or not 0 <= v <= INTP_MAX:
             # (every value bounded before any arithmetic: a product of huge ints, which the
             # memo can repeat at no cost, would take minutes)
             raise FormatError(f"{_what(key)}: {what} holds {_show(v)}, not an int in "
@@ -186,7 +186,7 @@ def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int,
         return buffer.view(dtype.numpy)         # a whole 1-d storage: the commonest tensor
     if 0 in shape:      # no elements: offset (and strides too large for numpy) do not matter
         strides = tuple(s * size for s in stride)
-        if max(strides, default=0) > _INTP_MAX:
+        if max(strides, default=0) > INTP_MAX:
             return np.ndarray(shape, dtype.numpy, buffer=buffer[:0])
         return np.ndarray(shape, dtype.numpy, buffer=buffer[:0], strides=strides)
     # (positional arguments: numpy parses keywords at twice the cost of the whole call)

@@ -207,6 +207,7 @@ class _Plan:
     def pickle(self, obj: Any) -> bytes:
         if not self.collect(obj):
             self.views.clear()
+            self.keep.clear()
             Pickler(self.reduce).dump(obj)
         _assign_storages(list(self.views.values()))
         self.final = True
@@ -489,12 +490,9 @@ def _owner(array: Any) -> Any:
 
 def _share(members: list[_Member]) -> None:
     """One storage spanning every member's bytes; each member views it at its own offset."""
-    if len(members) == 1:
-        lo, hi, first = members[0]
-    else:
-        lo = min(m[0] for m in members)
-        hi = max(m[1] for m in members)
-        first = next(m[2] for m in members if m[0] == lo)
+    lo = min(m[0] for m in members)
+    hi = max(m[1] for m in members)
+    first = next(m[2] for m in members if m[0] == lo)
     assert first.array is not None
     array = first.array
     size, big = array.dtype.itemsize, _is_big(array.dtype)

@@ -143,13 +143,14 @@ def assert_loaded(ours: Any, theirs: Any, where: str = "") -> None:
         assert type(theirs) is type(ours) and theirs == ours, where
 
 
-def leaves(obj: Any) -> list[Any]:
-    """Every tensor-like input object in a tree, in order, with repeats."""
+def leaves(obj: Any, kinds: type | tuple[type, ...] = (np.ndarray, pthfmt.Tensor)) -> list[Any]:
+    """Every leaf of ``kinds`` in a tree of dicts, lists and tuples, in order, with repeats
+    (by default the tensor-like inputs of a save)."""
     out: list[Any] = []
     stack = [obj]
     while stack:
         item = stack.pop()
-        if isinstance(item, (np.ndarray, pthfmt.Tensor)):
+        if isinstance(item, kinds):
             out.append(item)
         elif isinstance(item, dict):
             stack.extend(reversed(list(item.values())))
@@ -159,17 +160,7 @@ def leaves(obj: Any) -> list[Any]:
 
 
 def loaded_leaves(obj: Any) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            out.append(item)
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, (list, tuple)):
-            stack.extend(reversed(item))
-    return out
+    return leaves(obj, torch.Tensor)
 
 
 def owner(a: np.ndarray) -> Any:
@@ -366,7 +357,7 @@ def test_random_trees_round_trip_through_pthfmt(obj: Any) -> None:
     data = save_bytes(obj)
     theirs = torch_load(data)
     ours = pthfmt.load(io.BytesIO(data))
-    for t, a in zip(loaded_leaves(theirs), _arrays(ours)):
+    for t, a in zip(loaded_leaves(theirs), leaves(ours, np.ndarray)):
         assert a.shape == tuple(t.shape)
         np.testing.assert_array_equal(array_bytes(a), element_bytes(t.detach()))
 
@@ -395,6 +386,12 @@ def test_the_collecting_first_pass_sees_tensors_everywhere_the_pickler_does() ->
     with mock.patch.object(writer._Plan, "collect", return_value=False):
         assert save_bytes(obj) == fast
     assert writer._Plan(legacy=False).collect(obj)          # the walk handled all of it
+    theirs = torch_load(fast, map_location="cpu")            # and torch reads what it wrote
+    assert theirs["od"]._metadata["x"].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+    assert theirs["od"]["w"].untyped_storage().data_ptr() == \
+        theirs["list"][0].untyped_storage().data_ptr()      # one storage, as in numpy
+    assert theirs["t"].tolist() == base.reshape(3, 4).tolist()
+    assert isinstance(theirs["ref"], torch.nn.Parameter) and theirs["ref"].tolist() == [1.0] * 3
 
 
 @HYPOTHESIS
@@ -410,20 +407,6 @@ def test_saving_what_we_read_gives_the_same_bytes(obj: Any) -> None:
             continue
         with pthfmt.open(io.BytesIO(first)) as ck:
             assert save_bytes(ck.obj, format=fmt) == first
-
-
-def _arrays(obj: Any) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, np.ndarray):
-            out.append(item)
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, (list, tuple)):
-            stack.extend(reversed(item))
-    return out
 
 
 # -- every dtype -------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from ..pickle.unpickler import Unpickler
 from ..source import Source
 from ..storage import StorageSlice, StorageTable, StorageType, stored_reader
 from ..stub import StubType
-from ..tensor import MAX_NDIM, StorageInfo, TensorRef
+from ..tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
 from .options import Options, Parsed
 
 __all__ = ["read_tar", "TarMember", "tar_members"]
@@ -57,7 +57,6 @@ _NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directories, 
 _UNSIGNED = struct.Struct("148B8x356B")
 _SIGNED = struct.Struct("148b8x356b")
 _POSIX_MAGIC = b"ustar\x0000"
-_INTP_MAX = np.iinfo(np.intp).max
 _REQUIRED = ("storages", "tensors", "pickle")
 
 
@@ -423,8 +422,8 @@ def _check_empty_view(storage: StorageInfo | StorageSlice, shape: tuple[int, ...
         return
     info = storage.base if isinstance(storage, StorageSlice) else storage
     itemsize = info.dtype.itemsize if info.dtype else 1
-    if math.prod(n for n in shape if n) * itemsize > _INTP_MAX or \
-            any(abs(s) * itemsize > _INTP_MAX for s in stride):
+    if math.prod(n for n in shape if n) * itemsize > INTP_MAX or \
+            any(abs(s) * itemsize > INTP_MAX for s in stride):
         raise CorruptError(f"member {name!r}: empty tensor {key} has sizes {shape} and strides "
                            f"{stride} that no array can have", record=name, offset=at)
 

@@ -164,10 +164,8 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
     folder = pickle_name[:-len(".pkl")] + "/"
     stored = stored_reader(src, big)
 
-    exact = archive.exact if not archive.clashes else {}
-
     def locate(info: StorageInfo) -> None:
-        entry = exact.get(folder + info.key) or archive.find(folder + info.key)
+        entry = archive.find(folder + info.key)
         if entry is None:
             raise FormatError(f"storage {info.key!r} has no record "
                               f"{archive.prefix}/{folder}{info.key}")

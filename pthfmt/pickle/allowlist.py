@@ -26,7 +26,7 @@ from ..dtypes import DTYPES, UNSAVABLE, DType, DTypeInfo
 from ..errors import CorruptError, FormatError, LimitError, UnsafePickleError, UnsupportedError
 from ..storage import StorageSlice, StorageTable, StorageType
 from ..stub import Stub, StubType
-from ..tensor import MAX_NDIM, StorageInfo, TensorRef, check_view, view_of
+from ..tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef, check_view, view_of
 from .keys import KeyGuard
 from .unpickler import Global, Pending
 
@@ -540,7 +540,6 @@ class TorchHandlers:
 
 
 _UINT8: Final = next(i for i in DTYPES if i.name == "uint8")
-_INTP_MAX: Final = int(np.iinfo(np.intp).max)
 
 
 def _unsupported(name: str) -> Callable[..., Any]:
@@ -569,7 +568,7 @@ def _np_shape(shape: Any) -> None:
     """A numpy shape: at most 64 ints in [0, 2**63), checked before any arithmetic (a
     product of huge ints, repeated at no cost through the memo, would take minutes)."""
     if not isinstance(shape, tuple) or len(shape) > MAX_NDIM or \
-            not all(type(n) is int and 0 <= n <= _INTP_MAX for n in shape):
+            not all(type(n) is int and 0 <= n <= INTP_MAX for n in shape):
         raise FormatError(f"numpy array shape {_short(shape)} is not a tuple of at most "
                           f"{MAX_NDIM} ints in [0, 2**63)")
 
