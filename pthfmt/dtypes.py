@@ -11,7 +11,9 @@ This one table drives the reader (storage class and ``torch.<dtype>`` globals), 
   persistent id's ``numel`` counts bytes, for typed storages it counts elements.
 - ``itemsize``: bytes per element of the storage.
 - ``numpy``: the numpy dtype an array of this dtype has (native little-endian).  bfloat16,
-  float8 and complex32 come from ``ml_dtypes``; dtypes numpy cannot express (packed sub-byte
+  float8 and complex32 come from ``ml_dtypes``, imported the first time one of them is
+  needed (``import ml_dtypes`` costs several times ``import numpy``, so a float32 checkpoint
+  never pays it); dtypes numpy cannot express (packed sub-byte
   and ``bits`` types, quantized integers) are the raw integer type tagged with
   ``metadata={"torch": name}`` so that a save writes them back as what they were.
 - ``swap``: the unit of a byte swap (complex numbers swap each half; packed types not at all).
@@ -19,10 +21,11 @@ This one table drives the reader (storage class and ``torch.<dtype>`` globals), 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Final, overload
 
-import ml_dtypes
 import numpy as np
 
 __all__ = ["DTypeInfo", "DType", "DTYPES", "by_name", "by_storage", "from_numpy"]
@@ -32,16 +35,33 @@ def _tagged(base: type, name: str) -> np.dtype:
     return np.dtype(base, metadata={"torch": name})
 
 
+def _ml_dtypes_type(name: str) -> np.dtype:
+    """The numpy dtype ``ml_dtypes.<name>``, importing ml_dtypes on the first call."""
+    import ml_dtypes  # deferred: see the module docstring
+
+    dt = np.dtype(getattr(ml_dtypes, name))
+    if not _ML_REGISTERED:
+        _register_ml_dtypes()
+    return dt
+
+
 @dataclass(frozen=True)
 class DTypeInfo:
     name: str
     storage: str | None
     itemsize: int
-    numpy: np.dtype
+    raw: np.dtype = field(repr=False)
     swap: int
     aliases: tuple[str, ...] = ()
     kind: str = "float"
     note: str = ""
+    #: The ``ml_dtypes`` attribute that gives :attr:`numpy`, or ``None`` when numpy has it.
+    ml_dtypes: str | None = None
+
+    @cached_property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype of an array of this dtype (imports ``ml_dtypes`` where needed)."""
+        return self.raw if self.ml_dtypes is None else _ml_dtypes_type(self.ml_dtypes)
 
     @property
     def rebuild(self) -> str:
@@ -51,18 +71,57 @@ class DTypeInfo:
         return "_rebuild_tensor_v2" if self.storage else "_rebuild_tensor_v3"
 
 
-def _row(name, storage, numpy, swap=None, aliases=(), kind="float", note="") -> DTypeInfo:
+def _row(
+    name: str,
+    storage: str | None,
+    numpy: Any,
+    swap: int | None = None,
+    aliases: tuple[str, ...] = (),
+    kind: str = "float",
+    note: str = "",
+) -> DTypeInfo:
     dt = np.dtype(numpy)
     return DTypeInfo(name, storage, dt.itemsize, dt, dt.itemsize if swap is None else swap,
                      tuple(aliases), kind, note)
 
 
+def _ml(name: str, raw: type, swap: int | None = None, **kw: Any) -> DTypeInfo:
+    """A row whose numpy type is ``ml_dtypes.<name>``; ``raw`` has its size (and bits)."""
+    row = _row(name, kw.pop("storage", None), raw, swap, **kw)
+    return DTypeInfo(row.name, row.storage, row.itemsize, row.raw, row.swap, row.aliases,
+                     row.kind, row.note or "numpy dtype from ml_dtypes", name)
+
+
+class DTypeTable(tuple[DTypeInfo, ...]):
+    """:data:`DTYPES`: a tuple of rows that can also be indexed by torch name or alias.
+
+    ``DTYPES["bfloat16"]`` (or ``DTYPES["torch.half"]``) is the row; an unknown name raises
+    ``KeyError``.  Integer indexes and slices work as on any tuple.
+    """
+
+    __slots__ = ()
+
+    @overload
+    def __getitem__(self, key: str) -> DTypeInfo: ...
+    @overload
+    def __getitem__(self, key: int) -> DTypeInfo: ...
+    @overload
+    def __getitem__(self, key: slice) -> tuple[DTypeInfo, ...]: ...
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            info = _BY_NAME.get(key.removeprefix("torch."))
+            if info is None:
+                raise KeyError(f"unknown torch dtype {key!r}")
+            return info
+        return tuple.__getitem__(self, key)
+
+
 #: Every dtype torch 2.13 can save, in the order of torch's own storage-type table first.
-DTYPES: Final[tuple[DTypeInfo, ...]] = (
+DTYPES: Final[DTypeTable] = DTypeTable((
     _row("float64", "DoubleStorage", np.float64, aliases=("double",)),
     _row("float32", "FloatStorage", np.float32, aliases=("float",)),
     _row("float16", "HalfStorage", np.float16, aliases=("half",)),
-    _row("bfloat16", "BFloat16Storage", ml_dtypes.bfloat16, note="numpy dtype from ml_dtypes"),
+    _ml("bfloat16", np.uint16, storage="BFloat16Storage"),
     _row("int64", "LongStorage", np.int64, aliases=("long",), kind="int"),
     _row("int32", "IntStorage", np.int32, aliases=("int",), kind="int"),
     _row("int16", "ShortStorage", np.int16, aliases=("short",), kind="int"),
@@ -84,13 +143,13 @@ DTYPES: Final[tuple[DTypeInfo, ...]] = (
     _row("uint16", None, np.uint16, kind="int"),
     _row("uint32", None, np.uint32, kind="int"),
     _row("uint64", None, np.uint64, kind="int"),
-    _row("complex32", None, ml_dtypes.complex32, swap=2, aliases=("chalf",), kind="complex",
-         note="numpy dtype from ml_dtypes (two float16)"),
-    _row("float8_e4m3fn", None, ml_dtypes.float8_e4m3fn),
-    _row("float8_e5m2", None, ml_dtypes.float8_e5m2),
-    _row("float8_e4m3fnuz", None, ml_dtypes.float8_e4m3fnuz),
-    _row("float8_e5m2fnuz", None, ml_dtypes.float8_e5m2fnuz),
-    _row("float8_e8m0fnu", None, ml_dtypes.float8_e8m0fnu),
+    _ml("complex32", np.uint32, swap=2, aliases=("chalf",), kind="complex",
+        note="numpy dtype from ml_dtypes (two float16)"),
+    _ml("float8_e4m3fn", np.uint8),
+    _ml("float8_e5m2", np.uint8),
+    _ml("float8_e4m3fnuz", np.uint8),
+    _ml("float8_e5m2fnuz", np.uint8),
+    _ml("float8_e8m0fnu", np.uint8),
     _row("float4_e2m1fn_x2", None, _tagged(np.uint8, "float4_e2m1fn_x2"), swap=1,
          note="two float4_e2m1fn values per byte, kept packed as uint8"),
     _row("bits8", None, _tagged(np.uint8, "bits8"), kind="bits"),
@@ -98,7 +157,7 @@ DTYPES: Final[tuple[DTypeInfo, ...]] = (
     _row("bits1x8", None, _tagged(np.uint8, "bits1x8"), kind="bits"),
     _row("bits2x4", None, _tagged(np.uint8, "bits2x4"), kind="bits"),
     _row("bits4x2", None, _tagged(np.uint8, "bits4x2"), kind="bits"),
-)
+))
 
 _BY_NAME: Final[dict[str, DTypeInfo]] = {}
 for _info in DTYPES:
@@ -111,8 +170,18 @@ UNSAVABLE: Final[frozenset[str]] = frozenset(
 )
 _BY_NUMPY: Final[dict[np.dtype, DTypeInfo]] = {}
 for _info in DTYPES:
-    if _info.numpy.metadata is None:
-        _BY_NUMPY.setdefault(_info.numpy, _info)
+    if _info.ml_dtypes is None and _info.raw.metadata is None:
+        _BY_NUMPY.setdefault(_info.raw, _info)
+_ML_REGISTERED = False
+
+
+def _register_ml_dtypes() -> None:
+    """Add the ml_dtypes rows to the numpy lookup (once ``ml_dtypes`` is imported)."""
+    global _ML_REGISTERED
+    _ML_REGISTERED = True
+    for info in DTYPES:
+        if info.ml_dtypes is not None:
+            _BY_NUMPY.setdefault(info.numpy, info)
 
 
 def by_name(name: str) -> DTypeInfo | None:
@@ -132,7 +201,12 @@ def from_numpy(dtype: np.dtype) -> DTypeInfo | None:
         return _BY_NAME.get(meta["torch"])
     if dtype.byteorder not in "=|":
         dtype = dtype.newbyteorder("=")
-    return _BY_NUMPY.get(dtype)
+    found = _BY_NUMPY.get(dtype)
+    if found is None and not _ML_REGISTERED and "ml_dtypes" in sys.modules:
+        # An ml_dtypes array exists only if its user imported ml_dtypes: register and retry.
+        _register_ml_dtypes()
+        found = _BY_NUMPY.get(dtype)
+    return found
 
 
 class DType:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import mmap as _mmap
 import os
@@ -9,9 +10,9 @@ from typing import IO, Any, Union
 
 import numpy as np
 
-from .errors import CorruptError, FormatError
+from .errors import CorruptError, FormatError, LimitError
 
-__all__ = ["Source", "PathOrFile", "fresh_buffer"]
+__all__ = ["Source", "PathOrFile", "fresh_buffer", "out_of_memory"]
 
 _PREAD_FROM = 1 << 20        # smaller copies come from the mapping (one call is cheaper)
 _PREAD_CHUNK = 1 << 30
@@ -19,6 +20,11 @@ _HAVE_PREADV = hasattr(os, "preadv")
 
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
 _POPULATE = getattr(_mmap, "MAP_POPULATE", 0)
+
+
+def out_of_memory(what: str) -> LimitError:
+    """The error for an allocation the machine refused (``MemoryError`` or ``ENOMEM``)."""
+    return LimitError(f"out of memory {what}")
 
 
 def fresh_buffer(nbytes: int) -> np.ndarray:
@@ -33,9 +39,12 @@ def fresh_buffer(nbytes: int) -> np.ndarray:
         try:
             region = _mmap.mmap(-1, nbytes, flags=_mmap.MAP_PRIVATE | _POPULATE)
             return np.frombuffer(region, np.uint8)
-        except OSError:         # out of memory: numpy says so as a MemoryError (LimitError)
+        except OSError:         # out of memory: numpy below says so, or succeeds
             pass
-    return np.empty(nbytes, np.uint8)
+    try:
+        return np.empty(nbytes, np.uint8)
+    except MemoryError:
+        raise out_of_memory(f"allocating {nbytes} bytes") from None
 
 
 class Source:
@@ -68,9 +77,21 @@ class Source:
         # into the new buffer, without faulting in the mapping first (about 1.5x faster).
         self._descriptor = _Descriptor(os.dup(fh.fileno()))
         self._fd = self._descriptor.fd
-        return _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
+        try:
+            return _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
+        except OSError as exc:
+            if exc.errno != errno.ENOMEM:
+                raise
+        raise out_of_memory(f"mapping the {size}-byte file")
 
     def _from_stream(self, f: Any) -> Any:
+        try:
+            return self._read_stream(f)
+        except MemoryError:
+            pass
+        raise out_of_memory("reading the file object into memory")
+
+    def _read_stream(self, f: Any) -> Any:
         if isinstance(f, io.BytesIO):
             return f.getbuffer()[f.tell():].tobytes()
         try:
@@ -112,7 +133,11 @@ class Source:
         sharing between arrays means sharing a torch storage)."""
         self.check(offset, nbytes, "data")
         if self._fd is None or nbytes < _PREAD_FROM or not _HAVE_PREADV:
-            return self.whole[offset:offset + nbytes].copy()
+            try:
+                return self.whole[offset:offset + nbytes].copy()
+            except MemoryError:
+                pass
+            raise out_of_memory(f"copying {nbytes} bytes at file offset {offset}")
         out = fresh_buffer(nbytes)
         view = memoryview(out)
         done = 0
@@ -125,7 +150,11 @@ class Source:
 
     def bytes(self, offset: int, nbytes: int) -> bytes:
         self.check(offset, nbytes, "data")
-        return bytes(self.buf[offset:offset + nbytes])
+        try:
+            return bytes(self.buf[offset:offset + nbytes])
+        except MemoryError:
+            pass
+        raise out_of_memory(f"copying {nbytes} bytes at file offset {offset}")
 
     def check(self, offset: int, nbytes: int, what: str, record: str | None = None) -> None:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:

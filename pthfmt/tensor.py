@@ -22,7 +22,7 @@ import numpy as np
 
 from .device import Device
 from .dtypes import DTypeInfo
-from .errors import CorruptError, FormatError, UnsupportedError
+from .errors import CorruptError, FormatError, LimitError, UnsupportedError
 
 __all__ = ["StorageInfo", "TensorRef", "Tensor", "check_view", "view_of"]
 
@@ -84,7 +84,13 @@ class StorageInfo:
         if self._buffer is None:
             if self._reader is None:
                 raise FormatError(f"storage {self.key!r} has no data")
-            self._buffer = self._reader(self, mmap)
+            try:
+                self._buffer = self._reader(self, mmap)
+            except MemoryError:
+                pass
+            if self._buffer is None:
+                raise LimitError(f"out of memory reading storage {self.key!r} "
+                                 f"({self.nbytes} bytes)", record=self.record)
         return self._buffer
 
     def __repr__(self) -> str:
@@ -261,10 +267,15 @@ class TensorRef:
         """Read the tensor: a numpy view of its storage (shared with other views of it)."""
         buf = self.storage.buffer(self._mmap if mmap is None else mmap)
         arr = view_of(buf, self._dtype, self.storage_offset, self.shape, self.stride)
-        if self.conj:
-            arr = np.asarray(np.conj(arr))
-        if self.neg:
-            arr = np.asarray(np.negative(arr))
+        if self.conj or self.neg:
+            try:
+                arr = np.asarray(np.conj(arr)) if self.conj else arr
+                arr = np.asarray(np.negative(arr)) if self.neg else arr
+            except MemoryError:
+                arr = None
+            if arr is None:
+                raise LimitError(f"out of memory applying the conj/neg bit of a tensor of "
+                                 f"storage {self.storage.key!r}")
         return arr
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:

@@ -1799,9 +1799,10 @@ def validate(f: PathOrFile, *, strict: bool = False) -> Report:
         return _validate_index(os.fspath(f), strict)
     try:
         src = Source(f)
-    except FormatError as exc:
+    except PthError as exc:
         path = f if isinstance(f, str) else getattr(f, "name", None)
-        problem = Problem("file.empty", "error", exc.message)
+        code = "file.empty" if isinstance(exc, FormatError) else "load.failed"
+        problem = Problem(code, "error", exc.message)
         return Report(str(path) if path is not None else None, None, False, [problem], strict,
                       exc.message)
     v = _Validator(src, strict)
@@ -1811,6 +1812,8 @@ def validate(f: PathOrFile, *, strict: bool = False) -> Report:
         v.run()
     except OSError:
         raise
+    except MemoryError:
+        v.add("load.failed", f"out of memory validating the {src.size}-byte file")
     except Exception as exc:  # never raise on content: report our own failure
         v.add("internal.error", f"validation stopped: {type(exc).__name__}: {exc}")
     finally:
