@@ -89,7 +89,7 @@ def _ml(name: str, raw: type, swap: int | None = None, **kw: Any) -> DTypeInfo:
     """A row whose numpy type is ``ml_dtypes.<name>``; ``raw`` has its size (and bits)."""
     row = _row(name, kw.pop("storage", None), raw, swap, **kw)
     return DTypeInfo(row.name, row.storage, row.itemsize, row.raw, row.swap, row.aliases,
-                     row.kind, row.note or "numpy dtype from ml_dtypes", name)
+                     row.kind, row.note, name)
 
 
 class DTypeTable(tuple[DTypeInfo, ...]):
@@ -121,7 +121,7 @@ DTYPES: Final[DTypeTable] = DTypeTable((
     _row("float64", "DoubleStorage", np.float64, aliases=("double",)),
     _row("float32", "FloatStorage", np.float32, aliases=("float",)),
     _row("float16", "HalfStorage", np.float16, aliases=("half",)),
-    _ml("bfloat16", np.uint16, storage="BFloat16Storage"),
+    _ml("bfloat16", np.uint16, storage="BFloat16Storage", note="numpy dtype from ml_dtypes"),
     _row("int64", "LongStorage", np.int64, aliases=("long",), kind="int"),
     _row("int32", "IntStorage", np.int32, aliases=("int",), kind="int"),
     _row("int16", "ShortStorage", np.int16, aliases=("short",), kind="int"),
