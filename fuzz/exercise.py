@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 
 import pthfmt
-from pthfmt.modules import is_module
+from pthfmt.model.modules import is_module
 
 
 def exercise(data: bytes) -> None:

@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 with atheris.instrument_imports(include=["pthfmt"]):
     import pthfmt
     import pthfmt.conversion
-    import pthfmt.modules
+    import pthfmt.model.modules
     import pthfmt.validation
 
-INSTRUMENTED = (pthfmt, pthfmt.conversion, pthfmt.modules, pthfmt.validation)
+INSTRUMENTED = (pthfmt, pthfmt.conversion, pthfmt.model.modules, pthfmt.validation)
 
 from exercise import exercise  # noqa: E402 - fuzz/exercise.py, shared with the tests
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .device import Device
-from .dtypes import DTYPES, DType
 from .errors import (
     CorruptError,
     FormatError,
@@ -15,11 +13,13 @@ from .errors import (
     UnserializableError,
     UnsupportedError,
 )
-from .modules import state_dict
+from .model.device import Device
+from .model.dtypes import DTYPES, DType
+from .model.modules import state_dict
+from .model.stub import Stub, StubType
+from .model.tensor import StorageInfo, Tensor, TensorRef
 from .reader import Checkpoint, load, open
 from .sharded import ShardedCheckpoint, load_sharded
-from .stub import Stub, StubType
-from .tensor import StorageInfo, Tensor, TensorRef
 
 if TYPE_CHECKING:
     from .conversion import convert

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .errors import PthError
-from .tensor import TensorRef
+from .model.tensor import TensorRef
 
 __all__ = ["main", "COMMANDS", "Command"]
 
@@ -102,7 +102,7 @@ def _is_scalar(value: Any) -> bool:
 def _module_weights(value: Any) -> Any:
     """A stubbed ``nn.Module`` / TorchScript module's ``state_dict()``, else ``None``."""
     try:
-        from .modules import is_module, state_dict
+        from .model.modules import is_module, state_dict
     except ImportError:  # pragma: no cover - the module API is optional
         return None
     if not is_module(value):

@@ -58,13 +58,13 @@ from typing import Any, Final
 
 import numpy as np
 
-from .device import Device
-from .dtypes import DTypeInfo, by_name, from_numpy
 from .errors import CorruptError, FormatError, LimitError, PthError, UnsupportedError
-from .modules import is_module, state_dict
+from .model.device import Device
+from .model.dtypes import DTypeInfo, by_name, from_numpy
+from .model.modules import is_module, state_dict
+from .model.stub import Stub
+from .model.tensor import MAX_NDIM, StorageInfo, TensorRef
 from .sharded import find_index, unique_keys
-from .stub import Stub
-from .tensor import MAX_NDIM, StorageInfo, TensorRef
 from .writer import _array_chunks, _c_strides, _is_big, _write_atomically, save
 
 __all__ = [
@@ -353,7 +353,7 @@ class Conversion:
         _write_atomically(self.dst, run)
 
     def _emit_pth(self, write: Callable[[Any], None]) -> None:
-        from .container.zipwriter import archive_name_for_path
+        from .formats.zip.writer import archive_name_for_path
         obj = {e.name: (e.for_save() if isinstance(e, _Item) else e.value)
                for e in self.entries}
         save(obj, _Sink(write), archive_name=archive_name_for_path(self.dst))
@@ -503,7 +503,7 @@ def _json_value(value: Any) -> tuple[bool, Any]:
 def _pth_value(value: Any) -> tuple[bool, Any]:
     """What :func:`pthfmt.save` writes for a leaf value: scalars, bytes, devices, dtypes,
     lists and tuples of them, empty containers.  Objects of unknown classes are not."""
-    from .dtypes import DType
+    from .model.dtypes import DType
 
     def plain(v: Any) -> bool:
         return isinstance(v, (*_SCALARS, Device, DType))
@@ -997,20 +997,10 @@ def _npz_item(npz: Any, info: zipfile.ZipInfo, name: str, torch_name: Any, mm: A
                  lambda: _lazy_ref(name, info_row, shape, load_member))
 
 
-class _LazyStorage(StorageInfo):
-    """A storage read when written and not kept (:func:`pthfmt.save` streams it once)."""
-
-    __slots__ = ()
-
-    def buffer(self, mmap: bool) -> np.ndarray:
-        assert self._reader is not None
-        return self._reader(self, mmap)
-
-
 def _lazy_ref(name: str, info: DTypeInfo, shape: tuple[int, ...],
               load: Callable[[], np.ndarray]) -> TensorRef:
     """A TensorRef whose bytes are read (decompressed) only while save() writes them."""
-    storage = _LazyStorage(name, info, math.prod(shape) * info.itemsize, "cpu",
+    storage = StorageInfo(name, info, math.prod(shape) * info.itemsize, "cpu",
                            Device.parse("cpu"))
 
     def read(_: StorageInfo, mmap: bool) -> np.ndarray:
@@ -1019,7 +1009,7 @@ def _lazy_ref(name: str, info: DTypeInfo, shape: tuple[int, ...],
             array = array.byteswap().view(array.dtype.newbyteorder())
         return array.reshape(-1).view(np.uint8)
 
-    storage._reader = read
+    storage.attach(read, cache=False)     # read while save() writes it, not kept
     return TensorRef(storage, info, 0, shape, _c_strides(shape))
 
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from .container.legacy import read_legacy
-from .container.options import Options, Parsed
-from .container.zipformat import read_zip
-from .device import MapLocation, MapLocationError, location_mapper
 from .errors import FormatError, LimitError
+from .formats.contract import Options, Parsed
+from .formats.legacy import read_legacy
+from .formats.torchzip import read_zip
 from .gcpause import paused_gc
+from .model.device import MapLocation, MapLocationError, location_mapper
+from .model.tensor import StorageInfo, TensorRef
+from .model.tree import walk
 from .source import PathOrFile, Source
-from .tensor import StorageInfo, TensorRef
-from .tree import walk
 
 __all__ = ["Checkpoint", "open", "load", "detect_format", "walk"]
 
@@ -51,7 +51,7 @@ def _parse_format(src: Source, opts: Options) -> Parsed:
     if kind == "legacy":
         return read_legacy(src, opts)
     if kind == "tar":
-        from .container.tar import read_tar
+        from .formats.tar import read_tar
         return read_tar(src, opts)
     head = bytes(src.buf[:8])
     if len(head) == 8 and int.from_bytes(head, "little") < src.size and \

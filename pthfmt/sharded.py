@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from . import reader
-from .device import MapLocation
 from .errors import FormatError
-from .tensor import TensorRef
+from .model.device import MapLocation
+from .model.tensor import TensorRef
 
 __all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index", "shard_names"]
 

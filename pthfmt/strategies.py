@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from .dtypes import DTYPES, DTypeInfo, from_numpy
-from .tensor import Tensor
+from .model.dtypes import DTYPES, DTypeInfo, from_numpy
+from .model.tensor import Tensor
 from .writer import save
 
 __all__ = ["dtypes", "tensors", "state_dicts", "checkpoints", "corrupted", "Example",

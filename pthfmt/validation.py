@@ -9,7 +9,7 @@ It combines two views of the file:
 - **independent static checks** that go on past the first error: the zip structure (every
   local header against the central directory and the data descriptor, CRC-32 of every record
   computed in chunks, overlaps, gaps, names), a scan of every pickle opcode that lists each
-  global outside :data:`~pthfmt.pickle.allowlist.ALLOWLIST` with its offset, and a *lenient*
+  global outside :data:`~pthfmt.torch.handlers.ALLOWLIST` with its offset, and a *lenient*
   run of pthfmt's pickle VM whose handlers record every storage declaration and tensor view
   instead of stopping at the first bad one (storage records, sizes, views, dtypes, devices);
 - **the real reader** (:func:`pthfmt.open`): its first error becomes a ``load.*`` problem
@@ -37,9 +37,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .container.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
-from .container.options import Options
-from .container.ziparchive import (
+from .errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
+from .formats.contract import Options
+from .formats.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
+from .formats.torchzip import MAX_VERSION, fold_case
+from .formats.zip.reader import (
     DEFLATED,
     PICKLE_RATIO,
     STORED,
@@ -47,19 +49,17 @@ from .container.ziparchive import (
     ZipEntry,
     inflate,
 )
-from .container.zipformat import MAX_VERSION, fold_case
-from .container.zipwriter import data_offset as miniz_data_offset
-from .device import Device, location_mapper
-from .dtypes import by_name
-from .errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
-from .pickle.allowlist import ALLOWLIST, MODULE_ALIASES, TorchHandlers
+from .formats.zip.writer import data_offset as miniz_data_offset
+from .model.device import Device, location_mapper
+from .model.dtypes import by_name
+from .model.storage import StorageSlice, StorageTable, StorageType
+from .model.tensor import StorageInfo, TensorRef, check_view
+from .model.tree import walk
+from .pickle.machine import Global, Unpickler, _Poison
 from .pickle.opcodes import BY_CODE, OPCODES, read_arg
-from .pickle.unpickler import Global, Unpickler, _Poison
 from .sharded import ShardedCheckpoint, find_index, is_index, shard_names
 from .source import PathOrFile, Source
-from .storage import StorageSlice, StorageTable, StorageType
-from .tensor import StorageInfo, TensorRef, check_view
-from .tree import walk
+from .torch.handlers import ALLOWLIST, MODULE_ALIASES, TorchHandlers
 
 __all__ = ["CHECKS", "Check", "Problem", "Report", "validate", "codes_markdown"]
 
@@ -1716,7 +1716,7 @@ class _Validator:
         self.add("format.tar", "the pre-0.4 tar format: torch.load refuses it with "
                  "weights_only=True and runs several pickles with weights_only=False", offset=0)
         try:
-            from .container.tar import tar_members
+            from .formats.tar import tar_members
             members = tar_members(self.src)
         except ImportError:  # pragma: no cover - tar support not installed
             return

@@ -18,7 +18,7 @@ OrderedDict())`` (``_rebuild_parameter_with_state`` with Python attributes); a p
 with attributes is ``torch._tensor._rebuild_from_type_v2(_rebuild_tensor_v2, torch.Tensor,
 args, state)``.  Storage keys are ``"0"``, ``"1"``, ... in the order the pickle first meets
 them, and the bytes of storage ``k`` are the record ``data/k``, little-endian, written in key
-order (zip layout: :mod:`pthfmt.container.zipwriter`; legacy: :func:`_write_legacy`).
+order (zip layout: :mod:`pthfmt.formats.zip.writer`; legacy: :func:`_write_legacy`).
 
 **Storages from numpy arrays.**  Arrays that view one memory block share one storage, as
 torch tensors viewing one storage do: arrays whose byte ranges overlap, or that have the same
@@ -67,14 +67,14 @@ from typing import IO, Any, Final, Union
 
 import numpy as np
 
-from .container.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
-from .container.zipwriter import ZipWriter, archive_name_for_path
-from .device import Device
-from .dtypes import DType, DTypeInfo, from_numpy
 from .errors import UnserializableError
+from .formats.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
+from .formats.zip.writer import ZipWriter, archive_name_for_path
 from .gcpause import paused_gc
+from .model.device import Device
+from .model.dtypes import DType, DTypeInfo, from_numpy
+from .model.tensor import Tensor, TensorRef
 from .pickle.pickler import GlobalRef, Path, PersistentId, Pickler, Reduction
-from .tensor import Tensor, TensorRef
 
 __all__ = ["save", "CHUNK"]
 

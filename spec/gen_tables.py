@@ -10,11 +10,11 @@ they live between marker comments ::
 
 and this script regenerates every such region from
 
-* ``pthfmt.dtypes.DTYPES`` (the dtype table the reader and writer use),
+* ``pthfmt.model.dtypes.DTYPES`` (the dtype table the reader and writer use),
 * ``pthfmt.pickle.opcodes.OPCODES`` (the opcode table the unpickler dispatches on) and the
   spec's classification of each opcode (:data:`OPCODE_CLASSES` below, which must name every
   opcode of that table),
-* ``pthfmt.pickle.allowlist.ALLOWLIST`` (every global a file may name, and its handler),
+* ``pthfmt.torch.handlers.ALLOWLIST`` (every global a file may name, and its handler),
 * the conformance vectors ``spec/vectors/zip_minimal.pt`` and ``legacy_minimal.pt`` (real
   ``torch.save`` output) for the hexdumps and ``pickletools`` disassemblies.
 
@@ -44,10 +44,11 @@ SPEC = SPEC_DIR / "pth-format.md"
 VECTORS = SPEC_DIR / "vectors"
 sys.path.insert(0, str(SPEC_DIR.parent))
 
-from pthfmt.dtypes import DTYPES, UNSAVABLE, DType  # noqa: E402
-from pthfmt.pickle import allowlist as _allowlist  # noqa: E402
+from pthfmt.model.dtypes import DTYPES, UNSAVABLE, DType  # noqa: E402
+from pthfmt.torch import allowlist as _allowlist  # noqa: E402
+from pthfmt.torch.handlers import TorchHandlers  # noqa: E402
 from pthfmt.pickle.opcodes import OPCODES  # noqa: E402
-from pthfmt.storage import StorageType  # noqa: E402
+from pthfmt.model.storage import StorageType  # noqa: E402
 
 _REGION = re.compile(r"(<!-- BEGIN ([a-z0-9-]+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
 
@@ -162,7 +163,7 @@ def unsavable() -> str:
 # -- the allowlist ------------------------------------------------------------------------------
 
 def _signature(handler: str) -> str:
-    fn = getattr(_allowlist.TorchHandlers, handler)
+    fn = getattr(TorchHandlers, handler)
     sig = inspect.signature(fn)
     params = []
     for p in list(sig.parameters.values())[1:]:
@@ -176,14 +177,14 @@ def _signature(handler: str) -> str:
 
 
 def _doc(handler: str) -> str:
-    fn = getattr(_allowlist.TorchHandlers, handler)
+    fn = getattr(TorchHandlers, handler)
     doc = inspect.getdoc(fn)
     return doc.splitlines()[0] if doc else ""
 
 
 def allowlist_tables() -> str:
     table = _allowlist.ALLOWLIST
-    unsupported = getattr(_allowlist, "_UNSUPPORTED_REBUILDS", {})
+    unsupported = _allowlist.UNSUPPORTED_REBUILDS
     calls: list[tuple[str, str]] = []
     unsup: list[str] = []
     storages: dict[str, list[str]] = {}

@@ -126,7 +126,7 @@ def test_nested_checkpoint_flattens_and_carries_metadata(tmp_path: Path) -> None
     torch.save(ckpt, tmp_path / "ckpt.pth")
     warnings = convert(tmp_path / "ckpt.pth", tmp_path / "ckpt.safetensors")
     assert len(warnings) == 1
-    assert "device (pthfmt.device.Device)" in warnings[0] and "blob (bytes)" in warnings[0]
+    assert "device (pthfmt.model.device.Device)" in warnings[0] and "blob (bytes)" in warnings[0]
     with safe_open(tmp_path / "ckpt.safetensors", framework="pt") as f:
         meta = f.metadata()
         keys = set(f.keys())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from pthfmt.pickle.allowlist import ALLOWLIST, MODULE_ALIASES
+from pthfmt.torch.handlers import ALLOWLIST, MODULE_ALIASES
 
 DOC = open(os.path.join(os.path.dirname(__file__), "..", "SECURITY.md")).read()
 PATTERNS = [

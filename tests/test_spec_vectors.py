@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 
 import pthfmt
-from pthfmt.device import Device
-from pthfmt.dtypes import DType
-from pthfmt.tensor import StorageInfo, TensorRef
+from pthfmt.model.device import Device
+from pthfmt.model.dtypes import DType
+from pthfmt.model.tensor import StorageInfo, TensorRef
 
 SPEC = Path(__file__).resolve().parents[1] / "spec"
 VECTORS = SPEC / "vectors"
@@ -437,7 +437,7 @@ def test_globals_torch_writes_are_in_both_allowlists(torch_mod: Any) -> None:
 
     from torch import _weights_only_unpickler as wo
 
-    from pthfmt.pickle.allowlist import ALLOWLIST, MODULE_ALIASES
+    from pthfmt.torch.handlers import ALLOWLIST, MODULE_ALIASES
     torch_allowed = set(wo._get_allowed_globals())
     names = set()
     for _, pkl in _torch_written_pickles():

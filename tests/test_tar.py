@@ -1,4 +1,4 @@
-"""The pre-0.4 tar checkpoint format (torch 0.1 to 0.3), read by ``pthfmt.container.tar``.
+"""The pre-0.4 tar checkpoint format (torch 0.1 to 0.3), read by ``pthfmt.formats.tar``.
 
 torch 2.13 can still load these files but no longer writes them, so they are built here the
 way torch 0.3's ``_save`` did: ``tarfile`` (PAX format) holding ``sys_info``, ``pickle``,
@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import pthfmt
 from pthfmt import CorruptError, FormatError, PthError, UnsafePickleError
-from pthfmt.storage import StorageSlice
+from pthfmt.model.storage import StorageSlice
 
 pytestmark = pytest.mark.filterwarnings("ignore:TypedStorage is deprecated:UserWarning")
 

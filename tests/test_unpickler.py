@@ -21,16 +21,16 @@ from pthfmt.errors import (
     UnsafePickleError,
     UnsupportedError,
 )
-from pthfmt.pickle.allowlist import TorchHandlers
+from pthfmt.torch.handlers import TorchHandlers
 from pthfmt.pickle.opcodes import BY_NAME, OPCODES
-from pthfmt.pickle.unpickler import Unpickler
-from pthfmt.storage import StorageTable
+from pthfmt.pickle.machine import Unpickler
+from pthfmt.model.storage import StorageTable
 
 
 def handlers() -> TorchHandlers:
     def locate(info):
         raise FormatError("no storages in these tests")
-    from pthfmt.device import location_mapper
+    from pthfmt.model.device import location_mapper
     return TorchHandlers(StorageTable(location_mapper(None), locate), eager=False, mmap=False)
 
 
@@ -312,7 +312,7 @@ def test_shared_subtuples_count_with_repetition_and_long_chains_as_chains():
 
 def test_huge_ints_in_shapes_are_refused_before_any_arithmetic():
     """A 1 MB int repeated through the memo in a size tuple: its product would take minutes."""
-    from pthfmt.pickle.allowlist import _PendingArray
+    from pthfmt.torch.handlers import _PendingArray
 
     big = 1 << 8_000_000
     h = handlers()

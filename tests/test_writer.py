@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # -- torch-side views of what was loaded -------------------------------------------------------
 
-#: numpy dtype -> torch dtype name, written out independently of pthfmt.dtypes.
+#: numpy dtype -> torch dtype name, written out independently of pthfmt.model.dtypes.
 NUMPY_TO_TORCH: dict[Any, str] = {
     np.dtype(np.float64): "float64", np.dtype(np.float32): "float32",
     np.dtype(np.float16): "float16", np.dtype(ml_dtypes.bfloat16): "bfloat16",

@@ -23,7 +23,7 @@ from torch import nn
 
 import pthfmt
 from pthfmt import writer
-from pthfmt.container import zipwriter
+from pthfmt.formats.zip import writer as zipwriter
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -208,7 +208,7 @@ def test_sigkill_mid_save_never_leaves_a_partial_target(tmp_path: Path) -> None:
     result = run_python("""
         import os, signal, sys
         import numpy as np, pthfmt
-        from pthfmt.container import zipwriter
+        from pthfmt.formats.zip import writer as zipwriter
         real, calls = zipwriter.crc32, []
         def crc(data, value=0):
             calls.append(1)

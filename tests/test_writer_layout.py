@@ -25,8 +25,8 @@ from test_writer import from_torch, save_bytes, torch_load
 from torch import nn
 
 import pthfmt
-from pthfmt.container import zipwriter
-from pthfmt.container.zipwriter import (
+from pthfmt.formats.zip import writer as zipwriter
+from pthfmt.formats.zip.writer import (
     ZipWriter,
     archive_name_for_path,
     data_offset,

@@ -1,4 +1,4 @@
-"""The zip layer (``pthfmt.container.ziparchive``) against CPython's ``zipfile``.
+"""The zip layer (``pthfmt.formats.zip.reader``) against CPython's ``zipfile``.
 
 The central directory and the local headers are read two ways: column-wise with numpy for a
 well-formed archive (``_scan_central``, ``_scan_local``), and entry by entry
@@ -18,8 +18,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import pthfmt
-from pthfmt.container.ziparchive import ZipArchive
-from pthfmt.container.zipformat import TorchZip
+from pthfmt.formats.zip.reader import ZipArchive
+from pthfmt.formats.torchzip import TorchZip
 from pthfmt.errors import CorruptError, FormatError
 from pthfmt.source import Source
 

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from ..errors import PthError, UnserializableError
-from ..tree import MAX_PATH_PARTS
+from ..model.tree import MAX_PATH_PARTS
 from .opcodes import BY_NAME
 
 __all__ = ["GlobalRef", "PersistentId", "Reduction", "Pickler", "MAX_DEPTH", "key_path", "ARGS",

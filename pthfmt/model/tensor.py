@@ -1,12 +1,12 @@
-"""The tensor model: storages, lazy tensor references, and the numpy views made from them.
+"""Tensors: lazy tensor references, and the numpy views made from storages.
 
 A torch tensor is a view of a *storage* (one flat run of bytes, shared by every tensor that
 views it): ``storage_offset``, ``shape`` and ``stride`` are counted in elements of the tensor's
 dtype.  pthfmt keeps exactly that model:
 
-- :class:`StorageInfo` describes one storage of a file (key, dtype, size, device tag, where
-  its bytes are) and caches the one numpy ``uint8`` buffer made for it, so that every tensor
-  viewing it becomes a numpy view of the same memory.
+- :class:`~pthfmt.model.storage.StorageInfo` (in ``storage.py``) describes one storage of a
+  file and caches the one numpy ``uint8`` buffer made for it, so that every tensor viewing it
+  becomes a numpy view of the same memory.
 - :class:`TensorRef` is a tensor that has not been read: metadata only, ``.numpy()`` reads.
 - :class:`Tensor` is what a user hands to :func:`pthfmt.save` to say what numpy cannot
   (device tag, ``requires_grad``, ``nn.Parameter``).
@@ -15,88 +15,20 @@ dtype.  pthfmt keeps exactly that model:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ..errors import CorruptError, FormatError, LimitError, UnsupportedError
 from .device import Device
 from .dtypes import DTypeInfo
-from .errors import CorruptError, FormatError, LimitError, UnsupportedError
+from .storage import StorageInfo
 
-__all__ = ["StorageInfo", "TensorRef", "Tensor", "check_view", "view_of"]
+__all__ = ["StorageInfo", "TensorRef", "Tensor", "check_view", "view_of"]  # StorageInfo: re-export
 
 #: numpy's limits: dimensions, and elements, bytes, sizes and strides (its intp).
 MAX_NDIM = 64
 INTP_MAX = int(np.iinfo(np.intp).max)
-
-
-class StorageInfo:
-    """One storage of a checkpoint.
-
-    ``dtype`` is the element type (``None`` for an untyped storage no tensor has claimed yet),
-    ``numel`` counts elements of ``dtype`` (bytes while untyped), ``location`` is the device
-    after ``map_location`` and ``tag`` the device tag written in the file.  ``record`` names
-    where the bytes live (``archive/data/0``, or a legacy section), ``offset`` is their
-    absolute offset in the file when they lie there uncompressed (``None`` otherwise).
-    """
-
-    __slots__ = (
-        "_buffer",
-        "_reader",
-        "compressed",
-        "dtype",
-        "key",
-        "location",
-        "nbytes",
-        "offset",
-        "record",
-        "storage_class",
-        "tag",
-    )
-
-    def __init__(self, key: str, dtype: DTypeInfo | None, nbytes: int, tag: str,
-                 location: Device) -> None:
-        self.key = key
-        self.dtype = dtype
-        self.nbytes = nbytes
-        self.tag = tag
-        self.location = location
-        self.record: str | None = None
-        self.offset: int | None = None
-        self.compressed = False
-        #: the storage class named in the file (``FloatStorage``, ``UntypedStorage``...)
-        self.storage_class: str | None = None
-        self._buffer: np.ndarray | None = None
-        #: ``reader(self, mmap)`` makes the buffer (set by the container)
-        self._reader: Callable[[StorageInfo, bool], np.ndarray] | None = None
-
-    @property
-    def numel(self) -> int:
-        return self.nbytes // (self.dtype.itemsize if self.dtype else 1)
-
-    @property
-    def device(self) -> Device:
-        return self.location
-
-    def buffer(self, mmap: bool) -> np.ndarray:
-        """The storage's bytes as one flat ``uint8`` array, made once and then shared."""
-        if self._buffer is None:
-            if self._reader is None:
-                raise FormatError(f"storage {self.key!r} has no data")
-            try:
-                self._buffer = self._reader(self, mmap)
-            except MemoryError:
-                pass
-            if self._buffer is None:
-                raise LimitError(f"out of memory reading storage {self.key!r} "
-                                 f"({self.nbytes} bytes)", record=self.record)
-        return self._buffer
-
-    def __repr__(self) -> str:
-        dtype = self.dtype.name if self.dtype else "untyped"
-        return (f"StorageInfo(key={self.key!r}, dtype={dtype}, numel={self.numel}, "
-                f"nbytes={self.nbytes}, location={str(self.location)!r}, record={self.record!r})")
 
 
 def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: Any,

@@ -14,16 +14,98 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CorruptError, FormatError, LimitError
+from ..source import Source
 from .device import Device
 from .dtypes import DTypeInfo, by_name
-from .errors import CorruptError, FormatError
-from .source import Source
-from .tensor import StorageInfo
 
-__all__ = ["StorageType", "StorageSlice", "StorageTable", "swap_to_native", "stored_reader",
-           "chunked_reader"]
+__all__ = ["StorageInfo", "StorageType", "StorageSlice", "StorageTable", "Reader",
+           "swap_to_native", "stored_reader", "chunked_reader"]
 
 UINT8 = by_name("uint8")
+
+#: ``reader(info, mmap)``: a storage's bytes as one flat ``uint8`` array.
+Reader = Callable[["StorageInfo", bool], np.ndarray]
+
+
+class StorageInfo:
+    """One storage of a checkpoint.
+
+    ``dtype`` is the element type (``None`` for an untyped storage no tensor has claimed yet),
+    ``numel`` counts elements of ``dtype`` (bytes while untyped), ``location`` is the device
+    after ``map_location`` and ``tag`` the device tag written in the file.  ``record`` names
+    where the bytes live (``archive/data/0``, or a legacy section), ``offset`` is their
+    absolute offset in the file when they lie there uncompressed (``None`` otherwise).
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_cache",
+        "_reader",
+        "compressed",
+        "dtype",
+        "key",
+        "location",
+        "nbytes",
+        "offset",
+        "record",
+        "storage_class",
+        "tag",
+    )
+
+    def __init__(self, key: str, dtype: DTypeInfo | None, nbytes: int, tag: str,
+                 location: Device) -> None:
+        self.key = key
+        self.dtype = dtype
+        self.nbytes = nbytes
+        self.tag = tag
+        self.location = location
+        self.record: str | None = None
+        self.offset: int | None = None
+        self.compressed = False
+        #: the storage class named in the file (``FloatStorage``, ``UntypedStorage``...)
+        self.storage_class: str | None = None
+        self._buffer: np.ndarray | None = None
+        self._reader: Reader | None = None
+        self._cache = True
+
+    def attach(self, reader: Reader, *, cache: bool = True) -> None:
+        """Say how the bytes are read: ``reader(info, mmap)`` returns the flat ``uint8``
+        buffer, called on first use and kept (``cache=False``: called on every use, for
+        data that is streamed once and not held)."""
+        self._reader = reader
+        self._cache = cache
+
+    @property
+    def numel(self) -> int:
+        return self.nbytes // (self.dtype.itemsize if self.dtype else 1)
+
+    @property
+    def device(self) -> Device:
+        return self.location
+
+    def buffer(self, mmap: bool) -> np.ndarray:
+        """The storage's bytes as one flat ``uint8`` array, made once and then shared."""
+        if self._buffer is None:
+            if self._reader is None:
+                raise FormatError(f"storage {self.key!r} has no data")
+            buffer = None
+            try:
+                buffer = self._reader(self, mmap)
+            except MemoryError:
+                pass
+            if buffer is None:
+                raise LimitError(f"out of memory reading storage {self.key!r} "
+                                 f"({self.nbytes} bytes)", record=self.record)
+            if not self._cache:
+                return buffer
+            self._buffer = buffer
+        return self._buffer
+
+    def __repr__(self) -> str:
+        dtype = self.dtype.name if self.dtype else "untyped"
+        return (f"StorageInfo(key={self.key!r}, dtype={dtype}, numel={self.numel}, "
+                f"nbytes={self.nbytes}, location={str(self.location)!r}, record={self.record!r})")
 
 
 class StorageType:
@@ -126,7 +208,6 @@ def swap_to_native(buf: np.ndarray, dtype: DTypeInfo | None, key: str) -> None:
     buf.view(f"u{unit}").byteswap(inplace=True)
 
 
-Reader = Callable[[StorageInfo, bool], np.ndarray]
 
 
 def stored_reader(src: Source, big_endian: bool) -> Reader:

@@ -13,14 +13,14 @@ from itertools import repeat
 from typing import Any
 
 from ..errors import CorruptError, FormatError
-from ..pickle.allowlist import ScriptClasses, TorchHandlers
-from ..pickle.unpickler import Unpickler
+from ..model.storage import StorageTable, chunked_reader, stored_reader
+from ..model.tensor import StorageInfo
+from ..pickle.machine import Unpickler
 from ..source import Source
-from ..storage import StorageTable, chunked_reader, stored_reader
-from ..tensor import StorageInfo
-from .options import Options, Parsed, copy_budget
+from ..torch.handlers import ScriptClasses, TorchHandlers
+from .contract import Options, Parsed, copy_budget
 from .torchscript import read_sources, script_classes
-from .ziparchive import STORED, ZipArchive, ZipEntry
+from .zip.reader import STORED, ZipArchive, ZipEntry
 
 __all__ = ["read_zip", "TorchZip", "MAX_VERSION", "fold_case"]
 
@@ -180,10 +180,10 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
             start = archive.zip.data_offset(entry)
         if entry.method == STORED:
             info.offset = start
-            info._reader = stored
+            info.attach(stored)
         else:
             info.compressed = True
-            info._reader = chunked_reader(lambda: archive.zip.inflate(entry), big)
+            info.attach(chunked_reader(lambda: archive.zip.inflate(entry), big))
 
     table = StorageTable(opts.mapper, locate)
     handlers = TorchHandlers(table, eager=opts.eager, mmap=opts.mmap, unknown=opts.unknown,

@@ -1,14 +1,10 @@
-"""The allowlist: every global a checkpoint may name, and pthfmt's own handler for it.
+"""The handlers: pthfmt's own code for every allowlisted global (tensors, storages, containers).
 
 Nothing named by a file is ever imported.  ``resolve(module, name)`` looks the name up in
-:data:`ALLOWLIST`; a hit is either an inert *value* (a dtype, a storage class, a qscheme) or
-the name of a handler method on :class:`TorchHandlers`, wrapped in a
-:class:`~pthfmt.pickle.unpickler.Global`.  Anything else raises
+:data:`~pthfmt.torch.allowlist.ALLOWLIST`; a hit is either an inert *value* (a dtype, a
+storage class, a qscheme) or the name of a handler method here, wrapped in a
+:class:`~pthfmt.model.globals.Global`.  Anything else raises
 :class:`~pthfmt.errors.UnsafePickleError` naming ``module.name``.
-
-The set mirrors what torch's own ``weights_only=True`` loader allows for tensors and
-containers, plus numpy arrays, dtypes and scalars (decoded here, never by numpy's pickle
-support; object arrays are refused).
 """
 
 from __future__ import annotations
@@ -21,113 +17,18 @@ from typing import Any, Final
 
 import numpy as np
 
-from ..device import Device
-from ..dtypes import DTYPES, UNSAVABLE, DType, DTypeInfo
 from ..errors import CorruptError, FormatError, LimitError, UnsafePickleError, UnsupportedError
-from ..storage import StorageSlice, StorageTable, StorageType
-from ..stub import Stub, StubType
-from ..tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef, check_view, view_of
-from .keys import KeyGuard
-from .unpickler import Global, Pending
+from ..model.device import Device
+from ..model.dtypes import DTYPES, DType, DTypeInfo
+from ..model.globals import Global
+from ..model.storage import StorageSlice, StorageTable
+from ..model.stub import Stub, StubType
+from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef, check_view, view_of
+from ..pickle.keys import KeyGuard
+from ..pickle.machine import Pending
+from .allowlist import ALLOWLIST, LAYOUTS, MODULE_ALIASES, UNSUPPORTED_REBUILDS
 
-__all__ = ["ALLOWLIST", "TorchHandlers", "MODULE_ALIASES"]
-
-#: Python 2 and numpy 1/2 spellings of the same module.
-MODULE_ALIASES: Final[dict[str, str]] = {
-    "__builtin__": "builtins",
-    "copy_reg": "copyreg",
-    "numpy._core.multiarray": "numpy.core.multiarray",
-    "numpy._core.numeric": "numpy.core.numeric",
-}
-
-_QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_tensor_symmetric",
-             "per_channel_symmetric", "per_channel_affine_float_qparams")
-_LAYOUTS = frozenset(["torch.strided", "torch.sparse_coo", "torch.sparse_csr",
-                      "torch.sparse_csc", "torch.sparse_bsr", "torch.sparse_bsc",
-                      "torch._mkldnn", "torch.jagged"])
-_UNSUPPORTED_REBUILDS = {
-    "_rebuild_qtensor": "quantized tensors",
-    "_rebuild_sparse_tensor": "sparse tensors",
-    "_rebuild_sparse_csr_tensor": "sparse CSR tensors",
-    "_rebuild_nested_tensor": "nested tensors",
-    "_rebuild_meta_tensor_no_storage": "meta tensors (no data)",
-    "_rebuild_wrapper_subclass": "tensor wrapper subclasses",
-    "_rebuild_device_tensor_from_cpu_tensor": "device tensors (xla/mtia)",
-    "_rebuild_device_tensor_from_numpy": "XLA tensors saved as numpy arrays",
-    "_rebuild_xla_tensor": "XLA tensors",
-    "_rebuild_mps_tensor": "MPS tensors of torch < 1.12",
-    "_rebuild_mkldnn_tensor": "MKL-DNN tensors",
-}
-
-
-class _Marker:
-    """An inert stand-in for a class the file names but never gets to call."""
-
-    __slots__ = ("qualname",)
-
-    def __init__(self, qualname: str) -> None:
-        self.qualname = qualname
-
-    def __repr__(self) -> str:
-        return f"<{self.qualname}>"
-
-
-def _build_allowlist() -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "collections.OrderedDict": "ordered_dict",
-        "collections.Counter": "counter",
-        "builtins.set": "set_",
-        "builtins.frozenset": "frozenset_",
-        "builtins.complex": "complex_",
-        "builtins.bytearray": "bytearray_",
-        "builtins.bytes": "bytes_",
-        "_codecs.encode": "codecs_encode",
-        "torch.Size": "size",
-        "torch.device": "device",
-        "torch.Tensor": "tensor_class",
-        "torch.nn.parameter.Parameter": "parameter_class",
-        "torch.serialization._get_layout": "get_layout",
-        "torch._utils._rebuild_tensor": "rebuild_tensor",
-        "torch._utils._rebuild_tensor_v2": "rebuild_tensor_v2",
-        "torch._utils._rebuild_tensor_v3": "rebuild_tensor_v3",
-        "torch._utils._rebuild_parameter": "rebuild_parameter",
-        "torch._utils._rebuild_parameter_with_state": "rebuild_parameter_with_state",
-        "torch._tensor._rebuild_from_type_v2": "rebuild_from_type_v2",
-        "torch._tensor._rebuild_from_type": "rebuild_from_type_v2",
-        "numpy.core.multiarray._reconstruct": "np_reconstruct",
-        "numpy.core.multiarray.scalar": "np_scalar",
-        "numpy.core.numeric._frombuffer": "np_frombuffer",
-        "numpy.dtype": "np_dtype",
-        "numpy.ndarray": _Marker("numpy.ndarray"),
-        # TorchScript archives: typed containers and type tags (data only).
-        "torch.jit._pickle.restore_type_tag": "restore_type_tag",
-        "torch.jit._pickle.build_intlist": "build_list",
-        "torch.jit._pickle.build_doublelist": "build_list",
-        "torch.jit._pickle.build_boollist": "build_list",
-        "torch.jit._pickle.build_tensorlist": "build_list",
-        "torch.jit._pickle.build_complexlist": "build_list",
-    }
-    for name in _UNSUPPORTED_REBUILDS:
-        table[f"torch._utils.{name}"] = "unsupported_rebuild"
-    untyped = StorageType("UntypedStorage", None)
-    table["torch.storage.UntypedStorage"] = table["torch.UntypedStorage"] = untyped
-    for info in DTYPES:
-        table[f"torch.{info.name}"] = DType(info.name)
-        if info.storage:
-            stype = StorageType(info.storage, info)
-            table[f"torch.{info.storage}"] = table[f"torch.cuda.{info.storage}"] = stype
-            tensor_class = info.storage.replace("Storage", "Tensor")
-            for module in ("torch", "torch.cuda"):
-                table[f"{module}.{tensor_class}"] = _Marker(f"{module}.{tensor_class}")
-    for name in UNSAVABLE:
-        table[f"torch.{name}"] = DType(name)
-    for name in _QSCHEMES:
-        table[f"torch.{name}"] = _Marker(f"torch.{name}")
-    return table
-
-
-#: qualified name -> inert value, or the name of a :class:`TorchHandlers` method.
-ALLOWLIST: Final[dict[str, Any]] = _build_allowlist()
+__all__ = ["TorchHandlers", "ScriptClasses"]
 
 _CODECS = {"latin1": "latin-1", "latin-1": "latin-1", "utf-8": "utf-8", "utf8": "utf-8",
            "ascii": "ascii"}
@@ -191,8 +92,8 @@ class TorchHandlers:
     r"""Handlers for one checkpoint: torch's rebuild functions, containers, numpy values.
 
     With ``eager`` every tensor becomes a numpy array as soon as it is rebuilt; otherwise it
-    stays a :class:`~pthfmt.tensor.TensorRef`.  ``unknown="stub"`` turns globals outside the
-    allowlist into inert :class:`~pthfmt.stub.StubType`\ s instead of refusing them;
+    stays a :class:`~pthfmt.model.tensor.TensorRef`.  ``unknown="stub"`` turns globals outside the
+    allowlist into inert :class:`~pthfmt.model.stub.StubType`\ s instead of refusing them;
     ``script_classes`` (TorchScript archives) stubs the archive's own ``__torch__`` classes,
     with the parameter and buffer names its code records declare.
     """
@@ -445,7 +346,7 @@ class TorchHandlers:
             raise FormatError(str(exc)) from None
 
     def get_layout(self, name: Any) -> str:
-        if type(name) is not str or name not in _LAYOUTS:
+        if type(name) is not str or name not in LAYOUTS:
             raise FormatError(f"unknown tensor layout {_short(name)}")
         return name
 
@@ -544,7 +445,7 @@ _UINT8: Final = next(i for i in DTYPES if i.name == "uint8")
 
 def _unsupported(name: str) -> Callable[..., Any]:
     def handler(*args: Any) -> Any:
-        raise UnsupportedError(f"{_UNSUPPORTED_REBUILDS[name]} (torch._utils.{name})")
+        raise UnsupportedError(f"{UNSUPPORTED_REBUILDS[name]} (torch._utils.{name})")
     return handler
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from ..errors import PthError
-from ..pickle.allowlist import ScriptClasses
+from ..torch.handlers import ScriptClasses
 
 __all__ = ["script_classes"]
 

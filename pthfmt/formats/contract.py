@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..device import Device
-from ..tensor import StorageInfo
+from ..model.device import Device
+from ..model.tensor import StorageInfo
 
 
 def copy_budget(file_size: int) -> int:

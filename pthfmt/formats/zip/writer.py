@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from zlib import crc32
 
-from ..errors import UnserializableError
+from ...errors import UnserializableError
 
 __all__ = ["ZipWriter", "data_offset", "serialization_id", "archive_name_for_path",
            "DEFAULT_ALIGNMENT", "FILE_FORMAT_VERSION"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .pickle.unpickler import Global
+from .globals import Global
 
 __all__ = ["Stub", "StubType"]
 

@@ -13,7 +13,6 @@ the opcode's offset and the key path being built.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import (
@@ -24,24 +23,12 @@ from ..errors import (
     UnsafePickleError,
     UnsupportedError,
 )
-from ..tree import walk
+from ..model.globals import Global
+from ..model.tree import walk
 from .keys import KeyGuard
 from .opcodes import BY_CODE, HIGHEST_PROTOCOL, OPCODES, Opcode
 
 __all__ = ["Global", "Pending", "Handlers", "Unpickler"]
-
-
-class Global:
-    """An allowlisted callable: one of pthfmt's handlers standing in for a file's global."""
-
-    __slots__ = ("call", "qualname")
-
-    def __init__(self, qualname: str, call: Callable[..., Any]) -> None:
-        self.qualname = qualname
-        self.call = call
-
-    def __repr__(self) -> str:
-        return f"<allowed global {self.qualname}>"
 
 
 class Pending:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Union
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = ["Device", "MapLocation", "location_mapper"]
 

@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
-from ..pickle.allowlist import TorchHandlers
-from ..pickle.unpickler import Unpickler
+from ..model.storage import StorageSlice, StorageTable, StorageType, stored_reader
+from ..model.stub import StubType
+from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
+from ..pickle.machine import Unpickler
 from ..source import Source
-from ..storage import StorageSlice, StorageTable, StorageType, stored_reader
-from ..stub import StubType
-from ..tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
-from .options import Options, Parsed
+from ..torch.handlers import TorchHandlers
+from .contract import Options, Parsed
 
 __all__ = ["read_tar", "TarMember", "tar_members"]
 
@@ -378,7 +378,7 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
             raise exc.locate(record=name, offset=at) from None
         info.record = name
         info.offset = data
-        info._reader = reader
+        info.attach(reader)
         objects[key] = info
     at = r.pos
     views = r.pickle()

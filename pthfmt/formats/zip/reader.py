@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptError, FormatError, LimitError, UnsupportedError
-from ..source import Source
+from ...errors import CorruptError, FormatError, LimitError, UnsupportedError
+from ...source import Source
 
 __all__ = ["ZipEntry", "ZipArchive"]
 

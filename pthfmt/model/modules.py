@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from .errors import FormatError
+from ..errors import FormatError
 from .stub import Stub
 
 __all__ = ["state_dict", "is_module"]

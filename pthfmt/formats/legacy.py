@@ -22,12 +22,12 @@ import struct
 from typing import Any
 
 from ..errors import CorruptError, FormatError
-from ..pickle.allowlist import TorchHandlers
-from ..pickle.unpickler import Unpickler
+from ..model.storage import StorageTable, stored_reader
+from ..model.tensor import StorageInfo
+from ..pickle.machine import Unpickler
 from ..source import Source
-from ..storage import StorageTable, stored_reader
-from ..tensor import StorageInfo
-from .options import Options, Parsed, copy_budget
+from ..torch.handlers import TorchHandlers
+from .contract import Options, Parsed, copy_budget
 
 __all__ = ["read_legacy", "MAGIC_NUMBER", "PROTOCOL_VERSION"]
 
@@ -55,7 +55,7 @@ def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
         info.record = f"storage {info.key}"
         if offsets is not None:
             info.offset = offsets[info.key]
-            info._reader = reader
+            info.attach(reader)
 
     table = StorageTable(opts.mapper, locate)
     handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap, unknown=opts.unknown,
@@ -110,7 +110,7 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
         reader = stored_reader(src, False)
         for key, info in table.infos.items():
             info.offset = offsets[key]
-            info._reader = reader
+            info.attach(reader)
     return Parsed(format="legacy", obj=obj, storages=table.infos,
                   records=["magic number", "protocol version", "sys_info", "object",
                            "storage keys", *(f"storage {k}" for k in offsets)],

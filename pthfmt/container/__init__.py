@@ -1,1 +1,0 @@
-"""Container formats: the zip archive, the legacy pickle stream and the old tar file."""

@@ -1,0 +1,1 @@
+"""Containers: how each file format lays out its records."""

@@ -1,0 +1,1 @@
+"""zip archives: record layouts, reading, writing."""

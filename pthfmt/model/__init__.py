@@ -1,0 +1,1 @@
+"""The tensor model: dtypes, devices, storages, tensors, stubs and the object tree."""

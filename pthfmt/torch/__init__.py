@@ -1,0 +1,1 @@
+"""What torch's globals mean: the allowlist and the handlers that build tensors."""
