@@ -59,7 +59,8 @@ from .pickle.machine import Global, Unpickler, _Poison
 from .pickle.opcodes import BY_CODE, OPCODES, read_arg
 from .sharded import ShardedCheckpoint, find_index, is_index, shard_names
 from .source import PathOrFile, Source
-from .torch.handlers import ALLOWLIST, MODULE_ALIASES, TorchHandlers
+from .torch.allowlist import ALLOWLIST, MODULE_ALIASES
+from .torch.handlers import TorchHandlers
 
 __all__ = ["CHECKS", "Check", "Problem", "Report", "validate", "codes_markdown"]
 

@@ -39,7 +39,7 @@ def _ml_dtypes_type(name: str) -> np.dtype:
     """The numpy dtype ``ml_dtypes.<name>``, importing ml_dtypes on the first call."""
     import ml_dtypes  # deferred: see the module docstring
 
-    dt = np.dtype(getattr(ml_dtypes, name))
+    dt: np.dtype = np.dtype(getattr(ml_dtypes, name))
     if not _ML_REGISTERED:
         _register_ml_dtypes()
     return dt
@@ -101,7 +101,7 @@ class DTypeTable(tuple[DTypeInfo, ...]):
 
     __slots__ = ()
 
-    @overload
+    @overload  # type: ignore[override]
     def __getitem__(self, key: str) -> DTypeInfo: ...
     @overload
     def __getitem__(self, key: int) -> DTypeInfo: ...

@@ -104,7 +104,7 @@ def _int_tuple(value: Any, key: str, what: str) -> tuple[int, ...]:
             # memo can repeat at no cost, would take minutes)
             raise FormatError(f"{_what(key)}: {what} holds {_show(v)}, not an int in "
                               "[0, 2**63)")
-    return value
+    return value  # type: ignore[no-any-return]
 
 
 def _show(value: Any) -> str:
@@ -200,14 +200,7 @@ class TensorRef:
         buf = self.storage.buffer(self._mmap if mmap is None else mmap)
         arr = view_of(buf, self._dtype, self.storage_offset, self.shape, self.stride)
         if self.conj or self.neg:
-            try:
-                arr = np.asarray(np.conj(arr)) if self.conj else arr
-                arr = np.asarray(np.negative(arr)) if self.neg else arr
-            except MemoryError:
-                arr = None
-            if arr is None:
-                raise LimitError(f"out of memory applying the conj/neg bit of a tensor of "
-                                 f"storage {self.storage.key!r}")
+            arr = _apply_bits(arr, self.conj, self.neg, self.storage.key)
         return arr
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -219,6 +212,19 @@ class TensorRef:
         extra = ", requires_grad=True" if self.requires_grad else ""
         return (f"{kind}(dtype={self.dtype}, shape={self.shape}, device={str(self.device)!r}, "
                 f"storage={self.storage_key!r}{extra})")
+
+
+def _apply_bits(arr: np.ndarray, conj: bool, neg: bool, key: str) -> np.ndarray:
+    """A tensor's conjugate and negative bits applied (a copy)."""
+    try:
+        if conj:
+            arr = np.asarray(np.conj(arr))
+        if neg:
+            arr = np.asarray(np.negative(arr))
+        return arr
+    except MemoryError:
+        pass
+    raise LimitError(f"out of memory applying the conj/neg bit of a tensor of storage {key!r}")
 
 
 class Tensor:

@@ -138,9 +138,9 @@ class TorchHandlers:
         qualname = f"{MODULE_ALIASES.get(module, module)}.{name}"
         entry = ALLOWLIST.get(qualname)
         if entry is None:
-            value = self._stub_type(module, name)
-            self._globals[key] = value
-            return value
+            stub = self._stub_type(module, name)
+            self._globals[key] = stub
+            return stub
         if entry == "unsupported_rebuild":
             value: Any = Global(qualname, _unsupported(name))
         elif isinstance(entry, str):
