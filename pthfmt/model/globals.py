@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import FormatError
+from ..text import escape
+
 __all__ = ["Global"]
 
 
@@ -23,5 +26,18 @@ class Global:
         self.qualname = qualname
         self.call = call
 
+    def apply(self, args: tuple[Any, ...]) -> Any:
+        """Call with arguments the file chose (a handler calling another, as
+        ``_rebuild_from_type_v2`` does): arguments that do not bind are the file's
+        :class:`~pthfmt.errors.FormatError`; whatever the handler itself raises propagates."""
+        try:
+            return self.call(*args)
+        except TypeError as exc:
+            tb = exc.__traceback__
+            if tb is None or tb.tb_next is not None:
+                raise                       # raised inside the handler: a bug in pthfmt
+            raise FormatError(f"arguments of {escape(self.qualname)} do not fit: "
+                              f"{escape(str(exc), 200)}") from None
+
     def __repr__(self) -> str:
-        return f"<allowed global {self.qualname}>"
+        return f"<allowed global {escape(self.qualname)}>"

@@ -1,4 +1,5 @@
-"""``state_dict()`` without torch: the weights of a stubbed ``nn.Module`` or TorchScript tree.
+"""``state_dict()`` without torch: the weights of a stubbed ``nn.Module``, a TorchScript tree or
+a plain mapping of tensors.
 
 ``torch.save(model)`` pickles every ``nn.Module`` with its ``__dict__``, whose
 ``_parameters``, ``_buffers`` and ``_modules`` OrderedDicts hold the weights, the buffers and
@@ -9,19 +10,37 @@ each child depth-first with ``prefix + name + "."`` (``None`` entries are skippe
 A TorchScript module object keeps its attributes directly in its state, and its class's code
 lists which are ``__parameters__`` and ``__buffers__``; the scripted module's ``state_dict()``
 is parameters, then buffers, then child modules in attribute order.
+
+**The file decides these attributes**, so each is checked before use: ``_parameters``,
+``_buffers`` and ``_modules`` must be dicts with string keys (or ``None``), the skip set a
+set of strings; anything else is a :class:`~pthfmt.errors.FormatError` naming the module's
+path.  **The work is bounded by what the file holds**, not by what its sharing multiplies:
+the *material* of a tree is the entries of its distinct dicts and name lists plus the
+characters of its distinct names; visiting entries may take :data:`STEPS_PER_ITEM` steps per
+item of material (plus :data:`STEP_BUDGET`), and the keys and prefixes built may take
+:data:`CHARS_PER_ITEM` characters per item (plus :data:`CHAR_BUDGET`).  Beyond either, or
+beyond :data:`MAX_MODULE_PATHS` module paths, it is a :class:`~pthfmt.errors.LimitError`.
+A module shared by two parents is visited under both names, as torch does; a module that
+contains itself is refused.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
-from ..errors import FormatError
+from ..errors import FormatError, LimitError
+from ..text import escape, short_repr
 from .stub import Stub
 
-__all__ = ["state_dict", "is_module"]
+__all__ = ["state_dict", "is_module", "MAX_MODULE_PATHS"]
 
-_MAX_VISITS = 1_000_000
+MAX_MODULE_PATHS: Final = 1_000_000
+STEP_BUDGET: Final = 1_000_000
+STEPS_PER_ITEM: Final = 4
+CHAR_BUDGET: Final = 32 << 20
+CHARS_PER_ITEM: Final = 32
 
 
 def is_module(obj: Any) -> bool:
@@ -35,59 +54,202 @@ def is_module(obj: Any) -> bool:
         isinstance(state.get("_parameters"), dict)
 
 
-def _children(module: Stub) -> tuple[list[tuple[str, Any]], list[tuple[str, Stub]]]:
+class _Budget:
+    """The work of one ``state_dict`` call against the material it has met (see above)."""
+
+    __slots__ = ("chars", "seen", "steps")
+
+    def __init__(self) -> None:
+        self.steps = STEP_BUDGET
+        self.chars = CHAR_BUDGET
+        self.seen: set[int] = set()
+
+    def material(self, obj: Any, size: int) -> None:
+        """Count ``obj`` (a dict, a name list or a name of ``size`` items) once."""
+        if id(obj) not in self.seen:
+            self.seen.add(id(obj))
+            self.steps += STEPS_PER_ITEM * size
+            self.chars += CHARS_PER_ITEM * size
+
+    def step(self, n: int) -> None:
+        self.steps -= n
+        if self.steps < 0:
+            raise LimitError("state_dict: the module tree takes more steps than the file's "
+                             "size justifies (modules or attribute dicts shared many times)")
+
+    def text(self, n: int) -> None:
+        self.chars -= n
+        if self.chars < 0:
+            raise LimitError("state_dict: the keys take more characters than the file's size "
+                             "justifies (long names repeated at many levels)")
+
+
+def _where(path: str, module: Stub) -> str:
+    return f"module {short_repr(path.rstrip('.') or '<root>')} ({escape(module.qualname)})"
+
+
+def _entries(module: Stub, path: str, attr: str, value: Any, budget: _Budget
+             ) -> list[tuple[str, Any]]:
+    """The ``(name, value)`` items of one of a module's attribute dicts, checked."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise FormatError(f"{_where(path, module)}: {attr} is a {_kind(value)}, not a dict")
+    budget.material(value, len(value))
+    budget.step(len(value))
+    items = list(value.items())
+    for name, _ in items:
+        if type(name) is not str:
+            raise FormatError(f"{_where(path, module)}: {attr} has the key "
+                              f"{short_repr(name)}, not a string")
+        budget.material(name, len(name))
+    return items
+
+
+def _skip_set(module: Stub, path: str, value: Any) -> set[Any] | frozenset[Any]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, (set, frozenset)):
+        raise FormatError(f"{_where(path, module)}: _non_persistent_buffers_set is a "
+                          f"{_kind(value)}, not a set")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return escape(value.qualname) if isinstance(value, Stub) else type(value).__name__
+
+
+def _children(module: Stub, path: str, budget: _Budget
+              ) -> tuple[list[tuple[str, Any]], list[tuple[str, Stub]]]:
     """(own tensors in state_dict order, child modules in order) of one module."""
     state = module.state if isinstance(module.state, dict) else {}
     if module.type.is_module:                       # TorchScript object
-        tensors = [(n, state[n]) for n in (*module.type.parameters, *module.type.buffers)
-                   if state.get(n) is not None]
-        children = [(n, v) for n, v in state.items() if isinstance(v, Stub) and is_module(v)]
-        return tensors, children
-    params = state.get("_parameters") or {}
-    buffers = state.get("_buffers") or {}
-    skip = state.get("_non_persistent_buffers_set") or set()
-    tensors = [(n, v) for n, v in params.items() if v is not None]
-    tensors += [(n, v) for n, v in buffers.items() if v is not None and n not in skip]
-    modules = state.get("_modules") or {}
+        return _script_children(module, state, budget)
+    params = _entries(module, path, "_parameters", state.get("_parameters"), budget)
+    buffers = _entries(module, path, "_buffers", state.get("_buffers"), budget)
+    skip = _skip_set(module, path, state.get("_non_persistent_buffers_set"))
+    tensors = [(n, v) for n, v in params if v is not None]
+    tensors += [(n, v) for n, v in buffers if v is not None and n not in skip]
     children = []
-    for name, child in modules.items():
+    for name, child in _entries(module, path, "_modules", state.get("_modules"), budget):
         if child is None:
             continue
         if not is_module(child):
-            raise FormatError(f"module {module.qualname}: child {name!r} is a "
-                              f"{type(child).__name__}, not a module")
+            raise FormatError(f"{_where(path, module)}: child {short_repr(name)} is a "
+                              f"{_kind(child)}, not a module")
         children.append((name, child))
     return tensors, children
 
 
-def state_dict(obj: Any, *, prefix: str = "", strip_prefix: str | None = None
-               ) -> OrderedDict[str, Any]:
-    """The keys and tensors ``module.state_dict()`` would give, from a stubbed module tree.
+def _script_children(module: Stub, state: dict[Any, Any], budget: _Budget
+                     ) -> tuple[list[tuple[str, Any]], list[tuple[str, Stub]]]:
+    names = (module.type.parameters, module.type.buffers)
+    for group in names:
+        budget.material(group, len(group))
+        budget.step(len(group))
+    budget.material(state, len(state))
+    budget.step(len(state))
+    tensors = [(n, state[n]) for group in names for n in group if state.get(n) is not None]
+    children = [(n, v) for n, v in state.items()
+                if type(n) is str and isinstance(v, Stub) and is_module(v)]
+    for name, _ in children:
+        budget.material(name, len(name))
+    return tensors, children
 
-    ``obj`` is what ``pthfmt.load(f, unknown="stub")`` (or ``open``) returned for a
-    ``torch.save(model)`` file, or the root of a TorchScript archive.  ``strip_prefix``
-    removes a leading key prefix, such as the ``module.`` of ``nn.DataParallel`` wrappers.
-    """
-    if not is_module(obj):
-        raise TypeError(f"expected a stubbed nn.Module or TorchScript module, not {obj!r}")
+
+_EXIT: Final = object()
+
+
+def _module_state_dict(obj: Stub, prefix: str) -> OrderedDict[str, Any]:
     out: OrderedDict[str, Any] = OrderedDict()
-    # (key prefix, module, ids of its ancestors): a module shared by two parents is visited
-    # under both names, as torch does; a module that contains itself is refused.
-    stack: list[tuple[str, Stub, frozenset[int]]] = [(prefix, obj, frozenset())]
+    budget = _Budget()
+    budget.text(len(prefix))
+    on_path: set[int] = set()           # the modules from the root to the current one
+    # (key prefix, module) to enter, or (_EXIT, module) once its subtree is done
+    stack: list[tuple[Any, Stub]] = [(prefix, obj)]
     visits = 0
     while stack:
-        path, module, ancestors = stack.pop()
+        path, module = stack.pop()
+        if path is _EXIT:
+            on_path.discard(id(module))
+            continue
         visits += 1
-        if id(module) in ancestors:
-            raise FormatError(f"module {path.rstrip('.') or '<root>'} contains itself")
-        if visits > _MAX_VISITS:
-            raise FormatError(f"module tree has more than {_MAX_VISITS} module paths")
-        tensors, children = _children(module)
+        if id(module) in on_path:
+            raise FormatError(f"{_where(path, module)} contains itself")
+        if visits > MAX_MODULE_PATHS:
+            raise LimitError(f"module tree has more than {MAX_MODULE_PATHS} module paths")
+        tensors, children = _children(module, path, budget)
         for name, value in tensors:
+            budget.text(len(path) + len(name))
             out[path + name] = value
-        inner = ancestors | {id(module)}
-        stack.extend((f"{path}{name}.", child, inner) for name, child in reversed(children))
-    if strip_prefix:
-        out = OrderedDict((k[len(strip_prefix):] if k.startswith(strip_prefix) else k, v)
-                          for k, v in out.items())
+        on_path.add(id(module))
+        stack.append((_EXIT, module))
+        for name, child in reversed(children):
+            budget.text(len(path) + len(name) + 1)
+            stack.append((f"{path}{name}.", child))
     return out
+
+
+def _mapping_state_dict(obj: Mapping[Any, Any], prefix: str) -> OrderedDict[str, Any]:
+    """A plain state dict: string keys (prefixed), values as they are, ``_metadata`` kept."""
+    out: OrderedDict[str, Any] = OrderedDict()
+    for key, value in obj.items():
+        if type(key) is not str:
+            raise FormatError(f"state dict key {short_repr(key)} is a {type(key).__name__}, "
+                              "not a string")
+        out[prefix + key] = value
+    metadata = getattr(obj, "_metadata", None)
+    if metadata is not None:
+        out._metadata = metadata                    # type: ignore[attr-defined]
+    return out
+
+
+def _strip(sd: OrderedDict[str, Any], strip: str) -> OrderedDict[str, Any]:
+    """``strip`` removed from the keys that start with it (torch's
+    ``consume_prefix_in_state_dict_if_present``, ``_metadata`` keys included); two keys that
+    become one are refused, naming both."""
+    out: OrderedDict[str, Any] = OrderedDict()
+    origin: dict[str, str] = {}
+    for key, value in sd.items():
+        new = key[len(strip):] if key.startswith(strip) else key
+        if new in origin:
+            raise FormatError(f"strip_prefix {short_repr(strip)} makes the keys "
+                              f"{short_repr(origin[new])} and {short_repr(key)} both "
+                              f"{short_repr(new)}")
+        origin[new] = key
+        out[new] = value
+    metadata = getattr(sd, "_metadata", None)
+    if isinstance(metadata, dict):
+        meta: OrderedDict[Any, Any] = OrderedDict()
+        for key, value in metadata.items():
+            if type(key) is str:
+                if key == strip.replace(".", ""):
+                    key = ""
+                elif key.startswith(strip):
+                    key = key[len(strip):]
+            meta[key] = value
+        out._metadata = meta                        # type: ignore[attr-defined]
+    return out
+
+
+def state_dict(obj: Any, *, prefix: str = "", strip_prefix: str | None = None
+               ) -> OrderedDict[str, Any]:
+    """The keys and tensors ``module.state_dict()`` would give.
+
+    ``obj`` is what ``pthfmt.load(f, unknown="stub")`` (or ``open``) returned for a
+    ``torch.save(model)`` file, the root of a TorchScript archive, or a plain mapping of
+    tensors (a loaded state dict; an ``OrderedDict`` keeps its ``_metadata``).  ``prefix`` is
+    put before every key; ``strip_prefix`` then removes a leading key prefix where present,
+    such as the ``module.`` of ``nn.DataParallel`` wrappers (two keys that would become one
+    are a :class:`~pthfmt.errors.FormatError` naming both).
+    """
+    if not isinstance(prefix, str) or not (strip_prefix is None or isinstance(strip_prefix, str)):
+        raise TypeError("prefix and strip_prefix must be strings")
+    if is_module(obj):
+        out = _module_state_dict(obj, prefix)
+    elif isinstance(obj, Mapping) and not isinstance(obj, Stub):
+        out = _mapping_state_dict(obj, prefix)
+    else:
+        raise TypeError(f"expected a stubbed nn.Module, a TorchScript module or a mapping of "
+                        f"tensors, not {short_repr(obj)}")
+    return _strip(out, strip_prefix) if strip_prefix else out

@@ -1,16 +1,88 @@
-"""Walking a loaded object tree: key paths, each object once, no recursion."""
+"""Walking a loaded object tree: key paths, each object once, no recursion, bounded output.
+
+A *key path* joins the keys from the root to a value with dots: dict keys and list or tuple
+indices (``model_state_dict.fc1.weight``, ``state.0.exp_avg``); the root's path is ``""``.
+Every key a file controls is rendered by :func:`key_text`:
+
+- a ``str`` key is itself; an ``int`` key is its decimal form, or ``<a N-bit int>`` when it
+  is longer than 256 bits (Python refuses ``str()`` of ints over 4,300 digits, and a
+  ``LONG4`` key may be any size);
+- any other key (bytes, floats, tuples...) is its bounded repr (:func:`pthfmt.text.short_repr`);
+- a key longer than :data:`MAX_PART_CHARS` characters keeps its first characters and says how
+  long it was: ``aaaa...<+1048000 chars>``.
+
+A path is capped twice, so that shared keys and deep nesting cannot make it large:
+
+- at most :data:`MAX_PATH_PARTS` parts: deeper paths keep the innermost parts and say how many
+  levels they left out: ``<999936 levels>.0.0``;
+- at most about :data:`MAX_PATH_CHARS` characters: the innermost parts that fit are kept, the
+  rest are counted the same way (``<60 levels>.k.weight``).
+
+A capped path therefore always starts with ``<N levels>``; an uncapped one never does.  On
+top of that, one :func:`walk` builds at most :data:`PATH_BUDGET` characters of key paths plus
+:data:`PATH_CHARS_PER_ITEM` per container item it visits (a ``LimitError`` beyond), so the
+total work of a walk such as ``Checkpoint.tensors()`` is in proportion to the objects the file
+holds, however they share long keys.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from itertools import repeat
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["walk", "MAX_PATH_PARTS"]
+from ..errors import LimitError
+from ..text import int_text, short_repr
+
+__all__ = ["walk", "key_text", "join_path", "MAX_PATH_PARTS", "MAX_PATH_CHARS",
+           "MAX_PART_CHARS", "PATH_BUDGET", "PATH_CHARS_PER_ITEM"]
 
 #: Key paths deeper than this keep their last parts only (``<12345 levels>.a.b``), so that
 #: a hostile million-level tree cannot make path strings quadratic in its depth.
-MAX_PATH_PARTS = 64
+MAX_PATH_PARTS: Final = 64
+#: A key path keeps its innermost parts up to this many characters.
+MAX_PATH_CHARS: Final = 4096
+#: One key is cut to this many characters (and told its length).
+MAX_PART_CHARS: Final = 1024
+#: Characters of key paths one walk may build, beyond :data:`PATH_CHARS_PER_ITEM` per item.
+PATH_BUDGET: Final = 64 << 20
+PATH_CHARS_PER_ITEM: Final = 64
+
+
+def key_text(key: Any) -> str:
+    """How ``key`` appears in a key path (see the module docstring); never raises."""
+    kind = type(key)
+    if kind is str:
+        text: str = key
+    elif kind is int:
+        text = int_text(key)
+    else:
+        text = short_repr(key)
+    if len(text) > MAX_PART_CHARS:
+        text = f"{text[:MAX_PART_CHARS - 32]}...<+{len(text) - MAX_PART_CHARS + 32} chars>"
+    return text
+
+
+def join_path(inner_first: list[str], depth: int, complete: bool) -> str:
+    """Join rendered parts given innermost first; ``depth`` is the path's full number of
+    parts and ``complete`` says whether ``inner_first`` holds them all (else they are the
+    innermost ones and the rest are counted)."""
+    if not complete:
+        inner_first.append(f"<{depth - len(inner_first)} levels>")
+    return ".".join(reversed(inner_first))
+
+
+def capped(texts: Iterator[str], depth: int) -> str:
+    """The key path of a value ``depth`` levels down whose keys ``texts`` yields innermost
+    first, within :data:`MAX_PATH_PARTS` parts and :data:`MAX_PATH_CHARS` characters."""
+    parts: list[str] = []
+    size = 0
+    for text in texts:
+        if len(parts) >= MAX_PATH_PARTS or (parts and size + len(text) > MAX_PATH_CHARS):
+            return join_path(parts, depth, complete=False)
+        parts.append(text)
+        size += len(text) + 1
+    return join_path(parts, depth, complete=True)
 
 
 class _Node:
@@ -21,16 +93,24 @@ class _Node:
     def __init__(self, parent: _Node | None, key: Any, depth: int) -> None:
         self.parent, self.key, self.depth = parent, key, depth
 
+    def keys(self) -> Iterator[str]:
+        """The rendered keys from this container up to the root, innermost first."""
+        node: _Node | None = self
+        while node is not None and node.parent is not None:
+            yield key_text(node.key)
+            node = node.parent
+
     def path(self, *last: Any) -> str:
         """This container's key path, or that of its item ``last[0]``."""
-        parts: list[str] = [str(k) for k in last]
-        node: _Node | None = self
-        while node is not None and node.parent is not None and len(parts) < MAX_PATH_PARTS:
-            parts.append(str(node.key))
-            node = node.parent
-        if node is not None and node.parent is not None:
-            parts.append(f"<{self.depth + len(last) - len(parts)} levels>")
-        return ".".join(reversed(parts))
+        if last:
+            first = key_text(last[0])
+            return capped(_chain(first, self.keys()), self.depth + 1)
+        return capped(self.keys(), self.depth)
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
 
 
 _ROOT = _Node(None, None, 0)
@@ -40,14 +120,15 @@ def walk(root: Any, *, leaves: tuple[type, ...] = (),
          want: Callable[[Any], bool] | None = None) -> Iterator[tuple[str, Any]]:
     """Depth-first ``(key_path, value)`` over dicts, lists and tuples, in order.
 
-    Key paths join dict keys and list indices with dots (``state.0.exp_avg``); the root's
-    path is ``""``.  Every object that could be reached twice (containers, and instances of
-    ``leaves``) is visited once, so shared and cyclic references walk in time linear in the
-    number of distinct objects.  With ``want``, only values it accepts are yielded (and only
-    their paths are built).
+    Key paths are built as the module docstring says.  Every object that could be reached
+    twice (containers, and instances of ``leaves``) is visited once, so shared and cyclic
+    references walk in time linear in the number of distinct objects.  With ``want``, only
+    values it accepts are yielded (and only their paths are built).  A walk whose key paths
+    would take more characters than its budget raises :class:`~pthfmt.errors.LimitError`.
     """
     seen: set[int] = set()
     shared = (dict, list, tuple, *leaves)
+    budget = PATH_BUDGET
     # (the container holding value, value's key there, value); nodes only for containers
     stack: list[tuple[_Node | None, Any, Any]] = [(None, None, root)]
     while stack:
@@ -64,9 +145,23 @@ def walk(root: Any, *, leaves: tuple[type, ...] = (),
             keys, values = range(len(value) - 1, -1, -1), reversed(value)
         else:
             if wanted:
-                yield (parent.path(key) if parent is not None else ""), value
+                path = parent.path(key) if parent is not None else ""
+                budget -= len(path)
+                if budget < 0:
+                    _too_long()
+                yield path, value
             continue
         node = _ROOT if parent is None else _Node(parent, key, parent.depth + 1)
+        budget += PATH_CHARS_PER_ITEM * len(value)
         if wanted:
-            yield node.path(), value
+            path = node.path()
+            budget -= len(path)
+            if budget < 0:
+                _too_long()
+            yield path, value
         stack.extend(zip(repeat(node), keys, values))
+
+
+def _too_long() -> None:
+    raise LimitError("the key paths of this object tree take more characters than its size "
+                     "justifies (long keys shared at many levels)")

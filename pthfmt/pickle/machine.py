@@ -8,12 +8,25 @@ inert value (a dtype, a storage type) or a :class:`Global` wrapping one of *our*
 and ``OrderedDict`` attributes; ``SETITEM(S)``/``APPEND(S)``/``ADDITEMS`` only touch real dicts,
 lists and sets.  Every error becomes a :class:`~pthfmt.errors.PthError` carrying the record,
 the opcode's offset and the key path being built.
+
+**File errors and our bugs.**  What the file controls is checked explicitly (stack depth,
+argument types, memo keys, lengths) and raised as a :class:`~pthfmt.errors.PthError`.  The
+dispatch loop catches no broad exception class around handler calls: an ``IndexError``,
+``TypeError`` or ``struct.error`` counts as the file's (a stack underflow, a call with the
+wrong number of arguments) only when it is raised by the loop's own frame, where the only
+operations that can raise them are stack pops and the call of an allowlisted handler; the
+same exception raised inside a handler is a bug in pthfmt and propagates as what it is.
+
+**Dispatch.**  The opcodes in :data:`INLINED` run inline in :meth:`Unpickler.load`; every
+other opcode of the table has exactly one ``op_<NAME>`` method (``tests/unit/
+test_machine_dispatch.py`` checks both, and that the table covers every opcode of
+:mod:`pickle`).
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..errors import (
     CorruptError,
@@ -25,10 +38,11 @@ from ..errors import (
 )
 from ..model.globals import Global
 from ..model.tree import walk
+from ..text import short_repr
 from .keys import KeyGuard
 from .opcodes import BY_CODE, HIGHEST_PROTOCOL, OPCODES, Opcode
 
-__all__ = ["Global", "Pending", "Handlers", "Unpickler"]
+__all__ = ["Global", "Pending", "Handlers", "Unpickler", "Poison", "INLINED"]
 
 
 class Pending:
@@ -66,13 +80,32 @@ class Handlers(Protocol):
         ...
 
 
-class _Poison:
-    """Stands for an object whose construction failed, in a lenient re-run."""
+class Poison:
+    """Stands for an object whose construction failed, in a lenient run.
+
+    ``op_pos`` is the position of the opcode that failed.  A poison absorbs what the pickle
+    goes on to do to the object it replaces (``SETITEM(S)``, ``APPEND(S)``, ``ADDITEMS``,
+    ``BUILD``), so the first refusal is the only problem a lenient run meets for it.
+    """
 
     __slots__ = ("op_pos",)
 
     def __init__(self, op_pos: int) -> None:
         self.op_pos = op_pos
+
+    def __repr__(self) -> str:
+        return f"<poison of the object that failed at offset {self.op_pos}>"
+
+
+_Poison = Poison            # the name of earlier releases
+
+#: The opcodes :meth:`Unpickler.load` runs inline (nearly all of a torch pickle); they have
+#: no ``op_<NAME>`` method.
+INLINED: Final[frozenset[str]] = frozenset([
+    "LONG_BINPUT", "BINPUT", "BINGET", "BININT1", "MARK", "TUPLE", "REDUCE", "BINUNICODE",
+    "EMPTY_TUPLE", "TUPLE1", "NEWFALSE", "BINPERSID", "BININT2", "LONG_BINGET", "TUPLE2",
+    "TUPLE3",
+])
 
 
 _U4 = struct.Struct("<I").unpack_from
@@ -132,6 +165,7 @@ class Unpickler:
                     raise CorruptError("pickle truncated: no STOP opcode before the end")
                 code = data[pos]
                 if code == 0x72 or code == 0x71:                    # LONG_BINPUT, BINPUT
+                    value = stack[-1]                   # (underflow: at this opcode)
                     if code == 0x72:
                         if pos + 5 > end:
                             raise CorruptError("pickle truncated in an opcode argument")
@@ -142,7 +176,6 @@ class Unpickler:
                             raise CorruptError("pickle truncated in an opcode argument")
                         idx = data[pos + 1]
                         pos += 2
-                    value = stack[-1]
                     if idx == len(memo):
                         memo.append(value)
                         if sparse:
@@ -241,8 +274,10 @@ class Unpickler:
                         arg, next_pos = readers[code](data, pos + 1, end)
                         handlers[code](arg)
                         pos = next_pos
-                    else:
+                    elif kind == -1:
                         raise CorruptError(f"unknown pickle opcode 0x{code:02x}")
+                    else:
+                        raise AssertionError(f"inlined opcode 0x{code:02x} reached dispatch")
                     stack = self.stack
         except _Stop:
             self.pos = pos + 1
@@ -252,11 +287,11 @@ class Unpickler:
             own = exc.record is None or exc.record == self.record   # else: another record's
             raise exc.locate(record=self.record, offset=op_pos if own else None,
                              key_path=self.key_path(op_pos)) from None
-        except (IndexError, struct.error) as exc:
+        except (IndexError, TypeError, struct.error) as exc:
+            if not _raised_here(exc):
+                raise                       # from a handler: a bug in pthfmt, not the file
             op_pos = self.op_pos = pos
-            msg = "pickle stack underflow" if isinstance(exc, IndexError) else "pickle truncated"
-            raise CorruptError(f"{msg} at {self._opname(op_pos)}", record=self.record,
-                               offset=op_pos, key_path=self.key_path(op_pos)) from None
+            raise self._file_error(exc, op_pos) from None
         except RecursionError:
             op_pos = pos
             raise CorruptError("object too deeply nested", record=self.record, offset=op_pos,
@@ -265,11 +300,19 @@ class Unpickler:
             op_pos = pos
             raise LimitError(f"out of memory at {self._opname(op_pos)}", record=self.record,
                              offset=op_pos) from None
-        except (TypeError, ValueError, OverflowError, KeyError) as exc:
-            op_pos = pos
-            raise FormatError(f"invalid pickle at {self._opname(op_pos)}: {exc}",
-                              record=self.record, offset=op_pos,
-                              key_path=self.key_path(op_pos)) from None
+
+    def _file_error(self, exc: Exception, op_pos: int) -> PthError:
+        """The error for an exception the loop's own frame raised on the file's behalf."""
+        name = self._opname(op_pos)
+        kind: type[PthError]
+        if isinstance(exc, IndexError):
+            message, kind = f"pickle stack underflow at {name}", CorruptError
+        elif isinstance(exc, TypeError):        # an allowlisted handler called wrongly
+            message, kind = f"invalid pickle at {name}: {exc}", FormatError
+        else:
+            message, kind = f"pickle truncated at {name}", CorruptError
+        return kind(message, record=self.record, offset=op_pos,
+                    key_path=self.key_path(op_pos))
 
     def _opname(self, pos: int) -> str:
         try:
@@ -285,13 +328,21 @@ class Unpickler:
         self.stack = self.metastack.pop()
         return items
 
+    def _need(self, n: int) -> list[Any]:
+        """The stack, after checking that it holds at least ``n`` items above the mark."""
+        stack = self.stack
+        if len(stack) < n:
+            raise CorruptError(f"pickle stack underflow at {self._opname(self.op_pos)}")
+        return stack
+
     def key_path(self, fail_pos: int) -> str | None:
         """The key path of the object whose construction failed at ``fail_pos``.
 
         The stack alone cannot tell (``SETITEM`` and ``SETITEMS`` leave the same layout), so
         the pickle is run again with lenient handlers that turn each failure into an inert
-        :class:`_Poison` and go on to ``STOP``; the first poison's place in the finished tree
-        is the path.  Runs only after an error; linear like the first run.
+        :class:`Poison` and go on to ``STOP``; the first poison's place in the finished tree
+        is the path.  Runs only after an error; linear like the first run.  A re-run that
+        fails on the file's account gives no path; a bug in pthfmt propagates.
         """
         if self.lenient:
             return None
@@ -300,26 +351,27 @@ class Unpickler:
                               end=self.end, record=self.record)
             rerun.lenient = True
             root = rerun.load()
-        except Exception:
+        except (PthError, RecursionError, MemoryError):
             return None
+
         def failed(value: Any) -> bool:
-            return isinstance(value, _Poison) and value.op_pos == fail_pos
+            return isinstance(value, Poison) and value.op_pos == fail_pos
 
         for path, _ in walk(root, want=failed):
             return path or None
         return None
 
-    def _poison(self, *inputs: Any) -> _Poison:
+    def _poison(self, *inputs: Any) -> Poison:
         """A new poison, or the one an input already carries (so the first one travels)."""
         for value in inputs:
-            if isinstance(value, _Poison):
+            if isinstance(value, Poison):
                 return value
         for value in inputs:        # one level into argument and state tuples
             if isinstance(value, (tuple, list)):
                 for item in value:
-                    if isinstance(item, _Poison):
+                    if isinstance(item, Poison):
                         return item
-        return _Poison(self.op_pos)
+        return Poison(self.op_pos)
 
     def _call(self, func: Any, args: Any, how: str) -> Any:
         if self.lenient:
@@ -335,7 +387,13 @@ class Unpickler:
         if not isinstance(args, tuple):
             raise FormatError(f"{how} arguments of {func.qualname} are a "
                               f"{type(args).__name__}, not a tuple")
-        return func.call(*args)
+        try:
+            return func.call(*args)
+        except TypeError as exc:            # the arguments did not bind: the file's error
+            if not _raised_here(exc):
+                raise                       # raised inside the handler: a bug in pthfmt
+            raise FormatError(f"invalid pickle at {self._opname(self.op_pos)}: {exc}") \
+                from None
 
     def _global(self, module: Any, name: Any) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
@@ -370,14 +428,15 @@ class Unpickler:
     def _put(self, idx: int) -> None:
         if idx < 0:
             raise CorruptError(f"negative memo key {idx}")
-        value = self.stack[-1]
+        value = self._need(1)[-1]
         self._store(idx, value)
         if isinstance(value, Pending):
             value.memo_keys.append(idx)
 
     def _setitems(self, target: Any, items: list[Any]) -> None:
         if not isinstance(target, dict):
-            self.handlers.setitems(target, items)
+            if type(target) is not Poison:          # a poison absorbs its items
+                self.handlers.setitems(target, items)
             return
         if len(items) % 2:
             raise CorruptError("SETITEMS with an odd number of items")
@@ -388,21 +447,24 @@ class Unpickler:
                 keys.check(key)
             target[key] = items[i + 1]
 
+    def _extend(self, target: Any, items: list[Any]) -> None:
+        if type(target) is list:
+            target.extend(items)
+        elif type(target) is not Poison:            # a poison absorbs its items
+            self.handlers.extend(target, items)
+
     def _hashable_items(self, items: list[Any]) -> list[Any]:
         self.handlers.keys.check_all(items)
         return items
 
-    def _push(self, value: Any) -> None:
-        self.stack.append(value)
-
-    # -- opcodes: pushing values -------------------------------------------------------------
+    # -- opcodes: pushing values (the inline ones are in ``load``) ---------------------------
     def op_INT(self, arg: Any) -> None:
         self.stack.append(arg)
 
-    op_BININT = op_BININT1 = op_BININT2 = op_LONG = op_LONG1 = op_LONG4 = op_INT
+    op_BININT = op_LONG = op_LONG1 = op_LONG4 = op_INT
     op_STRING = op_BINSTRING = op_SHORT_BINSTRING = op_INT
     op_BINBYTES = op_SHORT_BINBYTES = op_BINBYTES8 = op_INT
-    op_UNICODE = op_SHORT_BINUNICODE = op_BINUNICODE = op_BINUNICODE8 = op_INT
+    op_UNICODE = op_SHORT_BINUNICODE = op_BINUNICODE8 = op_INT
     op_FLOAT = op_BINFLOAT = op_INT
 
     def op_BYTEARRAY8(self, arg: bytes) -> None:
@@ -419,54 +481,22 @@ class Unpickler:
     def op_NEWTRUE(self, arg: None) -> None:
         self.stack.append(True)
 
-    def op_NEWFALSE(self, arg: None) -> None:
-        self.stack.append(False)
-
     # -- containers --------------------------------------------------------------------------
     def op_EMPTY_LIST(self, arg: None) -> None:
         self.stack.append([])
 
     def op_APPEND(self, arg: None) -> None:
-        value = self.stack.pop()
-        target = self.stack[-1]
-        if type(target) is list:
-            target.append(value)
-        else:
-            self.handlers.extend(target, [value])
+        stack = self._need(2)
+        value = stack.pop()
+        self._extend(stack[-1], [value])
 
     def op_APPENDS(self, arg: None) -> None:
         items = self.pop_mark()
-        target = self.stack[-1]
-        if type(target) is list:
-            target.extend(items)
-        else:
-            self.handlers.extend(target, items)
+        self._extend(self._need(1)[-1], items)
 
     def op_LIST(self, arg: None) -> None:
         items = self.pop_mark()
         self.stack.append(items)
-
-    def op_EMPTY_TUPLE(self, arg: None) -> None:
-        self.stack.append(())
-
-    def op_TUPLE(self, arg: None) -> None:
-        items = tuple(self.pop_mark())
-        self.stack.append(items)
-
-    def op_TUPLE1(self, arg: None) -> None:
-        self.stack[-1] = (self.stack[-1],)
-
-    def op_TUPLE2(self, arg: None) -> None:
-        stack = self.stack
-        if len(stack) < 2:
-            raise IndexError
-        stack[-2:] = [(stack[-2], stack[-1])]
-
-    def op_TUPLE3(self, arg: None) -> None:
-        stack = self.stack
-        if len(stack) < 3:
-            raise IndexError
-        stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
 
     def op_EMPTY_DICT(self, arg: None) -> None:
         self.stack.append({})
@@ -477,21 +507,23 @@ class Unpickler:
         self.stack.append(d)
 
     def op_SETITEM(self, arg: None) -> None:
-        stack = self.stack
+        stack = self._need(3)
         value = stack.pop()
         key = stack.pop()
         self._setitems(stack[-1], [key, value])
 
     def op_SETITEMS(self, arg: None) -> None:
         items = self.pop_mark()
-        self._setitems(self.stack[-1], items)
+        self._setitems(self._need(1)[-1], items)
 
     def op_EMPTY_SET(self, arg: None) -> None:
         self.stack.append(set())
 
     def op_ADDITEMS(self, arg: None) -> None:
         items = self.pop_mark()
-        target = self.stack[-1]
+        target = self._need(1)[-1]
+        if type(target) is Poison:                  # a poison absorbs its items
+            return
         if type(target) is not set:
             raise FormatError(f"ADDITEMS to a {_describe(target)}; only sets take items")
         target.update(self._hashable_items(items))
@@ -508,31 +540,20 @@ class Unpickler:
             self.pop_mark()
 
     def op_DUP(self, arg: None) -> None:
-        self.stack.append(self.stack[-1])
-
-    def op_MARK(self, arg: None) -> None:
-        self.metastack.append(self.stack)
-        self.stack = []
+        self.stack.append(self._need(1)[-1])
 
     def op_POP_MARK(self, arg: None) -> None:
         self.pop_mark()
 
     def op_GET(self, arg: Any) -> None:
         if type(arg) is not int:
-            raise CorruptError(f"GET with a non-integer key {arg!r}")
+            raise CorruptError(f"GET with a non-integer key {short_repr(arg)}")
         self._get(arg)
-
-    def op_BINGET(self, arg: int) -> None:
-        self._get(arg)
-
-    op_LONG_BINGET = op_BINGET
 
     def op_PUT(self, arg: Any) -> None:
         if type(arg) is not int:
-            raise CorruptError(f"PUT with a non-integer key {arg!r}")
+            raise CorruptError(f"PUT with a non-integer key {short_repr(arg)}")
         self._put(arg)
-
-    op_BINPUT = op_LONG_BINPUT = _put
 
     def op_MEMOIZE(self, arg: None) -> None:
         self._put(len(self.memo) + len(self.sparse))       # the number of entries
@@ -547,24 +568,26 @@ class Unpickler:
         self.stack.append(self._global(*arg))
 
     def op_STACK_GLOBAL(self, arg: None) -> None:
-        name = self.stack.pop()
-        module = self.stack.pop()
-        self.stack.append(self._global(module, name))
-
-    def op_REDUCE(self, arg: None) -> None:
-        args = self.stack.pop()
-        self.stack[-1] = self._call(self.stack[-1], args, "REDUCE")
+        stack = self._need(2)
+        name = stack.pop()
+        module = stack.pop()
+        stack.append(self._global(module, name))
 
     def op_NEWOBJ(self, arg: None) -> None:
-        args = self.stack.pop()
-        self.stack[-1] = self._call(self.stack[-1], args, "NEWOBJ")
+        stack = self._need(2)
+        args = stack.pop()
+        stack[-1] = self._call(stack[-1], args, "NEWOBJ")
 
     def op_NEWOBJ_EX(self, arg: None) -> None:
-        kwargs = self.stack.pop()
-        args = self.stack.pop()
+        stack = self._need(3)
+        kwargs = stack.pop()
+        args = stack.pop()
+        if type(kwargs) is not dict:
+            raise FormatError(f"NEWOBJ_EX keyword arguments are a {_describe(kwargs)}, "
+                              "not a dict")
         if kwargs:
             raise UnsupportedError("NEWOBJ_EX with keyword arguments")
-        self.stack[-1] = self._call(self.stack[-1], args, "NEWOBJ_EX")
+        stack[-1] = self._call(stack[-1], args, "NEWOBJ_EX")
 
     def op_INST(self, arg: tuple[str, str]) -> None:
         args = tuple(self.pop_mark())
@@ -573,12 +596,13 @@ class Unpickler:
     def op_OBJ(self, arg: None) -> None:
         items = self.pop_mark()
         if not items:
-            raise IndexError
+            raise CorruptError(f"pickle stack underflow at {self._opname(self.op_pos)}")
         self.stack.append(self._call(items[0], tuple(items[1:]), "OBJ"))
 
     def op_BUILD(self, arg: None) -> None:
-        state = self.stack.pop()
-        obj = self.stack[-1]
+        stack = self._need(2)
+        state = stack.pop()
+        obj = stack[-1]
         if isinstance(obj, Pending):
             try:
                 result = obj.build(state)
@@ -586,10 +610,10 @@ class Unpickler:
                 if not self.lenient:
                     raise
                 result = self._poison(state)
-            self.stack[-1] = result
+            stack[-1] = result
             for key in obj.memo_keys:
                 self._store(key, result)
-        elif not self.lenient:
+        elif not self.lenient and type(obj) is not Poison:  # a poison absorbs its state
             self.handlers.build(obj, state)
 
     def _persistent(self, pid: Any) -> Any:
@@ -602,9 +626,6 @@ class Unpickler:
 
     def op_PERSID(self, arg: str) -> None:
         self.stack.append(self._persistent(arg))
-
-    def op_BINPERSID(self, arg: None) -> None:
-        self.stack[-1] = self._persistent(self.stack[-1])
 
     # -- framing -------------------------------------------------------------------------------
     def op_PROTO(self, arg: int) -> None:
@@ -624,6 +645,12 @@ class Unpickler:
         raise _Stop
 
 
+def _raised_here(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by the frame that caught it (not by a function it called)."""
+    tb = exc.__traceback__
+    return tb is not None and tb.tb_next is None
+
+
 # Dispatch tables indexed by opcode byte, built once from the opcode table: how the argument
 # is read (-1 unknown opcode, 0 none, 1 one byte, 4 four bytes, 2 the table's reader) and the
 # ``op_<NAME>`` method that runs it.
@@ -631,9 +658,12 @@ _KINDS: list[int] = [-1] * 256
 _READERS: list[Any] = [None] * 256
 _HANDLERS: list[Any] = [None] * 256
 for _op in OPCODES:
-    _KINDS[_op.code] = {"none": 0, "uint1": 1, "uint4": 4}.get(_op.arg.name, 2)
     _READERS[_op.code] = _op.arg.read
-    _HANDLERS[_op.code] = getattr(Unpickler, "op_" + _op.name)
+    if _op.name in INLINED:
+        _KINDS[_op.code] = -2           # never reaches the dispatch branch
+    else:
+        _KINDS[_op.code] = {"none": 0, "uint1": 1, "uint4": 4}.get(_op.arg.name, 2)
+        _HANDLERS[_op.code] = getattr(Unpickler, "op_" + _op.name)
 
 
 def opcode_at(data: Any, pos: int) -> Opcode | None:

@@ -36,12 +36,14 @@ def _need(pos: int, n: int, end: int) -> int:
 
 def _fixed(n: int, unpack: Callable[[Any, int], tuple[Any, ...]]) -> Reader:
     def read(data: Any, pos: int, end: int) -> tuple[Any, int]:
-        return unpack(data, pos)[0], _need(pos, n, end)
+        stop = _need(pos, n, end)
+        return unpack(data, pos)[0], stop
     return read
 
 
 def _uint1(data: Any, pos: int, end: int) -> tuple[int, int]:
-    return data[pos], _need(pos, 1, end)
+    stop = _need(pos, 1, end)
+    return data[pos], stop
 
 
 def _sized(prefix: int, size: Reader, decode: Callable[[bytes], Any]) -> Reader:
@@ -72,7 +74,11 @@ def _py2str(raw: bytes) -> str | bytes:
 
 
 def _line(data: Any, pos: int, end: int) -> tuple[bytes, int]:
-    stop = data.find(b"\n", pos, end) if hasattr(data, "find") else bytes(data[pos:end]).find(b"\n")
+    if hasattr(data, "find"):
+        stop = data.find(b"\n", pos, end)
+    else:                                   # a memoryview: find in a copy, offset back
+        stop = bytes(data[pos:end]).find(b"\n")
+        stop = stop + pos if stop >= 0 else stop
     if stop < 0:
         raise CorruptError("pickle truncated: no newline after a text argument", offset=pos)
     return bytes(data[pos:stop]), stop + 1
@@ -87,12 +93,18 @@ def _quoted(data: Any, pos: int, end: int) -> tuple[str | bytes, int]:
     raw, pos = _line(data, pos, end)
     if len(raw) < 2 or raw[0] != raw[-1] or raw[:1] not in (b"'", b'"'):
         raise CorruptError("STRING argument is not a quoted string", offset=pos)
-    return _py2str(codecs.escape_decode(raw[1:-1])[0]), pos
+    try:
+        return _py2str(codecs.escape_decode(raw[1:-1])[0]), pos
+    except ValueError as exc:               # a bad escape such as \\x1
+        raise CorruptError(f"invalid escape in a STRING argument: {exc}", offset=pos) from None
 
 
 def _unicodenl(data: Any, pos: int, end: int) -> tuple[str, int]:
     raw, pos = _line(data, pos, end)
-    return raw.decode("raw-unicode-escape"), pos
+    try:
+        return raw.decode("raw-unicode-escape"), pos
+    except UnicodeDecodeError as exc:       # a truncated \\u escape
+        raise CorruptError(f"invalid UNICODE argument: {exc.reason}", offset=pos) from None
 
 
 def _two_lines(data: Any, pos: int, end: int) -> tuple[tuple[str, str], int]:
@@ -139,6 +151,8 @@ _FIXED_SIZES: Final = {"none": 0, "uint1": 1, "uint2": 2, "int4": 4, "uint4": 4,
 def _unicode4(data: Any, pos: int, end: int) -> tuple[str, int]:
     """BINUNICODE, the commonest argument of all (every key and device tag): kept direct."""
     start = pos + 4
+    if start > end:
+        _need(pos, 4, end)
     stop = start + _u4(data, pos)[0]
     if stop > end:
         _need(start, stop - start, end)

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from ..errors import PthError, UnserializableError
-from ..model.tree import MAX_PATH_PARTS
+from ..model.tree import capped, key_text
 from .opcodes import BY_NAME
 
 __all__ = ["GlobalRef", "PersistentId", "Reduction", "Pickler", "MAX_DEPTH", "key_path", "ARGS",
@@ -172,10 +172,9 @@ def key_path(path: Path) -> str | None:
             if parts:
                 parts.pop()          # the argument index
         else:
-            parts.append(str(key))
-    if len(parts) > MAX_PATH_PARTS:           # the innermost parts, as tree.walk shows them
-        parts[MAX_PATH_PARTS:] = [f"<{len(parts) - MAX_PATH_PARTS} levels>"]
-    return ".".join(reversed(parts)) if parts else None
+            parts.append(key.text if type(key) is _Marker else key_text(key))
+    # the innermost parts, capped as tree.walk caps them
+    return capped(iter(parts), len(parts)) if parts else None
 
 
 def encode_long(value: int) -> bytes:

@@ -116,6 +116,24 @@ class TorchHandlers:
         #: zip persistent ids have 5 items; legacy ones a 6th, the storage view metadata.
         self.pid_length = pid_length
         self.keys = KeyGuard(copy_budget // 32)
+        #: Told ``(code, message)`` of each rule violation before it is raised (a code of
+        #: ``pthfmt.validation.CHECKS``); ``None`` (the default) costs nothing on the load
+        #: path.  The validator sets one that collects problems.
+        self.observer: Callable[[str, str], None] | None = None
+
+    def report(self, code: str, message: str) -> None:
+        """Tell the observer about a rule violation that is about to be raised."""
+        if self.observer is not None:
+            self.observer(code, message)
+
+    def check_keys(self, keys: Any) -> None:
+        """The key guard over dict/set keys built by a handler (reported as ``pickle.limit``
+        before it raises)."""
+        try:
+            self.keys.check_all(keys)
+        except LimitError as exc:
+            self.report("pickle.limit", exc.message)
+            raise
 
     # -- the pickle VM's interface ---------------------------------------------------------
     def lenient(self) -> TorchHandlers:
@@ -127,8 +145,10 @@ class TorchHandlers:
     def charge(self, nbytes: int, what: str) -> None:
         self.copy_budget -= nbytes
         if self.copy_budget < 0:
-            raise LimitError(f"{what}: the pickle copies more data than the file's size "
-                             "justifies (a blob referenced again and again)")
+            message = (f"{what}: the pickle copies more data than the file's size justifies "
+                       "(a blob referenced again and again)")
+            self.report("pickle.limit", message)
+            raise LimitError(message)
 
     def resolve(self, module: str, name: str) -> Any:
         key = (module, name)
@@ -356,7 +376,7 @@ class TorchHandlers:
             return OrderedDict()
         pairs = _pairs(items, "OrderedDict")
         if not isinstance(items, dict):
-            self.keys.check_all(pair[0] for pair in pairs)
+            self.check_keys(pair[0] for pair in pairs)
         return OrderedDict(pairs)
 
     def counter(self, items: Any = ()) -> Counter[Any]:
@@ -365,11 +385,11 @@ class TorchHandlers:
         raise FormatError("Counter() argument is not a dict")
 
     def set_(self, items: Any = ()) -> set[Any]:
-        self.keys.check_all(_iterable(items, "set"))
+        self.check_keys(_iterable(items, "set"))
         return set(items)
 
     def frozenset_(self, items: Any = ()) -> frozenset[Any]:
-        self.keys.check_all(_iterable(items, "frozenset"))
+        self.check_keys(_iterable(items, "frozenset"))
         return frozenset(items)
 
     def complex_(self, real: Any = 0.0, imag: Any = 0.0) -> complex:

@@ -9,36 +9,22 @@ size before it is used, and a deflated record never inflates past its declared s
 
 from __future__ import annotations
 
-import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ...errors import CorruptError, FormatError, LimitError, UnsupportedError
 from ...source import Source
+from . import structs as zs
+from .structs import CENTRAL, DEFLATED, EOCD, LOCAL, STORED, U32_MAX, ZIP64_EOCD, ZIP64_LOCATOR
 
-__all__ = ["ZipEntry", "ZipArchive"]
+__all__ = ["ZipEntry", "ZipArchive", "LocalHeader", "STORED", "DEFLATED", "inflate",
+           "PICKLE_RATIO", "DATA_RATIO"]
 
-_EOCD = struct.Struct("<4sHHHHIIH")              # 22 bytes
-_Z64_LOCATOR = struct.Struct("<4sIQI")           # 20 bytes
-_Z64_EOCD = struct.Struct("<4sQHHIIQQQQ")        # 56 bytes
-_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # 46 bytes
-_LOCAL = struct.Struct("<4sHHHHHIIIHH")          # 30 bytes
-#: ``_CENTRAL`` as a numpy record, for reading a whole directory at once
-_CENTRAL_ROW = np.dtype([(name, "<" + code) for name, code in (
-    ("sig", "u4"), ("made", "u2"), ("need", "u2"), ("flags", "u2"), ("method", "u2"),
-    ("time", "u2"), ("date", "u2"), ("crc", "u4"), ("csize", "u4"), ("usize", "u4"),
-    ("nlen", "u2"), ("xlen", "u2"), ("clen", "u2"), ("disk", "u2"), ("iattr", "u2"),
-    ("xattr", "u4"), ("lho", "u4"))])
-_LOCAL_ROW = np.dtype([(name, "<" + code) for name, code in (
-    ("sig", "u4"), ("need", "u2"), ("flags", "u2"), ("method", "u2"), ("time", "u2"),
-    ("date", "u2"), ("crc", "u4"), ("csize", "u4"), ("usize", "u4"), ("nlen", "u2"),
-    ("xlen", "u2"))])
-_SIG_LOCAL = int.from_bytes(b"PK\x03\x04", "little")
-_MAX_COMMENT = 0xFFFF
-STORED, DEFLATED = 0, 8
+_MAX_COMMENT = zs.U16_MAX
 _MAX_RATIO = 1032          # DEFLATE's best case: 258 bytes from one ~2-bit code
 #: Inflation bounds (see SECURITY.md): real pickles compress about 4:1 and real weights
 #: barely at all; only constant-filled tensors approach DEFLATE's 1032:1.
@@ -46,24 +32,45 @@ PICKLE_RATIO = 64
 DATA_RATIO = 256
 
 
+@dataclass(frozen=True)
+class LocalHeader:
+    """An entry's local header as written: its own flags, method, CRC and sizes (widened by
+    its zip64 extra field where that holds them), name, extra field, and where the data
+    starts."""
+
+    offset: int
+    flags: int
+    method: int
+    crc: int
+    csize: int
+    usize: int
+    name: str
+    extra: bytes
+    extra_offset: int
+    data_offset: int
+
+
 class ZipEntry:
     """One central-directory entry (sizes and offsets already widened by zip64 fields)."""
 
     __slots__ = (
         "central_offset",
+        "central_size",
         "crc",
         "csize",
         "data_offset",
         "flags",
         "header_offset",
         "index",
+        "local",
         "method",
         "name",
         "usize",
     )
 
     def __init__(self, name: str, index: int, method: int, flags: int, crc: int, csize: int,
-                 usize: int, header_offset: int, central_offset: int) -> None:
+                 usize: int, header_offset: int, central_offset: int,
+                 central_size: int = CENTRAL.size) -> None:
         self.name = name
         self.index = index
         self.method = method
@@ -73,7 +80,11 @@ class ZipEntry:
         self.usize = usize
         self.header_offset = header_offset
         self.central_offset = central_offset
+        #: bytes of the directory entry with its name, extra field and comment
+        self.central_size = central_size
         self.data_offset = -1               # from the local header, on first use
+        #: the local header, once :meth:`ZipArchive.local_header` has read it
+        self.local: LocalHeader | None = None
 
     @property
     def stored(self) -> bool:
@@ -89,6 +100,10 @@ class ZipArchive:
 
     def __init__(self, src: Source) -> None:
         self.src = src
+        #: the end record's fields (``EOCD``), and the zip64 end record's when there is one
+        self.end_record: tuple[Any, ...] = ()
+        self.zip64_offset: int | None = None
+        self.zip64_record: tuple[Any, ...] | None = None
         self.eocd_offset, self.cd_offset, self.cd_size, count = self._find_directory()
         self.entries = self._read_central(count)
         self._scanned = False
@@ -96,28 +111,32 @@ class ZipArchive:
     # -- end of central directory --------------------------------------------------------------
     def _find_directory(self) -> tuple[int, int, int, int]:
         buf, size = self.src.buf, self.src.size
-        lo = max(0, size - _EOCD.size - _MAX_COMMENT)
-        pos = buf.rfind(b"PK\x05\x06", lo)
-        while pos >= 0 and pos + _EOCD.size > size:
-            pos = buf.rfind(b"PK\x05\x06", lo, pos)
+        lo = max(0, size - EOCD.size - _MAX_COMMENT)
+        pos = buf.rfind(EOCD.signature, lo)
+        while pos >= 0 and pos + EOCD.size > size:
+            pos = buf.rfind(EOCD.signature, lo, pos)
         if pos < 0:
             raise CorruptError("zip end-of-central-directory record not found (truncated file?)")
-        (_, disk, cd_disk, _n_disk, count, cd_size, cd_offset, _clen) = \
-            _EOCD.unpack_from(buf, pos)
-        loc = pos - _Z64_LOCATOR.size
-        if loc >= 0 and buf[loc:loc + 4] == b"PK\x06\x07":
-            _, _, z64_offset, _ = _Z64_LOCATOR.unpack_from(buf, loc)
-            self.src.check(z64_offset, _Z64_EOCD.size, "zip64 end of central directory")
-            fields = _Z64_EOCD.unpack_from(buf, z64_offset)
-            if fields[0] != b"PK\x06\x06":
+        end = self.end_record = EOCD.struct.unpack_from(buf, pos)
+        disk, cd_disk = end[zs.EOCD_DISK], end[zs.EOCD_DIRECTORY_DISK]
+        count, cd_size = end[zs.EOCD_ENTRIES], end[zs.EOCD_DIRECTORY_SIZE]
+        cd_offset = end[zs.EOCD_DIRECTORY_OFFSET]
+        loc = pos - ZIP64_LOCATOR.size
+        if loc >= 0 and buf[loc:loc + 4] == ZIP64_LOCATOR.signature:
+            z64_offset = ZIP64_LOCATOR.struct.unpack_from(buf, loc)[zs.LOC_ZIP64_OFFSET]
+            self.src.check(z64_offset, ZIP64_EOCD.size, "zip64 end of central directory")
+            fields = ZIP64_EOCD.struct.unpack_from(buf, z64_offset)
+            if fields[zs.Z64_SIGNATURE] != ZIP64_EOCD.signature:
                 raise CorruptError("zip64 end-of-central-directory signature missing",
                                    offset=z64_offset)
-            disk, cd_disk, count, cd_size, cd_offset = (fields[4], fields[5], fields[7],
-                                                        fields[8], fields[9])
+            self.zip64_offset, self.zip64_record = z64_offset, fields
+            disk, cd_disk = fields[zs.Z64_DISK], fields[zs.Z64_DIRECTORY_DISK]
+            count, cd_size = fields[zs.Z64_ENTRIES], fields[zs.Z64_DIRECTORY_SIZE]
+            cd_offset = fields[zs.Z64_DIRECTORY_OFFSET]
         if disk != 0 or cd_disk != 0:
             raise UnsupportedError("multi-disk (spanned) zip archives")
         self.src.check(cd_offset, cd_size, "zip central directory")
-        if count > cd_size // _CENTRAL.size:
+        if count > cd_size // CENTRAL.size:
             raise CorruptError(f"zip directory claims {count} entries in {cd_size} bytes",
                                offset=pos)
         return pos, cd_offset, cd_size, count
@@ -136,18 +155,20 @@ class ZipArchive:
         Anything else returns ``None`` and :meth:`_walk_central` says what is wrong.
         """
         size = self.cd_size
-        if count == 0 or size < _CENTRAL.size * count:
+        if count == 0 or size < CENTRAL.size * count:
             return None
         cd = self.src.whole[self.cd_offset:self.cd_offset + size]
-        at = np.flatnonzero(cd[:size - _CENTRAL.size + 1] == 0x50)
-        at = at[(cd[at + 1] == 0x4B) & (cd[at + 2] == 1) & (cd[at + 3] == 2)]
+        sig = CENTRAL.signature
+        assert sig is not None
+        at = np.flatnonzero(cd[:size - CENTRAL.size + 1] == sig[0])
+        at = at[(cd[at + 1] == sig[1]) & (cd[at + 2] == sig[2]) & (cd[at + 3] == sig[3])]
         if len(at) != count or at[0] != 0:
             return None
-        rows = np.lib.stride_tricks.sliding_window_view(cd, _CENTRAL.size)[at]
-        rows = rows.view(_CENTRAL_ROW)[:, 0]
-        names_at = at + _CENTRAL.size
-        ends = names_at + rows["nlen"]
-        stop = ends + rows["xlen"] + rows["clen"]
+        rows = np.lib.stride_tricks.sliding_window_view(cd, CENTRAL.size)[at]
+        rows = rows.view(CENTRAL.dtype)[:, 0]
+        names_at = at + CENTRAL.size
+        ends = names_at + rows["name_length"]
+        stop = ends + rows["extra_length"] + rows["comment_length"]
         if not (stop[:-1] == at[1:]).all() or stop[-1] > size:
             return None
         text = bytes(cd)
@@ -160,16 +181,18 @@ class ZipArchive:
             for i, name in enumerate(names):
                 if not name.isascii():
                     names[i] = _name(name.encode("latin-1"), flags[i])
-        usize, csize, lho = rows["usize"].tolist(), rows["csize"].tolist(), rows["lho"].tolist()
+        usize, csize = rows["uncompressed_size"].tolist(), rows["compressed_size"].tolist()
+        lho = rows["header_offset"].tolist()
         central = (at + self.cd_offset).tolist()
-        wide = (rows["xlen"] != 0) | (rows["usize"] == 0xFFFFFFFF) | \
-            (rows["csize"] == 0xFFFFFFFF) | (rows["lho"] == 0xFFFFFFFF)
+        wide = (rows["extra_length"] != 0) | (rows["uncompressed_size"] == U32_MAX) | \
+            (rows["compressed_size"] == U32_MAX) | (rows["header_offset"] == U32_MAX)
         for i in np.flatnonzero(wide).tolist():
-            extra = text[ends[i]:ends[i] + rows["xlen"][i]]
+            extra = text[ends[i]:ends[i] + rows["extra_length"][i]]
             usize[i], csize[i], lho[i] = _zip64(extra, usize[i], csize[i], lho[i], i,
                                                 central[i])
         return list(map(ZipEntry, names, range(count), rows["method"].tolist(), flags,
-                        rows["crc"].tolist(), csize, usize, lho, central))
+                        rows["crc"].tolist(), csize, usize, lho, central,
+                        (stop - at).tolist()))
 
     def _walk_central(self, count: int) -> list[ZipEntry]:
         """The directory entry by entry, naming the first that is wrong."""
@@ -177,24 +200,28 @@ class ZipArchive:
         pos, end = self.cd_offset, self.cd_offset + self.cd_size
         entries: list[ZipEntry] = []
         for index in range(count):
-            if pos + _CENTRAL.size > end:
+            if pos + CENTRAL.size > end:
                 raise CorruptError(f"zip central directory truncated at entry {index}",
                                    offset=pos)
-            (sig, _made, _need, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
-             _dstart, _iattr, _xattr, lho) = _CENTRAL.unpack_from(buf, pos)
-            if sig != b"PK\x01\x02":
+            row = CENTRAL.struct.unpack_from(buf, pos)
+            flags, method, crc = row[zs.CD_FLAGS], row[zs.CD_METHOD], row[zs.CD_CRC]
+            csize, usize = row[zs.CD_COMPRESSED_SIZE], row[zs.CD_UNCOMPRESSED_SIZE]
+            nlen, xlen = row[zs.CD_NAME_LENGTH], row[zs.CD_EXTRA_LENGTH]
+            clen, lho = row[zs.CD_COMMENT_LENGTH], row[zs.CD_HEADER_OFFSET]
+            if row[zs.CD_SIGNATURE] != CENTRAL.signature:
                 raise CorruptError(f"zip central directory entry {index} has a bad signature",
                                    offset=pos)
-            stop = pos + _CENTRAL.size + nlen + xlen + clen
+            stop = pos + CENTRAL.size + nlen + xlen + clen
             if stop > end:
                 raise CorruptError(f"zip central directory entry {index} runs past the "
                                    "directory", offset=pos)
-            at = pos + _CENTRAL.size
-            if xlen or 0xFFFFFFFF in (usize, csize, lho):
+            at = pos + CENTRAL.size
+            if xlen or U32_MAX in (usize, csize, lho):
                 usize, csize, lho = _zip64(bytes(buf[at + nlen:at + nlen + xlen]), usize, csize,
                                            lho, index, pos)
             name = _name(buf[at:at + nlen], flags)
-            entries.append(ZipEntry(name, index, method, flags, crc, csize, usize, lho, pos))
+            entries.append(ZipEntry(name, index, method, flags, crc, csize, usize, lho, pos,
+                                    stop - pos))
             pos = stop
         return entries
 
@@ -208,17 +235,17 @@ class ZipArchive:
         self._scanned = True
         entries, size = self.entries, self.src.size
         n = len(entries)
-        if size < _LOCAL.size:
+        if size < LOCAL.size:
             return
         # (zip64 fields go up to 2**64 - 1: anything past the file is -1 before numpy sees it)
-        last = size - _LOCAL.size
+        last = size - LOCAL.size
         lho = np.fromiter((e.header_offset if e.header_offset <= last else -1
                            for e in entries), np.int64, n)
         csize = np.fromiter((min(e.csize, size) for e in entries), np.int64, n)
-        heads = np.lib.stride_tricks.sliding_window_view(self.src.whole, _LOCAL.size)[lho]
-        heads = heads.view(_LOCAL_ROW)[:, 0]
-        start = lho + _LOCAL.size + heads["nlen"] + heads["xlen"]
-        good = (lho >= 0) & (heads["sig"] == _SIG_LOCAL) & (start + csize <= size)
+        heads = np.lib.stride_tricks.sliding_window_view(self.src.whole, LOCAL.size)[lho]
+        heads = heads.view(LOCAL.dtype)[:, 0]
+        start = lho + LOCAL.size + heads["name_length"] + heads["extra_length"]
+        good = (lho >= 0) & (heads["signature"] == LOCAL.signature) & (start + csize <= size)
         for entry, at in zip(entries, np.where(good, start, -1).tolist()):
             entry.data_offset = at
 
@@ -228,18 +255,44 @@ class ZipArchive:
             self._scan_local()
         if entry.data_offset < 0:
             buf = self.src.buf
-            self.src.check(entry.header_offset, _LOCAL.size, "zip local header", entry.name)
-            (sig, _need, _flags, _method, _t, _d, _crc, _cs, _us, nlen, xlen) = \
-                _LOCAL.unpack_from(buf, entry.header_offset)
-            if sig != b"PK\x03\x04":
+            self.src.check(entry.header_offset, LOCAL.size, "zip local header", entry.name)
+            head = LOCAL.struct.unpack_from(buf, entry.header_offset)
+            if head[zs.LH_SIGNATURE] != LOCAL.signature:
                 raise CorruptError("zip local header signature missing", record=entry.name,
                                    offset=entry.header_offset)
-            entry.data_offset = entry.header_offset + _LOCAL.size + nlen + xlen
+            entry.data_offset = entry.header_offset + LOCAL.size + head[zs.LH_NAME_LENGTH] + \
+                head[zs.LH_EXTRA_LENGTH]
             self.src.check(entry.data_offset, entry.csize, "zip record data", entry.name)
         return entry.data_offset
 
+    def local_header(self, entry: ZipEntry) -> LocalHeader:
+        """The entry's local header, parsed (and kept on ``entry.local``): its fields as
+        written, sizes widened by its zip64 extra field when saturated.  A header past the
+        end of the file or without its signature is a :class:`CorruptError`."""
+        if entry.local is not None:
+            return entry.local
+        buf, size, lho = self.src.buf, self.src.size, entry.header_offset
+        if lho + LOCAL.size > size:
+            raise CorruptError(f"local header at {lho} lies past the end of the {size}-byte "
+                               "file", record=entry.name)
+        head = LOCAL.struct.unpack_from(buf, lho)
+        if head[zs.LH_SIGNATURE] != LOCAL.signature:
+            raise CorruptError(f"no local header signature at offset {lho}", record=entry.name)
+        flags, nlen, xlen = head[zs.LH_FLAGS], head[zs.LH_NAME_LENGTH], head[zs.LH_EXTRA_LENGTH]
+        start = lho + LOCAL.size
+        extra = bytes(buf[start + nlen:start + nlen + xlen])
+        csize, usize = head[zs.LH_COMPRESSED_SIZE], head[zs.LH_UNCOMPRESSED_SIZE]
+        if U32_MAX in (csize, usize):
+            found = zs.zip64_values(extra, (usize, csize))
+            if found is not None:
+                usize, csize = found[0]
+        entry.local = LocalHeader(lho, flags, head[zs.LH_METHOD], head[zs.LH_CRC], csize, usize,
+                                  _name(bytes(buf[start:start + nlen]), flags), extra,
+                                  start + nlen, start + nlen + xlen)
+        return entry.local
+
     def check_readable(self, entry: ZipEntry) -> None:
-        if entry.flags & 0x1:
+        if entry.flags & zs.FLAG_ENCRYPTED:
             raise UnsupportedError("encrypted zip record", record=entry.name)
         if entry.method not in (STORED, DEFLATED):
             raise UnsupportedError(f"zip compression method {entry.method}", record=entry.name)
@@ -303,28 +356,17 @@ def inflate(buf: Any, start: int, csize: int, usize: int, name: str,
 
 def _name(raw: bytes, flags: int) -> str:
     """An entry name: UTF-8 when general-purpose flag bit 11 says so, else cp437."""
-    return str(raw, "utf-8" if flags & 0x800 else "cp437", "replace")
+    return str(raw, "utf-8" if flags & zs.FLAG_UTF8 else "cp437", "replace")
 
 
 def _zip64(extra: bytes, usize: int, csize: int, lho: int, index: int,
            pos: int) -> tuple[int, int, int]:
-    i = 0
-    while i + 4 <= len(extra):
-        tag, length = struct.unpack_from("<HH", extra, i)
-        body = extra[i + 4:i + 4 + length]
-        if tag == 1:
-            j = 0
-            values = []
-            for v in (usize, csize, lho):
-                if v == 0xFFFFFFFF:
-                    if j + 8 > len(body):
-                        raise CorruptError(f"zip64 extra field of entry {index} is too short",
-                                           offset=pos)
-                    v = struct.unpack_from("<Q", body, j)[0]
-                    j += 8
-                values.append(v)
-            return values[0], values[1], values[2]
-        i += 4 + length
-    if 0xFFFFFFFF in (usize, csize, lho):
-        raise FormatError(f"zip entry {index} needs a zip64 extra field", offset=pos)
-    return usize, csize, lho
+    found = zs.zip64_values(extra, (usize, csize, lho))
+    if found is None:
+        if U32_MAX in (usize, csize, lho):
+            raise FormatError(f"zip entry {index} needs a zip64 extra field", offset=pos)
+        return usize, csize, lho
+    values, complete = found
+    if not complete:
+        raise CorruptError(f"zip64 extra field of entry {index} is too short", offset=pos)
+    return values[0], values[1], values[2]

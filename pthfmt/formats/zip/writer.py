@@ -40,6 +40,24 @@ from typing import Any, Final
 from zlib import crc32
 
 from ...errors import UnserializableError
+from .structs import (
+    CENTRAL,
+    DESCRIPTOR32,
+    DESCRIPTOR64,
+    EOCD,
+    EXTRA_HEADER,
+    FLAG_DESCRIPTOR,
+    FLAG_UTF8,
+    LOCAL,
+    PADDING_TAG,
+    U16_MAX,
+    U32_MAX,
+    Z64_RECORD_HEAD,
+    ZIP64_EOCD,
+    ZIP64_EXTRA_TAG,
+    ZIP64_LOCATOR,
+    ZIP64_VALUE,
+)
 
 __all__ = ["ZipWriter", "data_offset", "serialization_id", "archive_name_for_path",
            "DEFAULT_ALIGNMENT", "FILE_FORMAT_VERSION"]
@@ -47,18 +65,11 @@ __all__ = ["ZipWriter", "data_offset", "serialization_id", "archive_name_for_pat
 DEFAULT_ALIGNMENT: Final = 64
 #: What ``writeEndOfFile`` writes to ``version`` for a ``torch.save`` checkpoint.
 FILE_FORMAT_VERSION: Final = 3
-_U32_MAX: Final = 0xFFFFFFFF
-
-_LOCAL = struct.Struct("<IHHHHHIIIHH")
-_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
-_DESCRIPTOR32 = struct.Struct("<IIII")
-_DESCRIPTOR64 = struct.Struct("<IIQQ")
-_ZIP64_EOCD = struct.Struct("<IQHHIIQQQQ")
-_ZIP64_LOCATOR = struct.Struct("<IIQI")
-_EOCD = struct.Struct("<IHHHHIIH")
-_EXTRA_HEADER = struct.Struct("<HH")
-_FLAG_DESCRIPTOR, _FLAG_UTF8 = 0x0008, 0x0800
-_DESCRIPTOR_SIG = b"PK\x07\x08"
+_U32_MAX: Final = U32_MAX
+_FLAG_DESCRIPTOR, _FLAG_UTF8 = FLAG_DESCRIPTOR, FLAG_UTF8
+_DESCRIPTOR_SIG: Final = DESCRIPTOR32.signature
+#: miniz's version fields of the zip64 end record: made by 3.30 (UNIX), needs 4.5 (zip64)
+_MADE_BY_UNIX_30, _NEEDS_ZIP64 = 0x031E, 45
 
 Buffer = Any   # bytes, bytearray, memoryview or a contiguous uint8 numpy array
 
@@ -71,18 +82,19 @@ def data_offset(header_offset: int, full_name_len: int, size: int,
                 alignment: int = DEFAULT_ALIGNMENT) -> int:
     """Where a record's data starts (``detail::getOffset``): after the 30-byte local header,
     the name, the zip64 extra (if any) and the 4-byte 'FB' header, rounded up to ``alignment``."""
-    start = header_offset + _LOCAL.size + full_name_len + _EXTRA_HEADER.size
+    start = header_offset + LOCAL.size + full_name_len + EXTRA_HEADER.size
     if _needs_zip64(size, header_offset):
-        start += _EXTRA_HEADER.size
-        start += 16 if size >= _U32_MAX else 0
-        start += 8 if header_offset >= _U32_MAX else 0
+        start += EXTRA_HEADER.size
+        start += 2 * ZIP64_VALUE.size if size >= _U32_MAX else 0
+        start += ZIP64_VALUE.size if header_offset >= _U32_MAX else 0
     return start + (-start % alignment)
 
 
 def _zip64_extra(fields: list[int]) -> bytes:
     if not fields:
         return b""
-    return _EXTRA_HEADER.pack(1, 8 * len(fields)) + struct.pack(f"<{len(fields)}Q", *fields)
+    return EXTRA_HEADER.struct.pack(ZIP64_EXTRA_TAG, ZIP64_VALUE.size * len(fields)) + \
+        b"".join(map(ZIP64_VALUE.pack, fields))
 
 
 @dataclass
@@ -142,12 +154,12 @@ class ZipWriter:
         # offset when that is big; it precedes torch's 'FB' padding.
         z64 = _zip64_extra(([size, 0] if size >= _U32_MAX else []) +
                            ([offset] if offset >= _U32_MAX else []))
-        start = offset + _LOCAL.size + len(full) + len(z64) + _EXTRA_HEADER.size
+        start = offset + LOCAL.size + len(full) + len(z64) + EXTRA_HEADER.size
         pad = data_offset(offset, len(full), size, self.alignment) - start
-        extra = z64 + b"FB" + struct.pack("<H", pad) + b"Z" * pad
+        extra = z64 + EXTRA_HEADER.struct.pack(PADDING_TAG, pad) + b"Z" * pad
         flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
-        self._emit(_LOCAL.pack(0x04034B50, 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra))
-                   + full + extra)
+        self._emit(LOCAL.struct.pack(LOCAL.signature, 0, flags, 0, 0, 0, 0, 0, 0, len(full),
+                                     len(extra)) + full + extra)
         crc, written, head = 0, 0, b""
         pending: Future[int] | None = None
         for chunk in data:
@@ -178,10 +190,8 @@ class ZipWriter:
                 # any write that starts with the descriptor signature for a descriptor.
                 self._crc_hash = hash_combine(self._crc_hash, int.from_bytes(head[4:8], "little"))
             self._crc_hash = hash_combine(self._crc_hash, crc)
-            if zip64:
-                self._emit(_DESCRIPTOR64.pack(0x08074B50, crc, size, size))
-            else:
-                self._emit(_DESCRIPTOR32.pack(0x08074B50, crc, size, size))
+            descriptor = DESCRIPTOR64 if zip64 else DESCRIPTOR32
+            self._emit(descriptor.struct.pack(descriptor.signature, crc, size, size))
         self.entries.append(_Entry(full, offset, size, crc))
         self.names.append(name)
         self._written.add(name)
@@ -203,18 +213,20 @@ class ZipWriter:
                                  ([e.offset] if big_offset else []))
             size32 = _U32_MAX if big_size else e.size
             flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if e.size else 0)
-            central += _CENTRAL.pack(0x02014B50, 0, 0, flags, 0, 0, 0, e.crc, size32, size32,
-                                     len(e.name), len(extra), 0, 0, 0, 0,
-                                     _U32_MAX if big_offset else e.offset)
+            central += CENTRAL.struct.pack(CENTRAL.signature, 0, 0, flags, 0, 0, 0, e.crc,
+                                           size32, size32, len(e.name), len(extra), 0, 0, 0,
+                                           0, _U32_MAX if big_offset else e.offset)
             central += e.name + extra
         cd_offset, count = self.pos, len(self.entries)
         self._emit(bytes(central))
         zip64_offset = self.pos
-        self._emit(_ZIP64_EOCD.pack(0x06064B50, _ZIP64_EOCD.size - 12, 0x031E, 45, 0, 0,
-                                    count, count, len(central), cd_offset))
-        self._emit(_ZIP64_LOCATOR.pack(0x07064B50, 0, zip64_offset, 1))
-        self._emit(_EOCD.pack(0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
-                              min(len(central), _U32_MAX), min(cd_offset, _U32_MAX), 0))
+        self._emit(ZIP64_EOCD.struct.pack(
+            ZIP64_EOCD.signature, ZIP64_EOCD.size - Z64_RECORD_HEAD, _MADE_BY_UNIX_30,
+            _NEEDS_ZIP64, 0, 0, count, count, len(central), cd_offset))
+        self._emit(ZIP64_LOCATOR.struct.pack(ZIP64_LOCATOR.signature, 0, zip64_offset, 1))
+        self._emit(EOCD.struct.pack(EOCD.signature, 0, 0, min(count, U16_MAX),
+                                    min(count, U16_MAX), min(len(central), _U32_MAX),
+                                    min(cd_offset, _U32_MAX), 0))
 
 
 def archive_name_for_path(path: str) -> str:

@@ -1,0 +1,140 @@
+"""Whole-process start-up: what a command-line user pays before the first tensor.
+
+Each row is one ``python -c`` program, run in a fresh process and timed from spawn to exit by
+this parent; the rows are interleaved over the repetitions (so a slow moment of the machine
+hits every row alike) and the median is reported.  The files are written once by pthfmt (a
+float32 and a bfloat16 state dict of 64 tensors of 256x256) and the safetensors twin of the
+float32 file (written without torch, by pthfmt.convert), read once before timing (warm cache).
+
+    python benchmarks/startup.py [--reps 15] [--json PATH]
+
+Rows: ``import numpy``, ``import ml_dtypes``, ``import pthfmt``, ``pthfmt --help`` (the CLI),
+load + touch one tensor of the float32 and the bfloat16 file (mmap), the same with
+``safetensors.safe_open(framework="np")`` (when installed), and with ``torch.load(mmap=True)``
+(when installed).  The report names the versions of Python, numpy, ml_dtypes, torch and
+safetensors, and says whether a float32 load imported ml_dtypes (it must not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+KEY = "layer.0.weight"
+
+
+def build(folder: str) -> dict[str, str]:
+    import numpy as np
+
+    import pthfmt
+
+    paths = {}
+    rng = np.random.default_rng(0)
+    f32 = {f"layer.{i}.weight": rng.standard_normal((256, 256), np.float32) for i in range(64)}
+    paths["f32"] = os.path.join(folder, "f32.pth")
+    pthfmt.save(f32, paths["f32"])
+    bf16 = {k: pthfmt.Tensor(v.astype(pthfmt.DTYPES["bfloat16"].numpy)) for k, v in f32.items()}
+    paths["bf16"] = os.path.join(folder, "bf16.pth")
+    pthfmt.save(bf16, paths["bf16"])
+    paths["st"] = os.path.join(folder, "f32.safetensors")
+    pthfmt.convert(paths["f32"], paths["st"])
+    return paths
+
+
+def programs(paths: dict[str, str]) -> dict[str, str]:
+    touch = f"x = sd[{KEY!r}]; int(x.reshape(-1).view('uint8').sum())"
+    rows = {
+        "import numpy": "import numpy",
+        "import ml_dtypes": "import ml_dtypes",
+        "import pthfmt": "import pthfmt",
+        "pthfmt --help": "import sys; sys.argv = ['pthfmt', '--help']\n"
+        "from pthfmt.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass",
+        "pthfmt f32 load(mmap) + touch one": "import sys, pthfmt\n"
+        f"sd = pthfmt.load({paths['f32']!r}, mmap=True); {touch}\n"
+        "assert 'ml_dtypes' not in sys.modules, 'a float32 load imported ml_dtypes'",
+        "pthfmt bf16 load(mmap) + touch one": "import pthfmt\n"
+        f"sd = pthfmt.load({paths['bf16']!r}, mmap=True); {touch}",
+    }
+    if _has("safetensors"):
+        rows["safetensors f32 safe_open(np) + one"] = (
+            "from safetensors import safe_open\n"
+            f"with safe_open({paths['st']!r}, framework='np') as f:\n"
+            f"    x = f.get_tensor({KEY!r}); int(x.reshape(-1).view('uint8').sum())"
+        )
+    if _has("torch"):
+        rows["torch f32 load(mmap) + touch one"] = (
+            "import torch\n"
+            f"sd = torch.load({paths['f32']!r}, mmap=True, weights_only=True)\n"
+            f"int(sd[{KEY!r}].reshape(-1).view(torch.uint8).sum())"
+        )
+        rows["torch bf16 load(mmap) + touch one"] = (
+            "import torch\n"
+            f"sd = torch.load({paths['bf16']!r}, mmap=True, weights_only=True)\n"
+            f"int(sd[{KEY!r}].reshape(-1).view(torch.uint8).sum())"
+        )
+    return rows
+
+
+def _has(name: str) -> bool:
+    try:
+        md.version(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in ("numpy", "ml_dtypes", "torch", "safetensors"):
+        out[name] = md.version(name) if _has(name) else "-"
+    return out
+
+
+def run(rows: dict[str, str], reps: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for name, code in rows.items():  # once untimed: caches warm, errors surface
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    for _ in range(reps):
+        for name, code in rows.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--json", help="write the raw samples here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        rows = programs(build(folder))
+        times = run(rows, args.reps)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    info = versions()
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    print(f"{'row':40} {'median':>9} {'min':>9}  vs import numpy")
+    for name, ts in times.items():
+        print(f"{name:40} {med[name] * 1e3:7.0f}ms {min(ts) * 1e3:7.0f}ms  "
+              f"{med[name] / med['import numpy']:.2f}x")
+    for ours, theirs in (("pthfmt f32 load(mmap) + touch one", "torch f32 load(mmap) + touch one"),
+                         ("pthfmt bf16 load(mmap) + touch one",
+                          "torch bf16 load(mmap) + touch one"),
+                         ("pthfmt f32 load(mmap) + touch one",
+                          "safetensors f32 safe_open(np) + one")):
+        if theirs in med:
+            print(f"{ours} vs {theirs}: {med[theirs] / med[ours]:.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"versions": info, "samples": times}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

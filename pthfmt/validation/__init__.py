@@ -1,0 +1,205 @@
+"""Validation: every problem of a checkpoint file, located, without running anything from it.
+
+:func:`validate` never raises on bad content (only on I/O errors such as a missing file): it
+returns a :class:`Report` whose :class:`Problem` s carry a stable code from :data:`CHECKS`, a
+severity, a message and a location (record name, byte offset, key path).
+
+It combines two views of the file:
+
+- **the parsed records** of the format readers, compared past the first error: the zip
+  structure (every local header against the central directory and the data descriptor,
+  CRC-32 of every record computed in chunks, overlaps, gaps, names; :mod:`.zip`), torch's
+  record layout (:mod:`.layout`), the legacy and tar sections (:mod:`.legacy`), a static scan
+  of every pickle (:mod:`pthfmt.pickle.scan`) that lists each global outside the allowlist
+  with its offset, and a *lenient* run of pthfmt's pickle VM (:mod:`.audit`) with the
+  reader's handlers and resource limits, which notes every storage declaration and tensor
+  view instead of stopping at the first bad one;
+- **the real reader** (:func:`pthfmt.open`): its first error becomes a ``load.*`` problem
+  unless a static check already explains it.
+
+Offsets: for a problem found in a zip member's pickle (``pickle.*``, ``storage.*``,
+``tensor.*``, ``dtype.*``, ``device.*``) ``offset`` is the opcode's position inside that
+pickle record; everywhere else (the zip structure, legacy and tar files, whose pickles are
+sections of the file) it is a byte offset in the file.
+
+Memory stays bounded: record data is read through the memory map in 1 MiB chunks and deflated
+records are inflated chunk by chunk, never past their declared size.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+
+from .. import reader
+from ..errors import FormatError, PthError, UnsafePickleError, UnsupportedError
+from ..formats.contract import Options
+from ..model.device import location_mapper
+from ..model.tensor import TensorRef
+from ..model.tree import walk
+from ..pickle.scan import PickleScan, scan_pickle
+from ..reader import Checkpoint, detect_format
+from ..sharded import ShardedCheckpoint, find_index, is_index, shard_names
+from ..source import PathOrFile, Source
+from .codes import CHECKS, CODES, MAX_PER_CODE, SEVERITIES, Check, Problem, Report, codes_markdown
+from .legacy import LegacyChecks
+
+__all__ = ["CHECKS", "CODES", "MAX_PER_CODE", "SEVERITIES", "Check", "Problem", "Report",
+           "PickleScan", "scan_pickle", "validate", "codes_markdown"]
+
+
+#: The reader's parse of an opened source (reader.py is asked to export it as ``parse``).
+_parse = getattr(reader, "parse", None) or reader._parse
+
+
+class _Validator(LegacyChecks):
+    """One validation: the checks of every format, then the reader's verdict."""
+
+    def name_tensors(self) -> None:
+        """Give problems about a storage's data record the key path of a tensor using it."""
+        for audit, root in self.audited:
+            records = {d.info.record: d.info.key for d in audit.decl.values() if d.info.record}
+            todo = [p for p in self.problems if p.key_path is None and p.record in records]
+            if not todo:
+                continue
+            users: dict[str, str] = {}
+            for path, ref in walk(root, leaves=(TensorRef,),
+                                  want=lambda v: isinstance(v, TensorRef)):
+                users.setdefault(ref.storage_key, path)
+            for p in todo:
+                p.key_path = users.get(records[p.record]) or None
+
+    def finish(self) -> Report:
+        try:
+            self.name_tensors()
+        except Exception:  # pragma: no cover - key paths are a courtesy
+            pass
+        for code, n in self.counts.items():
+            if n > MAX_PER_CODE:
+                check = CODES[code]
+                self.problems.append(Problem(code, check.severity, f"... and {n - MAX_PER_CODE} "
+                                             f"more {code} problems"))
+        ok = not any(p.severity in ("error", "warning") for p in self.problems)
+        return Report(self.src.path, self.format, ok, self.problems, self.strict,
+                      self.load_error)
+
+    def run(self) -> None:
+        kind = detect_format(bytes(self.buf[:512]))
+        if kind == "zip":
+            self.format = "zip"
+            self.check_zip()
+            if self.buf[257:262] == b"ustar":
+                self.add("format.polyglot", "the zip's first bytes are also a tar header: tar "
+                         "tools read another archive", offset=257)
+        elif kind == "legacy":
+            self.format = "legacy"
+            self.check_legacy()
+        elif kind == "tar":
+            self.format = "tar"
+            self.check_tar()
+        else:
+            self.check_unknown()
+        if kind != "zip":
+            self.check_hidden_zip(kind)
+        self.run_reader()
+
+    def run_reader(self) -> None:
+        try:
+            opts = Options(location_mapper(None), eager=False, mmap=self.src.mapped)
+            Checkpoint(self.src, _parse(self.src, opts))
+            return
+        except PthError as exc:
+            self.load_error = str(exc)
+            if self.explained(exc):
+                return
+            code = "load.unsupported" if isinstance(exc, UnsupportedError) else "load.failed"
+            self.add(code, exc.message, record=exc.record, offset=exc.offset,
+                     key_path=exc.key_path)
+        except (RecursionError, MemoryError) as exc:
+            self.load_error = f"{type(exc).__name__}"
+            self.add("load.failed", f"the reader ran out of resources ({type(exc).__name__})")
+        except Exception as exc:    # a reader bug: report it, keep what was found
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.add("internal.error", f"pthfmt's reader failed: {type(exc).__name__}: {exc}")
+
+    def explained(self, exc: PthError) -> bool:
+        """Does a problem already reported stand for the reader's error?"""
+        serious = [p for p in self.problems if p.severity in ("error", "warning")]
+        if isinstance(exc, UnsafePickleError) and self.static_global_seen:
+            return True
+        for p in serious:
+            if p.record is not None and re.search(
+                    rf"(?<![\w/.]){re.escape(p.record)}(?![\w/.])", exc.message):
+                return True
+            if exc.record is not None and p.record == exc.record and (
+                    exc.offset is None or p.offset is None or p.offset == exc.offset):
+                return True
+            if exc.key_path is not None and p.key_path == exc.key_path:
+                return True
+        if exc.record is None and exc.offset is None:
+            return any(p.code.split(".")[0] in ("zip", "record", "format", "file", "legacy")
+                       for p in serious)
+        return False
+
+
+def validate(f: PathOrFile, *, strict: bool = False) -> Report:
+    """Check a checkpoint file and return a :class:`Report` of every problem found.
+
+    Never raises on bad content; only I/O errors (a missing or unreadable file) propagate as
+    ``OSError``.  ``strict`` adds what torch accepts but a careful publisher would not ship
+    (compressed or unaligned data, extra records, unreferenced storages, odd names).
+    """
+    if isinstance(f, (str, os.PathLike)) and is_index(f):
+        return _validate_index(os.fspath(f), strict)
+    try:
+        src = Source(f)
+    except PthError as exc:
+        path = f if isinstance(f, str) else getattr(f, "name", None)
+        code = "file.empty" if isinstance(exc, FormatError) else "load.failed"
+        problem = Problem(code, "error", exc.message)
+        return Report(str(path) if path is not None else None, None, False, [problem], strict,
+                      exc.message)
+    v = _Validator(src, strict)
+    enabled = gc.isenabled()
+    gc.disable()                # as in the reader: many small objects, no cycles to collect
+    try:
+        v.run()
+    except OSError:
+        raise
+    except MemoryError:
+        v.add("load.failed", f"out of memory validating the {src.size}-byte file")
+    except Exception as exc:  # never raise on content: report our own failure
+        v.add("internal.error", f"validation stopped: {type(exc).__name__}: {exc}")
+    finally:
+        if enabled:
+            gc.enable()
+    return v.finish()
+
+
+def _validate_index(path: str, strict: bool) -> Report:
+    """A sharded checkpoint: the index against the shards, then every shard, in one report
+    (a shard's problems carry ``<shard>/`` before their record)."""
+    index = find_index(path)
+    problems: list[Problem] = []
+    ok = True
+    try:
+        ShardedCheckpoint(index)
+    except PthError as exc:
+        problems.append(Problem("index.inconsistent", "error", exc.message,
+                                os.path.basename(index)))
+        ok = False
+    folder = os.path.dirname(index)
+    for shard in shard_names(index):
+        shard_path = os.path.join(folder, shard)
+        if not os.path.isfile(shard_path):
+            continue                        # reported as index.inconsistent above
+        report = validate(shard_path, strict=strict)
+        ok = ok and report.ok
+        for p in report.problems:
+            problems.append(Problem(p.code, p.severity, p.message,
+                                    f"{shard}/{p.record}" if p.record else shard, p.offset,
+                                    p.key_path))
+    return Report(index, "sharded", ok and not problems, problems, strict)
+
+

@@ -1,0 +1,1 @@
+"""The hostile corpus (``tests.support.adversarial``) and resource-limit tests: no torch."""

@@ -1,0 +1,1 @@
+"""The ``pthfmt`` command line, run in subprocesses."""

@@ -1,0 +1,2 @@
+"""Tests against real torch (marker ``torch``) and the real safetensors package
+(marker ``safetensors``)."""

@@ -1,0 +1,1 @@
+"""Tests that need only numpy, ml_dtypes, hypothesis and pytest: never torch."""
