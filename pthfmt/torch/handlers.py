@@ -10,7 +10,6 @@ storage class, a qscheme) or the name of a handler method here, wrapped in a
 from __future__ import annotations
 
 import math
-import reprlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
@@ -26,6 +25,7 @@ from ..model.stub import Stub, StubType
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef, check_view, view_of
 from ..pickle.keys import KeyGuard
 from ..pickle.machine import Pending
+from ..text import short_repr
 from .allowlist import ALLOWLIST, LAYOUTS, MODULE_ALIASES, UNSUPPORTED_REBUILDS
 
 __all__ = ["TorchHandlers", "ScriptClasses"]
@@ -182,12 +182,15 @@ class TorchHandlers:
         return stub
 
     def persistent_load(self, pid: Any) -> Any:
-        if type(pid) is tuple and len(pid) == 5 == self.pid_length and pid[0] == "storage" \
+        if type(pid) is tuple and len(pid) == 5 == self.pid_length and type(pid[0]) is str \
+                and pid[0] == "storage" \
                 and type(pid[2]) is str and type(pid[3]) is str:      # the common case
             return self.storages.declare(pid[2], pid[1], pid[3], pid[4])
         if not isinstance(pid, tuple) or not pid:
             raise FormatError(f"persistent id {_short(pid)} is not a tuple")
         kind = _text(pid[0])
+        if type(kind) is not str:
+            raise FormatError(f"persistent id {_short(pid)} does not start with a string")
         if kind == "module":
             if self.unknown == "stub" and len(pid) > 1 and isinstance(pid[1], StubType):
                 return pid[1]
@@ -218,7 +221,7 @@ class TorchHandlers:
             return
         if isinstance(obj, OrderedDict):
             if isinstance(state, tuple) and len(state) == 2:
-                state = state[0] or {}
+                state = {} if state[0] is None else state[0]
             if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
                 raise FormatError("OrderedDict state is not a dict of attribute names")
             vars(obj).update(state)
@@ -318,24 +321,26 @@ class TorchHandlers:
         ref = _copy_ref(data)
         ref.is_parameter = True
         ref.requires_grad = requires_grad
+        state = _state_dict(state)
         if state:
-            ref.state = _state_dict(state)
+            ref.state = state
         return ref
 
     def rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, state: Any) -> Any:
         if not isinstance(func, Global) or not isinstance(args, tuple):
-            raise UnsafePickleError(f"_rebuild_from_type_v2 with function {func!r}")
+            raise UnsafePickleError(f"_rebuild_from_type_v2 with function {_short(func)}")
         kind = getattr(new_type, "qualname", None)
         if kind not in ("torch.Tensor", "torch.nn.parameter.Parameter") and \
                 not isinstance(new_type, StubType):
-            raise UnsafePickleError(f"_rebuild_from_type_v2 to class {new_type!r}")
-        tensor = func.call(*args)
+            raise UnsafePickleError(f"_rebuild_from_type_v2 to class {_short(new_type)}")
+        tensor = func.apply(args)
         if kind == "torch.nn.parameter.Parameter":     # torch keeps the inner tensor's flag
             flag = tensor.requires_grad if isinstance(tensor, TensorRef) else True
             return self._as_parameter(tensor, flag, state)
+        state = _state_dict(state)
         if state and isinstance(tensor, TensorRef):
             tensor = _copy_ref(tensor)
-            tensor.state = _state_dict(state)
+            tensor.state = state
         return tensor
 
     def tensor_class(self, *args: Any) -> Any:
@@ -410,7 +415,8 @@ class TorchHandlers:
 
     def codecs_encode(self, text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
         codec = _CODECS.get(encoding) if isinstance(encoding, str) else None
-        if not isinstance(text, str) or codec is None or errors != "strict":
+        if not isinstance(text, str) or codec is None or type(errors) is not str \
+                or errors != "strict":
             raise UnsafePickleError(f"_codecs.encode with encoding {_short(encoding)}")
         self.charge(len(text), "_codecs.encode")
         try:
@@ -518,13 +524,4 @@ def _text(value: Any) -> Any:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else value
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
-
-
-def _short(value: Any) -> str:
-    """A bounded repr (no recursion the file controls, no megabyte messages)."""
-    try:
-        return _REPR.repr(value)
-    except Exception:
-        return f"<{type(value).__name__}>"
+_short = short_repr
