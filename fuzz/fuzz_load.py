@@ -10,7 +10,7 @@ the inputs it finds interesting to the first directory, ``fuzz/work`` (not commi
 Each input goes through ``pthfmt.load``, ``pthfmt.open`` (every tensor read, key paths
 walked, stubs allowed) and ``pthfmt.validate`` when it exists.  Anything but a
 ``pthfmt.PthError`` is a crash: libFuzzer stops and writes the input to ``crash-<sha1>``,
-which then becomes a regression test in ``tests/test_fuzz_regressions.py`` (copy it into
+which then becomes a regression test in ``tests/unit/test_fuzz_regressions.py`` (copy it into
 ``fuzz/regressions/``).  ``-rss_limit_mb`` (default 2048) catches memory blow-ups and
 ``-timeout`` (default 1200 s, set it to e.g. 10) catches hangs.
 """
