@@ -29,11 +29,16 @@ class PthError(ValueError):
         record: str | None = None,
         offset: int | None = None,
         key_path: str | None = None,
+        code: str | None = None,
     ) -> None:
         self.message = message
         self.record = record
         self.offset = offset
         self.key_path = key_path
+        #: The validation check this error is a case of (a code of
+        #: ``pthfmt.validation.CHECKS``), where the rule that raised it knows: the validator
+        #: reports the reader's own errors under it instead of re-checking the rule.
+        self.code = code
         super().__init__(self._render())
 
     def _render(self) -> str:

@@ -18,6 +18,7 @@ from ..errors import CorruptError, FormatError, LimitError
 from ..source import Source
 from .device import Device
 from .dtypes import DTypeInfo, by_name
+from ..text import short_repr
 
 __all__ = ["StorageInfo", "StorageType", "StorageSlice", "StorageTable", "Reader",
            "swap_to_native", "stored_reader", "chunked_reader"]
@@ -150,14 +151,14 @@ class StorageTable:
                 raise FormatError(
                     f"storage {key!r} is declared twice, as {seen.storage_class}"
                     f"[{self._declared_numel(seen)}] on {seen.tag!r} and as "
-                    f"{stype.name}[{numel}] on {tag!r}")
+                    f"{stype.name}[{numel}] on {tag!r}", code="storage.redeclared")
             return seen
         location = self._locations.get(tag)
         if location is None:
             try:
                 location = self._locations[tag] = self.mapper(tag)
             except ValueError as exc:
-                raise FormatError(f"storage {key!r}: {exc}") from None
+                raise FormatError(f"storage {key!r}: {exc}", code="device.invalid") from None
         dtype = stype.dtype
         info = StorageInfo(key, dtype, numel * dtype.itemsize if dtype else numel, tag,
                            location)
@@ -170,13 +171,13 @@ class StorageTable:
     def _check(key: object, stype: object, tag: object, numel: object) -> None:
         """Refuse a persistent id whose fields have the wrong types."""
         if not isinstance(key, str):
-            raise FormatError(f"storage key {key!r} is not a string")
+            raise FormatError(f"storage key {short_repr(key)} is not a string", code="storage.declaration")
         if not isinstance(stype, StorageType):
-            raise FormatError(f"storage {key!r}: {stype!r} is not a storage class")
+            raise FormatError(f"storage {key!r}: {short_repr(stype)} is not a storage class", code="storage.declaration")
         if not isinstance(tag, str):
-            raise FormatError(f"storage {key!r}: location {tag!r} is not a string")
+            raise FormatError(f"storage {key!r}: location {short_repr(tag)} is not a string", code="storage.declaration")
         if type(numel) is not int or numel < 0:
-            raise FormatError(f"storage {key!r}: size {numel!r} is not a non-negative int")
+            raise FormatError(f"storage {key!r}: size {short_repr(numel)} is not a non-negative int", code="storage.declaration")
 
     def count_unit(self, key: str) -> int:
         """Bytes per element of ``key``'s declared storage class (1 for UntypedStorage)."""
@@ -194,7 +195,7 @@ class StorageTable:
             info.dtype = dtype
         elif info.dtype is not dtype and info.dtype.name != dtype.name:
             raise FormatError(f"storage {info.key!r} holds {info.dtype.name} but a tensor "
-                              f"reads it as {dtype.name}")
+                              f"reads it as {dtype.name}", code="storage.dtype_conflict")
 
 
 def swap_to_native(buf: np.ndarray, dtype: DTypeInfo | None, key: str) -> None:

@@ -28,6 +28,8 @@ __all__ = ["StorageInfo", "TensorRef", "Tensor", "check_view", "view_of"]  # Sto
 
 #: numpy's limits: dimensions, and elements, bytes, sizes and strides (its intp).
 MAX_NDIM = 64
+#: The validation code of every error :func:`check_view` raises.
+_VIEW = "tensor.view"
 INTP_MAX = int(np.iinfo(np.intp).max)
 
 
@@ -37,7 +39,7 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
     as plain int tuples.  Offsets, sizes and strides count elements of ``dtype``."""
     if type(offset) is not int or not 0 <= offset <= INTP_MAX:
         raise FormatError(f"{_what(key)}: storage offset {_show(offset)} is not an int in "
-                          "[0, 2**63)")
+                          "[0, 2**63)", code=_VIEW)
     if type(shape) is tuple and type(stride) is tuple:   # 1-d and 0-d, checked without calls
         if len(shape) == 1 == len(stride):
             n, step = shape[0], stride[0]
@@ -56,9 +58,9 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
     stride = _int_tuple(stride, key, "stride")
     ndim = len(shape)
     if ndim != len(stride):
-        raise FormatError(f"{_what(key)}: size {shape} and stride {stride} differ in length")
+        raise FormatError(f"{_what(key)}: size {shape} and stride {stride} differ in length", code=_VIEW)
     if ndim > MAX_NDIM:
-        raise UnsupportedError(f"{_what(key)}: {ndim} dimensions (numpy allows {MAX_NDIM})")
+        raise UnsupportedError(f"{_what(key)}: {ndim} dimensions (numpy allows {MAX_NDIM})", code=_VIEW)
     itemsize = dtype.itemsize
     if ndim == 1:                                       # the common case, without loops
         n = shape[0]
@@ -82,28 +84,28 @@ def _what(key: str) -> str:
 
 def _too_many(key: str, shape: tuple[int, ...]) -> None:
     raise UnsupportedError(f"{_what(key)}: size {shape} has more elements than a numpy array "
-                           "can hold")
+                           "can hold", code=_VIEW)
 
 
 def _outside(key: str, offset: int, shape: tuple[int, ...], stride: tuple[int, ...],
              itemsize: int, nbytes: int) -> None:
     extent = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
     raise CorruptError(f"{_what(key)}: view (offset {offset}, size {shape}, stride {stride}) "
-                       f"needs {extent * itemsize} bytes of a {nbytes}-byte storage")
+                       f"needs {extent * itemsize} bytes of a {nbytes}-byte storage", code=_VIEW)
 
 
 def _int_tuple(value: Any, key: str, what: str) -> tuple[int, ...]:
     if type(value) is not tuple:
         if not isinstance(value, (tuple, list)):
             raise FormatError(f"{_what(key)}: {what} must be a tuple of ints, not "
-                              f"{type(value).__name__}")
+                              f"{type(value).__name__}", code=_VIEW)
         value = tuple(value)
     for v in value:
         if type(v) is not int or not 0 <= v <= INTP_MAX:
             # (every value bounded before any arithmetic: a product of huge ints, which the
             # memo can repeat at no cost, would take minutes)
             raise FormatError(f"{_what(key)}: {what} holds {_show(v)}, not an int in "
-                              "[0, 2**63)")
+                              "[0, 2**63)", code=_VIEW)
     return value  # type: ignore[no-any-return]
 
 

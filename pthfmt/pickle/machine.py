@@ -26,6 +26,7 @@ test_machine_dispatch.py`` checks both, and that the table covers every opcode o
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from ..errors import (
@@ -128,6 +129,9 @@ class Unpickler:
         self.handlers = handlers
         self.pos = self.start = start
         self.lenient = False
+        #: Lenient runs: told of each error a handler raised before it became a poison
+        #: (the validator reports the reader's own errors this way).
+        self.on_error: Callable[[PthError], None] | None = None
         self.end = len(data) if end is None else end
         self.record = record
         self.stack: list[Any] = []
@@ -373,12 +377,33 @@ class Unpickler:
                         return item
         return Poison(self.op_pos)
 
+    def _poisoned(self, *inputs: Any) -> Poison | None:
+        """The poison an input carries (itself, or one level into a tuple or list)."""
+        for value in inputs:
+            if type(value) is Poison:
+                return value
+            if isinstance(value, (tuple, list)):
+                for item in value:
+                    if type(item) is Poison:
+                        return item
+        return None
+
+    def _failed(self, exc: PthError, *inputs: Any) -> Poison:
+        """A lenient run's handler error: tell ``on_error``, go on with a poison."""
+        if self.on_error is not None:
+            self.on_error(exc)
+        return self._poison(*inputs)
+
     def _call(self, func: Any, args: Any, how: str) -> Any:
         if self.lenient:
+            inputs = (func, *(args if isinstance(args, tuple) else (args,)))
+            poison = self._poisoned(*inputs)
+            if poison is not None:          # its first failure is already reported
+                return poison
             try:
                 return self._strict_call(func, args, how)
-            except PthError:
-                return self._poison(func, *(args if isinstance(args, tuple) else (args,)))
+            except PthError as exc:
+                return self._failed(exc, *inputs)
         return self._strict_call(func, args, how)
 
     def _strict_call(self, func: Any, args: Any, how: str) -> Any:
@@ -604,12 +629,13 @@ class Unpickler:
         state = stack.pop()
         obj = stack[-1]
         if isinstance(obj, Pending):
+            poison = self._poisoned(state) if self.lenient else None
             try:
-                result = obj.build(state)
-            except PthError:
+                result = poison if poison is not None else obj.build(state)
+            except PthError as exc:
                 if not self.lenient:
                     raise
-                result = self._poison(state)
+                result = self._failed(exc, state)
             stack[-1] = result
             for key in obj.memo_keys:
                 self._store(key, result)
@@ -618,10 +644,13 @@ class Unpickler:
 
     def _persistent(self, pid: Any) -> Any:
         if self.lenient:
+            poison = self._poisoned(pid)
+            if poison is not None:          # its first failure is already reported
+                return poison
             try:
                 return self.handlers.persistent_load(pid)
-            except PthError:
-                return self._poison(pid, *(pid if isinstance(pid, tuple) else ()))
+            except PthError as exc:
+                return self._failed(exc, pid)
         return self.handlers.persistent_load(pid)
 
     def op_PERSID(self, arg: str) -> None:

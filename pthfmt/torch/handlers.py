@@ -116,24 +116,13 @@ class TorchHandlers:
         #: zip persistent ids have 5 items; legacy ones a 6th, the storage view metadata.
         self.pid_length = pid_length
         self.keys = KeyGuard(copy_budget // 32)
-        #: Told ``(code, message)`` of each rule violation before it is raised (a code of
-        #: ``pthfmt.validation.CHECKS``); ``None`` (the default) costs nothing on the load
-        #: path.  The validator sets one that collects problems.
-        self.observer: Callable[[str, str], None] | None = None
-
-    def report(self, code: str, message: str) -> None:
-        """Tell the observer about a rule violation that is about to be raised."""
-        if self.observer is not None:
-            self.observer(code, message)
+        #: Told of each tensor this run builds (the validator's view bookkeeping); ``None``
+        #: (the default) costs nothing on the load path.
+        self.on_tensor: Callable[[TensorRef], None] | None = None
 
     def check_keys(self, keys: Any) -> None:
-        """The key guard over dict/set keys built by a handler (reported as ``pickle.limit``
-        before it raises)."""
-        try:
-            self.keys.check_all(keys)
-        except LimitError as exc:
-            self.report("pickle.limit", exc.message)
-            raise
+        """The key guard over dict/set keys built by a handler."""
+        self.keys.check_all(keys)
 
     # -- the pickle VM's interface ---------------------------------------------------------
     def lenient(self) -> TorchHandlers:
@@ -145,10 +134,8 @@ class TorchHandlers:
     def charge(self, nbytes: int, what: str) -> None:
         self.copy_budget -= nbytes
         if self.copy_budget < 0:
-            message = (f"{what}: the pickle copies more data than the file's size justifies "
-                       "(a blob referenced again and again)")
-            self.report("pickle.limit", message)
-            raise LimitError(message)
+            raise LimitError(f"{what}: the pickle copies more data than the file's size "
+                             "justifies (a blob referenced again and again)")
 
     def resolve(self, module: str, name: str) -> Any:
         key = (module, name)
@@ -187,17 +174,19 @@ class TorchHandlers:
                 and type(pid[2]) is str and type(pid[3]) is str:      # the common case
             return self.storages.declare(pid[2], pid[1], pid[3], pid[4])
         if not isinstance(pid, tuple) or not pid:
-            raise FormatError(f"persistent id {_short(pid)} is not a tuple")
+            raise FormatError(f"persistent id {_short(pid)} is not a tuple", code="pickle.persistent_id")
         kind = _text(pid[0])
         if type(kind) is not str:
-            raise FormatError(f"persistent id {_short(pid)} does not start with a string")
+            raise FormatError(f"persistent id {_short(pid)} does not start with a string", code="pickle.persistent_id")
         if kind == "module":
             if self.unknown == "stub" and len(pid) > 1 and isinstance(pid[1], StubType):
                 return pid[1]
-            raise UnsafePickleError(f"persistent id of a pickled module class {_short(pid)}")
+            raise UnsafePickleError(f"persistent id of a pickled nn.Module class {_short(pid)}: "
+                                   "torch.load(weights_only=False) imports it",
+                                   code="pickle.persistent_id")
         if kind != "storage" or len(pid) != self.pid_length:
             raise FormatError(f"persistent id {_short(pid)} is not a storage reference "
-                              f"(a {self.pid_length}-tuple in this container)")
+                              f"(a {self.pid_length}-tuple in this container)", code="pickle.persistent_id")
         _, stype, key, tag, numel = pid[:5]
         info = self.storages.declare(_text(key), stype, _text(tag), numel)
         view = pid[5] if len(pid) == 6 else None
@@ -207,12 +196,12 @@ class TorchHandlers:
 
     def _legacy_view(self, info: StorageInfo, view: Any) -> StorageSlice:
         if not isinstance(view, tuple) or len(view) != 3:
-            raise FormatError(f"storage {info.key!r}: view metadata {_short(view)}")
+            raise FormatError(f"storage {info.key!r}: view metadata {_short(view)}", code="tensor.view")
         _view_key, start, numel = view
         if type(start) is not int or type(numel) is not int or start < 0 or numel < 0 or \
                 start + numel > info.numel:
             raise CorruptError(f"storage {info.key!r}: view [{start}:{start}+{numel}] of a "
-                               f"{info.numel}-element storage")
+                               f"{info.numel}-element storage", code="tensor.view")
         return StorageSlice(info, start, numel)
 
     def build(self, obj: Any, state: Any) -> None:
@@ -264,12 +253,12 @@ class TorchHandlers:
                 offset += start
         else:
             raise FormatError(f"tensor storage is a {type(storage).__name__}, not a "
-                              "persistent storage reference")
+                              "persistent storage reference", code="tensor.view")
         offset, size, stride = check_view(dtype, nbytes, offset, size, stride, storage.key)
         conj = neg = False
         if metadata:
             if not isinstance(metadata, dict):
-                raise FormatError(f"tensor metadata is a {type(metadata).__name__}")
+                raise FormatError(f"tensor metadata is a {type(metadata).__name__}", code="tensor.metadata")
             conj, neg = bool(metadata.get("conj")), bool(metadata.get("neg"))
             if neg and dtype.kind == "bool":
                 if math.prod(size if isinstance(size, (tuple, list)) else ()):
@@ -277,7 +266,7 @@ class TorchHandlers:
                                            "materialize it either: bool has no negative)")
                 neg = False                 # an empty one holds no values to negate
         if requires_grad is not True and requires_grad is not False:
-            raise FormatError(f"requires_grad is {_short(requires_grad)}, not a bool")
+            raise FormatError(f"requires_grad is {_short(requires_grad)}, not a bool", code="tensor.metadata")
         if self.eager and not (conj or neg):
             buffer = storage._buffer
             if buffer is None:
@@ -285,6 +274,8 @@ class TorchHandlers:
             return view_of(buffer, dtype, offset, size, stride)
         ref = TensorRef(storage, dtype, offset, size, stride, requires_grad,
                         conj=conj, neg=neg, mmap=self.mmap)
+        if self.on_tensor is not None:
+            self.on_tensor(ref)
         return ref.numpy() if self.eager else ref
 
     def rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any) -> Any:
@@ -299,14 +290,14 @@ class TorchHandlers:
                           requires_grad: Any, backward_hooks: Any, dtype: Any,
                           metadata: Any = None) -> Any:
         if not isinstance(dtype, DType) or dtype.info is None:
-            raise FormatError(f"_rebuild_tensor_v3 dtype {dtype!r} is not a storable dtype")
+            raise FormatError(f"_rebuild_tensor_v3 dtype {_short(dtype)} is not a storable dtype", code="dtype.invalid")
         return self.make_tensor(storage, dtype.info, offset, size, stride, requires_grad,
                                 metadata)
 
     def rebuild_parameter(self, data: Any, requires_grad: Any, backward_hooks: Any = None,
                           state: Any = None) -> Any:
         if not isinstance(requires_grad, bool):
-            raise FormatError(f"Parameter requires_grad is {requires_grad!r}, not a bool")
+            raise FormatError(f"Parameter requires_grad is {_short(requires_grad)}, not a bool")
         return self._as_parameter(data, requires_grad, state)
 
     def rebuild_parameter_with_state(self, data: Any, requires_grad: Any,

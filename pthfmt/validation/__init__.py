@@ -59,7 +59,8 @@ class _Validator(LegacyChecks):
     def name_tensors(self) -> None:
         """Give problems about a storage's data record the key path of a tensor using it."""
         for audit, root in self.audited:
-            records = {d.info.record: d.info.key for d in audit.decl.values() if d.info.record}
+            records = {d.info.record: d.info.key for d in audit.decl.values()
+                       if d.info.record is not None}
             todo = [p for p in self.problems if p.key_path is None and p.record in records]
             if not todo:
                 continue
@@ -68,7 +69,8 @@ class _Validator(LegacyChecks):
                                   want=lambda v: isinstance(v, TensorRef)):
                 users.setdefault(ref.storage_key, path)
             for p in todo:
-                p.key_path = users.get(records[p.record]) or None
+                if p.record is not None:
+                    p.key_path = users.get(records[p.record]) or None
 
     def finish(self) -> Report:
         try:

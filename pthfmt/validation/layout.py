@@ -84,9 +84,9 @@ class LayoutChecks(PickleChecks):
             used.add(frec.entry.name)
             calc = (self.record_bytes(frec, 32) or b"") >= b"1"
         for rel in (".data/serialization_id", ".data/version", "version"):
-            r = exact.get(rel)
-            if r is not None:
-                used.add(r.entry.name)
+            found = exact.get(rel)
+            if found is not None:
+                used.add(found.entry.name)
         # the object pickle and its storages
         pkl = find("data.pkl")
         audit: Audit | None = None
@@ -97,10 +97,10 @@ class LayoutChecks(PickleChecks):
             audit = self.audit_zip_pickle(pkl, "data", find, used, big)
         if torchscript:
             for name in ("constants.pkl", "traced_inputs.pkl"):
-                r = find(name)
-                if r is not None:
-                    used.add(r.entry.name)
-                    self.audit_zip_pickle(r, name[:-len(".pkl")], find, used, big)
+                other = find(name)
+                if other is not None:
+                    used.add(other.entry.name)
+                    self.audit_zip_pickle(other, name[:-len(".pkl")], find, used, big)
         # every other record
         data_prefix = "data/"
         for r in recs:

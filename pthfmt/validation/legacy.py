@@ -118,7 +118,7 @@ class LegacyChecks(ZipChecks):
                          "AssertionError)", record="legacy storage keys", offset=at_keys)
                 unit = 1
             else:
-                unit = d.stype.dtype.itemsize if d.stype.dtype else 1
+                unit = audit.storages.count_unit(key)
             record = f"storage {key}"
             if pos + 8 > self.size:
                 self.add("file.truncated", f"the file ends before the element count of storage "

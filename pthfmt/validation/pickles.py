@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import FormatError, PthError, UnsafePickleError
+from ..errors import FormatError, LimitError, PthError, UnsafePickleError
 from ..formats.zip.reader import PICKLE_RATIO, STORED
 from ..model.storage import StorageInfo
 from ..model.tensor import TensorRef
 from ..model.tree import walk
-from ..pickle.machine import Unpickler
 from ..pickle.scan import PickleScan, scan_pickle
 from .audit import Audit, Poison, allowed, gadget
 from .base import Rec, ValidatorBase
@@ -97,17 +96,13 @@ class PickleChecks(ValidatorBase):
                   base: int) -> dict[int, str]:
         """Run the lenient VM with ``audit`` and turn its notes into problems; returns the
         key paths of the objects that failed, by the position of the failing opcode."""
-        u = Unpickler(data, audit, start=start, end=end, record=record)
-        u.lenient = True
-        audit.u = u
+        u = audit.run(data, start, end, record)
         root: Any = None
         failed: PthError | None = None
         try:
             root = u.load()
         except PthError as exc:
             failed = exc
-        except Exception as exc:  # a bug in a handler must not stop the validation
-            failed = FormatError(f"{type(exc).__name__}: {exc}", offset=u.op_pos)
         paths: dict[int, str] = {}
         users: dict[str, str] = {}
         by_info: dict[int, str] = {}
@@ -133,8 +128,7 @@ class PickleChecks(ValidatorBase):
                      key_path=key_path or None)
         if failed is not None and not isinstance(failed, UnsafePickleError):
             offset = failed.offset if failed.offset is not None else u.op_pos
-            code = "pickle.limit" if type(failed).__name__ == "LimitError" else \
-                "pickle.malformed"
+            code = "pickle.limit" if isinstance(failed, LimitError) else "pickle.malformed"
             self.add(code, failed.message, record=record, offset=offset - base)
         if self.strict and failed is None:
             self.check_unviewed(audit, bare, users, record)

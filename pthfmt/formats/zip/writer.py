@@ -145,7 +145,7 @@ class ZipWriter:
         if name in self._written:
             raise ValueError(f"record {name!r} written twice")
         if size is None:
-            size = memoryview(data).nbytes
+            size = memoryview(data).nbytes  # type: ignore[arg-type]
             data = (data,)
         full = (self.prefix + name).encode("utf-8")
         offset = self.pos
