@@ -16,12 +16,20 @@ import numpy as np
 
 from ..errors import CorruptError, FormatError, LimitError
 from ..source import Source
+from ..text import short_repr
 from .device import Device
 from .dtypes import DTypeInfo, by_name
-from ..text import short_repr
 
-__all__ = ["StorageInfo", "StorageType", "StorageSlice", "StorageTable", "Reader",
-           "swap_to_native", "stored_reader", "chunked_reader"]
+__all__ = [
+    "StorageInfo",
+    "StorageType",
+    "StorageSlice",
+    "StorageTable",
+    "Reader",
+    "swap_to_native",
+    "stored_reader",
+    "chunked_reader",
+]
 
 UINT8 = by_name("uint8")
 
@@ -54,8 +62,9 @@ class StorageInfo:
         "tag",
     )
 
-    def __init__(self, key: str, dtype: DTypeInfo | None, nbytes: int, tag: str,
-                 location: Device) -> None:
+    def __init__(
+        self, key: str, dtype: DTypeInfo | None, nbytes: int, tag: str, location: Device
+    ) -> None:
         self.key = key
         self.dtype = dtype
         self.nbytes = nbytes
@@ -96,8 +105,10 @@ class StorageInfo:
             except MemoryError:
                 pass
             if buffer is None:
-                raise LimitError(f"out of memory reading storage {self.key!r} "
-                                 f"({self.nbytes} bytes)", record=self.record)
+                raise LimitError(
+                    f"out of memory reading storage {self.key!r} ({self.nbytes} bytes)",
+                    record=self.record,
+                )
             if not self._cache:
                 return buffer
             self._buffer = buffer
@@ -105,8 +116,10 @@ class StorageInfo:
 
     def __repr__(self) -> str:
         dtype = self.dtype.name if self.dtype else "untyped"
-        return (f"StorageInfo(key={self.key!r}, dtype={dtype}, numel={self.numel}, "
-                f"nbytes={self.nbytes}, location={str(self.location)!r}, record={self.record!r})")
+        return (
+            f"StorageInfo(key={self.key!r}, dtype={dtype}, numel={self.numel}, "
+            f"nbytes={self.nbytes}, location={str(self.location)!r}, record={self.record!r})"
+        )
 
 
 class StorageType:
@@ -116,7 +129,7 @@ class StorageType:
 
     def __init__(self, name: str, dtype: DTypeInfo | None) -> None:
         self.name = name
-        self.dtype = dtype          # None: untyped (numel counts bytes)
+        self.dtype = dtype  # None: untyped (numel counts bytes)
 
     def __repr__(self) -> str:
         return f"<storage type {self.name}>"
@@ -132,8 +145,9 @@ class StorageSlice:
 
 
 class StorageTable:
-    def __init__(self, mapper: Callable[[str], Device],
-                 locate: Callable[[StorageInfo], None]) -> None:
+    def __init__(
+        self, mapper: Callable[[str], Device], locate: Callable[[StorageInfo], None]
+    ) -> None:
         self.infos: dict[str, StorageInfo] = {}
         self._locations: dict[str, Device] = {}
         self.mapper = mapper
@@ -141,17 +155,27 @@ class StorageTable:
 
     def declare(self, key: Any, stype: Any, tag: Any, numel: Any) -> StorageInfo:
         """The storage of one persistent id: made and located on its first declaration."""
-        if type(key) is not str or type(stype) is not StorageType or type(tag) is not str \
-                or type(numel) is not int or numel < 0:
+        if (
+            type(key) is not str
+            or type(stype) is not StorageType
+            or type(tag) is not str
+            or type(numel) is not int
+            or numel < 0
+        ):
             self._check(key, stype, tag, numel)
         seen = self.infos.get(key)
         if seen is not None:
-            if seen.storage_class != stype.name or seen.tag != tag or \
-                    seen.nbytes != numel * (stype.dtype.itemsize if stype.dtype else 1):
+            if (
+                seen.storage_class != stype.name
+                or seen.tag != tag
+                or seen.nbytes != numel * (stype.dtype.itemsize if stype.dtype else 1)
+            ):
                 raise FormatError(
                     f"storage {key!r} is declared twice, as {seen.storage_class}"
                     f"[{self._declared_numel(seen)}] on {seen.tag!r} and as "
-                    f"{stype.name}[{numel}] on {tag!r}", code="storage.redeclared")
+                    f"{stype.name}[{numel}] on {tag!r}",
+                    code="storage.redeclared",
+                )
             return seen
         location = self._locations.get(tag)
         if location is None:
@@ -160,8 +184,7 @@ class StorageTable:
             except ValueError as exc:
                 raise FormatError(f"storage {key!r}: {exc}", code="device.invalid") from None
         dtype = stype.dtype
-        info = StorageInfo(key, dtype, numel * dtype.itemsize if dtype else numel, tag,
-                           location)
+        info = StorageInfo(key, dtype, numel * dtype.itemsize if dtype else numel, tag, location)
         info.storage_class = stype.name
         self.locate(info)
         self.infos[key] = info
@@ -171,19 +194,33 @@ class StorageTable:
     def _check(key: object, stype: object, tag: object, numel: object) -> None:
         """Refuse a persistent id whose fields have the wrong types."""
         if not isinstance(key, str):
-            raise FormatError(f"storage key {short_repr(key)} is not a string", code="storage.declaration")
+            raise FormatError(
+                f"storage key {short_repr(key)} is not a string", code="storage.declaration"
+            )
         if not isinstance(stype, StorageType):
-            raise FormatError(f"storage {key!r}: {short_repr(stype)} is not a storage class", code="storage.declaration")
+            raise FormatError(
+                f"storage {key!r}: {short_repr(stype)} is not a storage class",
+                code="storage.declaration",
+            )
         if not isinstance(tag, str):
-            raise FormatError(f"storage {key!r}: location {short_repr(tag)} is not a string", code="storage.declaration")
+            raise FormatError(
+                f"storage {key!r}: location {short_repr(tag)} is not a string",
+                code="storage.declaration",
+            )
         if type(numel) is not int or numel < 0:
-            raise FormatError(f"storage {key!r}: size {short_repr(numel)} is not a non-negative int", code="storage.declaration")
+            raise FormatError(
+                f"storage {key!r}: size {short_repr(numel)} is not a non-negative int",
+                code="storage.declaration",
+            )
 
     def count_unit(self, key: str) -> int:
         """Bytes per element of ``key``'s declared storage class (1 for UntypedStorage)."""
         info = self.infos[key]
-        return 1 if info.storage_class == "UntypedStorage" or info.dtype is None \
+        return (
+            1
+            if info.storage_class == "UntypedStorage" or info.dtype is None
             else info.dtype.itemsize
+        )
 
     def _declared_numel(self, info: StorageInfo) -> int:
         return info.nbytes // self.count_unit(info.key)
@@ -194,8 +231,11 @@ class StorageTable:
         if info.dtype is None:
             info.dtype = dtype
         elif info.dtype is not dtype and info.dtype.name != dtype.name:
-            raise FormatError(f"storage {info.key!r} holds {info.dtype.name} but a tensor "
-                              f"reads it as {dtype.name}", code="storage.dtype_conflict")
+            raise FormatError(
+                f"storage {info.key!r} holds {info.dtype.name} but a tensor "
+                f"reads it as {dtype.name}",
+                code="storage.dtype_conflict",
+            )
 
 
 def swap_to_native(buf: np.ndarray, dtype: DTypeInfo | None, key: str) -> None:
@@ -204,11 +244,10 @@ def swap_to_native(buf: np.ndarray, dtype: DTypeInfo | None, key: str) -> None:
     if unit <= 1:
         return
     if buf.nbytes % unit:
-        raise CorruptError(f"storage {key!r}: {buf.nbytes} bytes is not a whole number of "
-                           f"{unit}-byte elements")
+        raise CorruptError(
+            f"storage {key!r}: {buf.nbytes} bytes is not a whole number of {unit}-byte elements"
+        )
     buf.view(f"u{unit}").byteswap(inplace=True)
-
-
 
 
 def stored_reader(src: Source, big_endian: bool) -> Reader:
@@ -232,17 +271,21 @@ def chunked_reader(chunks: Callable[[], Iterable[bytes]], big_endian: bool) -> R
     written chunk by chunk into one buffer of the storage's size."""
 
     def read(info: StorageInfo, mmap: bool) -> np.ndarray:
-        buf = np.empty(info.nbytes, np.uint8)   # (not populated: a lying size stays unpaid)
+        buf = np.empty(info.nbytes, np.uint8)  # (not populated: a lying size stays unpaid)
         pos = 0
         for chunk in chunks():
             if pos + len(chunk) > info.nbytes:
-                raise CorruptError(f"storage {info.key!r} decodes to more than "
-                                   f"{info.nbytes} bytes", record=info.record)
-            buf[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                raise CorruptError(
+                    f"storage {info.key!r} decodes to more than {info.nbytes} bytes",
+                    record=info.record,
+                )
+            buf[pos : pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
             pos += len(chunk)
         if pos != info.nbytes:
-            raise CorruptError(f"storage {info.key!r} decodes to {pos} bytes, expected "
-                               f"{info.nbytes}", record=info.record)
+            raise CorruptError(
+                f"storage {info.key!r} decodes to {pos} bytes, expected {info.nbytes}",
+                record=info.record,
+            )
         if big_endian:
             swap_to_native(buf, info.dtype, info.key)
         return buf

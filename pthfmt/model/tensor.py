@@ -33,18 +33,24 @@ _VIEW = "tensor.view"
 INTP_MAX = int(np.iinfo(np.intp).max)
 
 
-def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: Any,
-               key: str) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+def check_view(
+    dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: Any, key: str
+) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """Validate a view's metadata against its storage (``key``, ``nbytes`` bytes); return it
     as plain int tuples.  Offsets, sizes and strides count elements of ``dtype``."""
     if type(offset) is not int or not 0 <= offset <= INTP_MAX:
-        raise FormatError(f"{_what(key)}: storage offset {_show(offset)} is not an int in "
-                          "[0, 2**63)", code=_VIEW)
-    if type(shape) is tuple and type(stride) is tuple:   # 1-d and 0-d, checked without calls
+        raise FormatError(
+            f"{_what(key)}: storage offset {_show(offset)} is not an int in [0, 2**63)", code=_VIEW
+        )
+    if type(shape) is tuple and type(stride) is tuple:  # 1-d and 0-d, checked without calls
         if len(shape) == 1 == len(stride):
             n, step = shape[0], stride[0]
-            if type(n) is int and type(step) is int and 0 <= n <= INTP_MAX and \
-                    0 <= step <= INTP_MAX:
+            if (
+                type(n) is int
+                and type(step) is int
+                and 0 <= n <= INTP_MAX
+                and 0 <= step <= INTP_MAX
+            ):
                 if n * dtype.itemsize > INTP_MAX:
                     _too_many(key, shape)
                 if n and (offset + (n - 1) * step + 1) * dtype.itemsize > nbytes:
@@ -58,11 +64,15 @@ def check_view(dtype: DTypeInfo, nbytes: int, offset: Any, shape: Any, stride: A
     stride = _int_tuple(stride, key, "stride")
     ndim = len(shape)
     if ndim != len(stride):
-        raise FormatError(f"{_what(key)}: size {shape} and stride {stride} differ in length", code=_VIEW)
+        raise FormatError(
+            f"{_what(key)}: size {shape} and stride {stride} differ in length", code=_VIEW
+        )
     if ndim > MAX_NDIM:
-        raise UnsupportedError(f"{_what(key)}: {ndim} dimensions (numpy allows {MAX_NDIM})", code=_VIEW)
+        raise UnsupportedError(
+            f"{_what(key)}: {ndim} dimensions (numpy allows {MAX_NDIM})", code=_VIEW
+        )
     itemsize = dtype.itemsize
-    if ndim == 1:                                       # the common case, without loops
+    if ndim == 1:  # the common case, without loops
         n = shape[0]
         if n * itemsize > INTP_MAX:
             _too_many(key, shape)
@@ -83,29 +93,42 @@ def _what(key: str) -> str:
 
 
 def _too_many(key: str, shape: tuple[int, ...]) -> None:
-    raise UnsupportedError(f"{_what(key)}: size {shape} has more elements than a numpy array "
-                           "can hold", code=_VIEW)
+    raise UnsupportedError(
+        f"{_what(key)}: size {shape} has more elements than a numpy array can hold", code=_VIEW
+    )
 
 
-def _outside(key: str, offset: int, shape: tuple[int, ...], stride: tuple[int, ...],
-             itemsize: int, nbytes: int) -> None:
+def _outside(
+    key: str,
+    offset: int,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    itemsize: int,
+    nbytes: int,
+) -> None:
     extent = offset + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
-    raise CorruptError(f"{_what(key)}: view (offset {offset}, size {shape}, stride {stride}) "
-                       f"needs {extent * itemsize} bytes of a {nbytes}-byte storage", code=_VIEW)
+    raise CorruptError(
+        f"{_what(key)}: view (offset {offset}, size {shape}, stride {stride}) "
+        f"needs {extent * itemsize} bytes of a {nbytes}-byte storage",
+        code=_VIEW,
+    )
 
 
 def _int_tuple(value: Any, key: str, what: str) -> tuple[int, ...]:
     if type(value) is not tuple:
         if not isinstance(value, (tuple, list)):
-            raise FormatError(f"{_what(key)}: {what} must be a tuple of ints, not "
-                              f"{type(value).__name__}", code=_VIEW)
+            raise FormatError(
+                f"{_what(key)}: {what} must be a tuple of ints, not {type(value).__name__}",
+                code=_VIEW,
+            )
         value = tuple(value)
     for v in value:
         if type(v) is not int or not 0 <= v <= INTP_MAX:
             # (every value bounded before any arithmetic: a product of huge ints, which the
             # memo can repeat at no cost, would take minutes)
-            raise FormatError(f"{_what(key)}: {what} holds {_show(v)}, not an int in "
-                              "[0, 2**63)", code=_VIEW)
+            raise FormatError(
+                f"{_what(key)}: {what} holds {_show(v)}, not an int in [0, 2**63)", code=_VIEW
+            )
     return value  # type: ignore[no-any-return]
 
 
@@ -118,13 +141,18 @@ def _show(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def view_of(buffer: np.ndarray, dtype: DTypeInfo, offset: int, shape: tuple[int, ...],
-            stride: tuple[int, ...]) -> np.ndarray:
+def view_of(
+    buffer: np.ndarray,
+    dtype: DTypeInfo,
+    offset: int,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+) -> np.ndarray:
     """A numpy view of ``buffer`` (checked with :func:`check_view` first)."""
     size = dtype.itemsize
     if stride == (1,) and offset == 0 and 0 < shape[0] * size == buffer.nbytes:
-        return buffer.view(dtype.numpy)         # a whole 1-d storage: the commonest tensor
-    if 0 in shape:      # no elements: offset (and strides too large for numpy) do not matter
+        return buffer.view(dtype.numpy)  # a whole 1-d storage: the commonest tensor
+    if 0 in shape:  # no elements: offset (and strides too large for numpy) do not matter
         strides = tuple(s * size for s in stride)
         if max(strides, default=0) > INTP_MAX:
             return np.ndarray(shape, dtype.numpy, buffer=buffer[:0])
@@ -151,9 +179,19 @@ class TensorRef:
         "stride",
     )
 
-    def __init__(self, storage: StorageInfo, dtype: DTypeInfo, storage_offset: int,
-                 shape: tuple[int, ...], stride: tuple[int, ...], requires_grad: bool = False,
-                 *, conj: bool = False, neg: bool = False, mmap: bool = False) -> None:
+    def __init__(
+        self,
+        storage: StorageInfo,
+        dtype: DTypeInfo,
+        storage_offset: int,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        requires_grad: bool = False,
+        *,
+        conj: bool = False,
+        neg: bool = False,
+        mmap: bool = False,
+    ) -> None:
         self.storage = storage
         self._dtype = dtype
         self.storage_offset = storage_offset
@@ -212,8 +250,10 @@ class TensorRef:
     def __repr__(self) -> str:
         kind = "Parameter" if self.is_parameter else "TensorRef"
         extra = ", requires_grad=True" if self.requires_grad else ""
-        return (f"{kind}(dtype={self.dtype}, shape={self.shape}, device={str(self.device)!r}, "
-                f"storage={self.storage_key!r}{extra})")
+        return (
+            f"{kind}(dtype={self.dtype}, shape={self.shape}, device={str(self.device)!r}, "
+            f"storage={self.storage_key!r}{extra})"
+        )
 
 
 def _apply_bits(arr: np.ndarray, conj: bool, neg: bool, key: str) -> np.ndarray:
@@ -238,14 +278,21 @@ class Tensor:
 
     __slots__ = ("array", "device", "parameter", "requires_grad")
 
-    def __init__(self, array: Any, device: str | Device = "cpu", requires_grad: bool = False,
-                 parameter: bool = False) -> None:
+    def __init__(
+        self,
+        array: Any,
+        device: str | Device = "cpu",
+        requires_grad: bool = False,
+        parameter: bool = False,
+    ) -> None:
         self.array = array if isinstance(array, (np.ndarray, TensorRef)) else np.asarray(array)
         self.device = device if isinstance(device, Device) else Device.parse(device)
         self.requires_grad = bool(requires_grad)
         self.parameter = bool(parameter)
 
     def __repr__(self) -> str:
-        return (f"Tensor(shape={self.array.shape}, dtype={self.array.dtype}, "
-                f"device={str(self.device)!r}, requires_grad={self.requires_grad}, "
-                f"parameter={self.parameter})")
+        return (
+            f"Tensor(shape={self.array.shape}, dtype={self.array.dtype}, "
+            f"device={str(self.device)!r}, requires_grad={self.requires_grad}, "
+            f"parameter={self.parameter})"
+        )

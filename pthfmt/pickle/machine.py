@@ -98,15 +98,30 @@ class Poison:
         return f"<poison of the object that failed at offset {self.op_pos}>"
 
 
-_Poison = Poison            # the name of earlier releases
+_Poison = Poison  # the name of earlier releases
 
 #: The opcodes :meth:`Unpickler.load` runs inline (nearly all of a torch pickle); they have
 #: no ``op_<NAME>`` method.
-INLINED: Final[frozenset[str]] = frozenset([
-    "LONG_BINPUT", "BINPUT", "BINGET", "BININT1", "MARK", "TUPLE", "REDUCE", "BINUNICODE",
-    "EMPTY_TUPLE", "TUPLE1", "NEWFALSE", "BINPERSID", "BININT2", "LONG_BINGET", "TUPLE2",
-    "TUPLE3",
-])
+INLINED: Final[frozenset[str]] = frozenset(
+    [
+        "LONG_BINPUT",
+        "BINPUT",
+        "BINGET",
+        "BININT1",
+        "MARK",
+        "TUPLE",
+        "REDUCE",
+        "BINUNICODE",
+        "EMPTY_TUPLE",
+        "TUPLE1",
+        "NEWFALSE",
+        "BINPERSID",
+        "BININT2",
+        "LONG_BINGET",
+        "TUPLE2",
+        "TUPLE3",
+    ]
+)
 
 
 _U4 = struct.Struct("<I").unpack_from
@@ -123,8 +138,15 @@ def _describe(obj: Any) -> str:
 class Unpickler:
     """Run one pickle from ``data[start:end]``; :meth:`load` returns the object."""
 
-    def __init__(self, data: Any, handlers: Handlers, *, start: int = 0,
-                 end: int | None = None, record: str | None = None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        handlers: Handlers,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        record: str | None = None,
+    ) -> None:
         self.data = data
         self.handlers = handlers
         self.pos = self.start = start
@@ -157,7 +179,7 @@ class Unpickler:
         kinds, readers = _KINDS, _READERS
         handlers = [None if f is None else f.__get__(self) for f in _HANDLERS]
         u4, pending, call = _U4, Pending, self._call
-        fast = not self.lenient           # lenient re-runs turn handler errors into poisons
+        fast = not self.lenient  # lenient re-runs turn handler errors into poisons
         persistent = self.handlers.persistent_load if fast else self._persistent
         read_str = _READERS[ord("X")]
         memo, sparse, metastack = self.memo, self.sparse, self.metastack
@@ -168,8 +190,8 @@ class Unpickler:
                 if pos >= end:
                     raise CorruptError("pickle truncated: no STOP opcode before the end")
                 code = data[pos]
-                if code == 0x72 or code == 0x71:                    # LONG_BINPUT, BINPUT
-                    value = stack[-1]                   # (underflow: at this opcode)
+                if code == 0x72 or code == 0x71:  # LONG_BINPUT, BINPUT
+                    value = stack[-1]  # (underflow: at this opcode)
                     if code == 0x72:
                         if pos + 5 > end:
                             raise CorruptError("pickle truncated in an opcode argument")
@@ -190,30 +212,30 @@ class Unpickler:
                         sparse[idx] = value
                     if isinstance(value, pending):
                         value.memo_keys.append(idx)
-                elif code == 0x68:                                  # BINGET
+                elif code == 0x68:  # BINGET
                     if pos + 2 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
                     idx = data[pos + 1]
                     stack.append(memo[idx] if idx < len(memo) else self._sparse_get(idx))
                     pos += 2
-                elif code == 0x4B:                                  # BININT1
+                elif code == 0x4B:  # BININT1
                     if pos + 2 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
                     stack.append(data[pos + 1])
                     pos += 2
-                elif code == 0x28:                                  # MARK
+                elif code == 0x28:  # MARK
                     metastack.append(stack)
                     stack = []
                     pos += 1
-                elif code == 0x74:                                  # TUPLE
+                elif code == 0x74:  # TUPLE
                     if not metastack:
                         raise CorruptError("pickle mark missing")
                     items = tuple(stack)
                     stack = metastack.pop()
                     stack.append(items)
                     pos += 1
-                elif code == 0x52:                                  # REDUCE
-                    self.op_pos = pos                               # for lenient poisons
+                elif code == 0x52:  # REDUCE
+                    self.op_pos = pos  # for lenient poisons
                     args = stack.pop()
                     func = stack[-1]
                     if fast and type(func) is Global and type(args) is tuple:
@@ -221,38 +243,38 @@ class Unpickler:
                     else:
                         stack[-1] = call(func, args, "REDUCE")
                     pos += 1
-                elif code == 0x58:                                  # BINUNICODE
+                elif code == 0x58:  # BINUNICODE
                     arg, pos = read_str(data, pos + 1, end)
                     stack.append(arg)
-                elif code == 0x29:                                  # EMPTY_TUPLE
+                elif code == 0x29:  # EMPTY_TUPLE
                     stack.append(())
                     pos += 1
-                elif code == 0x85:                                  # TUPLE1
+                elif code == 0x85:  # TUPLE1
                     stack[-1] = (stack[-1],)
                     pos += 1
-                elif code == 0x89:                                  # NEWFALSE
+                elif code == 0x89:  # NEWFALSE
                     stack.append(False)
                     pos += 1
-                elif code == 0x51:                                  # BINPERSID
+                elif code == 0x51:  # BINPERSID
                     self.op_pos = pos
-                    stack[-1] = persistent(stack[-1])           # (lenient: poisons)
+                    stack[-1] = persistent(stack[-1])  # (lenient: poisons)
                     pos += 1
-                elif code == 0x4D:                                  # BININT2
+                elif code == 0x4D:  # BININT2
                     if pos + 3 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
                     stack.append(data[pos + 1] | data[pos + 2] << 8)
                     pos += 3
-                elif code == 0x6A:                                  # LONG_BINGET
+                elif code == 0x6A:  # LONG_BINGET
                     if pos + 5 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
                     idx = u4(data, pos + 1)[0]
                     stack.append(memo[idx] if idx < len(memo) else self._sparse_get(idx))
                     pos += 5
-                elif code == 0x86:                                  # TUPLE2
+                elif code == 0x86:  # TUPLE2
                     second = stack.pop()
                     stack[-1] = (stack[-1], second)
                     pos += 1
-                elif code == 0x87:                                  # TUPLE3
+                elif code == 0x87:  # TUPLE3
                     third = stack.pop()
                     second = stack.pop()
                     stack[-1] = (stack[-1], second, third)
@@ -288,22 +310,28 @@ class Unpickler:
             return self._result
         except PthError as exc:
             op_pos = self.op_pos = pos
-            own = exc.record is None or exc.record == self.record   # else: another record's
-            raise exc.locate(record=self.record, offset=op_pos if own else None,
-                             key_path=self.key_path(op_pos)) from None
+            own = exc.record is None or exc.record == self.record  # else: another record's
+            raise exc.locate(
+                record=self.record, offset=op_pos if own else None, key_path=self.key_path(op_pos)
+            ) from None
         except (IndexError, TypeError, struct.error) as exc:
             if not _raised_here(exc):
-                raise                       # from a handler: a bug in pthfmt, not the file
+                raise  # from a handler: a bug in pthfmt, not the file
             op_pos = self.op_pos = pos
             raise self._file_error(exc, op_pos) from None
         except RecursionError:
             op_pos = pos
-            raise CorruptError("object too deeply nested", record=self.record, offset=op_pos,
-                               key_path=self.key_path(op_pos)) from None
+            raise CorruptError(
+                "object too deeply nested",
+                record=self.record,
+                offset=op_pos,
+                key_path=self.key_path(op_pos),
+            ) from None
         except MemoryError:
             op_pos = pos
-            raise LimitError(f"out of memory at {self._opname(op_pos)}", record=self.record,
-                             offset=op_pos) from None
+            raise LimitError(
+                f"out of memory at {self._opname(op_pos)}", record=self.record, offset=op_pos
+            ) from None
 
     def _file_error(self, exc: Exception, op_pos: int) -> PthError:
         """The error for an exception the loop's own frame raised on the file's behalf."""
@@ -311,12 +339,11 @@ class Unpickler:
         kind: type[PthError]
         if isinstance(exc, IndexError):
             message, kind = f"pickle stack underflow at {name}", CorruptError
-        elif isinstance(exc, TypeError):        # an allowlisted handler called wrongly
+        elif isinstance(exc, TypeError):  # an allowlisted handler called wrongly
             message, kind = f"invalid pickle at {name}: {exc}", FormatError
         else:
             message, kind = f"pickle truncated at {name}", CorruptError
-        return kind(message, record=self.record, offset=op_pos,
-                    key_path=self.key_path(op_pos))
+        return kind(message, record=self.record, offset=op_pos, key_path=self.key_path(op_pos))
 
     def _opname(self, pos: int) -> str:
         try:
@@ -351,8 +378,13 @@ class Unpickler:
         if self.lenient:
             return None
         try:
-            rerun = Unpickler(self.data, self.handlers.lenient(), start=self.start,
-                              end=self.end, record=self.record)
+            rerun = Unpickler(
+                self.data,
+                self.handlers.lenient(),
+                start=self.start,
+                end=self.end,
+                record=self.record,
+            )
             rerun.lenient = True
             root = rerun.load()
         except (PthError, RecursionError, MemoryError):
@@ -370,7 +402,7 @@ class Unpickler:
         for value in inputs:
             if isinstance(value, Poison):
                 return value
-        for value in inputs:        # one level into argument and state tuples
+        for value in inputs:  # one level into argument and state tuples
             if isinstance(value, (tuple, list)):
                 for item in value:
                     if isinstance(item, Poison):
@@ -398,7 +430,7 @@ class Unpickler:
         if self.lenient:
             inputs = (func, *(args if isinstance(args, tuple) else (args,)))
             poison = self._poisoned(*inputs)
-            if poison is not None:          # its first failure is already reported
+            if poison is not None:  # its first failure is already reported
                 return poison
             try:
                 return self._strict_call(func, args, how)
@@ -410,15 +442,15 @@ class Unpickler:
         if not isinstance(func, Global):
             raise UnsafePickleError(f"{how} on {_describe(func)}, which is not callable")
         if not isinstance(args, tuple):
-            raise FormatError(f"{how} arguments of {func.qualname} are a "
-                              f"{type(args).__name__}, not a tuple")
+            raise FormatError(
+                f"{how} arguments of {func.qualname} are a {type(args).__name__}, not a tuple"
+            )
         try:
             return func.call(*args)
-        except TypeError as exc:            # the arguments did not bind: the file's error
+        except TypeError as exc:  # the arguments did not bind: the file's error
             if not _raised_here(exc):
-                raise                       # raised inside the handler: a bug in pthfmt
-            raise FormatError(f"invalid pickle at {self._opname(self.op_pos)}: {exc}") \
-                from None
+                raise  # raised inside the handler: a bug in pthfmt
+            raise FormatError(f"invalid pickle at {self._opname(self.op_pos)}: {exc}") from None
 
     def _global(self, module: Any, name: Any) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
@@ -460,7 +492,7 @@ class Unpickler:
 
     def _setitems(self, target: Any, items: list[Any]) -> None:
         if not isinstance(target, dict):
-            if type(target) is not Poison:          # a poison absorbs its items
+            if type(target) is not Poison:  # a poison absorbs its items
                 self.handlers.setitems(target, items)
             return
         if len(items) % 2:
@@ -475,7 +507,7 @@ class Unpickler:
     def _extend(self, target: Any, items: list[Any]) -> None:
         if type(target) is list:
             target.extend(items)
-        elif type(target) is not Poison:            # a poison absorbs its items
+        elif type(target) is not Poison:  # a poison absorbs its items
             self.handlers.extend(target, items)
 
     def _hashable_items(self, items: list[Any]) -> list[Any]:
@@ -547,7 +579,7 @@ class Unpickler:
     def op_ADDITEMS(self, arg: None) -> None:
         items = self.pop_mark()
         target = self._need(1)[-1]
-        if type(target) is Poison:                  # a poison absorbs its items
+        if type(target) is Poison:  # a poison absorbs its items
             return
         if type(target) is not set:
             raise FormatError(f"ADDITEMS to a {_describe(target)}; only sets take items")
@@ -581,7 +613,7 @@ class Unpickler:
         self._put(arg)
 
     def op_MEMOIZE(self, arg: None) -> None:
-        self._put(len(self.memo) + len(self.sparse))       # the number of entries
+        self._put(len(self.memo) + len(self.sparse))  # the number of entries
 
     def op_EXT1(self, arg: int) -> None:
         raise UnsafePickleError(f"copyreg extension code {arg} (EXT opcodes are not allowed)")
@@ -608,8 +640,7 @@ class Unpickler:
         kwargs = stack.pop()
         args = stack.pop()
         if type(kwargs) is not dict:
-            raise FormatError(f"NEWOBJ_EX keyword arguments are a {_describe(kwargs)}, "
-                              "not a dict")
+            raise FormatError(f"NEWOBJ_EX keyword arguments are a {_describe(kwargs)}, not a dict")
         if kwargs:
             raise UnsupportedError("NEWOBJ_EX with keyword arguments")
         stack[-1] = self._call(stack[-1], args, "NEWOBJ_EX")
@@ -645,7 +676,7 @@ class Unpickler:
     def _persistent(self, pid: Any) -> Any:
         if self.lenient:
             poison = self._poisoned(pid)
-            if poison is not None:          # its first failure is already reported
+            if poison is not None:  # its first failure is already reported
                 return poison
             try:
                 return self.handlers.persistent_load(pid)
@@ -659,8 +690,7 @@ class Unpickler:
     # -- framing -------------------------------------------------------------------------------
     def op_PROTO(self, arg: int) -> None:
         if arg > HIGHEST_PROTOCOL:
-            raise UnsupportedError(f"pickle protocol {arg} (pthfmt reads 0 to "
-                                   f"{HIGHEST_PROTOCOL})")
+            raise UnsupportedError(f"pickle protocol {arg} (pthfmt reads 0 to {HIGHEST_PROTOCOL})")
         self.proto = arg
 
     def op_FRAME(self, arg: int) -> None:
@@ -689,7 +719,7 @@ _HANDLERS: list[Any] = [None] * 256
 for _op in OPCODES:
     _READERS[_op.code] = _op.arg.read
     if _op.name in INLINED:
-        _KINDS[_op.code] = -2           # never reaches the dispatch branch
+        _KINDS[_op.code] = -2  # never reaches the dispatch branch
     else:
         _KINDS[_op.code] = {"none": 0, "uint1": 1, "uint4": 4}.get(_op.arg.name, 2)
         _HANDLERS[_op.code] = getattr(Unpickler, "op_" + _op.name)

@@ -45,8 +45,19 @@ from ..source import PathOrFile, Source
 from .codes import CHECKS, CODES, MAX_PER_CODE, SEVERITIES, Check, Problem, Report, codes_markdown
 from .legacy import LegacyChecks
 
-__all__ = ["CHECKS", "CODES", "MAX_PER_CODE", "SEVERITIES", "Check", "Problem", "Report",
-           "PickleScan", "scan_pickle", "validate", "codes_markdown"]
+__all__ = [
+    "CHECKS",
+    "CODES",
+    "MAX_PER_CODE",
+    "SEVERITIES",
+    "Check",
+    "Problem",
+    "Report",
+    "PickleScan",
+    "scan_pickle",
+    "validate",
+    "codes_markdown",
+]
 
 
 #: The reader's parse of an opened source (reader.py is asked to export it as ``parse``).
@@ -59,14 +70,16 @@ class _Validator(LegacyChecks):
     def name_tensors(self) -> None:
         """Give problems about a storage's data record the key path of a tensor using it."""
         for audit, root in self.audited:
-            records = {d.info.record: d.info.key for d in audit.decl.values()
-                       if d.info.record is not None}
+            records = {
+                d.info.record: d.info.key for d in audit.decl.values() if d.info.record is not None
+            }
             todo = [p for p in self.problems if p.key_path is None and p.record in records]
             if not todo:
                 continue
             users: dict[str, str] = {}
-            for path, ref in walk(root, leaves=(TensorRef,),
-                                  want=lambda v: isinstance(v, TensorRef)):
+            for path, ref in walk(
+                root, leaves=(TensorRef,), want=lambda v: isinstance(v, TensorRef)
+            ):
                 users.setdefault(ref.storage_key, path)
             for p in todo:
                 if p.record is not None:
@@ -80,11 +93,13 @@ class _Validator(LegacyChecks):
         for code, n in self.counts.items():
             if n > MAX_PER_CODE:
                 check = CODES[code]
-                self.problems.append(Problem(code, check.severity, f"... and {n - MAX_PER_CODE} "
-                                             f"more {code} problems"))
+                self.problems.append(
+                    Problem(
+                        code, check.severity, f"... and {n - MAX_PER_CODE} more {code} problems"
+                    )
+                )
         ok = not any(p.severity in ("error", "warning") for p in self.problems)
-        return Report(self.src.path, self.format, ok, self.problems, self.strict,
-                      self.load_error)
+        return Report(self.src.path, self.format, ok, self.problems, self.strict, self.load_error)
 
     def run(self) -> None:
         kind = detect_format(bytes(self.buf[:512]))
@@ -92,8 +107,11 @@ class _Validator(LegacyChecks):
             self.format = "zip"
             self.check_zip()
             if self.buf[257:262] == b"ustar":
-                self.add("format.polyglot", "the zip's first bytes are also a tar header: tar "
-                         "tools read another archive", offset=257)
+                self.add(
+                    "format.polyglot",
+                    "the zip's first bytes are also a tar header: tar tools read another archive",
+                    offset=257,
+                )
         elif kind == "legacy":
             self.format = "legacy"
             self.check_legacy()
@@ -116,12 +134,11 @@ class _Validator(LegacyChecks):
             if self.explained(exc):
                 return
             code = "load.unsupported" if isinstance(exc, UnsupportedError) else "load.failed"
-            self.add(code, exc.message, record=exc.record, offset=exc.offset,
-                     key_path=exc.key_path)
+            self.add(code, exc.message, record=exc.record, offset=exc.offset, key_path=exc.key_path)
         except (RecursionError, MemoryError) as exc:
             self.load_error = f"{type(exc).__name__}"
             self.add("load.failed", f"the reader ran out of resources ({type(exc).__name__})")
-        except Exception as exc:    # a reader bug: report it, keep what was found
+        except Exception as exc:  # a reader bug: report it, keep what was found
             self.load_error = f"{type(exc).__name__}: {exc}"
             self.add("internal.error", f"pthfmt's reader failed: {type(exc).__name__}: {exc}")
 
@@ -132,16 +149,22 @@ class _Validator(LegacyChecks):
             return True
         for p in serious:
             if p.record is not None and re.search(
-                    rf"(?<![\w/.]){re.escape(p.record)}(?![\w/.])", exc.message):
+                rf"(?<![\w/.]){re.escape(p.record)}(?![\w/.])", exc.message
+            ):
                 return True
-            if exc.record is not None and p.record == exc.record and (
-                    exc.offset is None or p.offset is None or p.offset == exc.offset):
+            if (
+                exc.record is not None
+                and p.record == exc.record
+                and (exc.offset is None or p.offset is None or p.offset == exc.offset)
+            ):
                 return True
             if exc.key_path is not None and p.key_path == exc.key_path:
                 return True
         if exc.record is None and exc.offset is None:
-            return any(p.code.split(".")[0] in ("zip", "record", "format", "file", "legacy")
-                       for p in serious)
+            return any(
+                p.code.split(".")[0] in ("zip", "record", "format", "file", "legacy")
+                for p in serious
+            )
         return False
 
 
@@ -160,11 +183,12 @@ def validate(f: PathOrFile, *, strict: bool = False) -> Report:
         path = f if isinstance(f, str) else getattr(f, "name", None)
         code = "file.empty" if isinstance(exc, FormatError) else "load.failed"
         problem = Problem(code, "error", exc.message)
-        return Report(str(path) if path is not None else None, None, False, [problem], strict,
-                      exc.message)
+        return Report(
+            str(path) if path is not None else None, None, False, [problem], strict, exc.message
+        )
     v = _Validator(src, strict)
     enabled = gc.isenabled()
-    gc.disable()                # as in the reader: many small objects, no cycles to collect
+    gc.disable()  # as in the reader: many small objects, no cycles to collect
     try:
         v.run()
     except OSError:
@@ -188,20 +212,26 @@ def _validate_index(path: str, strict: bool) -> Report:
     try:
         ShardedCheckpoint(index)
     except PthError as exc:
-        problems.append(Problem("index.inconsistent", "error", exc.message,
-                                os.path.basename(index)))
+        problems.append(
+            Problem("index.inconsistent", "error", exc.message, os.path.basename(index))
+        )
         ok = False
     folder = os.path.dirname(index)
     for shard in shard_names(index):
         shard_path = os.path.join(folder, shard)
         if not os.path.isfile(shard_path):
-            continue                        # reported as index.inconsistent above
+            continue  # reported as index.inconsistent above
         report = validate(shard_path, strict=strict)
         ok = ok and report.ok
         for p in report.problems:
-            problems.append(Problem(p.code, p.severity, p.message,
-                                    f"{shard}/{p.record}" if p.record else shard, p.offset,
-                                    p.key_path))
+            problems.append(
+                Problem(
+                    p.code,
+                    p.severity,
+                    p.message,
+                    f"{shard}/{p.record}" if p.record else shard,
+                    p.offset,
+                    p.key_path,
+                )
+            )
     return Report(index, "sharded", ok and not problems, problems, strict)
-
-

@@ -31,14 +31,62 @@ from ..torch.handlers import TorchHandlers
 __all__ = ["Audit", "Decl", "Note", "Poison", "allowed", "gadget", "error_code"]
 
 #: Modules whose globals are known code-execution gadgets (message only: all are refused).
-_GADGETS: Final = ("os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__",
-                   "importlib", "runpy", "pty", "socket", "shutil", "pickle", "marshal",
-                   "webbrowser", "code", "codeop", "ctypes", "multiprocessing", "operator",
-                   "functools", "types", "pdb", "timeit", "torch.jit", "torch.hub",
-                   "torch.serialization", "torch.utils", "torch._inductor", "numpy.testing")
-_KNOWN_DEVICES: Final = frozenset(["cpu", "cuda", "mps", "meta", "hpu", "xpu", "mtia",
-                                   "privateuseone", "xla", "ipu", "maia", "hip", "ve", "lazy",
-                                   "vulkan", "mkldnn", "opengl", "opencl", "ideep", "fpga"])
+_GADGETS: Final = (
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "builtins",
+    "__builtin__",
+    "importlib",
+    "runpy",
+    "pty",
+    "socket",
+    "shutil",
+    "pickle",
+    "marshal",
+    "webbrowser",
+    "code",
+    "codeop",
+    "ctypes",
+    "multiprocessing",
+    "operator",
+    "functools",
+    "types",
+    "pdb",
+    "timeit",
+    "torch.jit",
+    "torch.hub",
+    "torch.serialization",
+    "torch.utils",
+    "torch._inductor",
+    "numpy.testing",
+)
+_KNOWN_DEVICES: Final = frozenset(
+    [
+        "cpu",
+        "cuda",
+        "mps",
+        "meta",
+        "hpu",
+        "xpu",
+        "mtia",
+        "privateuseone",
+        "xla",
+        "ipu",
+        "maia",
+        "hip",
+        "ve",
+        "lazy",
+        "vulkan",
+        "mkldnn",
+        "opengl",
+        "opencl",
+        "ideep",
+        "fpga",
+    ]
+)
 
 
 def allowed(module: str, name: str) -> bool:
@@ -74,11 +122,11 @@ class Decl:
 class Note:
     code: str
     message: str
-    pos: int | None            # absolute position in the unpickler's data (op position)
+    pos: int | None  # absolute position in the unpickler's data (op position)
     storage: str | None = None
     record: str | None = None  # overrides the pickle record
     no_offset: bool = False
-    info: StorageInfo | None = None   # the key path is that of the first tensor viewing it
+    info: StorageInfo | None = None  # the key path is that of the first tensor viewing it
 
 
 class Audit(TorchHandlers):
@@ -88,13 +136,27 @@ class Audit(TorchHandlers):
     instead of raising, so that the views on the storage are still checked.
     """
 
-    def __init__(self, *, legacy: bool, big_endian: bool, strict: bool, script: bool,
-                 locate: Callable[[StorageInfo, int], list[Note]], file_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        legacy: bool,
+        big_endian: bool,
+        strict: bool,
+        script: bool,
+        locate: Callable[[StorageInfo, int], list[Note]],
+        file_size: int,
+    ) -> None:
         # TorchScript archives: the archive's own __torch__ classes become inert stubs, as in
         # the reader (they are flagged once as format.torchscript, not global by global).
         table = StorageTable(location_mapper(None), lambda info: self._declared(info))
-        super().__init__(table, eager=False, mmap=False, script_classes={} if script else None,
-                         copy_budget=copy_budget(file_size), pid_length=6 if legacy else 5)
+        super().__init__(
+            table,
+            eager=False,
+            mmap=False,
+            script_classes={} if script else None,
+            copy_budget=copy_budget(file_size),
+            pid_length=6 if legacy else 5,
+        )
         self.on_tensor = self._viewed
         self.legacy = legacy
         self.big_endian = big_endian
@@ -104,9 +166,9 @@ class Audit(TorchHandlers):
         self.notes: list[Note] = []
         self.decl: dict[str, Decl] = {}
         self.order: list[str] = []
-        self.refused: dict[int, tuple[str, str]] = {}     # pos -> refused global
+        self.refused: dict[int, tuple[str, str]] = {}  # pos -> refused global
         self.extents: dict[str, list[tuple[int, int]]] = {}
-        self.partial: set[str] = set()      # storages with a view that was not checked
+        self.partial: set[str] = set()  # storages with a view that was not checked
         self.noted = False
         self._once: set[tuple[str, str]] = set()
 
@@ -125,8 +187,15 @@ class Audit(TorchHandlers):
     def pos(self) -> int:
         return self.u.op_pos if self.u is not None else 0
 
-    def note(self, code: str, message: str, *, storage: str | None = None,
-             once: str | None = None, **kw: Any) -> None:
+    def note(
+        self,
+        code: str,
+        message: str,
+        *,
+        storage: str | None = None,
+        once: str | None = None,
+        **kw: Any,
+    ) -> None:
         if once is not None:
             if (code, once) in self._once:
                 return
@@ -136,9 +205,8 @@ class Audit(TorchHandlers):
 
     def failed(self, exc: PthError) -> None:
         """A handler's refusal in the lenient run (the VM goes on with a poison)."""
-        if isinstance(exc, UnsafePickleError) and exc.code is None and \
-                self.pos() in self.refused:
-            return                          # a refused global: the static scan reports it
+        if isinstance(exc, UnsafePickleError) and exc.code is None and self.pos() in self.refused:
+            return  # a refused global: the static scan reports it
         code = error_code(exc)
         self.note(code, exc.message, once=exc.message)
 
@@ -149,15 +217,18 @@ class Audit(TorchHandlers):
         except UnsafePickleError:
             self.refused[self.pos()] = (module, name)
             raise
-        if isinstance(value, Global) and value.qualname.rsplit(".", 1)[-1] in \
-                UNSUPPORTED_REBUILDS and value.qualname.startswith("torch._utils."):
+        if (
+            isinstance(value, Global)
+            and value.qualname.rsplit(".", 1)[-1] in UNSUPPORTED_REBUILDS
+            and value.qualname.startswith("torch._utils.")
+        ):
             return Global(value.qualname, lambda *args: self._unchecked(value, args))
         return value
 
     def _unchecked(self, rebuild: Global, args: tuple[Any, ...]) -> Any:
         """A rebuild the reader does not support: its storages' views go unchecked."""
         for arg in args:
-            for value in (arg if isinstance(arg, tuple) else (arg,)):
+            for value in arg if isinstance(arg, tuple) else (arg,):
                 if isinstance(value, StorageSlice):
                     value = value.base
                 if isinstance(value, StorageInfo):
@@ -172,13 +243,22 @@ class Audit(TorchHandlers):
         self.order.append(info.key)
         key = info.key
         if self.legacy and info.dtype is None:
-            self.note("legacy.v3_dtype", f"storage {key!r} is an UntypedStorage in a "
-                      "legacy-format file: torch saves it but cannot load it", storage=key)
+            self.note(
+                "legacy.v3_dtype",
+                f"storage {key!r} is an UntypedStorage in a "
+                "legacy-format file: torch saves it but cannot load it",
+                storage=key,
+            )
         device = info.location
-        if device.type not in _KNOWN_DEVICES or (device.type in ("cpu", "mps", "meta")
-                                                 and device.index is not None):
-            self.note("device.unknown", f"device tag {info.tag!r}: torch.load cannot restore "
-                      "it unless map_location remaps it", once=info.tag)
+        if device.type not in _KNOWN_DEVICES or (
+            device.type in ("cpu", "mps", "meta") and device.index is not None
+        ):
+            self.note(
+                "device.unknown",
+                f"device tag {info.tag!r}: torch.load cannot restore "
+                "it unless map_location remaps it",
+                once=info.tag,
+            )
         for n in self._locate(info, at):
             n.storage, n.info = key, info
             self.notes.append(n)
@@ -193,13 +273,25 @@ class Audit(TorchHandlers):
         hi = offset + 1 + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
         self.extents.setdefault(ref.storage_key, []).append((offset * size, hi * size))
 
-    def rebuild_tensor_v3(self, storage: Any, offset: Any, size: Any, stride: Any,
-                          requires_grad: Any, backward_hooks: Any, dtype: Any,
-                          metadata: Any = None) -> Any:
+    def rebuild_tensor_v3(
+        self,
+        storage: Any,
+        offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any,
+        backward_hooks: Any,
+        dtype: Any,
+        metadata: Any = None,
+    ) -> Any:
         info = getattr(dtype, "info", None)
         if self.big_endian and info is not None and info.swap > 1:
-            self.note("record.big_endian_v3", f"big-endian {dtype.name} tensor: torch does not "
-                      "byte-swap _rebuild_tensor_v3 dtypes and loads wrong values",
-                      once=dtype.name)
-        return super().rebuild_tensor_v3(storage, offset, size, stride, requires_grad,
-                                         backward_hooks, dtype, metadata)
+            self.note(
+                "record.big_endian_v3",
+                f"big-endian {dtype.name} tensor: torch does not "
+                "byte-swap _rebuild_tensor_v3 dtypes and loads wrong values",
+                once=dtype.name,
+            )
+        return super().rebuild_tensor_v3(
+            storage, offset, size, stride, requires_grad, backward_hooks, dtype, metadata
+        )

@@ -25,7 +25,7 @@ def short(value: Any, limit: int = 60) -> str:
         text = repr(value)
     except Exception:  # pragma: no cover - our own types always repr
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def count_text(recs: list[Rec], what: str) -> str:
@@ -38,14 +38,15 @@ def count_text(recs: list[Rec], what: str) -> str:
 def text_of(value: Any) -> Any:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else value
 
+
 @dataclass
 class Rec:
     """A zip member as the scan saw it."""
 
     entry: ZipEntry
-    rel: str | None = None        # name inside the archive folder
-    data: int = -1                # absolute data offset (-1: not readable)
-    end: int = -1                 # end of the member's bytes (data + descriptor)
+    rel: str | None = None  # name inside the archive folder
+    data: int = -1  # absolute data offset (-1: not readable)
+    end: int = -1  # end of the member's bytes (data + descriptor)
 
 
 class ValidatorBase:
@@ -65,8 +66,15 @@ class ValidatorBase:
         self.audited: list[tuple[Audit, Any]] = []
         self.script = False
 
-    def add(self, code: str, message: str, *, record: str | None = None,
-            offset: int | None = None, key_path: str | None = None) -> None:
+    def add(
+        self,
+        code: str,
+        message: str,
+        *,
+        record: str | None = None,
+        offset: int | None = None,
+        key_path: str | None = None,
+    ) -> None:
         check = CODES[code]
         if check.strict and not self.strict:
             return
@@ -78,11 +86,16 @@ class ValidatorBase:
     def chunks(self, start: int, n: int) -> Iterator[bytes]:
         stop = start + n
         for a in range(start, stop, CHUNK):
-            yield self.buf[a:min(a + CHUNK, stop)]
+            yield self.buf[a : min(a + CHUNK, stop)]
 
-    def inflate(self, start: int, csize: int, usize: int,
-                sink: Callable[[bytes], None] | None = None, name: str = "record"
-                ) -> tuple[int, int, str | None]:
+    def inflate(
+        self,
+        start: int,
+        csize: int,
+        usize: int,
+        sink: Callable[[bytes], None] | None = None,
+        name: str = "record",
+    ) -> tuple[int, int, str | None]:
         """Inflate a raw deflate stream with the reader's bounds (never past ``usize`` bytes,
         never past its bomb ratio): ``(crc32, size, error)``."""
         crc = total = 0
@@ -103,13 +116,14 @@ class ValidatorBase:
             return None
         n = e.usize if limit is None else min(limit, e.usize)
         if e.method == STORED:
-            return bytes(self.buf[rec.data:rec.data + n])
+            return bytes(self.buf[rec.data : rec.data + n])
         if e.method != DEFLATED:
             return None
         if limit is not None:
             try:
                 return zlib.decompressobj(-15).decompress(
-                    bytes(self.buf[rec.data:rec.data + min(e.csize, 1 << 16)]), n)
+                    bytes(self.buf[rec.data : rec.data + min(e.csize, 1 << 16)]), n
+                )
             except zlib.error:
                 return None
         parts: list[bytes] = []

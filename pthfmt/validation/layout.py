@@ -35,18 +35,24 @@ class LayoutChecks(PickleChecks):
                 r = folded.get(fold_case(rel))
                 if r is not None and rel not in warned:
                     warned.add(rel)
-                    self.add("record.case_mismatch", f"record {folder}/{rel} is found only as "
-                             f"{r.entry.name!r} (torch ignores case, other readers do not)",
-                             record=r.entry.name)
+                    self.add(
+                        "record.case_mismatch",
+                        f"record {folder}/{rel} is found only as "
+                        f"{r.entry.name!r} (torch ignores case, other readers do not)",
+                        record=r.entry.name,
+                    )
             return r
 
         used: set[str] = set()
         torchscript = self.script = find("constants.pkl") is not None
         if torchscript:
             self.format = "torchscript"
-            self.add("format.torchscript", "the archive has a constants.pkl record: torch.load "
-                     "treats it as a TorchScript program (torch.jit.load), not a checkpoint",
-                     record=f"{folder}/constants.pkl")
+            self.add(
+                "format.torchscript",
+                "the archive has a constants.pkl record: torch.load "
+                "treats it as a TorchScript program (torch.jit.load), not a checkpoint",
+                record=f"{folder}/constants.pkl",
+            )
         # version
         vrec = find(".data/version") or find("version")
         if vrec is None:
@@ -63,8 +69,11 @@ class LayoutChecks(PickleChecks):
             used.add(brec.entry.name)
             raw = self.record_bytes(brec, 16)
             if raw is not None and raw not in (b"little", b"big"):
-                self.add("record.byteorder", f"byteorder record is {raw!r}, not b'little' or "
-                         "b'big'", record=brec.entry.name)
+                self.add(
+                    "record.byteorder",
+                    f"byteorder record is {raw!r}, not b'little' or b'big'",
+                    record=brec.entry.name,
+                )
             big = raw == b"big"
         # alignment and format version
         alignment = 64
@@ -74,8 +83,11 @@ class LayoutChecks(PickleChecks):
             raw = self.record_bytes(arec, 32)
             text = (raw or b"").decode("ascii", "replace").strip()
             if not text.isdigit() or int(text) <= 0:
-                self.add("record.storage_alignment", f".storage_alignment is {raw!r}, not a "
-                         "positive integer", record=arec.entry.name)
+                self.add(
+                    "record.storage_alignment",
+                    f".storage_alignment is {raw!r}, not a positive integer",
+                    record=arec.entry.name,
+                )
             else:
                 alignment = int(text)
         frec = find(".format_version")
@@ -100,7 +112,7 @@ class LayoutChecks(PickleChecks):
                 other = find(name)
                 if other is not None:
                     used.add(other.entry.name)
-                    self.audit_zip_pickle(other, name[:-len(".pkl")], find, used, big)
+                    self.audit_zip_pickle(other, name[: -len(".pkl")], find, used, big)
         # every other record
         data_prefix = "data/"
         for r in recs:
@@ -113,11 +125,15 @@ class LayoutChecks(PickleChecks):
             if torchscript:
                 continue
             if r.rel.startswith(data_prefix) and not pickled:
-                self.add("storage.unreferenced", f"data record {name!r} is not used by any "
-                         "storage reference", record=name)
+                self.add(
+                    "storage.unreferenced",
+                    f"data record {name!r} is not used by any storage reference",
+                    record=name,
+                )
             elif not pickled:
-                self.add("record.extra", f"record {name!r} is not part of torch's layout",
-                         record=name)
+                self.add(
+                    "record.extra", f"record {name!r} is not part of torch's layout", record=name
+                )
         # compression and alignment of storage records
         unaligned: list[Rec] = []
         packed: list[Rec] = []
@@ -134,18 +150,27 @@ class LayoutChecks(PickleChecks):
             elif is_data and r.entry.usize and r.data % alignment:
                 unaligned.append(r)
         if packed:
-            self.add("zip.compressed_data", f"{count_text(packed, 'storage record')} compressed "
-                     "(not STORED): torch.load(mmap=True) returns garbage for "
-                     f"{'them' if len(packed) > 1 else 'it'}", record=packed[0].entry.name)
+            self.add(
+                "zip.compressed_data",
+                f"{count_text(packed, 'storage record')} compressed "
+                "(not STORED): torch.load(mmap=True) returns garbage for "
+                f"{'them' if len(packed) > 1 else 'it'}",
+                record=packed[0].entry.name,
+            )
         if packed_meta:
-            self.add("zip.compressed",
-                     f"{count_text(packed_meta, 'record')} compressed (not STORED)",
-                     record=packed_meta[0].entry.name)
+            self.add(
+                "zip.compressed",
+                f"{count_text(packed_meta, 'record')} compressed (not STORED)",
+                record=packed_meta[0].entry.name,
+            )
         if unaligned:
             r = unaligned[0]
-            self.add("zip.unaligned", f"{count_text(unaligned, 'storage record')} not aligned: "
-                     f"data at offset {r.data} is not a multiple of {alignment}",
-                     record=r.entry.name)
+            self.add(
+                "zip.unaligned",
+                f"{count_text(unaligned, 'storage record')} not aligned: "
+                f"data at offset {r.data} is not a multiple of {alignment}",
+                record=r.entry.name,
+            )
         if audit is not None and calc:
             self.check_computed_offsets(audit, find, folder, alignment)
 
@@ -155,25 +180,36 @@ class LayoutChecks(PickleChecks):
             return
         text = raw.decode("ascii", "replace")
         body = text.lstrip(" \t\n\r\f\v")
-        digits = body[:len(body) - len(body.lstrip("0123456789"))]
+        digits = body[: len(body) - len(body.lstrip("0123456789"))]
         if not digits:
-            self.add("record.version", f"version record {raw!r} is not a number",
-                     record=rec.entry.name)
+            self.add(
+                "record.version", f"version record {raw!r} is not a number", record=rec.entry.name
+            )
             return
         value = int(digits)
         if not 1 <= value <= MAX_VERSION:
-            self.add("record.version", f"version {value} is outside the supported "
-                     f"1..{MAX_VERSION}", record=rec.entry.name)
+            self.add(
+                "record.version",
+                f"version {value} is outside the supported 1..{MAX_VERSION}",
+                record=rec.entry.name,
+            )
             return
         if not re.fullmatch(rb"\d+\n?", raw):
-            self.add("record.version_text", f"version record {raw!r}: torch reads it as "
-                     f"{value}", record=rec.entry.name)
+            self.add(
+                "record.version_text",
+                f"version record {raw!r}: torch reads it as {value}",
+                record=rec.entry.name,
+            )
         elif value != 3 and self.format != "torchscript":
-            self.add("record.version_value", f"version {value} (torch.save writes 3)",
-                     record=rec.entry.name)
+            self.add(
+                "record.version_value",
+                f"version {value} (torch.save writes 3)",
+                record=rec.entry.name,
+            )
 
-    def audit_zip_pickle(self, pkl: Rec, folder: str, find: Callable[[str], Rec | None],
-                         used: set[str], big: bool) -> Audit | None:
+    def audit_zip_pickle(
+        self, pkl: Rec, folder: str, find: Callable[[str], Rec | None], used: set[str], big: bool
+    ) -> Audit | None:
         """Scan and audit an object pickle whose storages are the records ``folder/<key>``."""
         where = self.pickle_source(pkl)
         if where is None:
@@ -182,35 +218,61 @@ class LayoutChecks(PickleChecks):
         record = pkl.entry.name
         scan = scan_pickle(data, start, end)
         if scan.end is not None and scan.end < end:
-            self.add("pickle.trailing_data", f"{end - scan.end} bytes after the STOP opcode",
-                     record=record, offset=scan.end - start)
+            self.add(
+                "pickle.trailing_data",
+                f"{end - scan.end} bytes after the STOP opcode",
+                record=record,
+                offset=scan.end - start,
+            )
 
         def locate(info: StorageInfo, at: int) -> list[Note]:
             r = find(f"{folder}/{info.key}")
             if r is None:
-                return [Note("storage.missing_record", f"storage {info.key!r} has no record "
-                              f"{folder}/{info.key}", at)]
+                return [
+                    Note(
+                        "storage.missing_record",
+                        f"storage {info.key!r} has no record {folder}/{info.key}",
+                        at,
+                    )
+                ]
             used.add(r.entry.name)
             info.record = r.entry.name
             if r.entry.usize != info.nbytes:
-                return [Note("storage.size_mismatch", f"record holds {r.entry.usize} bytes but "
-                              f"storage {info.key!r} needs {info.nbytes}", at,
-                              record=r.entry.name, no_offset=True)]
+                return [
+                    Note(
+                        "storage.size_mismatch",
+                        f"record holds {r.entry.usize} bytes but "
+                        f"storage {info.key!r} needs {info.nbytes}",
+                        at,
+                        record=r.entry.name,
+                        no_offset=True,
+                    )
+                ]
             return []
 
-        audit = Audit(legacy=False, big_endian=big, strict=self.strict, script=self.script,
-                       locate=locate, file_size=self.size)
+        audit = Audit(
+            legacy=False,
+            big_endian=big,
+            strict=self.strict,
+            script=self.script,
+            locate=locate,
+            file_size=self.size,
+        )
         paths = self.run_audit(audit, data, start, end, record, base=start)
         main = folder == "data"
         self.report_scan(scan, record, start, audit.refused, main=main, paths=paths)
         keys = audit.order
         if main and keys and keys != [str(i) for i in range(len(keys))]:
-            self.add("storage.key", f"storage keys {short(keys[:8])} are not 0..{len(keys) - 1} "
-                     "in order of first use", record=record)
+            self.add(
+                "storage.key",
+                f"storage keys {short(keys[:8])} are not 0..{len(keys) - 1} in order of first use",
+                record=record,
+            )
         return audit
 
-    def check_computed_offsets(self, audit: Audit, find: Callable[[str], Rec | None],
-                               folder: str, alignment: int) -> None:
+    def check_computed_offsets(
+        self, audit: Audit, find: Callable[[str], Rec | None], folder: str, alignment: int
+    ) -> None:
         """torch's ``calculate_storage_offsets``: offsets computed from miniz's layout."""
         cursor: int | None = None
         for key in audit.order:
@@ -220,8 +282,12 @@ class LayoutChecks(PickleChecks):
                 return
             if cursor is None:
                 if key != "0":
-                    self.add("record.format_version", f"the first storage loaded is {key!r}, "
-                             "not '0': torch's offset calculation asserts", record=r.entry.name)
+                    self.add(
+                        "record.format_version",
+                        f"the first storage loaded is {key!r}, "
+                        "not '0': torch's offset calculation asserts",
+                        record=r.entry.name,
+                    )
                     return
                 expected, lho = r.data, r.entry.header_offset
             else:
@@ -229,8 +295,12 @@ class LayoutChecks(PickleChecks):
                 expected = miniz_data_offset(cursor, name_len, nbytes, alignment)
                 lho = cursor
             if expected != r.data:
-                self.add("record.format_version", f"torch would compute its data offset as "
-                         f"{expected}, but the data starts at {r.data}", record=r.entry.name)
+                self.add(
+                    "record.format_version",
+                    f"torch would compute its data offset as "
+                    f"{expected}, but the data starts at {r.data}",
+                    record=r.entry.name,
+                )
                 return
             cursor = expected + nbytes
             if nbytes:

@@ -29,11 +29,13 @@ class LegacyChecks(ZipChecks):
             return None, None
         if scan.globals or scan.extensions or scan.unresolved:
             return None, scan.end
-        handlers = TorchHandlers(StorageTable(location_mapper(None), lambda info: None),
-                                 eager=False, mmap=False)
+        handlers = TorchHandlers(
+            StorageTable(location_mapper(None), lambda info: None), eager=False, mmap=False
+        )
         try:
-            return Unpickler(self.buf, handlers, start=pos, end=scan.end,
-                             record=what).load(), scan.end
+            return Unpickler(
+                self.buf, handlers, start=pos, end=scan.end, record=what
+            ).load(), scan.end
         except PthError as exc:
             self.add("pickle.malformed", exc.message, record=what, offset=exc.offset)
             return None, scan.end
@@ -44,37 +46,58 @@ class LegacyChecks(ZipChecks):
             return
         if magic != MAGIC_NUMBER:
             self.format = "pickle"
-            self.add("legacy.header", f"a plain pickle of {short(magic)}, not a torch "
-                     "checkpoint: the legacy magic number is missing", record="legacy magic "
-                     "number", offset=0)
+            self.add(
+                "legacy.header",
+                f"a plain pickle of {short(magic)}, not a torch "
+                "checkpoint: the legacy magic number is missing",
+                record="legacy magic number",
+                offset=0,
+            )
             return
         proto, nxt = self.legacy_value(pos, "legacy protocol version")
         if nxt is None:
             return
         if proto != PROTOCOL_VERSION:
-            self.add("legacy.header", f"legacy protocol version {short(proto)}, expected "
-                     f"{PROTOCOL_VERSION}", record="legacy protocol version", offset=pos)
+            self.add(
+                "legacy.header",
+                f"legacy protocol version {short(proto)}, expected {PROTOCOL_VERSION}",
+                record="legacy protocol version",
+                offset=pos,
+            )
         pos = nxt
         sys_info, nxt = self.legacy_value(pos, "legacy sys_info")
         if nxt is None:
             return
         if not isinstance(sys_info, dict):
-            self.add("legacy.header", f"legacy sys_info is a {type(sys_info).__name__}, not a "
-                     "dict", record="legacy sys_info", offset=pos)
+            self.add(
+                "legacy.header",
+                f"legacy sys_info is a {type(sys_info).__name__}, not a dict",
+                record="legacy sys_info",
+                offset=pos,
+            )
         else:
             odd = []
             if sys_info.get("little_endian") is not True:
-                odd.append(f"little_endian={sys_info.get('little_endian')!r} (the data is "
-                           "little-endian regardless)")
+                odd.append(
+                    f"little_endian={sys_info.get('little_endian')!r} (the data is "
+                    "little-endian regardless)"
+                )
             if sys_info.get("protocol_version") != PROTOCOL_VERSION:
                 odd.append(f"protocol_version={short(sys_info.get('protocol_version'))}")
             sizes = sys_info.get("type_sizes")
-            if sizes != {"short": 2, "int": 4, "long": 4} and sizes != {"short": 2, "int": 4,
-                                                                          "long": 8}:
+            if sizes != {"short": 2, "int": 4, "long": 4} and sizes != {
+                "short": 2,
+                "int": 4,
+                "long": 8,
+            }:
                 odd.append(f"type_sizes={short(sizes)}")
             if odd:
-                self.add("legacy.sys_info", "legacy sys_info: " + "; ".join(odd),
-                         record="legacy sys_info", offset=pos)
+                self.add(
+                    "legacy.sys_info",
+                    "legacy sys_info: " + "; ".join(odd),
+                    record="legacy sys_info",
+                    offset=pos,
+                )
         pos = nxt
         main = "legacy object pickle"
         scan = scan_pickle(self.buf, pos, self.size)
@@ -84,12 +107,24 @@ class LegacyChecks(ZipChecks):
             info.record = f"storage {info.key}"
             budget[0] -= info.nbytes
             if budget[0] < 0:
-                return [Note("file.truncated", f"storage {info.key!r} of {info.nbytes} bytes: "
-                              "the storages declared so far need more than the file holds", at)]
+                return [
+                    Note(
+                        "file.truncated",
+                        f"storage {info.key!r} of {info.nbytes} bytes: "
+                        "the storages declared so far need more than the file holds",
+                        at,
+                    )
+                ]
             return []
 
-        audit = Audit(legacy=True, big_endian=False, strict=self.strict, script=False,
-                       locate=locate, file_size=self.size)
+        audit = Audit(
+            legacy=True,
+            big_endian=False,
+            strict=self.strict,
+            script=False,
+            locate=locate,
+            file_size=self.size,
+        )
         paths = self.run_audit(audit, self.buf, pos, scan.end or self.size, main, base=0)
         self.report_scan(scan, main, 0, audit.refused, paths=paths)
         if scan.end is None:
@@ -99,8 +134,12 @@ class LegacyChecks(ZipChecks):
         if nxt is None:
             return
         if not isinstance(keys, list) or not all(isinstance(k, (str, bytes)) for k in keys):
-            self.add("legacy.keys", f"the storage key list is {short(keys)}, not a list of "
-                     "strings", record="legacy storage keys", offset=pos)
+            self.add(
+                "legacy.keys",
+                f"the storage key list is {short(keys)}, not a list of strings",
+                record="legacy storage keys",
+                offset=pos,
+            )
             return
         at_keys = pos
         pos = nxt
@@ -109,55 +148,97 @@ class LegacyChecks(ZipChecks):
             key = text_of(raw)
             d = audit.decl.get(key)
             if key in listed:
-                self.add("legacy.keys", f"storage {key!r} is listed twice",
-                         record="legacy storage keys", offset=at_keys)
+                self.add(
+                    "legacy.keys",
+                    f"storage {key!r} is listed twice",
+                    record="legacy storage keys",
+                    offset=at_keys,
+                )
                 return
             listed.add(key)
             if d is None:
-                self.add("legacy.keys", f"storage {key!r} is listed but no object uses it (torch: "
-                         "AssertionError)", record="legacy storage keys", offset=at_keys)
+                self.add(
+                    "legacy.keys",
+                    f"storage {key!r} is listed but no object uses it (torch: AssertionError)",
+                    record="legacy storage keys",
+                    offset=at_keys,
+                )
                 unit = 1
             else:
                 unit = audit.storages.count_unit(key)
             record = f"storage {key}"
             if pos + 8 > self.size:
-                self.add("file.truncated", f"the file ends before the element count of storage "
-                         f"{key!r}", record=record, offset=pos)
+                self.add(
+                    "file.truncated",
+                    f"the file ends before the element count of storage {key!r}",
+                    record=record,
+                    offset=pos,
+                )
                 return
             (count,) = struct.unpack_from("<q", self.buf, pos)
             if count < 0:
-                self.add("storage.size_mismatch", f"storage {key!r} has a negative element count "
-                         f"{count}", record=record, offset=pos)
+                self.add(
+                    "storage.size_mismatch",
+                    f"storage {key!r} has a negative element count {count}",
+                    record=record,
+                    offset=pos,
+                )
                 return
             nbytes = count * unit
             if d is not None and nbytes != d.info.nbytes:
-                self.add("storage.size_mismatch", f"storage {key!r} holds {count} elements in the "
-                         f"file but {d.info.nbytes} bytes are declared", record=record, offset=pos)
+                self.add(
+                    "storage.size_mismatch",
+                    f"storage {key!r} holds {count} elements in the "
+                    f"file but {d.info.nbytes} bytes are declared",
+                    record=record,
+                    offset=pos,
+                )
             if pos + 8 + nbytes > self.size:
-                self.add("file.truncated", f"storage {key!r} of {nbytes} bytes at offset "
-                         f"{pos + 8} runs past the end of the {self.size}-byte file",
-                         record=record, offset=pos + 8)
+                self.add(
+                    "file.truncated",
+                    f"storage {key!r} of {nbytes} bytes at offset "
+                    f"{pos + 8} runs past the end of the {self.size}-byte file",
+                    record=record,
+                    offset=pos + 8,
+                )
                 return
             pos += 8 + nbytes
         for key in audit.decl:
             if key not in listed:
-                self.add("legacy.keys", f"storage {key!r} is used but not in the key list (torch "
-                         "leaves it uninitialised)", record="legacy storage keys", offset=at_keys)
+                self.add(
+                    "legacy.keys",
+                    f"storage {key!r} is used but not in the key list (torch "
+                    "leaves it uninitialised)",
+                    record="legacy storage keys",
+                    offset=at_keys,
+                )
         if pos < self.size:
-            self.add("legacy.trailing_data", f"{self.size - pos} bytes after the last storage",
-                     offset=pos)
+            self.add(
+                "legacy.trailing_data",
+                f"{self.size - pos} bytes after the last storage",
+                offset=pos,
+            )
 
     def check_tar(self) -> None:
-        self.add("format.tar", "the pre-0.4 tar format: torch.load refuses it with "
-                 "weights_only=True and runs several pickles with weights_only=False", offset=0)
+        self.add(
+            "format.tar",
+            "the pre-0.4 tar format: torch.load refuses it with "
+            "weights_only=True and runs several pickles with weights_only=False",
+            offset=0,
+        )
         try:
             from ..formats.tar import tar_members
+
             members = tar_members(self.src)
         except ImportError:  # pragma: no cover - tar support not installed
             return
         except PthError as exc:
-            self.add("file.truncated" if "past the end" in exc.message else "load.failed",
-                     exc.message, record=exc.record, offset=exc.offset)
+            self.add(
+                "file.truncated" if "past the end" in exc.message else "load.failed",
+                exc.message,
+                record=exc.record,
+                offset=exc.offset,
+            )
             return
         for m in members:
             if m.name in ("pickle", "sys_info") and m.regular:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import FormatError, LimitError, PthError, UnsafePickleError
+from ..errors import LimitError, PthError, UnsafePickleError
 from ..formats.zip.reader import PICKLE_RATIO, STORED
 from ..model.storage import StorageInfo
 from ..model.tensor import TensorRef
@@ -35,35 +35,57 @@ class PickleChecks(ValidatorBase):
         if e.method == STORED:
             return self.buf, r.data, r.data + e.usize
         if e.usize > PICKLE_RATIO * e.csize + (1 << 20):
-            return None         # a decompression bomb: the reader's LimitError reports it
+            return None  # a decompression bomb: the reader's LimitError reports it
         raw = self.record_bytes(r)
         return None if raw is None else (raw, 0, len(raw))
 
-    def report_scan(self, scan: PickleScan, record: str, base: int,
-                    refused: dict[int, tuple[str, str]] | None = None,
-                    main: bool = True, paths: dict[int, str] | None = None) -> None:
+    def report_scan(
+        self,
+        scan: PickleScan,
+        record: str,
+        base: int,
+        refused: dict[int, tuple[str, str]] | None = None,
+        main: bool = True,
+        paths: dict[int, str] | None = None,
+    ) -> None:
         """Problems of a static scan; ``base`` turns data positions into reported offsets."""
         found: dict[int, tuple[str, str, str]] = {p: (m, n, op) for p, m, n, op in scan.globals}
         for p, (m, n) in (refused or {}).items():
             found.setdefault(p, (m, n, "STACK_GLOBAL"))
         for pos in scan.unresolved:
             if pos not in found:
-                self.add("pickle.global", "STACK_GLOBAL whose module and name are computed, not "
-                         "literal strings", record=record, offset=pos - base)
+                self.add(
+                    "pickle.global",
+                    "STACK_GLOBAL whose module and name are computed, not literal strings",
+                    record=record,
+                    offset=pos - base,
+                )
         for pos in sorted(found):
             module, name, op = found[pos]
             if self.script and isinstance(module, str) and module.split(".")[0] == "__torch__":
-                continue                    # the archive's own TorchScript classes
-            if not isinstance(module, str) or not isinstance(name, str) or \
-                    not allowed(module, name):
+                continue  # the archive's own TorchScript classes
+            if (
+                not isinstance(module, str)
+                or not isinstance(name, str)
+                or not allowed(module, name)
+            ):
                 self.static_global_seen = True
                 danger = " (a known code-execution gadget)" if gadget(str(module)) else ""
-                self.add("pickle.global", f"{op} {module}.{name} is not in the allowlist{danger}",
-                         record=record, offset=pos - base, key_path=(paths or {}).get(pos) or None)
+                self.add(
+                    "pickle.global",
+                    f"{op} {module}.{name} is not in the allowlist{danger}",
+                    record=record,
+                    offset=pos - base,
+                    key_path=(paths or {}).get(pos) or None,
+                )
         for pos, code in scan.extensions:
             self.static_global_seen = True
-            self.add("pickle.extension", f"EXT opcode for copyreg extension code {code}",
-                     record=record, offset=pos - base)
+            self.add(
+                "pickle.extension",
+                f"EXT opcode for copyreg extension code {code}",
+                record=record,
+                offset=pos - base,
+            )
         if scan.error is not None:
             pos, msg = scan.error
             self.add("pickle.malformed", msg, record=record, offset=pos - base)
@@ -72,14 +94,19 @@ class PickleChecks(ValidatorBase):
         if scan.not_weights_only:
             ops = sorted(scan.not_weights_only, key=scan.not_weights_only.__getitem__)
             first = scan.not_weights_only[ops[0]]
-            self.add("pickle.weights_only", f"opcode{'s' if len(ops) > 1 else ''} "
-                     f"{', '.join(ops)} (first at offset {first - base}): "
-                     "torch.load(weights_only=True) fails with 'Unsupported operand'",
-                     record=record, offset=first - base)
+            self.add(
+                "pickle.weights_only",
+                f"opcode{'s' if len(ops) > 1 else ''} "
+                f"{', '.join(ops)} (first at offset {first - base}): "
+                "torch.load(weights_only=True) fails with 'Unsupported operand'",
+                record=record,
+                offset=first - base,
+            )
         if scan.proto != 2 and scan.error is None:
             what = "no PROTO opcode" if scan.proto is None else f"protocol {scan.proto}"
-            self.add("pickle.protocol", f"{what} (torch.save writes protocol 2)", record=record,
-                     offset=0)
+            self.add(
+                "pickle.protocol", f"{what} (torch.save writes protocol 2)", record=record, offset=0
+            )
 
     def scan_other_pickle(self, r: Rec, report_extra: bool) -> None:
         where = self.pickle_source(r)
@@ -88,12 +115,16 @@ class PickleChecks(ValidatorBase):
         data, start, end = where
         scan = scan_pickle(data, start, end)
         if report_extra:
-            self.add("record.extra_pickle", "a pickle that torch.load never reads; other tools "
-                     "may load it", record=r.entry.name)
+            self.add(
+                "record.extra_pickle",
+                "a pickle that torch.load never reads; other tools may load it",
+                record=r.entry.name,
+            )
         self.report_scan(scan, r.entry.name, start, main=False)
 
-    def run_audit(self, audit: Audit, data: Any, start: int, end: int, record: str,
-                  base: int) -> dict[int, str]:
+    def run_audit(
+        self, audit: Audit, data: Any, start: int, end: int, record: str, base: int
+    ) -> dict[int, str]:
         """Run the lenient VM with ``audit`` and turn its notes into problems; returns the
         key paths of the objects that failed, by the position of the failing opcode."""
         u = audit.run(data, start, end, record)
@@ -123,9 +154,13 @@ class PickleChecks(ValidatorBase):
                 key_path = by_info.get(id(n.info))
             if key_path is None and n.storage is not None:
                 key_path = users.get(n.storage)
-            self.add(n.code, n.message, record=n.record or record,
-                     offset=None if n.no_offset or n.pos is None else n.pos - base,
-                     key_path=key_path or None)
+            self.add(
+                n.code,
+                n.message,
+                record=n.record or record,
+                offset=None if n.no_offset or n.pos is None else n.pos - base,
+                key_path=key_path or None,
+            )
         if failed is not None and not isinstance(failed, UnsafePickleError):
             offset = failed.offset if failed.offset is not None else u.op_pos
             code = "pickle.limit" if isinstance(failed, LimitError) else "pickle.malformed"
@@ -136,8 +171,9 @@ class PickleChecks(ValidatorBase):
             self.audited.append((audit, root))
         return paths
 
-    def check_unviewed(self, audit: Audit, bare: set[str], users: dict[str, str],
-                       record: str) -> None:
+    def check_unviewed(
+        self, audit: Audit, bare: set[str], users: dict[str, str], record: str
+    ) -> None:
         for key, d in audit.decl.items():
             if key in bare or key in audit.partial or not d.info.nbytes:
                 continue
@@ -149,6 +185,10 @@ class PickleChecks(ValidatorBase):
                     covered += hi - lo
                     cursor = hi
             if covered < d.info.nbytes:
-                self.add("storage.unviewed", f"{d.info.nbytes - covered} of the {d.info.nbytes} "
-                         f"bytes of storage {key!r} are not viewed by any tensor",
-                         record=d.info.record or record, key_path=users.get(key) or None)
+                self.add(
+                    "storage.unviewed",
+                    f"{d.info.nbytes - covered} of the {d.info.nbytes} "
+                    f"bytes of storage {key!r} are not viewed by any tensor",
+                    record=d.info.record or record,
+                    key_path=users.get(key) or None,
+                )

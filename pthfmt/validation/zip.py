@@ -27,15 +27,24 @@ class ZipChecks(LayoutChecks):
     def check_unknown(self) -> None:
         self.format = "unknown"
         if self.find_directory() is not None:
-            return                  # check_hidden_zip reports the zip behind other bytes
+            return  # check_hidden_zip reports the zip behind other bytes
         head = bytes(self.buf[:8])
-        if len(head) == 8 and int.from_bytes(head, "little") < self.size and \
-                bytes(self.buf[8:9]) == b"{":
-            self.add("file.unknown_format", "this is a safetensors file, not a torch checkpoint",
-                     offset=0)
+        if (
+            len(head) == 8
+            and int.from_bytes(head, "little") < self.size
+            and bytes(self.buf[8:9]) == b"{"
+        ):
+            self.add(
+                "file.unknown_format",
+                "this is a safetensors file, not a torch checkpoint",
+                offset=0,
+            )
             return
-        self.add("file.unknown_format", f"not a torch checkpoint: the file starts with {head!r}",
-                 offset=0)
+        self.add(
+            "file.unknown_format",
+            f"not a torch checkpoint: the file starts with {head!r}",
+            offset=0,
+        )
 
     def find_directory(self) -> tuple[int, int, int] | None:
         """Locate a zip central directory from the end of the file, the way tools that
@@ -51,14 +60,17 @@ class ZipChecks(LayoutChecks):
         cd_end = eocd
         loc = eocd - ZIP64_LOCATOR.size
         z64 = loc - ZIP64_EOCD.size
-        if z64 >= 0 and buf[loc:loc + 4] == ZIP64_LOCATOR.signature and \
-                buf[z64:z64 + 4] == ZIP64_EOCD.signature:
+        if (
+            z64 >= 0
+            and buf[loc : loc + 4] == ZIP64_LOCATOR.signature
+            and buf[z64 : z64 + 4] == ZIP64_EOCD.signature
+        ):
             fields = ZIP64_EOCD.struct.unpack_from(buf, z64)
             count, cd_size = fields[zs.Z64_ENTRIES], fields[zs.Z64_DIRECTORY_SIZE]
             cd_off = fields[zs.Z64_DIRECTORY_OFFSET]
             cd_end = z64
         start = cd_end - cd_size
-        if start < 0 or buf[start:start + 4] != CENTRAL.signature:
+        if start < 0 or buf[start : start + 4] != CENTRAL.signature:
             return None
         return start, start - cd_off, count
 
@@ -68,26 +80,41 @@ class ZipChecks(LayoutChecks):
             return
         start, shift, count = found
         if kind == "unknown":
-            self.add("zip.prepended_data", f"a zip archive of {count} members lies after "
-                     f"{shift} other bytes: torch takes the legacy path and fails, zip tools "
-                     "read the archive", offset=0)
+            self.add(
+                "zip.prepended_data",
+                f"a zip archive of {count} members lies after "
+                f"{shift} other bytes: torch takes the legacy path and fails, zip tools "
+                "read the archive",
+                offset=0,
+            )
         else:
-            self.add("format.polyglot", f"the {kind} file also holds a zip archive of {count} "
-                     f"members (central directory at {start}): zip tools and scanners read "
-                     "that instead", offset=start)
+            self.add(
+                "format.polyglot",
+                f"the {kind} file also holds a zip archive of {count} "
+                f"members (central directory at {start}): zip tools and scanners read "
+                "that instead",
+                offset=start,
+            )
 
     def check_zip(self) -> None:
         if self.buf.rfind(EOCD.signature, max(0, self.size - EOCD.size - zs.U16_MAX)) < 0:
-            self.add("zip.eocd_missing", "no zip end-of-central-directory record: the file is "
-                     f"truncated or not a zip ({self.size} bytes)")
+            self.add(
+                "zip.eocd_missing",
+                "no zip end-of-central-directory record: the file is "
+                f"truncated or not a zip ({self.size} bytes)",
+            )
             return
         try:
             z = ZipArchive(self.src)
         except PthError as exc:
             found = self.find_directory()
             if found is not None and found[1] > 0:
-                self.add("zip.prepended_data", f"the archive's offsets are {found[1]} bytes "
-                         "short: data was put in front of it", offset=0)
+                self.add(
+                    "zip.prepended_data",
+                    f"the archive's offsets are {found[1]} bytes "
+                    "short: data was put in front of it",
+                    offset=0,
+                )
             else:
                 self.add("zip.directory", exc.message, offset=exc.offset)
             return
@@ -97,9 +124,12 @@ class ZipChecks(LayoutChecks):
         recs = [self.scan_member(z, e) for e in z.entries]
         if self.zero_crc:
             n = len(self.zero_crc)
-            self.add("zip.crc_zero", f"{n} of {len(recs)} records have a zero CRC-32 (saved with "
-                     "compute_crc32=False or skip_data?): their integrity cannot be checked",
-                     record=self.zero_crc[0])
+            self.add(
+                "zip.crc_zero",
+                f"{n} of {len(recs)} records have a zero CRC-32 (saved with "
+                "compute_crc32=False or skip_data?): their integrity cannot be checked",
+                record=self.zero_crc[0],
+            )
         self.check_coverage(z, recs)
         folder = self.check_names(recs)
         if folder is None:
@@ -115,53 +145,86 @@ class ZipChecks(LayoutChecks):
             self.add("zip.local_header", exc.message, record=name)
             return rec
         if local.name != name:
-            self.add("zip.header_mismatch", f"the local header names it {local.name!r}",
-                     record=name, offset=lho)
+            self.add(
+                "zip.header_mismatch",
+                f"the local header names it {local.name!r}",
+                record=name,
+                offset=lho,
+            )
         if local.method != e.method:
-            self.add("zip.header_mismatch", f"compression method {local.method} in the local "
-                     f"header, {e.method} in the central directory", record=name, offset=lho)
+            self.add(
+                "zip.header_mismatch",
+                f"compression method {local.method} in the local "
+                f"header, {e.method} in the central directory",
+                record=name,
+                offset=lho,
+            )
         if (local.flags ^ e.flags) & (zs.FLAG_ENCRYPTED | zs.FLAG_DESCRIPTOR):
-            self.add("zip.header_mismatch", f"flags 0x{local.flags:04x} in the local header, "
-                     f"0x{e.flags:04x} in the central directory", record=name, offset=lho)
+            self.add(
+                "zip.header_mismatch",
+                f"flags 0x{local.flags:04x} in the local header, "
+                f"0x{e.flags:04x} in the central directory",
+                record=name,
+                offset=lho,
+            )
         if (e.flags | local.flags) & zs.FLAG_ENCRYPTED:
             self.add("zip.method", "encrypted record", record=name)
             return rec
         if e.method not in (STORED, DEFLATED):
-            self.add("zip.method", f"compression method {e.method} (torch reads only stored "
-                     "and deflated records)", record=name)
+            self.add(
+                "zip.method",
+                f"compression method {e.method} (torch reads only stored and deflated records)",
+                record=name,
+            )
         if e.method == STORED and e.csize != e.usize:
-            self.add("zip.stored_size", f"stored record of {e.csize} bytes that claims "
-                     f"{e.usize} uncompressed", record=name)
+            self.add(
+                "zip.stored_size",
+                f"stored record of {e.csize} bytes that claims {e.usize} uncompressed",
+                record=name,
+            )
         data = local.data_offset
         if data + e.csize > self.size:
-            self.add("zip.local_header", f"its {e.csize} bytes at offset {data} run past the end "
-                     f"of the {self.size}-byte file", record=name, offset=lho)
+            self.add(
+                "zip.local_header",
+                f"its {e.csize} bytes at offset {data} run past the end "
+                f"of the {self.size}-byte file",
+                record=name,
+                offset=lho,
+            )
             return rec
         rec.data = data
         end = data + e.csize
         self.check_extra(local.extra, name, local.extra_offset)
-        self.check_local_fields(e, local.crc, local.csize, local.usize,
-                                bool(local.flags & zs.FLAG_DESCRIPTOR))
+        self.check_local_fields(
+            e, local.crc, local.csize, local.usize, bool(local.flags & zs.FLAG_DESCRIPTOR)
+        )
         if local.flags & zs.FLAG_DESCRIPTOR:
             end = self.check_descriptor(e, end)
         rec.end = end
         self.check_crc(rec)
         return rec
 
-    def check_local_fields(self, e: ZipEntry, lcrc: int, lcs: int, lus: int,
-                           descriptor: bool) -> None:
+    def check_local_fields(
+        self, e: ZipEntry, lcrc: int, lcs: int, lus: int, descriptor: bool
+    ) -> None:
         """The local header's CRC and sizes against the central directory's.  With a data
         descriptor the local fields are zero (miniz: zero sizes even for zip64); anything
         else must agree."""
         if descriptor:
-            agree = not ((lcrc and lcrc != e.crc) or (lcs and lcs != e.csize) or
-                         (lus and lus != e.usize))
+            agree = not (
+                (lcrc and lcrc != e.crc) or (lcs and lcs != e.csize) or (lus and lus != e.usize)
+            )
         else:
             agree = (lcrc, lcs, lus) == (e.crc, e.csize, e.usize)
         if not agree:
-            self.add("zip.header_mismatch", f"local header says crc {lcrc:08x}, sizes "
-                     f"{lcs}/{lus}; central directory crc {e.crc:08x}, sizes "
-                     f"{e.csize}/{e.usize}", record=e.name, offset=e.header_offset)
+            self.add(
+                "zip.header_mismatch",
+                f"local header says crc {lcrc:08x}, sizes "
+                f"{lcs}/{lus}; central directory crc {e.crc:08x}, sizes "
+                f"{e.csize}/{e.usize}",
+                record=e.name,
+                offset=e.header_offset,
+            )
 
     def check_extra(self, extra: bytes, name: str, at: int) -> None:
         """The local extra fields: well formed, and torch's alignment padding all 'Z'."""
@@ -169,18 +232,26 @@ class ZipChecks(LayoutChecks):
         i = 0
         while i + head.size <= len(extra):
             tag, length = head.unpack_from(extra, i)
-            body = extra[i + head.size:i + head.size + length]
+            body = extra[i + head.size : i + head.size + length]
             if len(body) < length:
                 break
             if tag == zs.PADDING_TAG and body.strip(b"Z"):
                 odd = len(body) - body.count(b"Z")
-                self.add("zip.gap", f"{odd} of the {length} bytes of alignment padding in the "
-                         "local header are not 'Z' (hidden data?)", record=name,
-                         offset=at + i + head.size)
+                self.add(
+                    "zip.gap",
+                    f"{odd} of the {length} bytes of alignment padding in the "
+                    "local header are not 'Z' (hidden data?)",
+                    record=name,
+                    offset=at + i + head.size,
+                )
             i += head.size + length
         if i != len(extra):
-            self.add("zip.header_mismatch", f"the local header's extra field is malformed at "
-                     f"byte {i}", record=name, offset=at + i)
+            self.add(
+                "zip.header_mismatch",
+                f"the local header's extra field is malformed at byte {i}",
+                record=name,
+                offset=at + i,
+            )
 
     def check_descriptor(self, e: ZipEntry, at: int) -> int:
         buf = self.buf
@@ -196,14 +267,23 @@ class ZipChecks(LayoutChecks):
             if tuple(vals) == want:
                 return at + form.size
         plain = zs.DESCRIPTOR32
-        if at + plain.size <= self.size and buf[at:at + 4] == plain.signature:
+        if at + plain.size <= self.size and buf[at : at + 4] == plain.signature:
             _, crc, cs, us = plain.struct.unpack_from(buf, at)
-            self.add("zip.header_mismatch", f"data descriptor says crc {crc:08x}, sizes "
-                     f"{cs}/{us}; central directory crc {e.crc:08x}, sizes {e.csize}/{e.usize}",
-                     record=e.name, offset=at)
+            self.add(
+                "zip.header_mismatch",
+                f"data descriptor says crc {crc:08x}, sizes "
+                f"{cs}/{us}; central directory crc {e.crc:08x}, sizes {e.csize}/{e.usize}",
+                record=e.name,
+                offset=at,
+            )
             return at + plain.size
-        self.add("zip.header_mismatch", "the local header announces a data descriptor but none "
-                 "matching the central directory follows the data", record=e.name, offset=at)
+        self.add(
+            "zip.header_mismatch",
+            "the local header announces a data descriptor but none "
+            "matching the central directory follows the data",
+            record=e.name,
+            offset=at,
+        )
         return at
 
     def check_crc(self, rec: Rec) -> None:
@@ -224,8 +304,11 @@ class ZipChecks(LayoutChecks):
         if e.crc == 0:
             self.zero_crc.append(e.name)
         else:
-            self.add("zip.crc_mismatch", f"CRC-32 of the data is {crc:08x}, the zip directory "
-                     f"says {e.crc:08x}", record=e.name)
+            self.add(
+                "zip.crc_mismatch",
+                f"CRC-32 of the data is {crc:08x}, the zip directory says {e.crc:08x}",
+                record=e.name,
+            )
 
     def check_coverage(self, z: ZipArchive, recs: list[Rec]) -> None:
         size = self.size
@@ -237,15 +320,22 @@ class ZipChecks(LayoutChecks):
         last = max(recs, key=lambda r: r.entry.central_offset).entry
         listed_end = last.central_offset + last.central_size
         if listed_end < z.cd_offset + z.cd_size:
-            self.add("zip.gap", f"{z.cd_offset + z.cd_size - listed_end} bytes at the end of the "
-                     "central directory belong to no listed entry (the entry count says "
-                     f"{len(recs)}; hidden entries?)", offset=listed_end)
+            self.add(
+                "zip.gap",
+                f"{z.cd_offset + z.cd_size - listed_end} bytes at the end of the "
+                "central directory belong to no listed entry (the entry count says "
+                f"{len(recs)}; hidden entries?)",
+                offset=listed_end,
+            )
         eocd = z.eocd_offset
         clen = z.end_record[zs.EOCD_COMMENT_LENGTH]
         eocd_end = eocd + EOCD.size + clen
         if eocd_end > size:
-            self.add("zip.directory", f"the archive comment of {clen} bytes runs past the end of "
-                     "the file", offset=eocd)
+            self.add(
+                "zip.directory",
+                f"the archive comment of {clen} bytes runs past the end of the file",
+                offset=eocd,
+            )
             eocd_end = size
         elif clen:
             self.add("zip.comment", f"archive comment of {clen} bytes", offset=eocd + EOCD.size)
@@ -258,30 +348,33 @@ class ZipChecks(LayoutChecks):
         (a saturated field defers to the zip64 record)."""
         buf, size, eocd = self.buf, self.size, z.eocd_offset
         loc = eocd - ZIP64_LOCATOR.size
-        if loc < 0 or buf[loc:loc + 4] != ZIP64_LOCATOR.signature:
+        if loc < 0 or buf[loc : loc + 4] != ZIP64_LOCATOR.signature:
             return []
         spans = [(loc, eocd, "the zip64 locator")]
         z64 = ZIP64_LOCATOR.struct.unpack_from(buf, loc)[zs.LOC_ZIP64_OFFSET]
-        if z64 + ZIP64_EOCD.size > size or buf[z64:z64 + 4] != ZIP64_EOCD.signature:
+        if z64 + ZIP64_EOCD.size > size or buf[z64 : z64 + 4] != ZIP64_EOCD.signature:
             return spans
         big = ZIP64_EOCD.struct.unpack_from(buf, z64)
         rest = big[zs.Z64_RECORD_SIZE]
         spans.append((z64, min(size, z64 + zs.Z64_RECORD_HEAD + rest), "the zip64 directory end"))
         small = z.end_record
         for what, field, wide, full in (
-                ("disk number", zs.EOCD_DISK, None, zs.U16_MAX),
-                ("directory's disk number", zs.EOCD_DIRECTORY_DISK, None, zs.U16_MAX),
-                ("entries on this disk", zs.EOCD_DISK_ENTRIES, zs.Z64_DISK_ENTRIES, zs.U16_MAX),
-                ("entries", zs.EOCD_ENTRIES, zs.Z64_ENTRIES, zs.U16_MAX),
-                ("directory size", zs.EOCD_DIRECTORY_SIZE, zs.Z64_DIRECTORY_SIZE, U32_MAX),
-                ("directory offset", zs.EOCD_DIRECTORY_OFFSET, zs.Z64_DIRECTORY_OFFSET,
-                 U32_MAX)):
+            ("disk number", zs.EOCD_DISK, None, zs.U16_MAX),
+            ("directory's disk number", zs.EOCD_DIRECTORY_DISK, None, zs.U16_MAX),
+            ("entries on this disk", zs.EOCD_DISK_ENTRIES, zs.Z64_DISK_ENTRIES, zs.U16_MAX),
+            ("entries", zs.EOCD_ENTRIES, zs.Z64_ENTRIES, zs.U16_MAX),
+            ("directory size", zs.EOCD_DIRECTORY_SIZE, zs.Z64_DIRECTORY_SIZE, U32_MAX),
+            ("directory offset", zs.EOCD_DIRECTORY_OFFSET, zs.Z64_DIRECTORY_OFFSET, U32_MAX),
+        ):
             value = small[field]
             other = 0 if wide is None else big[wide]
             if value != full and value != other:
-                self.add("zip.header_mismatch", f"the end-of-central-directory record "
-                         f"says {value} for the {what}, its zip64 version {other}",
-                         offset=eocd)
+                self.add(
+                    "zip.header_mismatch",
+                    f"the end-of-central-directory record "
+                    f"says {value} for the {what}, its zip64 version {other}",
+                    offset=eocd,
+                )
         return spans
 
     def check_spans(self, spans: list[tuple[int, int, str]], eocd_end: int) -> None:
@@ -290,28 +383,46 @@ class ZipChecks(LayoutChecks):
         cursor, prev = 0, "the start of the file"
         for lo, hi, what in spans:
             if lo < cursor:
-                self.add("zip.overlap", f"{what} (bytes {lo}..{hi}) overlaps {prev} (ends at "
-                         f"{cursor})", offset=lo)
+                self.add(
+                    "zip.overlap",
+                    f"{what} (bytes {lo}..{hi}) overlaps {prev} (ends at {cursor})",
+                    offset=lo,
+                )
             elif lo > cursor:
-                hint = " (an unlisted local header)" \
-                    if buf[cursor:cursor + 4] == zs.LOCAL.signature else ""
-                self.add("zip.gap", f"{lo - cursor} bytes between {prev} and {what} belong to no "
-                         f"member{hint}", offset=cursor)
+                hint = (
+                    " (an unlisted local header)"
+                    if buf[cursor : cursor + 4] == zs.LOCAL.signature
+                    else ""
+                )
+                self.add(
+                    "zip.gap",
+                    f"{lo - cursor} bytes between {prev} and {what} belong to no member{hint}",
+                    offset=cursor,
+                )
             if hi > cursor:
                 cursor, prev = hi, what
         if eocd_end < size:
-            self.add("zip.trailing_data", f"{size - eocd_end} bytes after the end of the "
-                     "archive", offset=eocd_end)
+            self.add(
+                "zip.trailing_data",
+                f"{size - eocd_end} bytes after the end of the archive",
+                offset=eocd_end,
+            )
 
     def check_names(self, recs: list[Rec]) -> str | None:
         first = recs[0].entry.name
         folder = first.split("/", 1)[0] if "/" in first else None
         if folder is None:
-            self.add("zip.outside_folder", f"the first member {first!r} is not inside a folder: "
-                     "torch refuses the archive", record=first)
+            self.add(
+                "zip.outside_folder",
+                f"the first member {first!r} is not inside a folder: torch refuses the archive",
+                record=first,
+            )
         elif not _FOLDER.match(folder) or not folder.isascii():
-            self.add("zip.archive_name", f"archive folder {folder!r}: torch.save writes the file "
-                     "stem (ASCII) or 'archive'", record=first)
+            self.add(
+                "zip.archive_name",
+                f"archive folder {folder!r}: torch.save writes the file stem (ASCII) or 'archive'",
+                record=first,
+            )
         seen: dict[str, Rec] = {}
         folded: dict[str, Rec] = {}
         for r in recs:
@@ -319,22 +430,41 @@ class ZipChecks(LayoutChecks):
             head, sep, rel = name.partition("/")
             if folder is not None:
                 if head != folder or not sep:
-                    self.add("zip.outside_folder", f"{name!r} is outside the archive folder "
-                             f"{folder + '/'!r}: torch refuses the archive", record=name)
+                    self.add(
+                        "zip.outside_folder",
+                        f"{name!r} is outside the archive folder "
+                        f"{folder + '/'!r}: torch refuses the archive",
+                        record=name,
+                    )
                 else:
                     r.rel = rel
             parts = name.split("/")
-            if name.startswith("/") or ".." in parts or "\\" in name or \
-                    any(ord(ch) < 32 or ord(ch) == 127 for ch in name) or "" in parts[1:-1]:
-                self.add("zip.unsafe_name", f"member name {name!r} could escape an extraction "
-                         "folder", record=name)
+            if (
+                name.startswith("/")
+                or ".." in parts
+                or "\\" in name
+                or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+                or "" in parts[1:-1]
+            ):
+                self.add(
+                    "zip.unsafe_name",
+                    f"member name {name!r} could escape an extraction folder",
+                    record=name,
+                )
             if name in seen:
-                self.add("zip.duplicate_name", f"{name!r} occurs twice (members "
-                         f"{seen[name].entry.index} and {r.entry.index})", record=name)
+                self.add(
+                    "zip.duplicate_name",
+                    f"{name!r} occurs twice (members {seen[name].entry.index} and {r.entry.index})",
+                    record=name,
+                )
             else:
                 seen[name] = r
                 other = folded.setdefault(fold_case(name), r)
                 if other is not r:
-                    self.add("zip.case_collision", f"{name!r} and {other.entry.name!r} differ only "
-                             "in case: torch's lookup may read either", record=name)
+                    self.add(
+                        "zip.case_collision",
+                        f"{name!r} and {other.entry.name!r} differ only "
+                        "in case: torch's lookup may read either",
+                        record=name,
+                    )
         return folder

@@ -51,14 +51,22 @@ def test_a_refused_global_is_the_only_problem_of_what_it_feeds() -> None:
     # a refused class called, its result used as a tensor's storage and then given items:
     # one refusal, not a cascade of storage, view and SETITEM problems
     refused = glob("mymodule", "Thing") + b")R"
-    rebuilt = glob("torch._utils", "_rebuild_tensor_v2") + tup(
-        refused, uint(0), tup(uint(4)), tup(uint(1)), b"\x89",
-        glob("collections", "OrderedDict") + b")R",
-    ) + b"R"
+    rebuilt = (
+        glob("torch._utils", "_rebuild_tensor_v2")
+        + tup(
+            refused,
+            uint(0),
+            tup(uint(4)),
+            tup(uint(1)),
+            b"\x89",
+            glob("collections", "OrderedDict") + b")R",
+        )
+        + b"R"
+    )
     filled = refused + b"(" + ustr("k") + uint(1) + b"u"
     pickle = b"\x80\x02}(" + ustr("w") + rebuilt + ustr("c") + filled + b"u."
     codes = [code for code, _ in _problems(checkpoint(pickle))]
-    assert codes.count("pickle.global") == 2      # two STACK_GLOBAL/GLOBAL opcodes
+    assert codes.count("pickle.global") == 2  # two STACK_GLOBAL/GLOBAL opcodes
     assert set(codes) == {"pickle.global"}
 
 

@@ -59,8 +59,14 @@ from .structs import (
     ZIP64_VALUE,
 )
 
-__all__ = ["ZipWriter", "data_offset", "serialization_id", "archive_name_for_path",
-           "DEFAULT_ALIGNMENT", "FILE_FORMAT_VERSION"]
+__all__ = [
+    "ZipWriter",
+    "data_offset",
+    "serialization_id",
+    "archive_name_for_path",
+    "DEFAULT_ALIGNMENT",
+    "FILE_FORMAT_VERSION",
+]
 
 DEFAULT_ALIGNMENT: Final = 64
 #: What ``writeEndOfFile`` writes to ``version`` for a ``torch.save`` checkpoint.
@@ -71,15 +77,16 @@ _DESCRIPTOR_SIG: Final = DESCRIPTOR32.signature
 #: miniz's version fields of the zip64 end record: made by 3.30 (UNIX), needs 4.5 (zip64)
 _MADE_BY_UNIX_30, _NEEDS_ZIP64 = 0x031E, 45
 
-Buffer = Any   # bytes, bytearray, memoryview or a contiguous uint8 numpy array
+Buffer = Any  # bytes, bytearray, memoryview or a contiguous uint8 numpy array
 
 
 def _needs_zip64(size: int, offset: int) -> bool:
     return size >= _U32_MAX or offset >= _U32_MAX
 
 
-def data_offset(header_offset: int, full_name_len: int, size: int,
-                alignment: int = DEFAULT_ALIGNMENT) -> int:
+def data_offset(
+    header_offset: int, full_name_len: int, size: int, alignment: int = DEFAULT_ALIGNMENT
+) -> int:
     """Where a record's data starts (``detail::getOffset``): after the 30-byte local header,
     the name, the zip64 extra (if any) and the 4-byte 'FB' header, rounded up to ``alignment``."""
     start = header_offset + LOCAL.size + full_name_len + EXTRA_HEADER.size
@@ -93,8 +100,9 @@ def data_offset(header_offset: int, full_name_len: int, size: int,
 def _zip64_extra(fields: list[int]) -> bytes:
     if not fields:
         return b""
-    return EXTRA_HEADER.struct.pack(ZIP64_EXTRA_TAG, ZIP64_VALUE.size * len(fields)) + \
-        b"".join(map(ZIP64_VALUE.pack, fields))
+    return EXTRA_HEADER.struct.pack(ZIP64_EXTRA_TAG, ZIP64_VALUE.size * len(fields)) + b"".join(
+        map(ZIP64_VALUE.pack, fields)
+    )
 
 
 @dataclass
@@ -119,8 +127,12 @@ def _crc_pool() -> ThreadPoolExecutor:
 class ZipWriter:
     """Write records to ``write`` (a callable taking a buffer) one after the other."""
 
-    def __init__(self, write: Callable[[Buffer], object], archive_name: str,
-                 alignment: int = DEFAULT_ALIGNMENT) -> None:
+    def __init__(
+        self,
+        write: Callable[[Buffer], object],
+        archive_name: str,
+        alignment: int = DEFAULT_ALIGNMENT,
+    ) -> None:
         if not 0 < alignment < 0x10000:
             raise ValueError(f"alignment {alignment} must be in 1..65535 (a u16 'FB' length)")
         self._write = write
@@ -152,20 +164,24 @@ class ZipWriter:
         zip64 = _needs_zip64(size, offset)
         # miniz's local zip64 extra: usize and a zero csize when the size is big, the header
         # offset when that is big; it precedes torch's 'FB' padding.
-        z64 = _zip64_extra(([size, 0] if size >= _U32_MAX else []) +
-                           ([offset] if offset >= _U32_MAX else []))
+        z64 = _zip64_extra(
+            ([size, 0] if size >= _U32_MAX else []) + ([offset] if offset >= _U32_MAX else [])
+        )
         start = offset + LOCAL.size + len(full) + len(z64) + EXTRA_HEADER.size
         pad = data_offset(offset, len(full), size, self.alignment) - start
         extra = z64 + EXTRA_HEADER.struct.pack(PADDING_TAG, pad) + b"Z" * pad
         flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
-        self._emit(LOCAL.struct.pack(LOCAL.signature, 0, flags, 0, 0, 0, 0, 0, 0, len(full),
-                                     len(extra)) + full + extra)
+        self._emit(
+            LOCAL.struct.pack(LOCAL.signature, 0, flags, 0, 0, 0, 0, 0, 0, len(full), len(extra))
+            + full
+            + extra
+        )
         crc, written, head = 0, 0, b""
         pending: Future[int] | None = None
         for chunk in data:
             view = memoryview(chunk).cast("B")
             if len(head) < 8:
-                head += bytes(view[:8 - len(head)])
+                head += bytes(view[: 8 - len(head)])
             written += len(view)
             if written > size:
                 break
@@ -182,8 +198,10 @@ class ZipWriter:
         if pending is not None:
             crc = pending.result()
         if written != size:
-            raise UnserializableError(f"record {name!r} produced {written} bytes, expected "
-                                      f"{size} (was an array resized while saving?)")
+            raise UnserializableError(
+                f"record {name!r} produced {written} bytes, expected "
+                f"{size} (was an array resized while saving?)"
+            )
         if size:
             if size >= 8 and head[:4] == _DESCRIPTOR_SIG:
                 # miniz hands the whole record to one write call; torch's write callback takes
@@ -209,24 +227,61 @@ class ZipWriter:
         central = bytearray()
         for e in self.entries:
             big_size, big_offset = e.size >= _U32_MAX, e.offset >= _U32_MAX
-            extra = _zip64_extra(([e.size, e.size] if big_size else []) +
-                                 ([e.offset] if big_offset else []))
+            extra = _zip64_extra(
+                ([e.size, e.size] if big_size else []) + ([e.offset] if big_offset else [])
+            )
             size32 = _U32_MAX if big_size else e.size
             flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if e.size else 0)
-            central += CENTRAL.struct.pack(CENTRAL.signature, 0, 0, flags, 0, 0, 0, e.crc,
-                                           size32, size32, len(e.name), len(extra), 0, 0, 0,
-                                           0, _U32_MAX if big_offset else e.offset)
+            central += CENTRAL.struct.pack(
+                CENTRAL.signature,
+                0,
+                0,
+                flags,
+                0,
+                0,
+                0,
+                e.crc,
+                size32,
+                size32,
+                len(e.name),
+                len(extra),
+                0,
+                0,
+                0,
+                0,
+                _U32_MAX if big_offset else e.offset,
+            )
             central += e.name + extra
         cd_offset, count = self.pos, len(self.entries)
         self._emit(bytes(central))
         zip64_offset = self.pos
-        self._emit(ZIP64_EOCD.struct.pack(
-            ZIP64_EOCD.signature, ZIP64_EOCD.size - Z64_RECORD_HEAD, _MADE_BY_UNIX_30,
-            _NEEDS_ZIP64, 0, 0, count, count, len(central), cd_offset))
+        self._emit(
+            ZIP64_EOCD.struct.pack(
+                ZIP64_EOCD.signature,
+                ZIP64_EOCD.size - Z64_RECORD_HEAD,
+                _MADE_BY_UNIX_30,
+                _NEEDS_ZIP64,
+                0,
+                0,
+                count,
+                count,
+                len(central),
+                cd_offset,
+            )
+        )
         self._emit(ZIP64_LOCATOR.struct.pack(ZIP64_LOCATOR.signature, 0, zip64_offset, 1))
-        self._emit(EOCD.struct.pack(EOCD.signature, 0, 0, min(count, U16_MAX),
-                                    min(count, U16_MAX), min(len(central), _U32_MAX),
-                                    min(cd_offset, _U32_MAX), 0))
+        self._emit(
+            EOCD.struct.pack(
+                EOCD.signature,
+                0,
+                0,
+                min(count, U16_MAX),
+                min(count, U16_MAX),
+                min(len(central), _U32_MAX),
+                min(cd_offset, _U32_MAX),
+                0,
+            )
+        )
 
 
 def archive_name_for_path(path: str) -> str:
@@ -238,7 +293,7 @@ def archive_name_for_path(path: str) -> str:
     """
     if not path.isascii():
         return "archive"
-    base = path[max(path.rfind("/"), path.rfind("\\")) + 1:]
+    base = path[max(path.rfind("/"), path.rfind("\\")) + 1 :]
     dot = base.rfind(".")
     stem = base[:dot] if dot >= 0 else base
     return stem or "archive"
@@ -259,10 +314,36 @@ def archive_name_for_path(path: str) -> str:
 _M64: Final = (1 << 64) - 1
 _MUL: Final = 0xC6A4A7935BD1E995
 _SEED: Final = 0xC70F6907
-_BUCKETS: Final = (13, 29, 59, 127, 257, 541, 1109, 2357, 5087, 10273, 20753, 42043, 85229,
-                   172933, 351061, 712697, 1447153, 2938679, 5967347, 12117689, 24607243,
-                   49969847, 101473717, 206062531, 418451333, 849749479, 1725587117,
-                   3504151727)
+_BUCKETS: Final = (
+    13,
+    29,
+    59,
+    127,
+    257,
+    541,
+    1109,
+    2357,
+    5087,
+    10273,
+    20753,
+    42043,
+    85229,
+    172933,
+    351061,
+    712697,
+    1447153,
+    2938679,
+    5967347,
+    12117689,
+    24607243,
+    49969847,
+    101473717,
+    206062531,
+    418451333,
+    849749479,
+    1725587117,
+    3504151727,
+)
 
 
 def hash_combine(seed: int, value: int) -> int:
@@ -289,9 +370,9 @@ def std_hash(data: bytes) -> int:
 def unordered_set_order(names: list[str]) -> list[str]:
     """The iteration order of a ``std::unordered_set<std::string>`` filled with ``names``."""
     hashes = {name: std_hash(name.encode("utf-8")) for name in names}
-    head: list[str | None] = [None]          # head[0]: the first node
-    after: dict[str, str | None] = {}         # node -> next node
-    before: dict[int, str | None] = {}        # bucket -> node before its first (None: head)
+    head: list[str | None] = [None]  # head[0]: the first node
+    after: dict[str, str | None] = {}  # node -> next node
+    before: dict[int, str | None] = {}  # bucket -> node before its first (None: head)
     buckets, grow = 1, 0
 
     def link(node: str, bucket: int) -> None:
@@ -309,13 +390,13 @@ def unordered_set_order(names: list[str]) -> list[str]:
         before[bucket] = None
 
     for count, name in enumerate(names):
-        if count + 1 > (buckets if count else 0):          # _M_need_rehash
+        if count + 1 > (buckets if count else 0):  # _M_need_rehash
             if grow >= len(_BUCKETS):
                 raise ValueError("too many records for the serialization id")
             old = list(_walk(head[0], after))
             buckets, grow = _BUCKETS[grow], grow + 1
             head[0], after, before = None, {}, {}
-            for node in old:                                # _M_rehash_aux (unique keys)
+            for node in old:  # _M_rehash_aux (unique keys)
                 link(node, hashes[node] % buckets)
         link(name, hashes[name] % buckets)
     return list(_walk(head[0], after))
