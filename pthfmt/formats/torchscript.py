@@ -12,48 +12,84 @@ tensor attributes make up the module's ``state_dict()``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
 
-from ..errors import PthError
+from ..errors import LimitError, PthError
 from ..torch.handlers import ScriptClasses
 
-__all__ = ["script_classes"]
+__all__ = ["script_classes", "read_sources", "code_budget"]
 
-_CLASS = re.compile(r"^class ([A-Za-z_][A-Za-z0-9_]*)\(([^)]*)\):", re.M)
-_NAMES = re.compile(r'^  __(parameters|buffers)__ = \[([^\]]*)\]', re.M)
-_QUOTED = re.compile(r'"([^"]*)"')
+# One line each (TorchScript's printer writes them so); matched line by line, so that no
+# pattern can scan past a line's end: the scan is linear in the code's size, whatever the
+# code holds.
+_CLASS: Final = re.compile(r"class ([A-Za-z_][A-Za-z0-9_]*)\(([^)]*)\):")
+_NAMES: Final = re.compile(r"  __(parameters|buffers)__ = \[([^\]]*)\]")
+_QUOTED: Final = re.compile(r'"([^"]*)"')
 
 
-def script_classes(sources: dict[str, bytes]) -> ScriptClasses:
+def code_budget(file_size: int) -> int:
+    """Bytes of code text the scan may inflate in all: real archives' code compresses about
+    5:1, so 16 times the file's size (and 64 MiB for small files) is never reached."""
+    return 16 * file_size + (64 << 20)
+
+
+def script_classes(sources: dict[str, bytes] | Iterable[tuple[str, bytes]]) -> ScriptClasses:
     """Map ``__torch__.<path>.<Class>`` to (parameter names, buffer names, is a Module).
 
-    ``sources`` maps a code record's path below ``code/`` (``__torch__/foo/bar.py``) to its
-    text.  Unreadable records are skipped: they only cost the state-dict view its names.
+    ``sources`` yields (or maps) a code record's path below ``code/`` (``__torch__/foo/bar.py``)
+    and its text, one record at a time.
     """
     classes: ScriptClasses = {}
-    for path, raw in sources.items():
-        if not path.endswith(".py"):
-            continue
-        module = path[:-3].replace("/", ".")
-        text = raw.decode("utf-8", "replace")
-        starts = list(_CLASS.finditer(text))
-        for i, match in enumerate(starts):
-            body = text[match.end():starts[i + 1].start() if i + 1 < len(starts) else None]
-            lists = {"parameters": (), "buffers": ()}
-            for kind, names in _NAMES.findall(body):
-                lists[kind] = tuple(_QUOTED.findall(names))
-            is_module = match.group(2).strip() == "Module"
-            classes[f"{module}.{match.group(1)}"] = (lists["parameters"], lists["buffers"],
-                                                     is_module)
+    pairs = sources.items() if isinstance(sources, dict) else sources
+    for path, raw in pairs:
+        if path.endswith(".py"):
+            _scan(path[:-3].replace("/", "."), raw.decode("utf-8", "replace"), classes)
     return classes
 
 
-def read_sources(archive: object) -> dict[str, bytes]:
-    """The ``code/*.py`` records of a :class:`TorchZip` (deflated ones inflated)."""
-    out: dict[str, bytes] = {}
-    for rel, entries in archive.records.items():  # type: ignore[attr-defined]
-        if rel.startswith("code/") and rel.endswith(".py") and len(entries) == 1:
-            try:
-                out[rel[len("code/"):]] = archive.zip.read(entries[0])  # type: ignore[attr-defined]
-            except PthError:
+def _scan(module: str, text: str, classes: ScriptClasses) -> None:
+    """The classes of one code record, line by line."""
+    current: str | None = None
+    lists: dict[str, tuple[str, ...]] = {}
+    is_module = False
+    for line in text.split("\n"):
+        if line.startswith("class "):
+            match = _CLASS.match(line)
+            if match is None:
                 continue
-    return out
+            if current is not None:
+                classes[current] = (lists["parameters"], lists["buffers"], is_module)
+            current = f"{module}.{match.group(1)}"
+            lists = {"parameters": (), "buffers": ()}
+            is_module = match.group(2).strip() == "Module"
+        elif current is not None and line.startswith("  __"):
+            names = _NAMES.match(line)
+            if names is not None:
+                lists[names.group(1)] = tuple(_QUOTED.findall(names.group(2)))
+    if current is not None:
+        classes[current] = (lists["parameters"], lists["buffers"], is_module)
+
+
+def read_sources(archive: Any) -> Iterator[tuple[str, bytes]]:
+    """The ``code/*.py`` records of a :class:`TorchZip`, inflated one at a time (deflated
+    ones under :func:`code_budget` in all).  Unreadable records are skipped: they only cost
+    the state-dict view its names."""
+    budget = code_budget(archive.zip.src.size)
+    for rel, entries in archive.records.items():
+        if not (rel.startswith("code/") and rel.endswith(".py") and len(entries) == 1):
+            continue
+        entry = entries[0]
+        budget -= entry.usize
+        if budget < 0:
+            raise LimitError(
+                "the TorchScript code records inflate to more than "
+                f"{code_budget(archive.zip.src.size)} bytes, more than the "
+                "file's size justifies",
+                record=entry.name,
+            )
+        try:
+            text = archive.zip.read(entry)
+        except PthError:
+            continue
+        yield rel[len("code/") :], text
