@@ -17,7 +17,57 @@ from typing import Any, Final
 from ..model.dtypes import DTYPES, UNSAVABLE, DType
 from ..model.storage import StorageType
 
-__all__ = ["ALLOWLIST", "MODULE_ALIASES", "LAYOUTS", "QSCHEMES", "UNSUPPORTED_REBUILDS", "Marker"]
+__all__ = [
+    "ALLOWLIST",
+    "MODULE_ALIASES",
+    "LAYOUTS",
+    "QSCHEMES",
+    "UNSUPPORTED_REBUILDS",
+    "Marker",
+    "GADGETS",
+    "gadget",
+]
+
+#: Modules whose globals are known code-execution gadgets (refused like every global outside
+#: the allowlist; named as such in messages, and never offered as stubs).
+GADGETS: Final = (
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "builtins",
+    "__builtin__",
+    "importlib",
+    "runpy",
+    "pty",
+    "socket",
+    "shutil",
+    "pickle",
+    "marshal",
+    "webbrowser",
+    "code",
+    "codeop",
+    "ctypes",
+    "multiprocessing",
+    "operator",
+    "functools",
+    "types",
+    "pdb",
+    "timeit",
+    "torch.jit",
+    "torch.hub",
+    "torch.serialization",
+    "torch.utils",
+    "torch._inductor",
+    "numpy.testing",
+)
+
+
+def gadget(module: str) -> bool:
+    """Is ``module`` one whose globals are known code-execution gadgets?"""
+    return any(module == g or module.startswith(g + ".") for g in GADGETS)
+
 
 #: Python 2 and numpy 1/2 spellings of the same module.
 MODULE_ALIASES: Final[dict[str, str]] = {
@@ -27,11 +77,25 @@ MODULE_ALIASES: Final[dict[str, str]] = {
     "numpy._core.numeric": "numpy.core.numeric",
 }
 
-QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_tensor_symmetric",
-             "per_channel_symmetric", "per_channel_affine_float_qparams")
-LAYOUTS = frozenset(["torch.strided", "torch.sparse_coo", "torch.sparse_csr",
-                      "torch.sparse_csc", "torch.sparse_bsr", "torch.sparse_bsc",
-                      "torch._mkldnn", "torch.jagged"])
+QSCHEMES = (
+    "per_tensor_affine",
+    "per_channel_affine",
+    "per_tensor_symmetric",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+)
+LAYOUTS = frozenset(
+    [
+        "torch.strided",
+        "torch.sparse_coo",
+        "torch.sparse_csr",
+        "torch.sparse_csc",
+        "torch.sparse_bsr",
+        "torch.sparse_bsc",
+        "torch._mkldnn",
+        "torch.jagged",
+    ]
+)
 UNSUPPORTED_REBUILDS = {
     "_rebuild_qtensor": "quantized tensors",
     "_rebuild_sparse_tensor": "sparse tensors",
@@ -63,6 +127,8 @@ def _build_allowlist() -> dict[str, Any]:
     table: dict[str, Any] = {
         "collections.OrderedDict": "ordered_dict",
         "collections.Counter": "counter",
+        # plain data: a Namespace's fields (fairseq, HF training_args), set without setattr
+        "argparse.Namespace": "namespace",
         "builtins.set": "set_",
         "builtins.frozenset": "frozenset_",
         "builtins.complex": "complex_",

@@ -9,9 +9,10 @@ storage class, a qscheme) or the name of a handler method here, wrapped in a
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 import numpy as np
@@ -25,13 +26,18 @@ from ..model.stub import Stub, StubType
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef, check_view, view_of
 from ..pickle.keys import KeyGuard
 from ..pickle.machine import Pending
-from ..text import short_repr
-from .allowlist import ALLOWLIST, LAYOUTS, MODULE_ALIASES, UNSUPPORTED_REBUILDS
+from ..text import escape, short_repr
+from .allowlist import ALLOWLIST, LAYOUTS, MODULE_ALIASES, UNSUPPORTED_REBUILDS, gadget
 
 __all__ = ["TorchHandlers", "ScriptClasses"]
 
-_CODECS = {"latin1": "latin-1", "latin-1": "latin-1", "utf-8": "utf-8", "utf8": "utf-8",
-           "ascii": "ascii"}
+_CODECS = {
+    "latin1": "latin-1",
+    "latin-1": "latin-1",
+    "utf-8": "utf-8",
+    "utf8": "utf-8",
+    "ascii": "ascii",
+}
 _NUMPY_KINDS = frozenset("biufcSUV?")
 
 
@@ -58,8 +64,10 @@ class _PendingArray(Pending):
         if not isinstance(raw, (bytes, bytearray)):
             raise UnsafePickleError(f"numpy array data is a {type(raw).__name__}, not bytes")
         if len(raw) != math.prod(shape) * dtype.itemsize:
-            raise CorruptError(f"numpy array of shape {shape} and dtype {dtype} needs "
-                               f"{math.prod(shape) * dtype.itemsize} bytes, has {len(raw)}")
+            raise CorruptError(
+                f"numpy array of shape {shape} and dtype {dtype} needs "
+                f"{math.prod(shape) * dtype.itemsize} bytes, has {len(raw)}"
+            )
         self.handlers.charge(len(raw), "numpy array")
         arr = np.frombuffer(bytearray(raw), dtype)
         return arr.reshape(shape, order="F" if fortran else "C")
@@ -98,11 +106,28 @@ class TorchHandlers:
     with the parameter and buffer names its code records declare.
     """
 
-    def __init__(self, storages: StorageTable, *, eager: bool, mmap: bool,
-                 unknown: str = "error", script_classes: ScriptClasses | None = None,
-                 copy_budget: int = 1 << 62, pid_length: int = 5) -> None:
-        if unknown not in ("error", "stub"):
-            raise ValueError(f"unknown must be 'error' or 'stub', not {unknown!r}")
+    def __init__(
+        self,
+        storages: StorageTable,
+        *,
+        eager: bool,
+        mmap: bool,
+        unknown: str | Collection[str] = "error",
+        script_classes: ScriptClasses | None = None,
+        copy_budget: int = 1 << 62,
+        pid_length: int = 5,
+    ) -> None:
+        #: ``unknown`` as a set of qualified names to stub (``None``: "error" or "stub").
+        self.stub_names: frozenset[str] | None = None
+        if isinstance(unknown, str):
+            if unknown not in ("error", "stub"):
+                raise ValueError(
+                    f"unknown must be 'error', 'stub' or a collection of qualified "
+                    f"class names, not {unknown!r}"
+                )
+        else:
+            self.stub_names = _names(unknown)
+            unknown = "names"
         self.storages = storages
         self.eager = eager
         self.mmap = mmap
@@ -127,15 +152,24 @@ class TorchHandlers:
     # -- the pickle VM's interface ---------------------------------------------------------
     def lenient(self) -> TorchHandlers:
         table = StorageTable(self.storages.mapper, self.storages.locate)
-        return TorchHandlers(table, eager=False, mmap=False, unknown=self.unknown,
-                             script_classes=self.script_classes, copy_budget=self.copy_budget,
-                             pid_length=self.pid_length)
+        unknown = self.stub_names if self.stub_names is not None else self.unknown
+        return TorchHandlers(
+            table,
+            eager=False,
+            mmap=False,
+            unknown=unknown,
+            script_classes=self.script_classes,
+            copy_budget=self.copy_budget,
+            pid_length=self.pid_length,
+        )
 
     def charge(self, nbytes: int, what: str) -> None:
         self.copy_budget -= nbytes
         if self.copy_budget < 0:
-            raise LimitError(f"{what}: the pickle copies more data than the file's size "
-                             "justifies (a blob referenced again and again)")
+            raise LimitError(
+                f"{what}: the pickle copies more data than the file's size "
+                "justifies (a blob referenced again and again)"
+            )
 
     def resolve(self, module: str, name: str) -> Any:
         key = (module, name)
@@ -159,9 +193,13 @@ class TorchHandlers:
 
     def _stub_type(self, module: str, name: str) -> StubType:
         script = self.script_classes is not None and module.split(".", 1)[0] == "__torch__"
-        if self.unknown != "stub" and not script:
-            raise UnsafePickleError(f"global {module}.{name} is not allowed")
         stub = StubType(module, name)
+        if (
+            self.unknown != "stub"
+            and not script
+            and (self.stub_names is None or stub.qualname not in self.stub_names)
+        ):
+            raise UnsafePickleError(_refusal(module, name, stub.qualname))
         if script and self.script_classes:
             info = self.script_classes.get(stub.qualname)
             if info is not None:
@@ -169,24 +207,39 @@ class TorchHandlers:
         return stub
 
     def persistent_load(self, pid: Any) -> Any:
-        if type(pid) is tuple and len(pid) == 5 == self.pid_length and type(pid[0]) is str \
-                and pid[0] == "storage" \
-                and type(pid[2]) is str and type(pid[3]) is str:      # the common case
+        if (
+            type(pid) is tuple
+            and len(pid) == 5 == self.pid_length
+            and type(pid[0]) is str
+            and pid[0] == "storage"
+            and type(pid[2]) is str
+            and type(pid[3]) is str
+        ):  # the common case
             return self.storages.declare(pid[2], pid[1], pid[3], pid[4])
         if not isinstance(pid, tuple) or not pid:
-            raise FormatError(f"persistent id {_short(pid)} is not a tuple", code="pickle.persistent_id")
+            raise FormatError(
+                f"persistent id {_short(pid)} is not a tuple", code="pickle.persistent_id"
+            )
         kind = _text(pid[0])
         if type(kind) is not str:
-            raise FormatError(f"persistent id {_short(pid)} does not start with a string", code="pickle.persistent_id")
+            raise FormatError(
+                f"persistent id {_short(pid)} does not start with a string",
+                code="pickle.persistent_id",
+            )
         if kind == "module":
             if self.unknown == "stub" and len(pid) > 1 and isinstance(pid[1], StubType):
                 return pid[1]
-            raise UnsafePickleError(f"persistent id of a pickled nn.Module class {_short(pid)}: "
-                                   "torch.load(weights_only=False) imports it",
-                                   code="pickle.persistent_id")
+            raise UnsafePickleError(
+                f"persistent id of a pickled nn.Module class {_short(pid)}: "
+                "torch.load(weights_only=False) imports it",
+                code="pickle.persistent_id",
+            )
         if kind != "storage" or len(pid) != self.pid_length:
-            raise FormatError(f"persistent id {_short(pid)} is not a storage reference "
-                              f"(a {self.pid_length}-tuple in this container)", code="pickle.persistent_id")
+            raise FormatError(
+                f"persistent id {_short(pid)} is not a storage reference "
+                f"(a {self.pid_length}-tuple in this container)",
+                code="pickle.persistent_id",
+            )
         _, stype, key, tag, numel = pid[:5]
         info = self.storages.declare(_text(key), stype, _text(tag), numel)
         view = pid[5] if len(pid) == 6 else None
@@ -196,27 +249,39 @@ class TorchHandlers:
 
     def _legacy_view(self, info: StorageInfo, view: Any) -> StorageSlice:
         if not isinstance(view, tuple) or len(view) != 3:
-            raise FormatError(f"storage {info.key!r}: view metadata {_short(view)}", code="tensor.view")
+            raise FormatError(
+                f"storage {info.key!r}: view metadata {_short(view)}", code="tensor.view"
+            )
         _view_key, start, numel = view
-        if type(start) is not int or type(numel) is not int or start < 0 or numel < 0 or \
-                start + numel > info.numel:
-            raise CorruptError(f"storage {info.key!r}: view [{start}:{start}+{numel}] of a "
-                               f"{info.numel}-element storage", code="tensor.view")
+        if (
+            type(start) is not int
+            or type(numel) is not int
+            or start < 0
+            or numel < 0
+            or start + numel > info.numel
+        ):
+            raise CorruptError(
+                f"storage {info.key!r}: view [{start}:{start}+{numel}] of a "
+                f"{info.numel}-element storage",
+                code="tensor.view",
+            )
         return StorageSlice(info, start, numel)
 
     def build(self, obj: Any, state: Any) -> None:
         if isinstance(obj, Stub):
             obj.state = state
             return
-        if isinstance(obj, OrderedDict):
+        if isinstance(obj, (OrderedDict, argparse.Namespace)):
             if isinstance(state, tuple) and len(state) == 2:
                 state = {} if state[0] is None else state[0]
             if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-                raise FormatError("OrderedDict state is not a dict of attribute names")
+                raise FormatError(f"{type(obj).__name__} state is not a dict of attribute names")
             vars(obj).update(state)
             return
-        raise UnsafePickleError(f"BUILD on a {type(obj).__name__} (only OrderedDict and "
-                                "pthfmt's own types accept state)")
+        raise UnsafePickleError(
+            f"BUILD on a {type(obj).__name__} (only OrderedDict, "
+            "argparse.Namespace and pthfmt's own types accept state)"
+        )
 
     def setitems(self, obj: Any, items: list[Any]) -> None:
         if not isinstance(obj, Stub):
@@ -233,8 +298,16 @@ class TorchHandlers:
         obj.listitems.extend(items)
 
     # -- tensors -------------------------------------------------------------------------------
-    def make_tensor(self, storage: Any, dtype: DTypeInfo | None, offset: Any, size: Any,
-                    stride: Any, requires_grad: Any, metadata: Any = None) -> Any:
+    def make_tensor(
+        self,
+        storage: Any,
+        dtype: DTypeInfo | None,
+        offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any,
+        metadata: Any = None,
+    ) -> Any:
         if type(storage) is StorageInfo:
             nbytes = storage.nbytes
             if dtype is None:
@@ -252,28 +325,37 @@ class TorchHandlers:
             if type(offset) is int:
                 offset += start
         else:
-            raise FormatError(f"tensor storage is a {type(storage).__name__}, not a "
-                              "persistent storage reference", code="tensor.view")
+            raise FormatError(
+                f"tensor storage is a {type(storage).__name__}, not a persistent storage reference",
+                code="tensor.view",
+            )
         offset, size, stride = check_view(dtype, nbytes, offset, size, stride, storage.key)
         conj = neg = False
         if metadata:
             if not isinstance(metadata, dict):
-                raise FormatError(f"tensor metadata is a {type(metadata).__name__}", code="tensor.metadata")
+                raise FormatError(
+                    f"tensor metadata is a {type(metadata).__name__}", code="tensor.metadata"
+                )
             conj, neg = bool(metadata.get("conj")), bool(metadata.get("neg"))
             if neg and dtype.kind == "bool":
                 if math.prod(size if isinstance(size, (tuple, list)) else ()):
-                    raise UnsupportedError("a negated view of a bool tensor (torch cannot "
-                                           "materialize it either: bool has no negative)")
-                neg = False                 # an empty one holds no values to negate
+                    raise UnsupportedError(
+                        "a negated view of a bool tensor (torch cannot "
+                        "materialize it either: bool has no negative)"
+                    )
+                neg = False  # an empty one holds no values to negate
         if requires_grad is not True and requires_grad is not False:
-            raise FormatError(f"requires_grad is {_short(requires_grad)}, not a bool", code="tensor.metadata")
+            raise FormatError(
+                f"requires_grad is {_short(requires_grad)}, not a bool", code="tensor.metadata"
+            )
         if self.eager and not (conj or neg):
             buffer = storage._buffer
             if buffer is None:
                 buffer = storage.buffer(self.mmap)
             return view_of(buffer, dtype, offset, size, stride)
-        ref = TensorRef(storage, dtype, offset, size, stride, requires_grad,
-                        conj=conj, neg=neg, mmap=self.mmap)
+        ref = TensorRef(
+            storage, dtype, offset, size, stride, requires_grad, conj=conj, neg=neg, mmap=self.mmap
+        )
         if self.on_tensor is not None:
             self.on_tensor(ref)
         return ref.numpy() if self.eager else ref
@@ -281,27 +363,46 @@ class TorchHandlers:
     def rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any) -> Any:
         return self.make_tensor(storage, None, offset, size, stride, False)
 
-    def rebuild_tensor_v2(self, storage: Any, offset: Any, size: Any, stride: Any,
-                          requires_grad: Any, backward_hooks: Any = None,
-                          metadata: Any = None) -> Any:
+    def rebuild_tensor_v2(
+        self,
+        storage: Any,
+        offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any,
+        backward_hooks: Any = None,
+        metadata: Any = None,
+    ) -> Any:
         return self.make_tensor(storage, None, offset, size, stride, requires_grad, metadata)
 
-    def rebuild_tensor_v3(self, storage: Any, offset: Any, size: Any, stride: Any,
-                          requires_grad: Any, backward_hooks: Any, dtype: Any,
-                          metadata: Any = None) -> Any:
+    def rebuild_tensor_v3(
+        self,
+        storage: Any,
+        offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any,
+        backward_hooks: Any,
+        dtype: Any,
+        metadata: Any = None,
+    ) -> Any:
         if not isinstance(dtype, DType) or dtype.info is None:
-            raise FormatError(f"_rebuild_tensor_v3 dtype {_short(dtype)} is not a storable dtype", code="dtype.invalid")
-        return self.make_tensor(storage, dtype.info, offset, size, stride, requires_grad,
-                                metadata)
+            raise FormatError(
+                f"_rebuild_tensor_v3 dtype {_short(dtype)} is not a storable dtype",
+                code="dtype.invalid",
+            )
+        return self.make_tensor(storage, dtype.info, offset, size, stride, requires_grad, metadata)
 
-    def rebuild_parameter(self, data: Any, requires_grad: Any, backward_hooks: Any = None,
-                          state: Any = None) -> Any:
+    def rebuild_parameter(
+        self, data: Any, requires_grad: Any, backward_hooks: Any = None, state: Any = None
+    ) -> Any:
         if not isinstance(requires_grad, bool):
             raise FormatError(f"Parameter requires_grad is {_short(requires_grad)}, not a bool")
         return self._as_parameter(data, requires_grad, state)
 
-    def rebuild_parameter_with_state(self, data: Any, requires_grad: Any,
-                                     backward_hooks: Any, state: Any) -> Any:
+    def rebuild_parameter_with_state(
+        self, data: Any, requires_grad: Any, backward_hooks: Any, state: Any
+    ) -> Any:
         return self.rebuild_parameter(data, requires_grad, backward_hooks, state)
 
     def _as_parameter(self, data: Any, requires_grad: bool, state: Any) -> Any:
@@ -321,11 +422,12 @@ class TorchHandlers:
         if not isinstance(func, Global) or not isinstance(args, tuple):
             raise UnsafePickleError(f"_rebuild_from_type_v2 with function {_short(func)}")
         kind = getattr(new_type, "qualname", None)
-        if kind not in ("torch.Tensor", "torch.nn.parameter.Parameter") and \
-                not isinstance(new_type, StubType):
+        if kind not in ("torch.Tensor", "torch.nn.parameter.Parameter") and not isinstance(
+            new_type, StubType
+        ):
             raise UnsafePickleError(f"_rebuild_from_type_v2 to class {_short(new_type)}")
         tensor = func.apply(args)
-        if kind == "torch.nn.parameter.Parameter":     # torch keeps the inner tensor's flag
+        if kind == "torch.nn.parameter.Parameter":  # torch keeps the inner tensor's flag
             flag = tensor.requires_grad if isinstance(tensor, TensorRef) else True
             return self._as_parameter(tensor, flag, state)
         state = _state_dict(state)
@@ -368,12 +470,18 @@ class TorchHandlers:
 
     # -- builtins and collections ------------------------------------------------------------
     def ordered_dict(self, items: Any = ()) -> OrderedDict[Any, Any]:
-        if items == ():                 # every tensor's backward_hooks: OrderedDict()
+        if items == ():  # every tensor's backward_hooks: OrderedDict()
             return OrderedDict()
         pairs = _pairs(items, "OrderedDict")
         if not isinstance(items, dict):
             self.check_keys(pair[0] for pair in pairs)
         return OrderedDict(pairs)
+
+    def namespace(self, *args: Any) -> argparse.Namespace:
+        """``argparse.Namespace`` (pickled as ``NEWOBJ`` + ``BUILD`` of its fields)."""
+        if args:
+            raise FormatError(f"argparse.Namespace called with {len(args)} arguments")
+        return argparse.Namespace()
 
     def counter(self, items: Any = ()) -> Counter[Any]:
         if isinstance(items, dict):
@@ -406,8 +514,12 @@ class TorchHandlers:
 
     def codecs_encode(self, text: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
         codec = _CODECS.get(encoding) if isinstance(encoding, str) else None
-        if not isinstance(text, str) or codec is None or type(errors) is not str \
-                or errors != "strict":
+        if (
+            not isinstance(text, str)
+            or codec is None
+            or type(errors) is not str
+            or errors != "strict"
+        ):
             raise UnsafePickleError(f"_codecs.encode with encoding {_short(encoding)}")
         self.charge(len(text), "_codecs.encode")
         try:
@@ -422,8 +534,12 @@ class TorchHandlers:
         return _PendingArray(self)
 
     def np_dtype(self, spec: Any, align: Any = False, copy: Any = False) -> _PendingDType:
-        if not isinstance(spec, str) or not spec or spec[0] not in _NUMPY_KINDS or \
-                (not spec[1:].isdigit() and spec[1:] != ""):
+        if (
+            not isinstance(spec, str)
+            or not spec
+            or spec[0] not in _NUMPY_KINDS
+            or (not spec[1:].isdigit() and spec[1:] != "")
+        ):
             raise UnsafePickleError(f"numpy dtype {_short(spec)} is not a plain numeric dtype")
         try:
             return _PendingDType(np.dtype(spec))
@@ -440,8 +556,10 @@ class TorchHandlers:
             raise FormatError("numpy _frombuffer of a non-bytes buffer or unknown order")
         _np_shape(shape)
         if len(buf) != math.prod(shape) * dtype.itemsize:
-            raise CorruptError(f"numpy array of shape {shape} and dtype {dtype} needs "
-                               f"{math.prod(shape) * dtype.itemsize} bytes, has {len(buf)}")
+            raise CorruptError(
+                f"numpy array of shape {shape} and dtype {dtype} needs "
+                f"{math.prod(shape) * dtype.itemsize} bytes, has {len(buf)}"
+            )
         self.charge(len(buf), "numpy array")
         return np.frombuffer(bytearray(buf), dtype).reshape(shape, order=order)
 
@@ -460,15 +578,45 @@ class TorchHandlers:
 _UINT8: Final = next(i for i in DTYPES if i.name == "uint8")
 
 
+def _refusal(module: str, name: str, qualname: str) -> str:
+    """The message for a global outside the allowlist: how to go on, unless it is a gadget."""
+    if gadget(module):
+        return f"global {escape(qualname)} is not allowed: a known code-execution gadget"
+    return (
+        f"global {escape(qualname)} is not allowed (to read its objects as inert stubs, "
+        f'pass unknown="stub", or unknown={{{short_repr(qualname)}}} for this class only)'
+    )
+
+
+def _names(unknown: Any) -> frozenset[str]:
+    if not isinstance(unknown, (set, frozenset, list, tuple)) or not all(
+        isinstance(n, str) for n in unknown
+    ):
+        raise TypeError(
+            "unknown must be 'error', 'stub' or a collection of qualified class names (strings)"
+        )
+    return frozenset(unknown)
+
+
 def _unsupported(name: str) -> Callable[..., Any]:
     def handler(*args: Any) -> Any:
         raise UnsupportedError(f"{UNSUPPORTED_REBUILDS[name]} (torch._utils.{name})")
+
     return handler
 
 
 def _copy_ref(ref: TensorRef) -> TensorRef:
-    new = TensorRef(ref.storage, ref.dtype_info, ref.storage_offset, ref.shape, ref.stride,
-                    ref.requires_grad, conj=ref.conj, neg=ref.neg, mmap=ref._mmap)
+    new = TensorRef(
+        ref.storage,
+        ref.dtype_info,
+        ref.storage_offset,
+        ref.shape,
+        ref.stride,
+        ref.requires_grad,
+        conj=ref.conj,
+        neg=ref.neg,
+        mmap=ref._mmap,
+    )
     new.is_parameter = ref.is_parameter
     new.state = ref.state
     return new
@@ -485,10 +633,15 @@ def _state_dict(state: Any) -> dict[str, Any] | None:
 def _np_shape(shape: Any) -> None:
     """A numpy shape: at most 64 ints in [0, 2**63), checked before any arithmetic (a
     product of huge ints, repeated at no cost through the memo, would take minutes)."""
-    if not isinstance(shape, tuple) or len(shape) > MAX_NDIM or \
-            not all(type(n) is int and 0 <= n <= INTP_MAX for n in shape):
-        raise FormatError(f"numpy array shape {_short(shape)} is not a tuple of at most "
-                          f"{MAX_NDIM} ints in [0, 2**63)")
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > MAX_NDIM
+        or not all(type(n) is int and 0 <= n <= INTP_MAX for n in shape)
+    ):
+        raise FormatError(
+            f"numpy array shape {_short(shape)} is not a tuple of at most "
+            f"{MAX_NDIM} ints in [0, 2**63)"
+        )
 
 
 def _iterable(items: Any, what: str) -> Any:

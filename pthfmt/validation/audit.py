@@ -25,44 +25,11 @@ from ..model.globals import Global
 from ..model.storage import StorageInfo, StorageSlice, StorageTable
 from ..model.tensor import TensorRef
 from ..pickle.machine import Poison, Unpickler
-from ..torch.allowlist import ALLOWLIST, MODULE_ALIASES, UNSUPPORTED_REBUILDS
+from ..torch.allowlist import ALLOWLIST, MODULE_ALIASES, UNSUPPORTED_REBUILDS, gadget
 from ..torch.handlers import TorchHandlers
 
 __all__ = ["Audit", "Decl", "Note", "Poison", "allowed", "gadget", "error_code"]
 
-#: Modules whose globals are known code-execution gadgets (message only: all are refused).
-_GADGETS: Final = (
-    "os",
-    "posix",
-    "nt",
-    "subprocess",
-    "sys",
-    "builtins",
-    "__builtin__",
-    "importlib",
-    "runpy",
-    "pty",
-    "socket",
-    "shutil",
-    "pickle",
-    "marshal",
-    "webbrowser",
-    "code",
-    "codeop",
-    "ctypes",
-    "multiprocessing",
-    "operator",
-    "functools",
-    "types",
-    "pdb",
-    "timeit",
-    "torch.jit",
-    "torch.hub",
-    "torch.serialization",
-    "torch.utils",
-    "torch._inductor",
-    "numpy.testing",
-)
 _KNOWN_DEVICES: Final = frozenset(
     [
         "cpu",
@@ -92,11 +59,6 @@ _KNOWN_DEVICES: Final = frozenset(
 def allowed(module: str, name: str) -> bool:
     """Is ``module.name`` in the allowlist (after the module aliases)?"""
     return f"{MODULE_ALIASES.get(module, module)}.{name}" in ALLOWLIST
-
-
-def gadget(module: str) -> bool:
-    """Is ``module`` one whose globals are known code-execution gadgets?"""
-    return any(module == g or module.startswith(g + ".") for g in _GADGETS)
 
 
 def error_code(exc: PthError) -> str:

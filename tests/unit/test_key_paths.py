@@ -20,7 +20,7 @@ from pthfmt.model.tree import MAX_PART_CHARS, MAX_PATH_CHARS, key_text, walk
 from pthfmt.pickle.machine import Unpickler
 from pthfmt.torch.handlers import TorchHandlers
 
-BIG = 10**5000                                  # over Python's 4,300-digit str() limit
+BIG = 10**5000  # over Python's 4,300-digit str() limit
 BIG_TEXT = f"<a {BIG.bit_length()}-bit int>"
 
 
@@ -34,8 +34,9 @@ def rezip(src, dst, change) -> None:
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for info in zin.infolist():
             data = zin.read(info)
-            zout.writestr(info.filename, change(data) if info.filename.endswith("data.pkl")
-                          else data)
+            zout.writestr(
+                info.filename, change(data) if info.filename.endswith("data.pkl") else data
+            )
 
 
 @pytest.fixture
@@ -70,20 +71,22 @@ def test_huge_int_keys_in_state_dict(big_key_file):
 
 
 def test_huge_int_key_in_an_error_key_path():
-    data = (b"\x80\x02}" + long4(BIG) + b"}X\x01\x00\x00\x00a" + b"cos\nsystem\n" + b"ss.")
+    data = b"\x80\x02}" + long4(BIG) + b"}X\x01\x00\x00\x00a" + b"cos\nsystem\n" + b"ss."
     h = TorchHandlers(StorageTable(location_mapper(None), None), eager=False, mmap=False)
     with pytest.raises(UnsafePickleError) as info:
         Unpickler(data, h, record="r").load()
     assert info.value.key_path == f"{BIG_TEXT}.a"
-    assert str(info.value) == ("global os.system is not allowed (record 'r', offset "
-                               f"{len(data) - 14}, key '{BIG_TEXT}.a')")
+    assert str(info.value) == (
+        "global os.system is not allowed: a known code-execution gadget (record 'r', offset "
+        f"{len(data) - 14}, key '{BIG_TEXT}.a')"
+    )
 
 
 def test_deep_paths_keep_their_innermost_parts():
     obj: object = "leaf"
     for _ in range(1000):
         obj = [obj]
-    (path, _), = walk(obj, want=lambda v: v == "leaf")
+    ((path, _),) = walk(obj, want=lambda v: v == "leaf")
     assert path == "<936 levels>." + ".".join(["0"] * 64)
 
 
@@ -92,7 +95,7 @@ def test_paths_are_capped_in_characters():
     obj: object = "leaf"
     for _ in range(63):
         obj = {key: obj}
-    (path, _), = walk(obj, want=lambda v: v == "leaf")
+    ((path, _),) = walk(obj, want=lambda v: v == "leaf")
     part = key_text(key)
     kept = (MAX_PATH_CHARS + 1) // (len(part) + 1)
     assert path == f"<{63 - kept} levels>." + ".".join([part] * kept)
@@ -120,16 +123,21 @@ def test_tensors_of_shared_long_keys_is_bounded(tmp_path):
     would be 400 MB of paths from a 7 MB file."""
     key = "k" * (1 << 20)
     base = np.zeros(100_000, np.uint8)
-    obj: object = [base[i:i + 1] for i in range(100_000)]
+    obj: object = [base[i : i + 1] for i in range(100_000)]
     for _ in range(63):
         obj = {key: obj}
     path = tmp_path / "deep.pth"
     pthfmt.save(obj, path)
     assert path.stat().st_size < 8 << 20
-    out = subprocess.run([sys.executable, "-c", _BOUNDED, str(path)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", _BOUNDED, str(path)], capture_output=True, text=True, timeout=60
+    )
     result = json.loads(out.stdout)
-    assert result["error"] == [LimitError.__name__, (
-        "the key paths of this object tree take more characters than its size justifies "
-        "(long keys shared at many levels)")]
+    assert result["error"] == [
+        LimitError.__name__,
+        (
+            "the key paths of this object tree take more characters than its size justifies "
+            "(long keys shared at many levels)"
+        ),
+    ]
     assert result["seconds"] < 5 and result["peak"] < 1 << 30
