@@ -27,15 +27,25 @@ holds, however they share long keys.
 
 from __future__ import annotations
 
+from argparse import Namespace
 from collections.abc import Callable, Iterator
 from itertools import repeat
 from typing import Any, Final
 
 from ..errors import LimitError
 from ..text import int_text, short_repr
+from .stub import Stub
 
-__all__ = ["walk", "key_text", "join_path", "MAX_PATH_PARTS", "MAX_PATH_CHARS",
-           "MAX_PART_CHARS", "PATH_BUDGET", "PATH_CHARS_PER_ITEM"]
+__all__ = [
+    "walk",
+    "key_text",
+    "join_path",
+    "MAX_PATH_PARTS",
+    "MAX_PATH_CHARS",
+    "MAX_PART_CHARS",
+    "PATH_BUDGET",
+    "PATH_CHARS_PER_ITEM",
+]
 
 #: Key paths deeper than this keep their last parts only (``<12345 levels>.a.b``), so that
 #: a hostile million-level tree cannot make path strings quadratic in its depth.
@@ -59,7 +69,7 @@ def key_text(key: Any) -> str:
     else:
         text = short_repr(key)
     if len(text) > MAX_PART_CHARS:
-        text = f"{text[:MAX_PART_CHARS - 32]}...<+{len(text) - MAX_PART_CHARS + 32} chars>"
+        text = f"{text[: MAX_PART_CHARS - 32]}...<+{len(text) - MAX_PART_CHARS + 32} chars>"
     return text
 
 
@@ -116,9 +126,12 @@ def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
 _ROOT = _Node(None, None, 0)
 
 
-def walk(root: Any, *, leaves: tuple[type, ...] = (),
-         want: Callable[[Any], bool] | None = None) -> Iterator[tuple[str, Any]]:
-    """Depth-first ``(key_path, value)`` over dicts, lists and tuples, in order.
+def walk(
+    root: Any, *, leaves: tuple[type, ...] = (), want: Callable[[Any], bool] | None = None
+) -> Iterator[tuple[str, Any]]:
+    """Depth-first ``(key_path, value)`` over dicts, lists, tuples, ``argparse.Namespace``
+    fields and stubs (:meth:`pthfmt.Stub.items`: an ``nn.Module`` stub's parameters, buffers
+    and children under their ``state_dict`` names), in order.
 
     Key paths are built as the module docstring says.  Every object that could be reached
     twice (containers, and instances of ``leaves``) is visited once, so shared and cyclic
@@ -127,7 +140,7 @@ def walk(root: Any, *, leaves: tuple[type, ...] = (),
     would take more characters than its budget raises :class:`~pthfmt.errors.LimitError`.
     """
     seen: set[int] = set()
-    shared = (dict, list, tuple, *leaves)
+    shared = (dict, list, tuple, Stub, Namespace, *leaves)
     budget = PATH_BUDGET
     # (the container holding value, value's key there, value); nodes only for containers
     stack: list[tuple[_Node | None, Any, Any]] = [(None, None, root)]
@@ -141,8 +154,18 @@ def walk(root: Any, *, leaves: tuple[type, ...] = (),
         if isinstance(value, dict):
             keys: Any = reversed(value)
             values: Any = reversed(value.values())
+            size = len(value)
         elif isinstance(value, (list, tuple)):
             keys, values = range(len(value) - 1, -1, -1), reversed(value)
+            size = len(value)
+        elif type(value) is Stub:
+            pairs = value.items()
+            keys, values = (k for k, _ in reversed(pairs)), (v for _, v in reversed(pairs))
+            size = len(pairs)
+        elif type(value) is Namespace:
+            fields = vars(value)
+            keys, values = reversed(fields), reversed(fields.values())
+            size = len(fields)
         else:
             if wanted:
                 path = parent.path(key) if parent is not None else ""
@@ -152,7 +175,7 @@ def walk(root: Any, *, leaves: tuple[type, ...] = (),
                 yield path, value
             continue
         node = _ROOT if parent is None else _Node(parent, key, parent.depth + 1)
-        budget += PATH_CHARS_PER_ITEM * len(value)
+        budget += PATH_CHARS_PER_ITEM * size
         if wanted:
             path = node.path()
             budget -= len(path)
@@ -163,5 +186,7 @@ def walk(root: Any, *, leaves: tuple[type, ...] = (),
 
 
 def _too_long() -> None:
-    raise LimitError("the key paths of this object tree take more characters than its size "
-                     "justifies (long keys shared at many levels)")
+    raise LimitError(
+        "the key paths of this object tree take more characters than its size "
+        "justifies (long keys shared at many levels)"
+    )

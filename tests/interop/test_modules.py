@@ -74,7 +74,10 @@ def test_stub_records_without_acting(saved):
     root = pthfmt.load(path, unknown="stub")
     assert isinstance(root, pthfmt.Stub) and root.qualname == f"{torch_models.__name__}.Custom"
     assert root.state["notes"] == {"epochs": 3, "tags": ["a", "b"]}
-    assert not hasattr(type(root), "__getattr__") and not hasattr(root, "__setstate__")
+    assert root.notes == {"epochs": 3, "tags": ["a", "b"]}  # reads what it recorded
+    # protocols stay inert: no dunder is ever looked up in the recorded state
+    for name in ("__setstate__", "__array__", "__fspath__", "__index__", "__call__"):
+        assert not hasattr(root, name), name
 
 
 CHECK_NOTHING_IMPORTED = """
