@@ -61,6 +61,12 @@ def allowed(module: str, name: str) -> bool:
     return f"{MODULE_ALIASES.get(module, module)}.{name}" in ALLOWLIST
 
 
+#: The codes of a refused storage reference (its record then looks unreferenced).
+_STORAGE_CODES: Final = frozenset(
+    ["pickle.persistent_id", "storage.declaration", "storage.redeclared", "device.invalid"]
+)
+
+
 def error_code(exc: PthError) -> str:
     """The check code of a reader error: the one its rule gave it, else by its class."""
     if exc.code is not None:
@@ -131,6 +137,7 @@ class Audit(TorchHandlers):
         self.refused: dict[int, tuple[str, str]] = {}  # pos -> refused global
         self.extents: dict[str, list[tuple[int, int]]] = {}
         self.partial: set[str] = set()  # storages with a view that was not checked
+        self.refused_storage = False  # a storage reference was refused
         self.noted = False
         self._once: set[tuple[str, str]] = set()
 
@@ -170,7 +177,21 @@ class Audit(TorchHandlers):
         if isinstance(exc, UnsafePickleError) and exc.code is None and self.pos() in self.refused:
             return  # a refused global: the static scan reports it
         code = error_code(exc)
+        if code in _STORAGE_CODES:
+            self.refused_storage = True
         self.note(code, exc.message, once=exc.message)
+
+    def make_tensor(self, storage: Any, *args: Any, **kwargs: Any) -> Any:
+        """The reader's ``make_tensor``, observed: a storage with a view that could not be
+        checked is left out of the strict unviewed-bytes check."""
+        try:
+            return super().make_tensor(storage, *args, **kwargs)
+        except PthError:
+            if isinstance(storage, StorageSlice):
+                storage = storage.base
+            if isinstance(storage, StorageInfo):
+                self.partial.add(storage.key)
+            raise
 
     # -- globals -------------------------------------------------------------------------------
     def resolve(self, module: str, name: str) -> Any:

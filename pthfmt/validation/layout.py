@@ -125,6 +125,8 @@ class LayoutChecks(PickleChecks):
             if torchscript:
                 continue
             if r.rel.startswith(data_prefix) and not pickled:
+                if audit is not None and audit.refused_storage:
+                    continue  # a storage reference was refused: already reported
                 self.add(
                     "storage.unreferenced",
                     f"data record {name!r} is not used by any storage reference",

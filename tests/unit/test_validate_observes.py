@@ -78,3 +78,21 @@ def test_a_bug_in_our_handlers_is_ours(monkeypatch: pytest.MonkeyPatch) -> None:
     report = validate(io.BytesIO(checkpoint(state(tensor()))))
     assert [p.code for p in report.problems if p.severity == "error"][:1] == ["internal.error"]
     assert "KeyError" in report.problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("pickle", "code"),
+    [
+        (state(tensor(size=(5,))), "tensor.view"),
+        (state(tensor(pid(loc="cuda:x"))), "device.invalid"),
+        (state(tup(ustr("storage"), ustr("x")) + b"Q"), "pickle.persistent_id"),
+    ],
+    ids=["view", "device", "pid"],
+)
+def test_a_refused_reference_leaves_no_consequential_problem(pickle: bytes, code: str) -> None:
+    # the storage the refused view or reference names is neither "unviewed" nor
+    # "unreferenced" under --strict: the refusal is the one problem
+    report = validate(io.BytesIO(checkpoint(pickle)), strict=True)
+    codes = {p.code for p in report.problems}
+    assert code in codes
+    assert not codes & {"storage.unviewed", "storage.unreferenced"}
