@@ -329,9 +329,17 @@ class Unpickler:
             ) from None
         except MemoryError:
             op_pos = pos
-            raise LimitError(
-                f"out of memory at {self._opname(op_pos)}", record=self.record, offset=op_pos
-            ) from None
+        # Out of memory.  Raised here, outside the handler, so that the MemoryError (whose
+        # traceback pins this frame) is not kept as the LimitError's context, and with what
+        # the run built released: the memory is free as soon as the error is raised.
+        stack.clear()
+        self.stack.clear()
+        self.metastack.clear()
+        self.memo.clear()
+        self.sparse.clear()
+        raise LimitError(
+            f"out of memory at {self._opname(op_pos)}", record=self.record, offset=op_pos
+        )
 
     def _file_error(self, exc: Exception, op_pos: int) -> PthError:
         """The error for an exception the loop's own frame raised on the file's behalf."""
