@@ -1,0 +1,115 @@
+"""What every command prints with: exit codes, the one-line error on stderr, JSON, tables and
+the renderings of sizes, shapes and values."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ..engines.tree import Failure, plain
+from ..errors import PthError
+
+__all__ = [
+    "OK",
+    "PROBLEM",
+    "USAGE",
+    "Usage",
+    "guard",
+    "err",
+    "wrap",
+    "command_parser",
+    "human_size",
+    "emit_json",
+    "table",
+    "show",
+    "shape_text",
+]
+
+OK, PROBLEM, USAGE = 0, 1, 2
+
+
+class Usage(Exception):
+    """A usage error: ``main`` prints the usage line and the message, exit status 2."""
+
+
+def guard(path: str | None, func: Callable[[], int]) -> int:
+    """Run ``func``; a bad file becomes one line on stderr and exit code 1 (2 if unreadable).
+    ``path`` prefixes the message (``None``: the message names its file itself)."""
+    where = f"{path}: " if path else ""
+    try:
+        return func()
+    except Failure as exc:
+        err(f"{where}{exc}")
+        return USAGE if exc.usage else PROBLEM
+    except PthError as exc:
+        err(f"{where}{exc}")
+        return PROBLEM
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        err(f"{where}{exc.strerror or exc}")
+        return USAGE
+    except (RecursionError, MemoryError) as exc:
+        err(f"{where}the file is too large or too deeply nested ({type(exc).__name__})")
+        return PROBLEM
+
+
+def wrap(text: str) -> str:
+    return textwrap.fill(text, 88)
+
+
+def command_parser(
+    sub: Any, name: str, summary: str, description: str, examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser: ``summary`` in the command list, ``description`` wrapped,
+    ``examples`` (the epilog) as written."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=wrap(description),
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def err(message: str) -> None:
+    print(f"pthfmt: {message}", file=sys.stderr)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError
+
+
+def emit_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)
+    sys.stdout.write("\n")
+
+
+def table(rows: Sequence[Sequence[str]], indent: str = "") -> Iterator[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        yield indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+
+
+def show(value: Any, limit: int = 100) -> str:
+    """A value on one line of at most ``limit`` characters."""
+    rendered = plain(value)
+    text = repr(rendered) if not isinstance(rendered, str) or isinstance(value, str) else rendered
+    if isinstance(rendered, list) and len(text) > limit:
+        head = ", ".join(repr(v) for v in rendered[:3])
+        text = f"[{head}, ... ({len(rendered)} items)]"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape)) if shape else "()"

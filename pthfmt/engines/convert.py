@@ -1,0 +1,528 @@
+"""Converting between torch checkpoints, safetensors and ``.npz``: :func:`convert`.
+
+``convert(src, dst)`` reads ``src`` and writes ``dst`` in the format its extension names:
+
+- ``.pth``, ``.pt``, ``.bin``, ``.ckpt``: a torch checkpoint (zip format, as ``torch.save``
+  writes it; :func:`pthfmt.save` does the writing).  Input may also be a sharded checkpoint:
+  its ``*.bin.index.json`` (or ``*.safetensors.index.json``) or the folder holding it.
+- ``.safetensors`` (:mod:`pthfmt.formats.safetensors`): the header is bounds-checked, nothing
+  is unpickled, tensors are zero-copy views of the mapped file.
+- ``.npz`` (:mod:`pthfmt.formats.npz`): numpy's zip of ``.npy`` arrays (read without pickle;
+  stored members are mapped, compressed ones are read one array at a time).
+
+**Keys.**  Nested containers flatten to dotted key paths, as ``state_dict()`` keys are
+(``model_state_dict.fc1.weight``, ``optimizer_state_dict.state.0.exp_avg``); a pickled
+``nn.Module`` stands for its ``state_dict()``.  A torch output is that flat dict.
+
+**Non-tensor values** (epoch, loss, optimizer hyper-parameters) that are ``None``, bools,
+numbers, strings or lists of them travel as JSON: in safetensors as ``__metadata__`` entries
+``"pthfmt:<key path>": "<JSON>"`` (beside ``"format": "pt"``, which Hugging Face loaders
+expect); in ``.npz`` in the sidecar member ``__pthfmt__`` (a 0-d string array holding a JSON
+object).  A torch output gets them back as entries of its dict.  What a format cannot hold
+(a tensor dtype it lacks, a value that is not JSON, an object of an unknown class) is left
+out and named in a warning: :func:`convert` returns the warnings, and never drops anything
+without one.
+
+**Dtypes.**  safetensors has no complex128, complex32, quantized or ``bits`` types; those
+tensors are left out (warned).  ``float4_e2m1fn_x2`` is safetensors' ``F4`` with the last
+dimension counted in 4-bit elements (twice torch's).  ``.npy`` cannot describe bfloat16,
+float8, complex32, float4 or ``bits`` types: their raw bits are stored as unsigned integers
+of the same width and the sidecar names the dtype, so that ``.npz`` to torch restores it.
+
+**Aliasing.**  safetensors and ``.npz`` have no shared storages: tensors that share one
+(tied weights, views) are written as separate copies (warned).  Every tensor is written
+contiguous, in C order.
+
+**Memory and atomicity.**  Tensors stream one by one from the mapped input into the output
+in pieces of :data:`pthfmt.writer.CHUNK` bytes; the output is written to a temporary file
+beside it and renamed into place only when complete (:func:`pthfmt.atomic.write_atomically`,
+as :func:`pthfmt.save`), so a failed conversion leaves no partial file and an existing output
+untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import IO, Any, Final, cast
+
+import numpy as np
+
+from ..atomic import Sink, Write, write_atomically
+from ..errors import FormatError, PthError
+from ..formats.detect import FORMATS, UnknownFormatError, input_format, output_format
+from ..formats.npz import NPZ_RAW_DTYPES, SIDECAR, read_npz, write_npz
+from ..formats.safetensors import (
+    SAFETENSORS_DTYPES,
+    read_safetensors,
+    read_sharded_safetensors,
+    write_safetensors,
+)
+from ..formats.tensordata import Content, TensorItem, Value, count, index_metadata, listing
+from ..model.device import Device
+from ..model.dtypes import DType
+from ..model.modules import is_module, state_dict
+from ..model.stub import Stub
+from ..model.tensor import StorageInfo, TensorRef
+from .tree import children, is_flat
+
+__all__ = [
+    "convert",
+    "Conversion",
+    "FORMATS",
+    "UnknownFormatError",
+    "output_format",
+    "flatten",
+    "MAX_DEPTH",
+]
+
+#: Containers nested deeper than this are refused (a real checkpoint is a few levels deep).
+MAX_DEPTH: Final = 1000
+_LIST: Final = 8  # names listed per note (what is left out is listed in full)
+_SCALARS = (bool, int, float, complex, str, bytes, type(None), np.generic)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    key: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Convert ``src`` to ``dst``; returns the warnings (what was left out, and why).
+
+    ``format`` (``"pth"``, ``"safetensors"``, ``"npz"``) overrides ``dst``'s extension.
+    ``key`` converts only the entries under that dotted key path, without the prefix
+    (``key="model_state_dict"``).  ``progress(done, total)`` is called as bytes are written.
+    Raises :class:`UnknownFormatError` when a format cannot be told, a
+    :class:`~pthfmt.PthError` for a bad input, ``OSError`` for files that cannot be read
+    or written; ``dst`` is then unchanged.
+    """
+    with Conversion(src, dst, format=format, key=key) as job:
+        job.write(progress)
+        return list(job.warnings)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Stub):
+        return value.qualname
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__name__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+class _Plan:
+    """What a conversion writes, and what it leaves out (each kind named in one warning)."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.entries: list[TensorItem | Value] = []
+        self.duplicate: list[str] = []
+        self.no_dtype: list[str] = []
+        self.reserved: list[str] = []
+        self.lost: list[str] = []
+
+    def take(self, content: Content) -> None:
+        carry = _pth_value if self.fmt == "pth" else _json_value
+        names: set[str] = set()
+        for entry in content.entries:
+            if entry.name == "" and isinstance(entry, TensorItem):
+                entry.name = "tensor"
+                content.warnings.append(
+                    "the input is a single tensor: written under the key 'tensor'"
+                )
+            if entry.name in names:
+                self.duplicate.append(entry.name)
+                continue
+            names.add(entry.name)
+            if isinstance(entry, Value):
+                ok, plain = carry(entry.value)
+                if ok:
+                    self.entries.append(Value(entry.name, plain))
+                else:
+                    self.lost.append(f"{entry.name or '<root>'} ({_kind(entry.value)})")
+                continue
+            why = _unwritable(entry, self.fmt)
+            if why is None:
+                self.entries.append(entry)
+            elif why == "reserved":
+                self.reserved.append(entry.name)
+            else:
+                self.no_dtype.append(f"{entry.name} ({why})")
+
+    def warn_left_out(self, warn: Callable[[str], None]) -> None:
+        fmt = self.fmt
+        if self.duplicate:
+            warn(
+                f"left out {count(self.duplicate, 'entry', 'entries')} whose flattened key an "
+                f"earlier entry already has: {listing(self.duplicate)}"
+            )
+        if self.reserved:
+            warn(
+                f"left out {count(self.reserved, 'tensor')} with a name {fmt} reserves: "
+                f"{listing(self.reserved)}"
+            )
+        if self.no_dtype:
+            what = (
+                "(pthfmt does not write quantized tensors)"
+                if fmt == "pth"
+                else f"with a dtype {fmt} cannot hold"
+            )
+            warn(f"left out {count(self.no_dtype, 'tensor')} {what}: {listing(self.no_dtype)}")
+        if self.lost:
+            where = {
+                "pth": "a torch checkpoint",
+                "safetensors": "safetensors metadata",
+                "npz": "the npz sidecar",
+            }[fmt]
+            warn(f"left out {count(self.lost, 'value')} that {where} cannot carry: "
+                 f"{listing(self.lost)}")  # fmt: skip
+
+
+def _warn_lossy(fmt: str, items: list[TensorItem], warn: Callable[[str], None]) -> None:
+    """Warnings for what the output holds differently: raw-bit npz dtypes, no sharing."""
+    if fmt == "npz":
+        raw = sorted({i.dtype.name for i in items if i.dtype.name in NPZ_RAW_DTYPES})
+        if raw:
+            warn(
+                f"npz cannot describe {', '.join(raw)}: those tensors are stored as "
+                f"their raw bits (unsigned integers) and the {SIDECAR!r} member records "
+                "their dtype (pthfmt restores it; numpy alone sees integers)"
+            )
+    if fmt != "pth":
+        users: dict[int, list[str]] = {}
+        for item in items:
+            if item.storage is not None:
+                users.setdefault(id(item.storage), []).append(item.name)
+        shared = [" = ".join(g) for g in users.values() if len(g) > 1]
+        if shared:
+            warn(
+                f"{fmt} has no shared storage: wrote separate copies of "
+                f"{count(shared, 'group')} of tensors sharing one: {listing(shared, _LIST)}"
+            )
+
+
+class Conversion:
+    """A planned conversion: the input is read and checked on construction (nothing is
+    written), :meth:`write` writes the output.  ``warnings`` lists what is left out."""
+
+    def __init__(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        format: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.src = os.fspath(src)
+        self.dst = os.fspath(dst)
+        self.format = output_format(self.dst, format)
+        self.source_format = input_format(self.src)
+        if os.path.isdir(self.dst):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.dst)
+        self._content = Content()
+        try:
+            _READERS[self.source_format](self.src, self._content)
+            if key:
+                _select(self._content, key)
+            self._plan()
+        except BaseException:
+            self.close()
+            raise
+
+    def _plan(self) -> None:
+        """Decide what is written; name everything left out in a warning."""
+        content, fmt = self._content, self.format
+        plan = _Plan(fmt)
+        plan.take(content)
+        self.entries: list[TensorItem | Value] = plan.entries
+        self.items = [e for e in self.entries if isinstance(e, TensorItem)]
+        self.values = [e for e in self.entries if isinstance(e, Value)]
+        warn = content.warnings.append
+        plan.warn_left_out(warn)
+        _warn_lossy(fmt, self.items, warn)
+        self.metadata = dict(content.metadata)
+        if fmt == "pth":
+            extra = [k for k, v in self.metadata.items() if not (k == "format" and v == "pt")]
+            if extra:
+                warn(
+                    f"left out file metadata a torch checkpoint has no place for: {listing(extra)}"
+                )
+            self.metadata = {}
+
+    @property
+    def warnings(self) -> list[str]:
+        return self._content.warnings
+
+    @property
+    def nbytes(self) -> int:
+        """Tensor bytes to write (the progress total)."""
+        if self.format != "pth":
+            return sum(i.nbytes for i in self.items)
+        seen: dict[int, int] = {}
+        for item in self.items:
+            size = item.storage.nbytes if isinstance(item.storage, StorageInfo) else item.nbytes
+            seen[id(item.storage) if item.storage is not None else id(item)] = size
+        return sum(seen.values())
+
+    def write(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Write the output atomically (a temporary file renamed into place)."""
+        total = self.nbytes
+
+        def run(write: Write) -> None:
+            if progress is None:
+                self._emit(write)
+                return
+            done = 0
+
+            def counted(data: Any) -> None:
+                nonlocal done
+                write(data)
+                done += memoryview(data).nbytes
+                progress(done, total)
+
+            self._emit(counted)
+
+        write_atomically(self.dst, run)
+
+    def _emit(self, write: Write) -> None:
+        if self.format == "safetensors":
+            write_safetensors(write, self.items, self.values, self.metadata)
+        elif self.format == "npz":
+            write_npz(write, self.items, self.values, self.metadata)
+        else:
+            self._emit_pth(write)
+
+    def _emit_pth(self, write: Write) -> None:
+        from ..formats.zip.writer import archive_name_for_path
+        from ..writer import save
+
+        obj = {
+            e.name: (e.for_save() if isinstance(e, TensorItem) else e.value) for e in self.entries
+        }
+        save(obj, cast("IO[bytes]", Sink(write)), archive_name=archive_name_for_path(self.dst))
+
+    def close(self) -> None:
+        closers, self._content.closers = self._content.closers, []
+        for close in reversed(closers):
+            try:
+                close()
+            except (BufferError, OSError):  # an array still views a mapping: GC frees it
+                pass
+
+    def __enter__(self) -> Conversion:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _unwritable(item: TensorItem, fmt: str) -> str | None:
+    """Why ``item`` cannot be written in ``fmt`` (``"reserved"`` for its name), else None."""
+    if fmt == "pth":
+        return item.dtype.name if item.dtype.kind == "quantized" else None
+    if item.name == ("__metadata__" if fmt == "safetensors" else SIDECAR):
+        return "reserved"
+    if fmt == "safetensors":
+        code = SAFETENSORS_DTYPES.get(item.dtype.name)
+        if code is None:
+            return item.dtype.name
+        if code == "F4" and not item.shape:
+            return "0-d float4_e2m1fn_x2: F4 needs a last dimension"
+    elif item.dtype.kind == "quantized":
+        return item.dtype.name
+    return None
+
+
+# -- values --------------------------------------------------------------------------------------
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _json_value(value: Any) -> tuple[bool, Any]:
+    """``(True, plain)`` for None, bools, numbers, strings, lists of them and ``{}``."""
+    value = _scalar(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True, value
+    if isinstance(value, (list, tuple)):
+        items = [_scalar(v) for v in value]
+        if all(v is None or isinstance(v, (bool, int, float, str)) for v in items):
+            return True, items
+    if isinstance(value, dict) and not value:
+        return True, {}
+    return False, None
+
+
+def _pth_value(value: Any) -> tuple[bool, Any]:
+    """What :func:`pthfmt.save` writes for a leaf value: scalars, bytes, devices, dtypes,
+    lists and tuples of them, empty containers.  Objects of unknown classes are not."""
+
+    def plain(v: Any) -> bool:
+        return isinstance(v, (*_SCALARS, Device, DType))
+
+    if plain(value):
+        return True, value
+    if isinstance(value, (list, tuple)) and all(plain(v) for v in value):
+        return True, value
+    if isinstance(value, dict) and not value:
+        return True, {}
+    return False, None
+
+
+# -- input formats -------------------------------------------------------------------------------
+
+
+def _select(content: Content, key: str) -> None:
+    """Keep the entries under ``key`` (dotted), without the prefix."""
+    prefix = key.rstrip(".") + "."
+    kept, outside = [], []
+    for entry in content.entries:
+        if entry.name.startswith(prefix):
+            entry.name = entry.name[len(prefix) :]
+            kept.append(entry)
+        elif entry.name == key:
+            kept.append(entry)
+        else:
+            outside.append(entry.name or "<root>")
+    if not kept:
+        raise FormatError(f"no entries under the key {key!r}")
+    content.entries = kept
+    if outside:
+        groups: dict[str, int] = {}
+        for name in outside:
+            top = name.split(".", 1)[0]
+            groups[top] = groups.get(top, 0) + 1
+        shown = [f"{top} ({n} entries)" if n > 1 else top for top, n in groups.items()]
+        content.warnings.append(
+            f"converted only {key!r}: left out "
+            f"{count(outside, 'other entry', 'other entries')}: "
+            f"{listing(shown)}"
+        )
+
+
+def _read_torch(path: str, content: Content) -> None:
+    from ..reader import open as open_checkpoint
+
+    ck = open_checkpoint(path, map_location="cpu", unknown="stub")
+    content.closers.append(ck.close)
+    for name, value in flatten(ck.obj, content.warnings):
+        if isinstance(value, TensorRef):
+            content.entries.append(_ref_item(name, value))
+        else:
+            content.entries.append(Value(name, value))
+
+
+# SHIM: sets StorageInfo's private ``_buffer``; becomes ``storage.release()`` (or whatever
+# public name pthfmt/model/storage.py gives "drop the cached buffer") once it exists.
+def _drop_cached_buffer(storage: StorageInfo) -> None:
+    storage._buffer = None
+
+
+def _ref_item(name: str, ref: TensorRef) -> TensorItem:
+    def release() -> None:
+        # A compressed storage is inflated into memory once and cached: drop it when its
+        # last tensor is written, so that memory stays bounded.  (Mapped ones cost nothing.)
+        storage = ref.storage
+        if storage.compressed:
+            _drop_cached_buffer(storage)
+
+    return TensorItem(
+        name,
+        ref.dtype_info,
+        ref.shape,
+        lambda: ref.numpy(mmap=True),
+        lambda: ref,
+        storage=ref.storage,
+        release=release,
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, _SCALARS)
+
+
+def flatten(root: Any, warnings: list[str]) -> Iterator[tuple[str, Any]]:
+    """``(dotted key path, leaf)`` in file order: tensors, and values (scalars, lists of
+    scalars, empty containers, other objects).  A module stands for its ``state_dict()``;
+    a container reached again is walked once (named in a warning)."""
+    seen: dict[int, str] = {}
+    again: list[str] = []
+    stack: list[tuple[str, Any, int]] = [("", root, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, (TensorRef, *_SCALARS)):
+            yield path, value
+            continue
+        if isinstance(value, (dict, list, tuple, Stub)):
+            if id(value) in seen:
+                again.append(f"{path or '<root>'} (= {seen[id(value)] or '<root>'})")
+                continue
+            seen[id(value)] = path
+        if isinstance(value, Stub) and is_module(value):
+            try:
+                value = state_dict(value)
+            except (PthError, TypeError):
+                yield path, value
+                continue
+        if isinstance(value, (dict, list, tuple)):
+            if is_flat(value, _is_scalar):
+                yield path, value
+                continue
+            if depth >= MAX_DEPTH:
+                raise FormatError(
+                    f"containers nested more than {MAX_DEPTH} levels deep", key_path=path
+                )
+            stack.extend((k, v, depth + 1) for k, v in reversed(children(path, value)))
+            continue
+        yield path, value
+    if again:
+        warnings.append(
+            f"written once, under the first key: {count(again, 'container')} the "
+            f"input reaches again: {listing(again)}"
+        )
+
+
+def _read_sharded(path: str, content: Content) -> None:
+    from ..formats.detect import find_any_index
+    from ..sharded import load_sharded
+
+    sharded = load_sharded(find_any_index(path), map_location="cpu")
+    for ck in sharded.shards.values():
+        content.closers.append(ck.close)
+    for name, ref in sharded.refs.items():
+        content.entries.append(_ref_item(name, ref))
+    for ck in sharded.shards.values():  # anything besides tensors in a shard
+        content.entries.extend(
+            Value(name, value)
+            for name, value in flatten(ck.obj, content.warnings)
+            if not isinstance(value, TensorRef)
+        )
+    index_metadata(sharded.metadata, content)
+
+
+def _read_safetensors(path: str, content: Content) -> None:
+    read_safetensors(path, content)
+
+
+def _read_sharded_safetensors(path: str, content: Content) -> None:
+    index_metadata(read_sharded_safetensors(path, content), content)
+
+
+_READERS: Final[dict[str, Callable[[str, Content], None]]] = {
+    "pth": _read_torch,
+    "sharded": _read_sharded,
+    "safetensors": _read_safetensors,
+    "sharded-safetensors": _read_sharded_safetensors,
+    "npz": read_npz,
+}

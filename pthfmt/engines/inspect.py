@@ -1,0 +1,157 @@
+"""``inspect`` as data: :func:`inspect_summary` (format, tensors, storages, values, totals).
+
+Reads no tensor data.  A sharded checkpoint (its index or the folder holding it) is the
+summaries of its shards merged in index order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from ..model.tensor import StorageInfo, TensorRef
+from .tree import leaves, open_stubbed, plain
+
+__all__ = ["inspect_summary", "stub_classes"]
+
+
+def stub_classes(root: Any) -> list[str]:
+    """The classes outside the allowlist that the file pickles (stubbed), in file order."""
+    found: dict[str, None] = {}
+    stack = [root]
+    seen: set[int] = set()
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        qualname = getattr(getattr(value, "type", None), "qualname", None)
+        if isinstance(qualname, str) and type(value).__name__ == "Stub":
+            found.setdefault(qualname)
+            stack.extend(
+                v
+                for v in (value.state, value.args, value.listitems, value.dictitems)
+                if v is not None
+            )
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return list(found)
+
+
+def _tensor_rows(tensors: list[tuple[str, TensorRef]]) -> list[dict[str, Any]]:
+    users: Counter[int] = Counter(id(ref.storage) for _, ref in tensors)
+    rows = []
+    for key, ref in tensors:
+        info = ref.storage
+        item = ref.dtype_info.itemsize
+        rows.append(
+            {
+                "key": key,
+                "dtype": ref.dtype,
+                "shape": list(ref.shape),
+                "stride": list(ref.stride),
+                "storage_offset": ref.storage_offset,
+                "device": str(ref.device),
+                "nbytes": ref.nbytes,
+                "numel": ref.numel,
+                "storage": ref.storage_key,
+                "shared": users[id(info)] > 1,
+                "parameter": ref.is_parameter,
+                "requires_grad": ref.requires_grad,
+                "file_offset": None
+                if info.offset is None or info.compressed
+                else info.offset + ref.storage_offset * item,
+            }
+        )
+    return rows
+
+
+def _storage_rows(storages: dict[str, StorageInfo]) -> tuple[list[dict[str, Any]], Counter[str]]:
+    rows = []
+    per_dtype: Counter[str] = Counter()
+    for key, info in storages.items():
+        dtype = info.dtype.name if info.dtype else "untyped"
+        per_dtype[dtype] += info.nbytes
+        rows.append(
+            {
+                "key": key,
+                "dtype": dtype,
+                "nbytes": info.nbytes,
+                "device": str(info.location),
+                "tag": info.tag,
+                "record": info.record,
+                "offset": info.offset,
+                "compressed": bool(info.compressed),
+            }
+        )
+    return rows, per_dtype
+
+
+def inspect_summary(path: str) -> dict[str, Any]:
+    """Everything ``pthfmt inspect`` shows, as one JSON-ready dict (reads no tensor data)."""
+    from ..sharded import is_index
+
+    if is_index(path):
+        return _sharded_summary(path)
+    with open_stubbed(path) as ck:
+        entries = list(leaves(ck.obj))
+        rows = _tensor_rows([(k, v) for k, v in entries if isinstance(v, TensorRef)])
+        storages, per_dtype = _storage_rows(ck.storages)
+        values = {k: plain(v) for k, v in entries if not isinstance(v, TensorRef)}
+        return {
+            "file": path,
+            "size": os.path.getsize(path),
+            "format": ck.format,
+            "version": ck.version,
+            "byteorder": ck.byteorder,
+            "archive": ck.archive_name,
+            "classes": stub_classes(ck.obj),
+            "tensors": rows,
+            "storages": storages,
+            "values": values,
+            "totals": {
+                "tensors": len(rows),
+                "parameters": sum(r["parameter"] for r in rows),
+                "elements": sum(r["numel"] for r in rows),
+                "parameter_elements": sum(r["numel"] for r in rows if r["parameter"]),
+                "storages": len(storages),
+                "storage_bytes": sum(per_dtype.values()),
+                "bytes_per_dtype": dict(per_dtype),
+            },
+        }
+
+
+def _sharded_summary(path: str) -> dict[str, Any]:
+    """``inspect`` of a sharded checkpoint: the shards' summaries merged, in index order."""
+    from ..sharded import ShardedCheckpoint
+
+    merged = ShardedCheckpoint(path)  # checks the index against the shards
+    folder = os.path.dirname(merged.index_path)
+    parts = [inspect_summary(os.path.join(folder, shard)) for shard in merged.shards]
+    rows = [dict(r, shard=os.path.basename(p["file"])) for p in parts for r in p["tensors"]]
+    totals: dict[str, Any] = {"bytes_per_dtype": Counter()}
+    for p in parts:
+        for k, v in p["totals"].items():
+            if k == "bytes_per_dtype":
+                totals[k].update(v)
+            else:
+                totals[k] = totals.get(k, 0) + v
+    totals["bytes_per_dtype"] = dict(totals["bytes_per_dtype"])
+    first = parts[0] if parts else None
+    return {
+        "file": merged.index_path,
+        "size": sum(p["size"] for p in parts),
+        "format": f"sharded ({len(parts)} shards: {first['format']})" if first else "sharded",
+        "version": first["version"] if first else None,
+        "byteorder": first["byteorder"] if first else "little",
+        "archive": None,
+        "classes": sorted({c for p in parts for c in p["classes"]}),
+        "tensors": rows,
+        "storages": [s for p in parts for s in p["storages"]],
+        "values": {"metadata": plain(merged.metadata)} if merged.metadata else {},
+        "shards": [os.path.basename(p["file"]) for p in parts],
+        "totals": totals,
+    }

@@ -1,0 +1,116 @@
+"""Telling a file's kind: torch checkpoint, safetensors, npz or sharded (for convert).
+
+:func:`input_format` looks at the content where it is telling and at the extension otherwise.
+Torch containers are recognised by :func:`pthfmt.reader.detect_format` (the one sniffer of
+zip, tar and legacy heads); this module adds only what the reader does not read: safetensors
+heads, the member names that tell a torch zip from an ``.npz``, and shard indexes.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import IO, Final
+
+from ..reader import detect_format
+from ..sharded import find_index
+
+__all__ = [
+    "EXTENSIONS",
+    "UnknownFormatError",
+    "input_format",
+    "output_format",
+    "find_any_index",
+    "is_safetensors_head",
+    "FORMATS",
+]
+
+#: The output formats, and the extensions that name them.
+FORMATS: Final = ("pth", "safetensors", "npz")
+EXTENSIONS: Final = {
+    ".pth": "pth",
+    ".pt": "pth",
+    ".bin": "pth",
+    ".ckpt": "pth",
+    ".safetensors": "safetensors",
+    ".npz": "npz",
+}
+
+
+class UnknownFormatError(ValueError):
+    """The format of a file cannot be told from its extension (a usage error)."""
+
+
+def find_any_index(path: str) -> str:
+    """The index file itself, or the one ``*.index.json`` (torch or safetensors shards) in a
+    folder."""
+    return find_index(path, (".index.json",))
+
+
+def is_safetensors_head(head: bytes, size: int) -> bool:
+    """Whether a ``size``-byte file starting with ``head`` opens like safetensors (a header
+    length that fits the file, then ``{``)."""
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
+
+
+def output_format(path: str, format: str | None = None) -> str:
+    """``"pth"``, ``"safetensors"`` or ``"npz"``: ``format`` if given, else by extension."""
+    if format is not None:
+        if format not in FORMATS:
+            raise UnknownFormatError(
+                f"unknown format {format!r} (choose from {', '.join(FORMATS)})"
+            )
+        return format
+    kind = EXTENSIONS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        ext = os.path.splitext(path)[1]
+        what = f"the extension {ext!r}" if ext else "a name without an extension"
+        raise UnknownFormatError(
+            f"cannot tell the output format from {what}: use .pth/.pt/"
+            ".bin, .safetensors or .npz (or --format)"
+        )
+    return kind
+
+
+def _zip_names(fh: IO[bytes]) -> list[str]:
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            return zf.namelist()
+    except Exception:  # a sniff: unreadable means "not told by content"
+        return []
+
+
+def input_format(path: str) -> str:
+    """``pth``, ``safetensors``, ``npz``, ``sharded`` or ``sharded-safetensors``: by content
+    where it is telling, else by extension."""
+    if os.path.isdir(path) or path.endswith(".index.json"):
+        index = find_any_index(path)
+        return "sharded-safetensors" if index.endswith(".safetensors.index.json") else "sharded"
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+        size = os.fstat(fh.fileno()).st_size
+        kind = detect_format(head)
+        names: list[str] = []
+        if kind == "zip":
+            fh.seek(0)
+            names = _zip_names(fh)
+    if is_safetensors_head(head, size):
+        return "safetensors"
+    if names:
+        if any(
+            n == "data.pkl" or n.endswith("/data.pkl") or n.endswith("/constants.pkl")
+            for n in names
+        ):
+            return "pth"
+        if all(n.endswith(".npy") for n in names):
+            return "npz"
+    ext = os.path.splitext(path)[1].lower()
+    if ext in EXTENSIONS:
+        return EXTENSIONS[ext]
+    if kind in ("legacy", "tar"):
+        return "pth"
+    raise UnknownFormatError(
+        f"cannot tell the format from the extension "
+        f"{ext or '(none)'!r} or the content: expected a torch "
+        "checkpoint, a .safetensors or an .npz file"
+    )
