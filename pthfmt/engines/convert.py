@@ -423,19 +423,13 @@ def _read_torch(path: str, content: Content) -> None:
             content.entries.append(Value(name, value))
 
 
-# SHIM: sets StorageInfo's private ``_buffer``; becomes ``storage.release()`` (or whatever
-# public name pthfmt/model/storage.py gives "drop the cached buffer") once it exists.
-def _drop_cached_buffer(storage: StorageInfo) -> None:
-    storage._buffer = None
-
-
 def _ref_item(name: str, ref: TensorRef) -> TensorItem:
     def release() -> None:
         # A compressed storage is inflated into memory once and cached: drop it when its
         # last tensor is written, so that memory stays bounded.  (Mapped ones cost nothing.)
         storage = ref.storage
         if storage.compressed:
-            _drop_cached_buffer(storage)
+            storage.release()
 
     return TensorItem(
         name,

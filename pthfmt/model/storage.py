@@ -86,6 +86,11 @@ class StorageInfo:
         self._reader = reader
         self._cache = cache
 
+    def release(self) -> None:
+        """Drop the cached buffer (arrays made from it keep theirs): the next use reads the
+        bytes again.  For streaming a compressed storage once, without holding it."""
+        self._buffer = None
+
     @property
     def numel(self) -> int:
         return self.nbytes // (self.dtype.itemsize if self.dtype else 1)
