@@ -42,6 +42,7 @@ from ..pickle.scan import PickleScan, scan_pickle
 from ..reader import Checkpoint, detect_format
 from ..sharded import ShardedCheckpoint, find_index, is_index, shard_names
 from ..source import PathOrFile, Source
+from ..text import escape
 from .codes import CHECKS, CODES, MAX_PER_CODE, SEVERITIES, Check, Problem, Report, codes_markdown
 from .legacy import LegacyChecks
 
@@ -221,6 +222,18 @@ def _validate_index(path: str, strict: bool) -> Report:
         shard_path = os.path.join(folder, shard)
         if not os.path.isfile(shard_path):
             continue  # reported as index.inconsistent above
+        if is_index(shard_path) or os.path.samefile(shard_path, index):
+            # an index listing an index (or itself) as a shard: never followed
+            problems.append(
+                Problem(
+                    "index.inconsistent",
+                    "error",
+                    f"shard '{escape(shard)}' is a shard index, not a checkpoint",
+                    os.path.basename(index),
+                )
+            )
+            ok = False
+            continue
         report = validate(shard_path, strict=strict)
         ok = ok and report.ok
         for p in report.problems:
