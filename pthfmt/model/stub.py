@@ -43,7 +43,9 @@ class StubType(Global):
     __slots__ = ("buffers", "is_module", "module", "name", "parameters")
 
     def __init__(self, module: str, name: str) -> None:
-        super().__init__(f"{module}.{name}", self._instantiate)
+        # (Global.__init__ is not used: ``call`` is a method here, not a stored bound method,
+        # which would be a reference cycle keeping every stub type alive until a collection.)
+        self.qualname = f"{module}.{name}"
         self.module = module
         self.name = name
         #: TorchScript classes: attribute names listed in ``__parameters__``/``__buffers__``
@@ -52,7 +54,8 @@ class StubType(Global):
         self.buffers: tuple[str, ...] = ()
         self.is_module = False
 
-    def _instantiate(self, *args: Any) -> Stub:
+    def call(self, *args: Any) -> Stub:
+        """Calling a stub type records the call: a :class:`Stub` with the arguments."""
         return Stub(self, args)
 
     def __repr__(self) -> str:

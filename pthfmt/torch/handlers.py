@@ -182,14 +182,16 @@ class TorchHandlers:
             stub = self._stub_type(module, name)
             self._globals[key] = stub
             return stub
+        # Handler globals are made anew, never cached: a cached Global holding a bound method
+        # of these handlers would be a reference cycle keeping the storage table, the archive
+        # and the file's mapping alive until the next garbage collection (which then pays to
+        # free them).  A pickle names each global once and memoizes it, so this is cheap.
         if entry == "unsupported_rebuild":
-            value: Any = Global(qualname, _unsupported(name))
-        elif isinstance(entry, str):
-            value = Global(qualname, getattr(self, entry))
-        else:
-            value = entry
-        self._globals[key] = value
-        return value
+            return Global(qualname, _unsupported(name))
+        if isinstance(entry, str):
+            return Global(qualname, getattr(self, entry))
+        self._globals[key] = entry
+        return entry
 
     def _stub_type(self, module: str, name: str) -> StubType:
         script = self.script_classes is not None and module.split(".", 1)[0] == "__torch__"
