@@ -56,6 +56,24 @@ def check_view(
                 if n and (offset + (n - 1) * step + 1) * dtype.itemsize > nbytes:
                     _outside(key, offset, shape, stride, dtype.itemsize, nbytes)
                 return offset, shape, stride
+        elif len(shape) == 2 == len(stride):  # weights: 2-d, checked without calls
+            n, m = shape
+            s0, s1 = stride
+            if (
+                type(n) is int
+                and type(m) is int
+                and type(s0) is int
+                and type(s1) is int
+                and 0 <= n <= INTP_MAX
+                and 0 <= m <= INTP_MAX
+                and 0 <= s0 <= INTP_MAX
+                and 0 <= s1 <= INTP_MAX
+            ):
+                if (n or 1) * (m or 1) * dtype.itemsize > INTP_MAX:
+                    _too_many(key, shape)
+                if n and m and (offset + (n - 1) * s0 + (m - 1) * s1 + 1) * dtype.itemsize > nbytes:
+                    _outside(key, offset, shape, stride, dtype.itemsize, nbytes)
+                return offset, shape, stride
         elif not shape and not stride:
             if (offset + 1) * dtype.itemsize > nbytes:
                 _outside(key, offset, shape, stride, dtype.itemsize, nbytes)
