@@ -249,32 +249,18 @@ class Audit(TorchHandlers):
 
     def _viewed(self, ref: TensorRef) -> None:
         """Each tensor built: the bytes it views (strict mode's unviewed-storage check)."""
+        info = ref.dtype_info
+        if self.big_endian and info.swap > 1 and ref.storage.storage_class == "UntypedStorage":
+            # (an untyped storage read as a multi-byte dtype: what _rebuild_tensor_v3 saves)
+            self.note(
+                "record.big_endian_v3",
+                f"big-endian {info.name} tensor: torch does not byte-swap "
+                "_rebuild_tensor_v3 dtypes and loads wrong values",
+                once=info.name,
+            )
         if not self.strict or not math.prod(ref.shape):
             return
         size = ref.dtype_info.itemsize
         offset = ref.storage_offset
         hi = offset + 1 + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
         self.extents.setdefault(ref.storage_key, []).append((offset * size, hi * size))
-
-    def rebuild_tensor_v3(
-        self,
-        storage: Any,
-        offset: Any,
-        size: Any,
-        stride: Any,
-        requires_grad: Any,
-        backward_hooks: Any,
-        dtype: Any,
-        metadata: Any = None,
-    ) -> Any:
-        info = getattr(dtype, "info", None)
-        if self.big_endian and info is not None and info.swap > 1:
-            self.note(
-                "record.big_endian_v3",
-                f"big-endian {dtype.name} tensor: torch does not "
-                "byte-swap _rebuild_tensor_v3 dtypes and loads wrong values",
-                once=dtype.name,
-            )
-        return super().rebuild_tensor_v3(
-            storage, offset, size, stride, requires_grad, backward_hooks, dtype, metadata
-        )
