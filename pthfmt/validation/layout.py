@@ -21,6 +21,44 @@ class LayoutChecks(PickleChecks):
     """The records of torch's layout in an archive folder."""
 
     def check_layout(self, recs: list[Rec], folder: str) -> None:
+        """torch's record layout inside the archive folder: metadata records, the object
+        pickle(s) and their storages, records torch does not know, packing of the data."""
+        exact, find = self.record_finder(recs, folder)
+        used: set[str] = set()
+        torchscript = self.script = find("constants.pkl") is not None
+        if torchscript:
+            self.format = "torchscript"
+            self.add(
+                "format.torchscript",
+                "the archive has a constants.pkl record: torch.load "
+                "treats it as a TorchScript program (torch.jit.load), not a checkpoint",
+                record=f"{folder}/constants.pkl",
+            )
+        big, alignment, calc = self.layout_metadata(find, exact, used, folder)
+        # the object pickle and its storages
+        pkl = find("data.pkl")
+        audit: Audit | None = None
+        if pkl is None:
+            self.add("record.missing", f"record {folder}/data.pkl is missing")
+        else:
+            used.add(pkl.entry.name)
+            audit = self.audit_zip_pickle(pkl, "data", find, used, big)
+        if torchscript:
+            for name in ("constants.pkl", "traced_inputs.pkl"):
+                other = find(name)
+                if other is not None:
+                    used.add(other.entry.name)
+                    self.audit_zip_pickle(other, name[: -len(".pkl")], find, used, big)
+        self.check_other_records(recs, used, audit, torchscript)
+        self.check_packing(recs, alignment, torchscript)
+        if audit is not None and calc:
+            self.check_computed_offsets(audit, find, folder, alignment)
+
+    def record_finder(
+        self, recs: list[Rec], folder: str
+    ) -> tuple[dict[str, Rec], Callable[[str], Rec | None]]:
+        """The records by exact name, and a finder that also matches names as torch does
+        (ignoring case), reporting each such match once."""
         exact: dict[str, Rec] = {}
         folded: dict[str, Rec] = {}
         for r in recs:
@@ -43,16 +81,17 @@ class LayoutChecks(PickleChecks):
                     )
             return r
 
-        used: set[str] = set()
-        torchscript = self.script = find("constants.pkl") is not None
-        if torchscript:
-            self.format = "torchscript"
-            self.add(
-                "format.torchscript",
-                "the archive has a constants.pkl record: torch.load "
-                "treats it as a TorchScript program (torch.jit.load), not a checkpoint",
-                record=f"{folder}/constants.pkl",
-            )
+        return exact, find
+
+    def layout_metadata(
+        self,
+        find: Callable[[str], Rec | None],
+        exact: dict[str, Rec],
+        used: set[str],
+        folder: str,
+    ) -> tuple[bool, int, bool]:
+        """version, byteorder, .storage_alignment, .format_version: (big-endian, alignment,
+        whether torch computes the data offsets)."""
         # version
         vrec = find(".data/version") or find("version")
         if vrec is None:
@@ -99,21 +138,12 @@ class LayoutChecks(PickleChecks):
             found = exact.get(rel)
             if found is not None:
                 used.add(found.entry.name)
-        # the object pickle and its storages
-        pkl = find("data.pkl")
-        audit: Audit | None = None
-        if pkl is None:
-            self.add("record.missing", f"record {folder}/data.pkl is missing")
-        else:
-            used.add(pkl.entry.name)
-            audit = self.audit_zip_pickle(pkl, "data", find, used, big)
-        if torchscript:
-            for name in ("constants.pkl", "traced_inputs.pkl"):
-                other = find(name)
-                if other is not None:
-                    used.add(other.entry.name)
-                    self.audit_zip_pickle(other, name[: -len(".pkl")], find, used, big)
-        # every other record
+        return big, alignment, calc
+
+    def check_other_records(
+        self, recs: list[Rec], used: set[str], audit: Audit | None, torchscript: bool
+    ) -> None:
+        """Records no part of torch's layout used: extra pickles, unreferenced data."""
         data_prefix = "data/"
         for r in recs:
             if r.entry.name in used or r.rel is None:
@@ -136,7 +166,10 @@ class LayoutChecks(PickleChecks):
                 self.add(
                     "record.extra", f"record {name!r} is not part of torch's layout", record=name
                 )
-        # compression and alignment of storage records
+
+    def check_packing(self, recs: list[Rec], alignment: int, torchscript: bool) -> None:
+        """Compression and alignment of the storage records."""
+        data_prefix = "data/"
         unaligned: list[Rec] = []
         packed: list[Rec] = []
         packed_meta: list[Rec] = []
@@ -173,8 +206,6 @@ class LayoutChecks(PickleChecks):
                 f"data at offset {r.data} is not a multiple of {alignment}",
                 record=r.entry.name,
             )
-        if audit is not None and calc:
-            self.check_computed_offsets(audit, find, folder, alignment)
 
     def check_version(self, rec: Rec) -> None:
         raw = self.record_bytes(rec, 32)

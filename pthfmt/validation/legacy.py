@@ -41,9 +41,19 @@ class LegacyChecks(ZipChecks):
             return None, scan.end
 
     def check_legacy(self) -> None:
-        magic, pos = self.legacy_value(0, "legacy magic number")
+        """The legacy format's sections, in order: header, object pickle, storages."""
+        pos = self.legacy_header()
         if pos is None:
             return
+        audit, end = self.legacy_objects(pos)
+        if end is not None:
+            self.legacy_storages(audit, end)
+
+    def legacy_header(self) -> int | None:
+        """Magic number, protocol version and sys_info; the offset after them."""
+        magic, pos = self.legacy_value(0, "legacy magic number")
+        if pos is None:
+            return None
         if magic != MAGIC_NUMBER:
             self.format = "pickle"
             self.add(
@@ -53,10 +63,10 @@ class LegacyChecks(ZipChecks):
                 record="legacy magic number",
                 offset=0,
             )
-            return
+            return None
         proto, nxt = self.legacy_value(pos, "legacy protocol version")
         if nxt is None:
-            return
+            return None
         if proto != PROTOCOL_VERSION:
             self.add(
                 "legacy.header",
@@ -66,8 +76,11 @@ class LegacyChecks(ZipChecks):
             )
         pos = nxt
         sys_info, nxt = self.legacy_value(pos, "legacy sys_info")
-        if nxt is None:
-            return
+        if nxt is not None:
+            self.check_sys_info(sys_info, pos)
+        return nxt
+
+    def check_sys_info(self, sys_info: Any, pos: int) -> None:
         if not isinstance(sys_info, dict):
             self.add(
                 "legacy.header",
@@ -75,30 +88,33 @@ class LegacyChecks(ZipChecks):
                 record="legacy sys_info",
                 offset=pos,
             )
-        else:
-            odd = []
-            if sys_info.get("little_endian") is not True:
-                odd.append(
-                    f"little_endian={sys_info.get('little_endian')!r} (the data is "
-                    "little-endian regardless)"
-                )
-            if sys_info.get("protocol_version") != PROTOCOL_VERSION:
-                odd.append(f"protocol_version={short(sys_info.get('protocol_version'))}")
-            sizes = sys_info.get("type_sizes")
-            if sizes != {"short": 2, "int": 4, "long": 4} and sizes != {
-                "short": 2,
-                "int": 4,
-                "long": 8,
-            }:
-                odd.append(f"type_sizes={short(sizes)}")
-            if odd:
-                self.add(
-                    "legacy.sys_info",
-                    "legacy sys_info: " + "; ".join(odd),
-                    record="legacy sys_info",
-                    offset=pos,
-                )
-        pos = nxt
+            return
+        odd = []
+        if sys_info.get("little_endian") is not True:
+            odd.append(
+                f"little_endian={sys_info.get('little_endian')!r} (the data is "
+                "little-endian regardless)"
+            )
+        version = sys_info.get("protocol_version")
+        if type(version) is not int or version != PROTOCOL_VERSION:  # (no == on arrays)
+            odd.append(f"protocol_version={short(sys_info.get('protocol_version'))}")
+        sizes = sys_info.get("type_sizes")
+        plain = isinstance(sizes, dict) and all(type(v) is int for v in sizes.values())
+        if not plain or sizes not in (
+            {"short": 2, "int": 4, "long": 4},
+            {"short": 2, "int": 4, "long": 8},
+        ):
+            odd.append(f"type_sizes={short(sizes)}")
+        if odd:
+            self.add(
+                "legacy.sys_info",
+                "legacy sys_info: " + "; ".join(odd),
+                record="legacy sys_info",
+                offset=pos,
+            )
+
+    def legacy_objects(self, pos: int) -> tuple[Audit, int | None]:
+        """Scan and audit the object pickle at ``pos``; the audit and where the pickle ends."""
         main = "legacy object pickle"
         scan = scan_pickle(self.buf, pos, self.size)
         budget = [self.size - pos]
@@ -127,9 +143,10 @@ class LegacyChecks(ZipChecks):
         )
         paths = self.run_audit(audit, self.buf, pos, scan.end or self.size, main, base=0)
         self.report_scan(scan, main, 0, audit.refused, paths=paths)
-        if scan.end is None:
-            return
-        pos = scan.end
+        return audit, scan.end
+
+    def legacy_storages(self, audit: Audit, pos: int) -> None:
+        """The storage key list at ``pos`` and the storage sections after it."""
         keys, nxt = self.legacy_value(pos, "legacy storage keys")
         if nxt is None:
             return
@@ -142,11 +159,10 @@ class LegacyChecks(ZipChecks):
             )
             return
         at_keys = pos
-        pos = nxt
+        end: int | None = nxt
         listed: set[str] = set()
         for raw in keys:
             key = text_of(raw)
-            d = audit.decl.get(key)
             if key in listed:
                 self.add(
                     "legacy.keys",
@@ -156,53 +172,10 @@ class LegacyChecks(ZipChecks):
                 )
                 return
             listed.add(key)
-            if d is None:
-                self.add(
-                    "legacy.keys",
-                    f"storage {key!r} is listed but no object uses it (torch: AssertionError)",
-                    record="legacy storage keys",
-                    offset=at_keys,
-                )
-                unit = 1
-            else:
-                unit = audit.storages.count_unit(key)
-            record = f"storage {key}"
-            if pos + 8 > self.size:
-                self.add(
-                    "file.truncated",
-                    f"the file ends before the element count of storage {key!r}",
-                    record=record,
-                    offset=pos,
-                )
+            assert end is not None
+            end = self.legacy_storage(audit, key, end, at_keys)
+            if end is None:
                 return
-            (count,) = struct.unpack_from("<q", self.buf, pos)
-            if count < 0:
-                self.add(
-                    "storage.size_mismatch",
-                    f"storage {key!r} has a negative element count {count}",
-                    record=record,
-                    offset=pos,
-                )
-                return
-            nbytes = count * unit
-            if d is not None and nbytes != d.info.nbytes:
-                self.add(
-                    "storage.size_mismatch",
-                    f"storage {key!r} holds {count} elements in the "
-                    f"file but {d.info.nbytes} bytes are declared",
-                    record=record,
-                    offset=pos,
-                )
-            if pos + 8 + nbytes > self.size:
-                self.add(
-                    "file.truncated",
-                    f"storage {key!r} of {nbytes} bytes at offset "
-                    f"{pos + 8} runs past the end of the {self.size}-byte file",
-                    record=record,
-                    offset=pos + 8,
-                )
-                return
-            pos += 8 + nbytes
         for key in audit.decl:
             if key not in listed:
                 self.add(
@@ -212,12 +185,62 @@ class LegacyChecks(ZipChecks):
                     record="legacy storage keys",
                     offset=at_keys,
                 )
-        if pos < self.size:
+        if end is not None and end < self.size:
             self.add(
                 "legacy.trailing_data",
-                f"{self.size - pos} bytes after the last storage",
+                f"{self.size - end} bytes after the last storage",
+                offset=end,
+            )
+
+    def legacy_storage(self, audit: Audit, key: str, pos: int, at_keys: int) -> int | None:
+        """One storage section (element count, then data) at ``pos``; the offset after it,
+        or ``None`` where the file cannot be followed further."""
+        d = audit.decl.get(key)
+        if d is None:
+            self.add(
+                "legacy.keys",
+                f"storage {key!r} is listed but no object uses it (torch: AssertionError)",
+                record="legacy storage keys",
+                offset=at_keys,
+            )
+        unit = 1 if d is None else audit.storages.count_unit(key)
+        record = f"storage {key}"
+        if pos + 8 > self.size:
+            self.add(
+                "file.truncated",
+                f"the file ends before the element count of storage {key!r}",
+                record=record,
                 offset=pos,
             )
+            return None
+        count: int = struct.unpack_from("<q", self.buf, pos)[0]
+        if count < 0:
+            self.add(
+                "storage.size_mismatch",
+                f"storage {key!r} has a negative element count {count}",
+                record=record,
+                offset=pos,
+            )
+            return None
+        nbytes = count * unit
+        if d is not None and nbytes != d.info.nbytes:
+            self.add(
+                "storage.size_mismatch",
+                f"storage {key!r} holds {count} elements in the "
+                f"file but {d.info.nbytes} bytes are declared",
+                record=record,
+                offset=pos,
+            )
+        if pos + 8 + nbytes > self.size:
+            self.add(
+                "file.truncated",
+                f"storage {key!r} of {nbytes} bytes at offset "
+                f"{pos + 8} runs past the end of the {self.size}-byte file",
+                record=record,
+                offset=pos + 8,
+            )
+            return None
+        return pos + 8 + nbytes
 
     def check_tar(self) -> None:
         self.add(
