@@ -15,6 +15,7 @@ from .errors import (
 )
 from .model.device import Device
 from .model.dtypes import DTYPES, DType
+from .model.kinds import MetaArray, NestedArray, QuantizedArray, SparseArray
 from .model.modules import state_dict
 from .model.stub import Stub, StubType
 from .model.tensor import StorageInfo, Tensor, TensorRef
@@ -58,6 +59,10 @@ __all__ = [
     "StubType",
     "TensorRef",
     "Tensor",
+    "QuantizedArray",
+    "SparseArray",
+    "NestedArray",
+    "MetaArray",
     "StorageInfo",
     "Device",
     "DType",

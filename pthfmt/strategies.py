@@ -45,11 +45,21 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .model.dtypes import DTYPES, DTypeInfo, from_numpy
+from .model.kinds import (
+    QUANTIZED_DTYPES,
+    SPARSE_LAYOUTS,
+    MetaArray,
+    NestedArray,
+    QuantizedArray,
+    SparseArray,
+    c_strides,
+)
 from .model.tensor import Tensor
 from .writer import save
 
 __all__ = ["dtypes", "tensors", "state_dicts", "checkpoints", "corrupted", "Example",
-           "Corruption"]
+           "Corruption", "quantized_arrays", "sparse_arrays", "nested_arrays", "meta_arrays",
+           "kinds"]
 
 #: Dtypes a checkpoint can hold without extra metadata (quantized ones need scales).
 SAVABLE: tuple[DTypeInfo, ...] = tuple(i for i in DTYPES if i.kind != "quantized")
@@ -233,3 +243,99 @@ def corrupted(draw: st.DrawFn, checkpoint: st.SearchStrategy[Any] | Example | by
     if mutated == data:
         mutated = _mutate(data, "bitflip", pick, value)
     return Corruption(mutated, kind, original)
+
+
+# -- quantized, sparse, nested and meta tensors ------------------------------------------------
+
+_QRANGES = {"qint8": (-128, 127), "quint8": (0, 255), "qint32": (-(2**31), 2**31 - 1),
+            "quint4x2": (0, 15), "quint2x4": (0, 3)}
+_SHAPES = st.lists(st.integers(0, 4), min_size=1, max_size=3).map(tuple)
+
+
+@st.composite
+def quantized_arrays(draw: st.DrawFn, *, dtype: str | None = None,
+                     qscheme: str | None = None) -> QuantizedArray:
+    """A :class:`~pthfmt.QuantizedArray` of any quantized dtype and qscheme torch saves
+    (float qparams only with quint8, quint4x2 and quint2x4, as torch allows)."""
+    name = dtype or draw(st.sampled_from(sorted(_QRANGES)))
+    schemes = ["per_tensor_affine", "per_channel_affine"]
+    if name in ("quint8", "quint4x2", "quint2x4"):
+        schemes.append("per_channel_affine_float_qparams")
+    if name in ("quint4x2", "quint2x4"):
+        schemes.remove("per_channel_affine")
+    scheme = qscheme or draw(st.sampled_from(schemes))
+    lo, hi = _QRANGES[name]
+    shape = draw(_SHAPES)
+    count = int(np.prod(shape))
+    values = draw(st.lists(st.integers(lo, hi), min_size=count, max_size=count))
+    data = np.array(values, QUANTIZED_DTYPES[name]).reshape(shape)
+    scales = st.floats(1e-6, 1e3, allow_nan=False, allow_infinity=False)
+    if scheme == "per_tensor_affine":
+        return QuantizedArray(name, data, scheme, draw(scales), draw(st.integers(lo, hi)))
+    axis = draw(st.integers(0, len(shape) - 1))
+    n = shape[axis]
+    scale = np.array(draw(st.lists(scales, min_size=n, max_size=n)), np.float64)
+    if scheme == "per_channel_affine":
+        zeros = np.array(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)), np.int64)
+        return QuantizedArray(name, data, scheme, scale, zeros, axis)
+    zeros_f = draw(st.lists(st.floats(-100, 100, width=32), min_size=n, max_size=n))
+    return QuantizedArray(name, data, scheme, scale.astype(np.float32),
+                          np.array(zeros_f, np.float32), axis)
+
+
+@st.composite
+def sparse_arrays(draw: st.DrawFn, *, layout: str | None = None) -> SparseArray:
+    """A valid :class:`~pthfmt.SparseArray` (COO coalesced or not, CSR, CSC, BSR, BSC) of
+    float32 values, made from a random dense array."""
+    name = layout or draw(st.sampled_from(SPARSE_LAYOUTS))
+    block = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) \
+        if name in ("sparse_bsr", "sparse_bsc") else (1, 1)
+    rows, cols = draw(st.integers(0, 3)) * block[0], draw(st.integers(0, 3)) * block[1]
+    mask = draw(st.lists(st.booleans(), min_size=rows * cols, max_size=rows * cols))
+    dense = np.zeros((rows, cols), np.float32)
+    dense.reshape(-1)[np.array(mask, bool)] = 1.5
+    return _sparse_of(dense, name, block, draw(st.booleans()))
+
+
+def _sparse_of(dense: np.ndarray, layout: str, block: tuple[int, int],
+               coalesced: bool) -> SparseArray:
+    if layout == "sparse_coo":
+        indices = np.array(np.nonzero(dense), np.int64).reshape(2, -1)
+        return SparseArray(layout, dense.shape, dense[tuple(indices)], indices=indices,
+                           coalesced=coalesced)
+    columns = layout in ("sparse_csc", "sparse_bsc")
+    bh, bw = block
+    grid = dense.reshape(dense.shape[0] // bh, bh, dense.shape[1] // bw, bw).swapaxes(1, 2)
+    if columns:
+        grid = grid.swapaxes(0, 1)
+    nonzero = grid.reshape(grid.shape[0], grid.shape[1], bh * bw).any(axis=2)
+    compressed = np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))]).astype(np.int64)
+    outer, plain = np.nonzero(nonzero)
+    blocks = grid[outer, plain]
+    values = blocks if layout in ("sparse_bsr", "sparse_bsc") else blocks.reshape(-1)
+    return SparseArray(layout, dense.shape, np.ascontiguousarray(values),
+                       compressed_indices=compressed, plain_indices=plain.astype(np.int64))
+
+
+@st.composite
+def nested_arrays(draw: st.DrawFn) -> NestedArray:
+    """A :class:`~pthfmt.NestedArray` of 1 to 3 float32 components of one ndim."""
+    ndim = draw(st.integers(1, 3))
+    parts = []
+    for _ in range(draw(st.integers(1, 3))):
+        shape = tuple(draw(st.lists(st.integers(0, 3), min_size=ndim, max_size=ndim)))
+        parts.append(draw(_array(DTYPES["float32"], shape)))
+    return NestedArray.from_arrays(parts)
+
+
+@st.composite
+def meta_arrays(draw: st.DrawFn) -> MetaArray:
+    """A :class:`~pthfmt.MetaArray`: a savable dtype, a shape and its contiguous strides."""
+    info = draw(dtypes())
+    shape = tuple(draw(st.lists(st.integers(0, 5), max_size=4)))
+    return MetaArray(info.name, shape, c_strides(shape))
+
+
+def kinds() -> st.SearchStrategy[Any]:
+    """Any of the quantized, sparse, nested and meta strategies."""
+    return st.one_of(quantized_arrays(), sparse_arrays(), nested_arrays(), meta_arrays())

@@ -72,9 +72,11 @@ from .formats.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
 from .formats.zip.writer import ZipWriter, archive_name_for_path
 from .gcpause import paused_gc
 from .model.device import Device
-from .model.dtypes import DType, DTypeInfo, from_numpy
+from .model.dtypes import DTYPES, DType, DTypeInfo, from_numpy
+from .model.kinds import NestedArray, QuantizedRef
 from .model.tensor import Tensor, TensorRef
 from .pickle.pickler import GlobalRef, Path, PersistentId, Pickler, Reduction
+from .writer_kinds import KINDS, KindParts, QuantizedData, qtensor_args
 
 __all__ = ["save", "CHUNK"]
 
@@ -112,7 +114,9 @@ def save(obj: Any, f: Target, *, format: str = "zip",
     lists, tuples, sets, ``Counter``, str, bytes, bytearray, int, float, complex, bool,
     ``None``, :class:`~pthfmt.Device`, :class:`~pthfmt.DType`, numpy arrays of every dtype in
     :data:`pthfmt.DTYPES` but the quantized ones, :class:`~pthfmt.TensorRef` and
-    :class:`~pthfmt.Tensor`.  numpy scalars are written as the Python scalar they hold
+    :class:`~pthfmt.Tensor`, and the other tensor kinds (:class:`~pthfmt.QuantizedArray`,
+    :class:`~pthfmt.SparseArray`, :class:`~pthfmt.NestedArray`, :class:`~pthfmt.MetaArray`;
+    written as torch writes them, see :mod:`pthfmt.writer_kinds`).  numpy scalars are written as the Python scalar they hold
     (torch's weights-only loader refuses numpy's own pickling).  Anything else raises
     :class:`~pthfmt.errors.UnserializableError` naming its key path, before anything is written.
     """
@@ -203,6 +207,7 @@ class _Plan:
     keep: list[Any] = field(default_factory=list)      # leaves, so their ids stay unique
     storages: list[_Storage] = field(default_factory=list)
     final: bool = False
+    kinds: KindParts = field(default_factory=KindParts)   # quantized, sparse, nested, meta
 
     def pickle(self, obj: Any) -> bytes:
         if not self.collect(obj):
@@ -246,6 +251,8 @@ class _Plan:
 
     # -- the pickler's reducer -----------------------------------------------------------------
     def reduce(self, obj: Any, path: Path) -> Any:
+        if isinstance(obj, QuantizedRef):          # pthfmt.open's quantized tensors
+            obj = obj.quantized
         if isinstance(obj, (np.ndarray, TensorRef, Tensor)):
             view = self.views.get(id(obj))
             if view is None:
@@ -265,7 +272,30 @@ class _Plan:
             return Reduction(_DEVICE, args)
         if isinstance(obj, np.generic):
             return _python_scalar(obj)
+        if isinstance(obj, KINDS):
+            if self.legacy and isinstance(obj, NestedArray):
+                raise UnserializableError("torch cannot load nested tensors from the legacy "
+                                          "format (its own legacy files of them fail too); "
+                                          "use format='zip'")
+            made = self.kinds.reduce(obj)
+            return self._qtensor(obj, made) if isinstance(made, QuantizedData) else made
+        if isinstance(obj, Reduction):                # inside a kinds value's arguments
+            return obj
         raise UnserializableError(_unsupported(obj))
+
+    def _qtensor(self, obj: Any, data: QuantizedData) -> Reduction:
+        """A quantized tensor: its integer data is a storage of the quantized dtype."""
+        view = self.views.get(id(obj))
+        if view is None:
+            if self.final:
+                raise UnserializableError("the object changed while it was being saved")
+            view = _View(DTYPES[data.value.dtype], "cpu", False, False, array=data.array)
+            self.views[id(obj)] = view
+            self.keep.append(obj)
+        if not self.final:                   # first pass: the qparams' tensors get views
+            return Reduction(_REBUILD_V2, (data.qparams,))
+        pid = self._plain_tensor(view, False).args[0]
+        return qtensor_args(data, pid, view.offset, view.stride)
 
     def _tensor(self, view: _View) -> Reduction:
         if view.parameter:

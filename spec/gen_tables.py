@@ -38,6 +38,7 @@ import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SPEC_DIR = Path(__file__).resolve().parent
 SPEC = SPEC_DIR / "pth-format.md"
@@ -162,8 +163,14 @@ def unsavable() -> str:
 
 # -- the allowlist ------------------------------------------------------------------------------
 
+def _handler(handler: str) -> Any:
+    """A handler method, or a kinds handler (its first parameter is the handlers object)."""
+    from pthfmt.torch.kinds import KIND_HANDLERS
+    return KIND_HANDLERS.get(handler) or getattr(TorchHandlers, handler)
+
+
 def _signature(handler: str) -> str:
-    fn = getattr(TorchHandlers, handler)
+    fn = _handler(handler)
     sig = inspect.signature(fn)
     params = []
     for p in list(sig.parameters.values())[1:]:
@@ -177,7 +184,7 @@ def _signature(handler: str) -> str:
 
 
 def _doc(handler: str) -> str:
-    fn = getattr(TorchHandlers, handler)
+    fn = _handler(handler)
     doc = inspect.getdoc(fn)
     return doc.splitlines()[0] if doc else ""
 

@@ -9,20 +9,22 @@ TorchScript archive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import repeat
-from typing import Any
+from typing import Any, Final
 
 from ..errors import CorruptError, FormatError
 from ..model.storage import StorageTable, chunked_reader, stored_reader
 from ..model.tensor import StorageInfo
 from ..pickle.machine import Unpickler
 from ..source import Source
+from ..text import escape
 from ..torch.handlers import ScriptClasses, TorchHandlers
 from .contract import Options, Parsed, copy_budget
 from .torchscript import read_sources, script_classes
 from .zip.reader import STORED, ZipArchive, ZipEntry
 
-__all__ = ["read_zip", "TorchZip", "MAX_VERSION", "fold_case"]
+__all__ = ["read_zip", "TorchZip", "MAX_VERSION", "fold_case", "not_checkpoint"]
 
 MAX_VERSION = 10          # caffe2::serialize::kMaxSupportedFileFormatVersion
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -34,6 +36,33 @@ def fold_case(name: str) -> str:
     return name.translate(_ASCII_LOWER)
 
 
+#: Record names (relative to the archive folder, or whole) that say what a zip archive that is
+#: not a checkpoint is: (test, description).
+_OTHER_ZIPS: Final[tuple[tuple[Callable[[str], bool], str], ...]] = (
+    (lambda n: n.endswith(".data/extern_modules"),
+     "a torch.package archive (.data/extern_modules): only torch.package.PackageImporter "
+     "reads it, by importing and running the Python modules it packages"),
+    (lambda n: n == "[Content_Types].xml", "an Office Open XML document"),
+    (lambda n: n == "META-INF/MANIFEST.MF", "a Java archive (jar)"),
+    (lambda n: n == "mimetype", "an OpenDocument or EPUB file"),
+    (lambda n: n.endswith("model.weights.h5"), "a Keras .keras archive"),
+)
+
+
+def not_checkpoint(names: list[str]) -> str:
+    """What a zip archive with these record names is, when it is not a torch checkpoint."""
+    for test, what in _OTHER_ZIPS:
+        if any(test(name) for name in names):
+            return what
+    if names and all(name.endswith(".npy") for name in names):
+        return "a numpy .npz archive (numpy.load reads it)"
+    return f"a zip archive of {len(names)} records with no data.pkl, not a torch checkpoint"
+
+
+def _other_zip(names: list[str], why: str) -> FormatError:
+    return FormatError(f"{escape(not_checkpoint(names), 300)} ({why})")
+
+
 class TorchZip:
     """A zip archive viewed as torch's record store: one folder, records looked up by name."""
 
@@ -43,7 +72,8 @@ class TorchZip:
             raise FormatError("zip archive has no records")
         first = self.zip.entries[0].name
         if "/" not in first:
-            raise FormatError(f"zip record {first!r} is not inside an archive folder")
+            raise _other_zip([e.name for e in self.zip.entries],
+                             f"zip record {escape(first, 100)!r} is not inside an archive folder")
         self.prefix = first.split("/", 1)[0]
         head = self.prefix + "/"
         cut = len(head)
@@ -134,8 +164,18 @@ def _byteorder(archive: TorchZip) -> str:
     return raw.decode()
 
 
+def _check_checkpoint(archive: TorchZip) -> None:
+    """A precise FormatError for zip archives that are not checkpoints (torch.package
+    archives, .npz files, documents): they have no ``data.pkl``."""
+    names = list(archive.exact)
+    package = any(n.endswith(".data/extern_modules") for n in names)
+    if package or archive.find("data.pkl") is None:
+        raise _other_zip(names, f"record {archive.prefix}/data.pkl is missing")
+
+
 def read_zip(src: Source, opts: Options) -> Parsed:
     archive = TorchZip(src)
+    _check_checkpoint(archive)
     version = _version(archive)
     byteorder = _byteorder(archive)
     torchscript = archive.find("constants.pkl") is not None

@@ -23,6 +23,7 @@ __all__ = [
     "LAYOUTS",
     "QSCHEMES",
     "UNSUPPORTED_REBUILDS",
+    "KIND_REBUILDS",
     "Marker",
     "GADGETS",
     "gadget",
@@ -96,12 +97,16 @@ LAYOUTS = frozenset(
         "torch.jagged",
     ]
 )
+#: The rebuild functions of quantized, sparse, nested and meta tensors -> their handlers
+#: (in :mod:`pthfmt.torch.kinds`).
+KIND_REBUILDS: Final = {
+    "torch._utils._rebuild_qtensor": "kind_qtensor",
+    "torch._utils._rebuild_sparse_tensor": "kind_sparse",
+    "torch._utils._rebuild_nested_tensor": "kind_nested",
+    "torch._utils._rebuild_meta_tensor_no_storage": "kind_meta",
+}
 UNSUPPORTED_REBUILDS = {
-    "_rebuild_qtensor": "quantized tensors",
-    "_rebuild_sparse_tensor": "sparse tensors",
-    "_rebuild_sparse_csr_tensor": "sparse CSR tensors",
-    "_rebuild_nested_tensor": "nested tensors",
-    "_rebuild_meta_tensor_no_storage": "meta tensors (no data)",
+    "_rebuild_sparse_csr_tensor": "sparse CSR tensors of torch < 1.13",
     "_rebuild_wrapper_subclass": "tensor wrapper subclasses",
     "_rebuild_device_tensor_from_cpu_tensor": "device tensors (xla/mtia)",
     "_rebuild_device_tensor_from_numpy": "XLA tensors saved as numpy arrays",
@@ -162,6 +167,7 @@ def _build_allowlist() -> dict[str, Any]:
     }
     for name in UNSUPPORTED_REBUILDS:
         table[f"torch._utils.{name}"] = "unsupported_rebuild"
+    table.update(KIND_REBUILDS)
     untyped = StorageType("UntypedStorage", None)
     table["torch.storage.UntypedStorage"] = table["torch.UntypedStorage"] = untyped
     for info in DTYPES:

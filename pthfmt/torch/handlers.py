@@ -28,6 +28,7 @@ from ..pickle.keys import KeyGuard
 from ..pickle.machine import Pending
 from ..text import escape, short_repr
 from .allowlist import ALLOWLIST, LAYOUTS, MODULE_ALIASES, UNSUPPORTED_REBUILDS, gadget
+from .kinds import kind_handler
 
 __all__ = ["TorchHandlers", "ScriptClasses"]
 
@@ -188,6 +189,8 @@ class TorchHandlers:
         # free them).  A pickle names each global once and memoizes it, so this is cheap.
         if entry == "unsupported_rebuild":
             return Global(qualname, _unsupported(name))
+        if isinstance(entry, str) and entry.startswith("kind_"):
+            return Global(qualname, kind_handler(self, entry))
         if isinstance(entry, str):
             return Global(qualname, getattr(self, entry))
         self._globals[key] = entry

@@ -44,6 +44,7 @@ from ..sharded import ShardedCheckpoint, find_index, is_index, shard_names
 from ..source import PathOrFile, Source
 from ..text import escape
 from .codes import CHECKS, CODES, MAX_PER_CODE, SEVERITIES, Check, Problem, Report, codes_markdown
+from .kinds import check_tree
 from .legacy import LegacyChecks
 
 __all__ = [
@@ -128,7 +129,9 @@ class _Validator(LegacyChecks):
     def run_reader(self) -> None:
         try:
             opts = Options(location_mapper(None), eager=False, mmap=self.src.mapped)
-            Checkpoint(self.src, _parse(self.src, opts))
+            ckpt = Checkpoint(self.src, _parse(self.src, opts))
+            for p in check_tree(ckpt.obj):  # what torch does not check of these tensors
+                self.add(p.code, p.message, key_path=p.key_path)
             return
         except PthError as exc:
             self.load_error = str(exc)

@@ -300,6 +300,35 @@ CHECKS: Final[tuple[Check, ...]] = (
         "fails: Trying to resize storage that is not resizable",
     ),
     _c("tensor.metadata", E, "requires_grad or tensor metadata of the wrong type", "fails"),
+    # quantized, sparse and nested tensors (pthfmt.validation.kinds)
+    _c(
+        "sparse.indices",
+        E,
+        "sparse tensor indices outside its shape, or compressed indices that are not a "
+        "valid pointer array",
+        "loads without checking (unless check_sparse_tensor_invariants is enabled); "
+        "to_dense() and other operations then read or write out of bounds",
+    ),
+    _c(
+        "sparse.order",
+        W,
+        "sparse indices unsorted or repeated where the layout requires them sorted (a "
+        "COO tensor flagged coalesced; the plain indices of each compressed row or column)",
+        "loads without checking; operations silently give wrong results",
+    ),
+    _c(
+        "quantized.qparams",
+        E,
+        "quantization scales or zero points that are not finite, scales that are not "
+        "positive, or a per-channel axis out of range",
+        "loads (the axis is checked); dequantize() gives inf or nan",
+    ),
+    _c(
+        "nested.view",
+        E,
+        "a nested tensor component lies outside its buffer",
+        "fails or reads out of bounds",
+    ),
     _c("dtype.invalid", E, "a dtype that is not a storable torch dtype", "fails"),
     _c("device.invalid", E, "a malformed device tag", "fails: Invalid device string"),
     _c(

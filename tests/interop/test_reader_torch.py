@@ -24,7 +24,7 @@ pytestmark = [
 torch = pytest.importorskip("torch")
 
 import pthfmt  # noqa: E402
-from pthfmt import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError  # noqa: E402
+from pthfmt import CorruptError, FormatError, PthError, UnsafePickleError  # noqa: E402
 from tests.support.checks import both_raise  # noqa: E402
 from tests.support.torch_helpers import (  # noqa: E402
     ALL_DTYPES,
@@ -1093,17 +1093,19 @@ def test_error_numpy_object_array_names_key(tmp_path):
     assert exc.value.key_path == "x.bad"
 
 
-def test_error_unsupported_tensor_kinds(tmp_path):
+def test_tensor_kinds_load(tmp_path):
+    """Meta, sparse and quantized tensors load as pthfmt's kinds (tests/interop/test_kinds.py
+    checks their values)."""
     cases = {
-        "meta": torch.empty(3, device="meta"),
-        "sparse": torch.eye(3).to_sparse(),
-        "quantized": torch.quantize_per_tensor(torch.arange(3.0), 0.1, 0, torch.qint8),
+        "meta": (torch.empty(3, device="meta"), pthfmt.MetaArray),
+        "sparse": (torch.eye(3).to_sparse(), pthfmt.SparseArray),
+        "quantized": (torch.quantize_per_tensor(torch.arange(3.0), 0.1, 0, torch.qint8),
+                      pthfmt.QuantizedArray),
     }
-    for name, value in cases.items():
+    for name, (value, kind) in cases.items():
         path = save({"x": {name: value}}, tmp_path, f"{name}.pt")
         torch_load(path)  # torch itself reads them
-        err = both_raise(path, UnsupportedError)
-        assert err.key_path == f"x.{name}", name
+        assert isinstance(pthfmt.load(path)["x"][name], kind), name
 
 
 def test_error_missing_data_record(tmp_path):
