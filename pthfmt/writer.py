@@ -53,10 +53,7 @@ by SIGKILL can leave the temporary file behind, never a partial file under the t
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import stat
 import struct
 import sys
 import types
@@ -67,8 +64,10 @@ from typing import IO, Any, Final, Union
 
 import numpy as np
 
+from .atomic import stream_writer, write_atomically
 from .errors import UnserializableError
 from .formats.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
+from .formats.tensordata import CHUNK, array_chunks, c_strides, is_big, little_bytes
 from .formats.zip.writer import ZipWriter, archive_name_for_path
 from .gcpause import paused_gc
 from .model.device import Device
@@ -78,10 +77,7 @@ from .model.tensor import Tensor, TensorRef
 from .pickle.pickler import GlobalRef, Path, PersistentId, Pickler, Reduction
 from .writer_kinds import KINDS, KindParts, QuantizedData, qtensor_args
 
-__all__ = ["save", "CHUNK"]
-
-#: Bytes handed to the output per write while streaming storages.
-CHUNK: Final = 16 << 20
+__all__ = ["CHUNK", "save"]
 
 Target = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]", IO[bytes]]
 Write = Callable[[Any], None]
@@ -95,12 +91,14 @@ _TENSOR_CLASS = GlobalRef("torch", "Tensor")
 _UNTYPED = GlobalRef("torch.storage", "UntypedStorage")
 _DEVICE = GlobalRef("torch", "device")
 #: ``sys_info`` of a legacy file, as ``torch.save`` writes it (``struct`` sizes of ``=h =i =l``).
-_SYS_INFO: Final = {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
-                    "type_sizes": {"short": 2, "int": 4, "long": 4}}
+_SYS_INFO: Final = {
+    "protocol_version": PROTOCOL_VERSION,
+    "little_endian": True,
+    "type_sizes": {"short": 2, "int": 4, "long": 4},
+}
 
 
-def save(obj: Any, f: Target, *, format: str = "zip",
-         archive_name: str | None = None) -> None:
+def save(obj: Any, f: Target, *, format: str = "zip", archive_name: str | None = None) -> None:
     """Save ``obj`` as a checkpoint that ``torch.load(f, weights_only=True)`` reads.
 
     ``f`` is a path (written atomically) or a writable binary file object (written from its
@@ -116,9 +114,10 @@ def save(obj: Any, f: Target, *, format: str = "zip",
     :data:`pthfmt.DTYPES` but the quantized ones, :class:`~pthfmt.TensorRef` and
     :class:`~pthfmt.Tensor`, and the other tensor kinds (:class:`~pthfmt.QuantizedArray`,
     :class:`~pthfmt.SparseArray`, :class:`~pthfmt.NestedArray`, :class:`~pthfmt.MetaArray`;
-    written as torch writes them, see :mod:`pthfmt.writer_kinds`).  numpy scalars are written as the Python scalar they hold
-    (torch's weights-only loader refuses numpy's own pickling).  Anything else raises
-    :class:`~pthfmt.errors.UnserializableError` naming its key path, before anything is written.
+    written as torch writes them, see :mod:`pthfmt.writer_kinds`).  numpy scalars are written
+    as the Python scalar they hold (torch's weights-only loader refuses numpy's own
+    pickling).  Anything else raises :class:`~pthfmt.errors.UnserializableError` naming its
+    key path, before anything is written.
     """
     if format not in ("zip", "legacy"):
         raise ValueError(f"format must be 'zip' or 'legacy', not {format!r}")
@@ -126,8 +125,7 @@ def save(obj: Any, f: Target, *, format: str = "zip",
         if format != "zip":
             raise ValueError("archive_name only applies to the zip format")
         if not isinstance(archive_name, str) or not archive_name or "/" in archive_name:
-            raise ValueError(f"archive_name {archive_name!r} must be a non-empty name "
-                             "without '/'")
+            raise ValueError(f"archive_name {archive_name!r} must be a non-empty name without '/'")
     with paused_gc():
         _save(obj, f, format, archive_name)
 
@@ -145,18 +143,18 @@ def _save(obj: Any, f: Target, format: str, archive_name: str | None) -> None:
     if isinstance(f, (str, bytes, os.PathLike)):
         path = os.fsdecode(os.fspath(f))
         name = archive_name or archive_name_for_path(path)
-        _write_atomically(path, lambda write: emit(write, name))
+        write_atomically(path, lambda write: emit(write, name))
     elif callable(getattr(f, "write", None)):
-        emit(_stream_writer(f), archive_name or "archive")
+        emit(stream_writer(f), archive_name or "archive")
         flush = getattr(f, "flush", None)
         if callable(flush):
             flush()
     else:
-        raise TypeError(f"expected a path or a writable binary file object, not "
-                        f"{type(f).__name__}")
+        raise TypeError(f"expected a path or a writable binary file object, not {type(f).__name__}")
 
 
 # -- the plan: tensors, their storages and the pickle ----------------------------------------
+
 
 @dataclass(eq=False)
 class _Storage:
@@ -177,8 +175,8 @@ class _View:
     tag: str
     requires_grad: bool
     parameter: bool
-    array: np.ndarray | None = None           # numpy source
-    ref: TensorRef | None = None              # checkpoint source
+    array: np.ndarray | None = None  # numpy source
+    ref: TensorRef | None = None  # checkpoint source
     state: dict[str, Any] | None = None
     conj: bool = False
     neg: bool = False
@@ -204,10 +202,10 @@ class _Plan:
 
     legacy: bool
     views: dict[int, _View] = field(default_factory=dict)
-    keep: list[Any] = field(default_factory=list)      # leaves, so their ids stay unique
+    keep: list[Any] = field(default_factory=list)  # leaves, so their ids stay unique
     storages: list[_Storage] = field(default_factory=list)
     final: bool = False
-    kinds: KindParts = field(default_factory=KindParts)   # quantized, sparse, nested, meta
+    kinds: KindParts = field(default_factory=KindParts)  # quantized, sparse, nested, meta
 
     def pickle(self, obj: Any) -> bytes:
         if not self.collect(obj):
@@ -251,7 +249,7 @@ class _Plan:
 
     # -- the pickler's reducer -----------------------------------------------------------------
     def reduce(self, obj: Any, path: Path) -> Any:
-        if isinstance(obj, QuantizedRef):          # pthfmt.open's quantized tensors
+        if isinstance(obj, QuantizedRef):  # pthfmt.open's quantized tensors
             obj = obj.quantized
         if isinstance(obj, (np.ndarray, TensorRef, Tensor)):
             view = self.views.get(id(obj))
@@ -260,7 +258,7 @@ class _Plan:
                     raise UnserializableError("the object changed while it was being saved")
                 view = self.views[id(obj)] = _make_view(obj, self.legacy)
                 self.keep.append(obj)
-            if not self.final:               # first pass: only the tensor's own Python state
+            if not self.final:  # first pass: only the tensor's own Python state
                 return Reduction(_REBUILD_V2, (view.state,) if view.state else ())
             return self._tensor(view)
         if isinstance(obj, _Inner):
@@ -274,12 +272,14 @@ class _Plan:
             return _python_scalar(obj)
         if isinstance(obj, KINDS):
             if self.legacy and isinstance(obj, NestedArray):
-                raise UnserializableError("torch cannot load nested tensors from the legacy "
-                                          "format (its own legacy files of them fail too); "
-                                          "use format='zip'")
+                raise UnserializableError(
+                    "torch cannot load nested tensors from the legacy "
+                    "format (its own legacy files of them fail too); "
+                    "use format='zip'"
+                )
             made = self.kinds.reduce(obj)
             return self._qtensor(obj, made) if isinstance(made, QuantizedData) else made
-        if isinstance(obj, Reduction):                # inside a kinds value's arguments
+        if isinstance(obj, Reduction):  # inside a kinds value's arguments
             return obj
         raise UnserializableError(_unsupported(obj))
 
@@ -292,14 +292,14 @@ class _Plan:
             view = _View(DTYPES[data.value.dtype], "cpu", False, False, array=data.array)
             self.views[id(obj)] = view
             self.keep.append(obj)
-        if not self.final:                   # first pass: the qparams' tensors get views
+        if not self.final:  # first pass: the qparams' tensors get views
             return Reduction(_REBUILD_V2, (data.qparams,))
         pid = self._plain_tensor(view, False).args[0]
         return qtensor_args(data, pid, view.offset, view.stride)
 
     def _tensor(self, view: _View) -> Reduction:
         if view.parameter:
-            args = (_Inner(view), view.requires_grad, OrderedDict())
+            args: tuple[Any, ...] = (_Inner(view), view.requires_grad, OrderedDict())
             if view.state:
                 return Reduction(_PARAMETER_WITH_STATE, (*args, view.state))
             return Reduction(_PARAMETER, args)
@@ -317,13 +317,22 @@ class _Plan:
             self.storages.append(storage)
         key, nbytes, tag = storage.key, storage.nbytes, storage.tag
         pid: tuple[Any, ...] = (
-            "storage", GlobalRef("torch", info.storage) if typed else _UNTYPED, key,
-            _location(tag), nbytes // info.itemsize if typed else nbytes)
+            "storage",
+            GlobalRef("torch", info.storage) if info.storage is not None else _UNTYPED,
+            key,
+            _location(tag),
+            nbytes // info.itemsize if typed else nbytes,
+        )
         if self.legacy:
-            pid += (None,)                                   # view_metadata
+            pid += (None,)  # view_metadata
         args: tuple[Any, ...] = (
-            PersistentId(pid), view.offset, tuple(list(view.shape)),
-            tuple(list(view.stride)), requires_grad, OrderedDict())
+            PersistentId(pid),
+            view.offset,
+            tuple(list(view.shape)),
+            tuple(list(view.stride)),
+            requires_grad,
+            OrderedDict(),
+        )
         if not typed:
             args += (GlobalRef("torch", info.name),)
         metadata = {**({"neg": True} if view.neg else {}), **({"conj": True} if view.conj else {})}
@@ -358,64 +367,90 @@ def _python_scalar(value: np.generic) -> Any:
     item = value.item() if value.dtype.kind in "biufc" or from_numpy(value.dtype) else None
     if type(item) in (bool, int, float, complex):
         return item
-    raise UnserializableError(f"numpy scalar of dtype {value.dtype} has no Python or torch "
-                              "equivalent")
+    raise UnserializableError(
+        f"numpy scalar of dtype {value.dtype} has no Python or torch equivalent"
+    )
 
 
 def _unsupported(obj: Any) -> str:
     kind = type(obj)
-    name = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" \
+    name = (
+        f"{kind.__module__}.{kind.__qualname__}"
+        if kind.__module__ != "builtins"
         else kind.__qualname__
-    if isinstance(obj, (types.GeneratorType, types.CoroutineType)) or \
-            (hasattr(obj, "__next__") and hasattr(obj, "__iter__")):
+    )
+    if isinstance(obj, (types.GeneratorType, types.CoroutineType)) or (
+        hasattr(obj, "__next__") and hasattr(obj, "__iter__")
+    ):
         why = "iterators and generators cannot be saved; save a list"
     elif isinstance(obj, type) or callable(obj):
         why = "functions and classes cannot be saved (torch.load(weights_only=True) refuses code)"
     elif hasattr(obj, "__array__"):
         why = "convert it with numpy.asarray() first"
     else:
-        why = ("torch.load(weights_only=True) only rebuilds tensors, dicts, lists, tuples, "
-               "sets, strings, bytes, numbers, None, devices and dtypes")
+        why = (
+            "torch.load(weights_only=True) only rebuilds tensors, dicts, lists, tuples, "
+            "sets, strings, bytes, numbers, None, devices and dtypes"
+        )
     return f"cannot save an object of type {name}: {why}"
 
 
 # -- tensors -----------------------------------------------------------------------------------
 
-_Member = tuple[int, int, _View]      # (lowest byte address, one past the highest, view)
+_Member = tuple[int, int, _View]  # (lowest byte address, one past the highest, view)
 
 
 def _make_view(obj: Any, legacy: bool) -> _View:
     """Describe a tensor-like leaf; raises UnserializableError for what torch cannot load."""
     source = obj.array if isinstance(obj, Tensor) else obj
     if isinstance(source, TensorRef):
-        view = _View(source.dtype_info, str(source.device), source.requires_grad,
-                     source.is_parameter, ref=source, state=source.state, conj=source.conj,
-                     neg=source.neg)
+        view = _View(
+            source.dtype_info,
+            str(source.device),
+            source.requires_grad,
+            source.is_parameter,
+            ref=source,
+            state=source.state,
+            conj=source.conj,
+            neg=source.neg,
+        )
     else:
         if isinstance(source, np.ma.MaskedArray):
-            raise UnserializableError("a masked array would lose its mask; save .data and "
-                                      ".mask separately")
+            raise UnserializableError(
+                "a masked array would lose its mask; save .data and .mask separately"
+            )
         array = np.asarray(source)
         view = _View(_torch_dtype(array.dtype), "cpu", False, False, array=array)
     if isinstance(obj, Tensor):
-        view.tag, view.requires_grad, view.parameter = (str(obj.device), obj.requires_grad,
-                                                         obj.parameter)
+        view.tag, view.requires_grad, view.parameter = (
+            str(obj.device),
+            obj.requires_grad,
+            obj.parameter,
+        )
     info = view.dtype
     if info.kind == "quantized":
-        raise UnserializableError(f"{info.name} tensors need quantization parameters; "
-                                  "pthfmt does not write quantized tensors")
+        raise UnserializableError(
+            f"{info.name} tensors need quantization parameters; "
+            "pthfmt does not write quantized tensors"
+        )
     if legacy and info.storage is None:
-        raise UnserializableError(f"torch cannot load {info.name} tensors from the legacy "
-                                  "format (it has no typed storage for them); use format='zip'")
+        raise UnserializableError(
+            f"torch cannot load {info.name} tensors from the legacy "
+            "format (it has no typed storage for them); use format='zip'"
+        )
     if view.requires_grad and info.kind not in ("float", "complex"):
-        raise UnserializableError(f"a {info.name} tensor cannot require gradients (only "
-                                  "floating point and complex tensors can)")
+        raise UnserializableError(
+            f"a {info.name} tensor cannot require gradients (only "
+            "floating point and complex tensors can)"
+        )
     if view.requires_grad and not view.parameter and info.storage is None:
         # _rebuild_tensor_v3 makes the tensor with requires_grad, then calls set_() on it:
         # torch 2.13 fails to load such a file (even one torch.save wrote).
-        raise UnserializableError(f"torch cannot load a {info.name} tensor that requires "
-                                  "gradients (_rebuild_tensor_v3 fails); save it as a "
-                                  "Parameter or without requires_grad")
+        raise UnserializableError(
+            f"torch cannot load a {info.name} tensor that requires "
+            "gradients (_rebuild_tensor_v3 fails); save it as a "
+            "Parameter or without requires_grad"
+        )
     return view
 
 
@@ -437,8 +472,9 @@ def _assign_storages(views: list[_View]) -> None:
         if ref is not None:
             key = (id(ref.storage), ref.dtype, view.tag)
             if key not in shared:
-                shared[key] = _Storage(view.dtype, ref.storage.nbytes, view.tag,
-                                       _buffer_chunks(ref, view.dtype))
+                shared[key] = _Storage(
+                    view.dtype, ref.storage.nbytes, view.tag, _buffer_chunks(ref, view.dtype)
+                )
             view.storage = shared[key]
             view.offset, view.shape, view.stride = ref.storage_offset, ref.shape, ref.stride
             continue
@@ -449,8 +485,7 @@ def _assign_storages(views: list[_View]) -> None:
             continue
         lo = array.__array_interface__["data"][0]
         hi = lo + size + sum((n - 1) * s for n, s in zip(array.shape, array.strides))
-        groups[(view.dtype.name, _is_big(array.dtype), view.tag, lo % size)].append(
-            (lo, hi, view))
+        groups[(view.dtype.name, is_big(array.dtype), view.tag, lo % size)].append((lo, hi, view))
     for members in groups.values():
         for component in _sharing_components(members):
             _share(component)
@@ -459,20 +494,12 @@ def _assign_storages(views: list[_View]) -> None:
 def _own_copy(view: _View, array: np.ndarray) -> None:
     """A storage holding a C-contiguous copy of ``array`` (made chunk by chunk when written).
     Empty arrays get contiguous strides too, as ``torch.empty`` has (numpy's are 0)."""
-    big = _is_big(array.dtype)
-    view.storage = _Storage(view.dtype, array.nbytes, view.tag,
-                            lambda: _array_chunks(array, view.dtype.swap, big))
+    big = is_big(array.dtype)
+    view.storage = _Storage(
+        view.dtype, array.nbytes, view.tag, lambda: array_chunks(array, view.dtype.swap, big)
+    )
     view.offset, view.shape = 0, tuple(int(n) for n in array.shape)
-    view.stride = _c_strides(view.shape)
-
-
-def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """torch's contiguous strides (in elements; a 0-size dimension counts as 1)."""
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
+    view.stride = c_strides(view.shape)
 
 
 def _sharing_components(members: list[_Member]) -> list[list[_Member]]:
@@ -525,18 +552,21 @@ def _share(members: list[_Member]) -> None:
     first = next(m[2] for m in members if m[0] == lo)
     assert first.array is not None
     array = first.array
-    size, big = array.dtype.itemsize, _is_big(array.dtype)
+    size, big = array.dtype.itemsize, is_big(array.dtype)
     if len(members) == 1 and array.flags.c_contiguous:
-        span = array                      # the common case: memory order is C order
+        span = array  # the common case: memory order is C order
     else:
         # The bytes from lo to hi as uint8, from the first element of the lowest member
         # (as_strided on the member would go through __array_interface__: no ml_dtypes).
-        element = array.reshape(1) if array.ndim == 0 else \
-            array[(slice(0, 1),) * array.ndim].reshape(-1)
-        span = np.lib.stride_tricks.as_strided(element.view(np.uint8), shape=(hi - lo,),
-                                               strides=(1,), writeable=False)
-    storage = _Storage(first.dtype, hi - lo, first.tag,
-                       lambda: _array_chunks(span, first.dtype.swap, big))
+        element = (
+            array.reshape(1) if array.ndim == 0 else array[(slice(0, 1),) * array.ndim].reshape(-1)
+        )
+        span = np.lib.stride_tricks.as_strided(
+            element.view(np.uint8), shape=(hi - lo,), strides=(1,), writeable=False
+        )
+    storage = _Storage(
+        first.dtype, hi - lo, first.tag, lambda: array_chunks(span, first.dtype.swap, big)
+    )
     for start, _, view in members:
         assert view.array is not None
         view.storage = storage
@@ -545,47 +575,22 @@ def _share(members: list[_Member]) -> None:
         view.stride = tuple([s // size for s in view.array.strides])
 
 
-def _is_big(dtype: np.dtype) -> bool:
-    return dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
-
-
-def _little(raw: np.ndarray, swap: int, big: bool) -> np.ndarray:
-    """``raw`` (contiguous uint8) in little-endian order: swapped per ``swap``-byte unit."""
-    if big and swap > 1:
-        return raw.view(f"u{swap}").byteswap().view(np.uint8)
-    return raw
-
-
-def _array_chunks(array: np.ndarray, swap: int, big: bool) -> Iterator[np.ndarray]:
-    """The C-order bytes of ``array`` in pieces of at most about CHUNK bytes (views where the
-    array is contiguous, small copies where it is not), made little-endian when ``big``."""
-    if array.ndim == 0 or array.nbytes <= CHUNK:
-        flat = np.ascontiguousarray(array).reshape(-1)
-        yield _little(flat.view(np.uint8), swap, big)
-        return
-    rows = CHUNK // array[0].nbytes
-    if rows:
-        for start in range(0, array.shape[0], rows):
-            yield from _array_chunks(array[start:start + rows], swap, big)
-    else:
-        for row in array:
-            yield from _array_chunks(row, swap, big)
-
-
 def _buffer_chunks(ref: TensorRef, dtype: DTypeInfo) -> Callable[[], Iterator[Any]]:
     """Chunks of a checkpoint storage: slices of its (memory-mapped where possible) buffer."""
+
     def chunks() -> Iterator[Any]:
         buffer = ref.storage.buffer(True)
-        big = sys.byteorder == "big"          # the reader's buffers are in host order
+        big = sys.byteorder == "big"  # the reader's buffers are in host order
         for start in range(0, buffer.nbytes, CHUNK):
-            yield _little(buffer[start:start + CHUNK], dtype.swap, big)
+            yield little_bytes(buffer[start : start + CHUNK], dtype.swap, big)
+
     return chunks
 
 
 # -- containers --------------------------------------------------------------------------------
 
-def _write_zip(write: Write, archive_name: str, pickled: bytes,
-               storages: list[_Storage]) -> None:
+
+def _write_zip(write: Write, archive_name: str, pickled: bytes, storages: list[_Storage]) -> None:
     """torch's record order: the pickle, ``.format_version``, ``.storage_alignment``,
     ``byteorder``, ``data/0..N`` (numeric order, which ``.format_version`` 1 promises and
     ``calculate_storage_offsets`` relies on), then ``version`` and the serialization id."""
@@ -602,15 +607,17 @@ def _write_zip(write: Write, archive_name: str, pickled: bytes,
 def _write_legacy(write: Write, pickled: bytes, storages: list[_Storage]) -> None:
     """Five pickles (magic number, protocol 1001, sys_info, the object, the storage keys
     sorted as strings), then per key an int64 little-endian element count and the bytes."""
+
     def plain(value: Any) -> bytes:
         def refuse(obj: Any, path: Path) -> Any:
             raise UnserializableError(_unsupported(obj))
+
         return Pickler(refuse).dump(value)
 
     for header in (MAGIC_NUMBER, PROTOCOL_VERSION, _SYS_INFO):
         write(plain(header))
     write(pickled)
-    by_key = {s.key: s for s in storages}
+    by_key = {s.key: s for s in storages if s.key is not None}  # (all are keyed by now)
     keys = sorted(by_key)
     write(plain(keys))
     for key in keys:
@@ -621,59 +628,7 @@ def _write_legacy(write: Write, pickled: bytes, storages: list[_Storage]) -> Non
             write(chunk)
             written += chunk.nbytes
         if written != storage.nbytes:
-            raise UnserializableError(f"storage {key} produced {written} bytes, expected "
-                                      f"{storage.nbytes} (was an array modified while saving?)")
-
-
-# -- outputs -----------------------------------------------------------------------------------
-
-def _stream_writer(f: IO[bytes]) -> Write:
-    """``f.write`` until every byte is taken (raw files may take part of a buffer)."""
-    def write(data: Any) -> None:
-        view = memoryview(data).cast("B")
-        while view.nbytes:
-            n = f.write(view)
-            if n is None or n >= view.nbytes:
-                return
-            if n <= 0:
-                raise OSError("the output accepted no bytes")
-            view = view[n:]
-    return write
-
-
-def _write_atomically(path: str, emit: Callable[[Write], None]) -> None:
-    """Write through ``emit`` to a temporary file beside ``path``, then rename it over ``path``."""
-    target = os.path.realpath(path) if os.path.islink(path) else path
-    directory = os.path.dirname(os.path.abspath(target))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | \
-        getattr(os, "O_BINARY", 0)
-    while True:
-        temp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(temp, flags, 0o666)      # the umask applies, as for torch.save
-            break
-        except FileExistsError:
-            continue
-    try:
-        with open(fd, "wb", buffering=1 << 20) as out:
-            emit(_stream_writer(out))
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(OSError):        # keep an existing file's permissions
-            os.chmod(temp, stat.S_IMODE(os.stat(target).st_mode))
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable (best effort: not every platform can open a directory)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            raise UnserializableError(
+                f"storage {key} produced {written} bytes, expected "
+                f"{storage.nbytes} (was an array modified while saving?)"
+            )

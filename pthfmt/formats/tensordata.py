@@ -7,10 +7,8 @@
   :data:`pthfmt.writer.CHUNK` bytes (bounded memory); :func:`little` and :func:`map_file`.
 - :func:`listing` and :func:`count`: how warnings name what they are about.
 
-SHIM (until ``pthfmt/writer.py`` exports them): ``array_chunks``, ``c_strides`` and
-``is_big`` are ``pthfmt.writer``'s private ``_array_chunks``, ``_c_strides`` and ``_is_big``
-under public names.  Once writer.py makes them public, import them from there (or move them
-here and let writer.py import them) and delete the shim block below.
+- The byte-level helpers :func:`pthfmt.save` shares: :data:`CHUNK`, :func:`array_chunks`,
+  :func:`little_bytes`, :func:`is_big`, :func:`c_strides`.
 """
 
 from __future__ import annotations
@@ -19,42 +17,77 @@ import json
 import math
 import mmap as _mmap
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from ..errors import CorruptError, FormatError
 from ..model.dtypes import DTypeInfo
 
-# -- SHIM: pthfmt.writer's private chunking helpers under public names -------------------------
-from ..writer import _array_chunks, _c_strides, _is_big  # (see the docstring)
-
-array_chunks: Callable[[np.ndarray, int, bool], Iterator[np.ndarray]] = _array_chunks
-c_strides: Callable[[tuple[int, ...]], tuple[int, ...]] = _c_strides
-is_big: Callable[[np.dtype[Any]], bool] = _is_big
-# -- end of SHIM --------------------------------------------------------------------------------
-
 __all__ = [
-    "TensorItem",
-    "Meta",
-    "Value",
+    "CHUNK",
     "Content",
-    "write_tensor",
-    "little",
-    "map_file",
-    "listing",
-    "count",
-    "index_metadata",
+    "Meta",
+    "TensorItem",
+    "Value",
     "array_chunks",
     "c_strides",
+    "count",
+    "index_metadata",
     "is_big",
+    "listing",
+    "little",
+    "little_bytes",
+    "map_file",
+    "write_tensor",
 ]
 
 
 #: File metadata carried as is (safetensors ``__metadata__``, the npz sidecar's ``metadata``).
 Meta = dict[str, str]
+
+
+#: Bytes handed to the output per write while streaming storages (pthfmt.writer.CHUNK).
+CHUNK: Final = 16 << 20
+
+
+def is_big(dtype: np.dtype[Any]) -> bool:
+    return dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+
+
+def little_bytes(raw: np.ndarray, swap: int, big: bool) -> np.ndarray:
+    """``raw`` (contiguous uint8) in little-endian order: swapped per ``swap``-byte unit."""
+    if big and swap > 1:
+        return raw.view(f"u{swap}").byteswap().view(np.uint8)
+    return raw
+
+
+def array_chunks(array: np.ndarray, swap: int, big: bool) -> Iterator[np.ndarray]:
+    """The C-order bytes of ``array`` in pieces of at most about CHUNK bytes (views where the
+    array is contiguous, small copies where it is not), made little-endian when ``big``."""
+    if array.ndim == 0 or array.nbytes <= CHUNK:
+        flat = np.ascontiguousarray(array).reshape(-1)
+        yield little_bytes(flat.view(np.uint8), swap, big)
+        return
+    rows = CHUNK // array[0].nbytes
+    if rows:
+        for start in range(0, array.shape[0], rows):
+            yield from array_chunks(array[start : start + rows], swap, big)
+    else:
+        for row in array:
+            yield from array_chunks(row, swap, big)
+
+
+def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """torch's contiguous strides (in elements; a 0-size dimension counts as 1)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 @dataclass(eq=False)

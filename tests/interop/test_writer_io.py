@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import pthfmt  # noqa: E402
-from pthfmt import writer  # noqa: E402
+from pthfmt import atomic  # noqa: E402
 from pthfmt.formats.zip import writer as zipwriter  # noqa: E402
 from tests.support import EXAMPLES  # noqa: E402
 from tests.support.host import child_env, run_python  # noqa: E402
@@ -171,7 +171,7 @@ def test_keyboard_interrupt_mid_save_leaves_the_old_file(tmp_path: Path, monkeyp
 
 def test_disk_full_leaves_the_old_file(tmp_path: Path, monkeypatch: Any) -> None:
     target, old = old_file(tmp_path)
-    real = writer._stream_writer
+    real = atomic.stream_writer
 
     def full_disk(f: Any) -> Any:
         write, budget = real(f), [100_000]
@@ -184,7 +184,7 @@ def test_disk_full_leaves_the_old_file(tmp_path: Path, monkeypatch: Any) -> None
 
         return limited
 
-    monkeypatch.setattr(writer, "_stream_writer", full_disk)
+    monkeypatch.setattr(atomic, "stream_writer", full_disk)
     with pytest.raises(OSError, match="No space"):
         pthfmt.save({"big": np.ones(1 << 20)}, target)
     assert_untouched(target, old)
