@@ -57,9 +57,20 @@ from .model.kinds import (
 from .model.tensor import Tensor
 from .writer import save
 
-__all__ = ["dtypes", "tensors", "state_dicts", "checkpoints", "corrupted", "Example",
-           "Corruption", "quantized_arrays", "sparse_arrays", "nested_arrays", "meta_arrays",
-           "kinds"]
+__all__ = [
+    "dtypes",
+    "tensors",
+    "state_dicts",
+    "checkpoints",
+    "corrupted",
+    "Example",
+    "Corruption",
+    "quantized_arrays",
+    "sparse_arrays",
+    "nested_arrays",
+    "meta_arrays",
+    "kinds",
+]
 
 #: Dtypes a checkpoint can hold without extra metadata (quantized ones need scales).
 SAVABLE: tuple[DTypeInfo, ...] = tuple(i for i in DTYPES if i.kind != "quantized")
@@ -85,8 +96,14 @@ def _array(draw: st.DrawFn, info: DTypeInfo, shape: tuple[int, ...]) -> np.ndarr
 
 
 @st.composite
-def tensors(draw: st.DrawFn, *, dtype: DTypeInfo | None = None, max_dims: int = 4,
-            max_side: int = 5, views: bool = True) -> np.ndarray:
+def tensors(
+    draw: st.DrawFn,
+    *,
+    dtype: DTypeInfo | None = None,
+    max_dims: int = 4,
+    max_side: int = 5,
+    views: bool = True,
+) -> np.ndarray:
     """A numpy array of a torch dtype; with ``views``, often a non-contiguous view."""
     info = dtype or draw(dtypes())
     shape = tuple(draw(st.lists(st.integers(0, max_side), max_size=max_dims)))
@@ -103,8 +120,9 @@ def tensors(draw: st.DrawFn, *, dtype: DTypeInfo | None = None, max_dims: int = 
 
 
 @st.composite
-def state_dicts(draw: st.DrawFn, *, max_tensors: int = 6, shared: bool = True,
-                parameters: bool = True) -> OrderedDict[str, Any]:
+def state_dicts(
+    draw: st.DrawFn, *, max_tensors: int = 6, shared: bool = True, parameters: bool = True
+) -> OrderedDict[str, Any]:
     """A torch-like state dict: dotted keys, arrays, shared storages, Parameters."""
     out: OrderedDict[str, Any] = OrderedDict()
     count = draw(st.integers(1, max_tensors))
@@ -117,13 +135,17 @@ def state_dicts(draw: st.DrawFn, *, max_tensors: int = 6, shared: bool = True,
         while key in out:
             key = f"{key}_{i}"
         if shared and pool and draw(st.integers(0, 3)) == 0:
-            base = draw(st.sampled_from(pool))       # a second view of an earlier array
+            base = draw(st.sampled_from(pool))  # a second view of an earlier array
             value: Any = base[1:] if base.ndim and base.shape[0] > 1 else base[...]
         else:
             value = draw(tensors())
             pool.append(value)
-        if parameters and value.dtype.kind in "fc" and value.dtype.metadata is None \
-                and draw(st.integers(0, 3)) == 0:
+        if (
+            parameters
+            and value.dtype.kind in "fc"
+            and value.dtype.metadata is None
+            and draw(st.integers(0, 3)) == 0
+        ):
             value = Tensor(value, parameter=True, requires_grad=draw(st.booleans()))
         out[key] = value
     return out
@@ -139,8 +161,10 @@ class Example:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        return (f"Example({self.format}, {len(self.data)} bytes, "
-                f"{len(self.tensors)} tensors: {list(self.tensors)[:4]})")
+        return (
+            f"Example({self.format}, {len(self.data)} bytes, "
+            f"{len(self.tensors)} tensors: {list(self.tensors)[:4]})"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -148,17 +172,22 @@ def _plain(value: Any) -> Any:
 
 
 @st.composite
-def checkpoints(draw: st.DrawFn, format: str | None = None,
-                values: st.SearchStrategy[Any] | None = None) -> Example:
+def checkpoints(
+    draw: st.DrawFn, format: str | None = None, values: st.SearchStrategy[Any] | None = None
+) -> Example:
     """A state dict, or a training checkpoint around one, encoded by :func:`pthfmt.save`."""
     fmt = format or draw(st.sampled_from(["zip", "legacy"]))
     sd = draw(values if values is not None else state_dicts())
-    if fmt == "legacy":     # the legacy format cannot hold _rebuild_tensor_v3 dtypes
+    if fmt == "legacy":  # the legacy format cannot hold _rebuild_tensor_v3 dtypes
         sd = OrderedDict((k, v) for k, v in sd.items() if _typed(_plain(v).dtype))
     obj: Any = sd
     if draw(st.booleans()):
-        obj = {"epoch": draw(st.integers(0, 1000)), "model_state_dict": sd,
-               "loss": draw(st.floats(0, 10, allow_nan=False)), "note": draw(st.text())}
+        obj = {
+            "epoch": draw(st.integers(0, 1000)),
+            "model_state_dict": sd,
+            "loss": draw(st.floats(0, 10, allow_nan=False)),
+            "note": draw(st.text()),
+        }
     buf = io.BytesIO()
     save(obj, buf, format=fmt)
     prefix = "model_state_dict." if obj is not sd else ""
@@ -200,14 +229,15 @@ def _mutate(data: bytes, kind: str, pick: int, value: int) -> bytes:
     if kind == "bitflip":
         buf[pick % len(buf)] ^= 1 << (value % 8)
         return bytes(buf)
-    if not entries:                 # legacy format: lie in a storage count or the pickle
+    if not entries:  # legacy format: lie in a storage count or the pickle
         pos = pick % max(len(buf) - 8, 1)
         buf[pos] = (buf[pos] + 1 + value % 255) % 256
         return bytes(buf)
     at = entries[pick % len(entries)]
     if kind == "crc":
-        struct.pack_into("<I", buf, at + 16, struct.unpack_from("<I", buf, at + 16)[0] ^
-                         (value | 1))
+        struct.pack_into(
+            "<I", buf, at + 16, struct.unpack_from("<I", buf, at + 16)[0] ^ (value | 1)
+        )
     elif kind == "size":
         usize = struct.unpack_from("<I", buf, at + 24)[0]
         struct.pack_into("<I", buf, at + 24, (usize + (1 if value % 2 else -1)) % 2**32)
@@ -218,9 +248,9 @@ def _mutate(data: bytes, kind: str, pick: int, value: int) -> bytes:
         other = entries[value % len(entries)]
         n1, n2 = (struct.unpack_from("<H", buf, a + 28)[0] for a in (at, other))
         if n1 == n2:
-            a_name = bytes(buf[at + 46:at + 46 + n1])
-            buf[at + 46:at + 46 + n1] = buf[other + 46:other + 46 + n2]
-            buf[other + 46:other + 46 + n2] = a_name
+            a_name = bytes(buf[at + 46 : at + 46 + n1])
+            buf[at + 46 : at + 46 + n1] = buf[other + 46 : other + 46 + n2]
+            buf[other + 46 : other + 46 + n2] = a_name
     elif kind == "header":
         lho = struct.unpack_from("<I", buf, at + 42)[0]
         if lho + 30 <= len(buf):
@@ -232,8 +262,7 @@ _KINDS = ("crc", "size", "offset", "swap", "header", "truncate", "bitflip")
 
 
 @st.composite
-def corrupted(draw: st.DrawFn, checkpoint: st.SearchStrategy[Any] | Example | bytes
-              ) -> Corruption:
+def corrupted(draw: st.DrawFn, checkpoint: st.SearchStrategy[Any] | Example | bytes) -> Corruption:
     """A structured mutation of a checkpoint (an :class:`Example`, bytes, or a strategy)."""
     original = draw(checkpoint) if isinstance(checkpoint, st.SearchStrategy) else checkpoint
     data = original.data if isinstance(original, Example) else bytes(original)
@@ -247,14 +276,20 @@ def corrupted(draw: st.DrawFn, checkpoint: st.SearchStrategy[Any] | Example | by
 
 # -- quantized, sparse, nested and meta tensors ------------------------------------------------
 
-_QRANGES = {"qint8": (-128, 127), "quint8": (0, 255), "qint32": (-(2**31), 2**31 - 1),
-            "quint4x2": (0, 15), "quint2x4": (0, 3)}
+_QRANGES = {
+    "qint8": (-128, 127),
+    "quint8": (0, 255),
+    "qint32": (-(2**31), 2**31 - 1),
+    "quint4x2": (0, 15),
+    "quint2x4": (0, 3),
+}
 _SHAPES = st.lists(st.integers(0, 4), min_size=1, max_size=3).map(tuple)
 
 
 @st.composite
-def quantized_arrays(draw: st.DrawFn, *, dtype: str | None = None,
-                     qscheme: str | None = None) -> QuantizedArray:
+def quantized_arrays(
+    draw: st.DrawFn, *, dtype: str | None = None, qscheme: str | None = None
+) -> QuantizedArray:
     """A :class:`~pthfmt.QuantizedArray` of any quantized dtype and qscheme torch saves
     (float qparams only with quint8, quint4x2 and quint2x4, as torch allows)."""
     name = dtype or draw(st.sampled_from(sorted(_QRANGES)))
@@ -279,8 +314,9 @@ def quantized_arrays(draw: st.DrawFn, *, dtype: str | None = None,
         zeros = np.array(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)), np.int64)
         return QuantizedArray(name, data, scheme, scale, zeros, axis)
     zeros_f = draw(st.lists(st.floats(-100, 100, width=32), min_size=n, max_size=n))
-    return QuantizedArray(name, data, scheme, scale.astype(np.float32),
-                          np.array(zeros_f, np.float32), axis)
+    return QuantizedArray(
+        name, data, scheme, scale.astype(np.float32), np.array(zeros_f, np.float32), axis
+    )
 
 
 @st.composite
@@ -288,8 +324,11 @@ def sparse_arrays(draw: st.DrawFn, *, layout: str | None = None) -> SparseArray:
     """A valid :class:`~pthfmt.SparseArray` (COO coalesced or not, CSR, CSC, BSR, BSC) of
     float32 values, made from a random dense array."""
     name = layout or draw(st.sampled_from(SPARSE_LAYOUTS))
-    block = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) \
-        if name in ("sparse_bsr", "sparse_bsc") else (1, 1)
+    block = (
+        (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+        if name in ("sparse_bsr", "sparse_bsc")
+        else (1, 1)
+    )
     rows, cols = draw(st.integers(0, 3)) * block[0], draw(st.integers(0, 3)) * block[1]
     mask = draw(st.lists(st.booleans(), min_size=rows * cols, max_size=rows * cols))
     dense = np.zeros((rows, cols), np.float32)
@@ -297,12 +336,14 @@ def sparse_arrays(draw: st.DrawFn, *, layout: str | None = None) -> SparseArray:
     return _sparse_of(dense, name, block, draw(st.booleans()))
 
 
-def _sparse_of(dense: np.ndarray, layout: str, block: tuple[int, int],
-               coalesced: bool) -> SparseArray:
+def _sparse_of(
+    dense: np.ndarray, layout: str, block: tuple[int, int], coalesced: bool
+) -> SparseArray:
     if layout == "sparse_coo":
         indices = np.array(np.nonzero(dense), np.int64).reshape(2, -1)
-        return SparseArray(layout, dense.shape, dense[tuple(indices)], indices=indices,
-                           coalesced=coalesced)
+        return SparseArray(
+            layout, dense.shape, dense[tuple(indices)], indices=indices, coalesced=coalesced
+        )
     columns = layout in ("sparse_csc", "sparse_bsc")
     bh, bw = block
     grid = dense.reshape(dense.shape[0] // bh, bh, dense.shape[1] // bw, bw).swapaxes(1, 2)
@@ -313,8 +354,13 @@ def _sparse_of(dense: np.ndarray, layout: str, block: tuple[int, int],
     outer, plain = np.nonzero(nonzero)
     blocks = grid[outer, plain]
     values = blocks if layout in ("sparse_bsr", "sparse_bsc") else blocks.reshape(-1)
-    return SparseArray(layout, dense.shape, np.ascontiguousarray(values),
-                       compressed_indices=compressed, plain_indices=plain.astype(np.int64))
+    return SparseArray(
+        layout,
+        dense.shape,
+        np.ascontiguousarray(values),
+        compressed_indices=compressed,
+        plain_indices=plain.astype(np.int64),
+    )
 
 
 @st.composite

@@ -19,9 +19,9 @@ def copy_budget(file_size: int) -> int:
 @dataclass(frozen=True)
 class Options:
     mapper: Callable[[str], Device]
-    eager: bool          # tensors become numpy arrays while unpickling
-    mmap: bool           # arrays view the mapped file where the bytes allow it
-    unknown: str = "error"   # "stub": globals outside the allowlist become pthfmt.Stub
+    eager: bool  # tensors become numpy arrays while unpickling
+    mmap: bool  # arrays view the mapped file where the bytes allow it
+    unknown: str = "error"  # "stub": globals outside the allowlist become pthfmt.Stub
 
 
 @dataclass

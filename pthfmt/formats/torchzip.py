@@ -26,7 +26,7 @@ from .zip.reader import STORED, ZipArchive, ZipEntry
 
 __all__ = ["read_zip", "TorchZip", "MAX_VERSION", "fold_case", "not_checkpoint"]
 
-MAX_VERSION = 10          # caffe2::serialize::kMaxSupportedFileFormatVersion
+MAX_VERSION = 10  # caffe2::serialize::kMaxSupportedFileFormatVersion
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -39,9 +39,11 @@ def fold_case(name: str) -> str:
 #: Record names (relative to the archive folder, or whole) that say what a zip archive that is
 #: not a checkpoint is: (test, description).
 _OTHER_ZIPS: Final[tuple[tuple[Callable[[str], bool], str], ...]] = (
-    (lambda n: n.endswith(".data/extern_modules"),
-     "a torch.package archive (.data/extern_modules): only torch.package.PackageImporter "
-     "reads it, by importing and running the Python modules it packages"),
+    (
+        lambda n: n.endswith(".data/extern_modules"),
+        "a torch.package archive (.data/extern_modules): only torch.package.PackageImporter "
+        "reads it, by importing and running the Python modules it packages",
+    ),
     (lambda n: n == "[Content_Types].xml", "an Office Open XML document"),
     (lambda n: n == "META-INF/MANIFEST.MF", "a Java archive (jar)"),
     (lambda n: n == "mimetype", "an OpenDocument or EPUB file"),
@@ -72,8 +74,10 @@ class TorchZip:
             raise FormatError("zip archive has no records")
         first = self.zip.entries[0].name
         if "/" not in first:
-            raise _other_zip([e.name for e in self.zip.entries],
-                             f"zip record {escape(first, 100)!r} is not inside an archive folder")
+            raise _other_zip(
+                [e.name for e in self.zip.entries],
+                f"zip record {escape(first, 100)!r} is not inside an archive folder",
+            )
         self.prefix = first.split("/", 1)[0]
         head = self.prefix + "/"
         cut = len(head)
@@ -92,8 +96,11 @@ class TorchZip:
         #: is true of every name without an ASCII capital, so few names are folded
         changed = [rel for rel in relative if not rel.islower() and fold_case(rel) != rel]
         self.lower = {fold_case(rel): self.exact[rel] for rel in changed}
-        self.clashes = len(self.exact) != len(self.zip.entries) or \
-            len(self.lower) != len(changed) or any(low in self.exact for low in self.lower)
+        self.clashes = (
+            len(self.exact) != len(self.zip.entries)
+            or len(self.lower) != len(changed)
+            or any(low in self.exact for low in self.lower)
+        )
 
     @property
     def folded(self) -> dict[str, list[ZipEntry]]:
@@ -101,7 +108,7 @@ class TorchZip:
         if self._folded is None:
             self._folded = {}
             for entry in self.zip.entries:
-                self._folded.setdefault(fold_case(entry.name[self._cut:]), []).append(entry)
+                self._folded.setdefault(fold_case(entry.name[self._cut :]), []).append(entry)
         return self._folded
 
     @property
@@ -109,7 +116,7 @@ class TorchZip:
         """Relative name -> every entry under exactly that name."""
         out: dict[str, list[ZipEntry]] = {}
         for entry in self.zip.entries:
-            out.setdefault(entry.name[self._cut:], []).append(entry)
+            out.setdefault(entry.name[self._cut :], []).append(entry)
         return out
 
     def find(self, rel: str) -> ZipEntry | None:
@@ -125,8 +132,10 @@ class TorchZip:
             return None
         if len(hits) > 1:
             names = sorted({e.name for e in hits})
-            raise FormatError(f"record {rel!r} is ambiguous: the archive holds "
-                              f"{len(hits)} records named {' / '.join(names)}")
+            raise FormatError(
+                f"record {rel!r} is ambiguous: the archive holds "
+                f"{len(hits)} records named {' / '.join(names)}"
+            )
         return hits[0]
 
     def need(self, rel: str) -> ZipEntry:
@@ -144,12 +153,13 @@ def _version(archive: TorchZip) -> str:
     raw = archive.zip.read(entry)
     text = raw.decode("ascii", "replace")
     digits = text.lstrip(" \t\n\r\f\v")
-    digits = digits[:len(digits) - len(digits.lstrip("0123456789"))]
+    digits = digits[: len(digits) - len(digits.lstrip("0123456789"))]
     if not digits:
         raise FormatError(f"version record {raw[:20]!r} is not a number", record=entry.name)
     if not 1 <= int(digits) <= MAX_VERSION:
-        raise FormatError(f"version {digits} is outside the supported 1..{MAX_VERSION}",
-                          record=entry.name)
+        raise FormatError(
+            f"version {digits} is outside the supported 1..{MAX_VERSION}", record=entry.name
+        )
     return digits
 
 
@@ -159,8 +169,9 @@ def _byteorder(archive: TorchZip) -> str:
         return "little"
     raw = archive.zip.read(entry)
     if raw not in (b"little", b"big"):
-        raise FormatError(f"byteorder record is {raw[:20]!r}, not b'little' or b'big'",
-                          record=entry.name)
+        raise FormatError(
+            f"byteorder record is {raw[:20]!r}, not b'little' or b'big'", record=entry.name
+        )
     return raw.decode()
 
 
@@ -183,8 +194,7 @@ def read_zip(src: Source, opts: Options) -> Parsed:
     obj = _unpickle(archive, src, opts, "data.pkl", byteorder, classes)
     extra = {}
     if torchscript:
-        extra["constants"] = _unpickle(archive, src, opts, "constants.pkl", byteorder,
-                                       classes)[0]
+        extra["constants"] = _unpickle(archive, src, opts, "constants.pkl", byteorder, classes)[0]
     return Parsed(
         format="torchscript" if torchscript else "zip",
         obj=obj[0],
@@ -197,22 +207,31 @@ def read_zip(src: Source, opts: Options) -> Parsed:
     )
 
 
-def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
-              byteorder: str, classes: ScriptClasses | None) -> tuple[Any, dict[str, Any]]:
+def _unpickle(
+    archive: TorchZip,
+    src: Source,
+    opts: Options,
+    pickle_name: str,
+    byteorder: str,
+    classes: ScriptClasses | None,
+) -> tuple[Any, dict[str, Any]]:
     """Run ``pickle_name``; its tensors live in the records of the folder named after it."""
     big = byteorder == "big"
-    folder = pickle_name[:-len(".pkl")] + "/"
+    folder = pickle_name[: -len(".pkl")] + "/"
     stored = stored_reader(src, big)
 
     def locate(info: StorageInfo) -> None:
         entry = archive.find(folder + info.key)
         if entry is None:
-            raise FormatError(f"storage {info.key!r} has no record "
-                              f"{archive.prefix}/{folder}{info.key}")
+            raise FormatError(
+                f"storage {info.key!r} has no record {archive.prefix}/{folder}{info.key}"
+            )
         info.record = entry.name
         if entry.usize != info.nbytes:
-            raise CorruptError(f"record holds {entry.usize} bytes but storage {info.key!r} "
-                               f"needs {info.nbytes}", record=entry.name)
+            raise CorruptError(
+                f"record holds {entry.usize} bytes but storage {info.key!r} needs {info.nbytes}",
+                record=entry.name,
+            )
         if entry.method != STORED or entry.flags & 1 or entry.csize != entry.usize:
             archive.zip.check_readable(entry)
         start = entry.data_offset
@@ -226,8 +245,14 @@ def _unpickle(archive: TorchZip, src: Source, opts: Options, pickle_name: str,
             info.attach(chunked_reader(lambda: archive.zip.inflate(entry), big))
 
     table = StorageTable(opts.mapper, locate)
-    handlers = TorchHandlers(table, eager=opts.eager, mmap=opts.mmap, unknown=opts.unknown,
-                             script_classes=classes, copy_budget=copy_budget(src.size))
+    handlers = TorchHandlers(
+        table,
+        eager=opts.eager,
+        mmap=opts.mmap,
+        unknown=opts.unknown,
+        script_classes=classes,
+        copy_budget=copy_budget(src.size),
+    )
     pkl = archive.need(pickle_name)
     obj = Unpickler(archive.zip.read(pkl), handlers, record=pkl.name).load()
     return obj, table.infos

@@ -97,7 +97,8 @@ def _takes_two(func: Callable[..., object]) -> bool:
 
 
 MapLocation = Union[  # noqa: UP007 - a runtime alias, kept valid on Python 3.10
-    None, str, Device, Mapping[str, str | Device], Callable[..., object]]
+    None, str, Device, Mapping[str, str | Device], Callable[..., object]
+]
 
 
 def _to_device(value: object, what: str) -> Device:
@@ -116,6 +117,7 @@ def location_mapper(map_location: MapLocation) -> Callable[[str], Device]:
     cache: dict[str, Device] = {}
 
     if map_location is None:
+
         def choose(tag: str) -> Device:
             return _to_device(tag, "storage location")
     elif isinstance(map_location, (str, Device)):
@@ -137,7 +139,7 @@ def location_mapper(map_location: MapLocation) -> Callable[[str], Device]:
                 out = func(HOST_STORAGE, tag) if torch_style else func(tag)
             except Exception as exc:
                 raise MapLocationError(exc) from exc
-            if out is HOST_STORAGE:         # torch's `lambda storage, loc: storage`
+            if out is HOST_STORAGE:  # torch's `lambda storage, loc: storage`
                 return Device("cpu")
             return _to_device(tag if out is None else out, "storage location")
     else:

@@ -81,15 +81,32 @@ def _row(
     note: str = "",
 ) -> DTypeInfo:
     dt = np.dtype(numpy)
-    return DTypeInfo(name, storage, dt.itemsize, dt, dt.itemsize if swap is None else swap,
-                     tuple(aliases), kind, note)
+    return DTypeInfo(
+        name,
+        storage,
+        dt.itemsize,
+        dt,
+        dt.itemsize if swap is None else swap,
+        tuple(aliases),
+        kind,
+        note,
+    )
 
 
 def _ml(name: str, raw: type, swap: int | None = None, **kw: Any) -> DTypeInfo:
     """A row whose numpy type is ``ml_dtypes.<name>``; ``raw`` has its size (and bits)."""
     row = _row(name, kw.pop("storage", None), raw, swap, **kw)
-    return DTypeInfo(row.name, row.storage, row.itemsize, row.raw, row.swap, row.aliases,
-                     row.kind, row.note, name)
+    return DTypeInfo(
+        row.name,
+        row.storage,
+        row.itemsize,
+        row.raw,
+        row.swap,
+        row.aliases,
+        row.kind,
+        row.note,
+        name,
+    )
 
 
 class DTypeTable(tuple[DTypeInfo, ...]):
@@ -117,47 +134,82 @@ class DTypeTable(tuple[DTypeInfo, ...]):
 
 
 #: Every dtype torch 2.13 can save, in the order of torch's own storage-type table first.
-DTYPES: Final[DTypeTable] = DTypeTable((
-    _row("float64", "DoubleStorage", np.float64, aliases=("double",)),
-    _row("float32", "FloatStorage", np.float32, aliases=("float",)),
-    _row("float16", "HalfStorage", np.float16, aliases=("half",)),
-    _ml("bfloat16", np.uint16, storage="BFloat16Storage", note="numpy dtype from ml_dtypes"),
-    _row("int64", "LongStorage", np.int64, aliases=("long",), kind="int"),
-    _row("int32", "IntStorage", np.int32, aliases=("int",), kind="int"),
-    _row("int16", "ShortStorage", np.int16, aliases=("short",), kind="int"),
-    _row("int8", "CharStorage", np.int8, kind="int"),
-    _row("uint8", "ByteStorage", np.uint8, kind="int"),
-    _row("bool", "BoolStorage", np.bool_, kind="bool"),
-    _row("complex64", "ComplexFloatStorage", np.complex64, swap=4, aliases=("cfloat",),
-         kind="complex"),
-    _row("complex128", "ComplexDoubleStorage", np.complex128, swap=8, aliases=("cdouble",),
-         kind="complex"),
-    _row("qint8", "QInt8Storage", _tagged(np.int8, "qint8"), kind="quantized"),
-    _row("quint8", "QUInt8Storage", _tagged(np.uint8, "quint8"), kind="quantized"),
-    _row("qint32", "QInt32Storage", _tagged(np.int32, "qint32"), kind="quantized"),
-    _row("quint4x2", "QUInt4x2Storage", _tagged(np.uint8, "quint4x2"), kind="quantized",
-         note="two 4-bit values per byte"),
-    _row("quint2x4", "QUInt2x4Storage", _tagged(np.uint8, "quint2x4"), kind="quantized",
-         note="four 2-bit values per byte"),
-    # The dtypes torch writes through UntypedStorage + _rebuild_tensor_v3.
-    _row("uint16", None, np.uint16, kind="int"),
-    _row("uint32", None, np.uint32, kind="int"),
-    _row("uint64", None, np.uint64, kind="int"),
-    _ml("complex32", np.uint32, swap=2, aliases=("chalf",), kind="complex",
-        note="numpy dtype from ml_dtypes (two float16)"),
-    _ml("float8_e4m3fn", np.uint8),
-    _ml("float8_e5m2", np.uint8),
-    _ml("float8_e4m3fnuz", np.uint8),
-    _ml("float8_e5m2fnuz", np.uint8),
-    _ml("float8_e8m0fnu", np.uint8),
-    _row("float4_e2m1fn_x2", None, _tagged(np.uint8, "float4_e2m1fn_x2"), swap=1,
-         note="two float4_e2m1fn values per byte, kept packed as uint8"),
-    _row("bits8", None, _tagged(np.uint8, "bits8"), kind="bits"),
-    _row("bits16", None, _tagged(np.uint16, "bits16"), kind="bits"),
-    _row("bits1x8", None, _tagged(np.uint8, "bits1x8"), kind="bits"),
-    _row("bits2x4", None, _tagged(np.uint8, "bits2x4"), kind="bits"),
-    _row("bits4x2", None, _tagged(np.uint8, "bits4x2"), kind="bits"),
-))
+DTYPES: Final[DTypeTable] = DTypeTable(
+    (
+        _row("float64", "DoubleStorage", np.float64, aliases=("double",)),
+        _row("float32", "FloatStorage", np.float32, aliases=("float",)),
+        _row("float16", "HalfStorage", np.float16, aliases=("half",)),
+        _ml("bfloat16", np.uint16, storage="BFloat16Storage", note="numpy dtype from ml_dtypes"),
+        _row("int64", "LongStorage", np.int64, aliases=("long",), kind="int"),
+        _row("int32", "IntStorage", np.int32, aliases=("int",), kind="int"),
+        _row("int16", "ShortStorage", np.int16, aliases=("short",), kind="int"),
+        _row("int8", "CharStorage", np.int8, kind="int"),
+        _row("uint8", "ByteStorage", np.uint8, kind="int"),
+        _row("bool", "BoolStorage", np.bool_, kind="bool"),
+        _row(
+            "complex64",
+            "ComplexFloatStorage",
+            np.complex64,
+            swap=4,
+            aliases=("cfloat",),
+            kind="complex",
+        ),
+        _row(
+            "complex128",
+            "ComplexDoubleStorage",
+            np.complex128,
+            swap=8,
+            aliases=("cdouble",),
+            kind="complex",
+        ),
+        _row("qint8", "QInt8Storage", _tagged(np.int8, "qint8"), kind="quantized"),
+        _row("quint8", "QUInt8Storage", _tagged(np.uint8, "quint8"), kind="quantized"),
+        _row("qint32", "QInt32Storage", _tagged(np.int32, "qint32"), kind="quantized"),
+        _row(
+            "quint4x2",
+            "QUInt4x2Storage",
+            _tagged(np.uint8, "quint4x2"),
+            kind="quantized",
+            note="two 4-bit values per byte",
+        ),
+        _row(
+            "quint2x4",
+            "QUInt2x4Storage",
+            _tagged(np.uint8, "quint2x4"),
+            kind="quantized",
+            note="four 2-bit values per byte",
+        ),
+        # The dtypes torch writes through UntypedStorage + _rebuild_tensor_v3.
+        _row("uint16", None, np.uint16, kind="int"),
+        _row("uint32", None, np.uint32, kind="int"),
+        _row("uint64", None, np.uint64, kind="int"),
+        _ml(
+            "complex32",
+            np.uint32,
+            swap=2,
+            aliases=("chalf",),
+            kind="complex",
+            note="numpy dtype from ml_dtypes (two float16)",
+        ),
+        _ml("float8_e4m3fn", np.uint8),
+        _ml("float8_e5m2", np.uint8),
+        _ml("float8_e4m3fnuz", np.uint8),
+        _ml("float8_e5m2fnuz", np.uint8),
+        _ml("float8_e8m0fnu", np.uint8),
+        _row(
+            "float4_e2m1fn_x2",
+            None,
+            _tagged(np.uint8, "float4_e2m1fn_x2"),
+            swap=1,
+            note="two float4_e2m1fn values per byte, kept packed as uint8",
+        ),
+        _row("bits8", None, _tagged(np.uint8, "bits8"), kind="bits"),
+        _row("bits16", None, _tagged(np.uint16, "bits16"), kind="bits"),
+        _row("bits1x8", None, _tagged(np.uint8, "bits1x8"), kind="bits"),
+        _row("bits2x4", None, _tagged(np.uint8, "bits2x4"), kind="bits"),
+        _row("bits4x2", None, _tagged(np.uint8, "bits4x2"), kind="bits"),
+    )
+)
 
 _BY_NAME: Final[dict[str, DTypeInfo]] = {}
 for _info in DTYPES:

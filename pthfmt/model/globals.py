@@ -35,9 +35,10 @@ class Global:
         except TypeError as exc:
             tb = exc.__traceback__
             if tb is None or tb.tb_next is not None:
-                raise                       # raised inside the handler: a bug in pthfmt
-            raise FormatError(f"arguments of {escape(self.qualname)} do not fit: "
-                              f"{escape(str(exc), 200)}") from None
+                raise  # raised inside the handler: a bug in pthfmt
+            raise FormatError(
+                f"arguments of {escape(self.qualname)} do not fit: {escape(str(exc), 200)}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<allowed global {escape(self.qualname)}>"

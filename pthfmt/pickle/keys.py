@@ -44,39 +44,49 @@ class KeyGuard:
     __slots__ = ("_by_hash", "budget")
 
     def __init__(self, budget: int = 1 << 24) -> None:
-        self._by_hash: dict[int, list[Any]] = {}    # hash -> the distinct keys that have it
+        self._by_hash: dict[int, list[Any]] = {}  # hash -> the distinct keys that have it
         #: items that hashing and comparing keys may still visit
         self.budget = budget
 
     def check(self, key: Any) -> None:
         kind = type(key)
-        if kind is str or kind is bytes or kind is bool or key is None or \
-                (kind is int and -_SMALL_INT < key < _SMALL_INT):
+        if (
+            kind is str
+            or kind is bytes
+            or kind is bool
+            or key is None
+            or (kind is int and -_SMALL_INT < key < _SMALL_INT)
+        ):
             return
         work = _bound(key) if kind is tuple or kind is frozenset else _cost(key)
-        self._charge(2 * work)                      # our hash and the container's
+        self._charge(2 * work)  # our hash and the container's
         try:
             value = hash(key)
         except TypeError:
-            raise FormatError(f"dict key or set item of type {kind.__name__} is not "
-                              "hashable") from None
+            raise FormatError(
+                f"dict key or set item of type {kind.__name__} is not hashable"
+            ) from None
         same = self._by_hash.get(value)
         if same is None:
             self._by_hash[value] = [key]
         else:
-            self._charge(work * len(same))          # comparisons with the keys of that hash
+            self._charge(work * len(same))  # comparisons with the keys of that hash
             if key in same:
                 return
             same.append(key)
             if len(same) > MAX_SAME_HASH:
-                raise LimitError(f"more than {MAX_SAME_HASH} distinct dict keys or set items "
-                                 "share one hash (a hash-flooding pattern)")
+                raise LimitError(
+                    f"more than {MAX_SAME_HASH} distinct dict keys or set items "
+                    "share one hash (a hash-flooding pattern)"
+                )
 
     def _charge(self, work: int) -> None:
         self.budget -= work
         if self.budget < 0:
-            raise LimitError("hashing this pickle's dict keys and set items takes more work "
-                             "than the file's size justifies")
+            raise LimitError(
+                "hashing this pickle's dict keys and set items takes more work "
+                "than the file's size justifies"
+            )
 
     def check_all(self, keys: Any) -> None:
         for key in keys:
@@ -89,7 +99,7 @@ def _bound(root: tuple[Any, ...] | frozenset[Any]) -> int:
     MAX_HEIGHT or expanding to more than MAX_NODES items.  Each distinct container is visited
     once, without recursion; height and size are computed bottom-up, so sharing cannot hide
     a long chain."""
-    done: dict[int, tuple[int, int]] = {}   # id -> (items in its expansion, levels); the
+    done: dict[int, tuple[int, int]] = {}  # id -> (items in its expansion, levels); the
     #                                         root keeps every container alive, so ids hold
     todo: list[tuple[Any, int, bool]] = [(root, 0, False)]
     while todo:
@@ -104,17 +114,22 @@ def _bound(root: tuple[Any, ...] | frozenset[Any]) -> int:
                     total += below[0]
                     height = max(height, below[1] + 1)
             if total > MAX_NODES:
-                raise LimitError(f"a dict key or set item expands to more than {MAX_NODES} "
-                                 "items: hashing it would take too long")
+                raise LimitError(
+                    f"a dict key or set item expands to more than {MAX_NODES} "
+                    "items: hashing it would take too long"
+                )
             if height > MAX_HEIGHT:
                 break
             done[id(node)] = (total, height)
         elif id(node) not in done:
-            if depth >= MAX_HEIGHT:            # depth counts the containers above node
+            if depth >= MAX_HEIGHT:  # depth counts the containers above node
                 break
             todo.append((node, depth, True))
-            todo.extend((item, depth + 1, False) for item in node
-                        if type(item) in _NESTED and id(item) not in done)
+            todo.extend(
+                (item, depth + 1, False)
+                for item in node
+                if type(item) in _NESTED and id(item) not in done
+            )
     else:
         return done[id(root)][0]
     raise LimitError(f"a dict key or set item is nested more than {MAX_HEIGHT} tuples deep")

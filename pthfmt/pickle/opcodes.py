@@ -29,8 +29,9 @@ Reader = Callable[[Any, int, int], "tuple[Any, int]"]
 
 def _need(pos: int, n: int, end: int) -> int:
     if n < 0 or pos + n > end:
-        raise CorruptError(f"pickle truncated: an argument of {n} bytes runs past the end",
-                           offset=pos)
+        raise CorruptError(
+            f"pickle truncated: an argument of {n} bytes runs past the end", offset=pos
+        )
     return pos + n
 
 
@@ -38,6 +39,7 @@ def _fixed(n: int, unpack: Callable[[Any, int], tuple[Any, ...]]) -> Reader:
     def read(data: Any, pos: int, end: int) -> tuple[Any, int]:
         stop = _need(pos, n, end)
         return unpack(data, pos)[0], stop
+
     return read
 
 
@@ -51,6 +53,7 @@ def _sized(prefix: int, size: Reader, decode: Callable[[bytes], Any]) -> Reader:
         n, start = size(data, pos, end)
         stop = _need(start, n, end)
         return decode(bytes(data[start:stop])), stop
+
     return read
 
 
@@ -76,7 +79,7 @@ def _py2str(raw: bytes) -> str | bytes:
 def _line(data: Any, pos: int, end: int) -> tuple[bytes, int]:
     if hasattr(data, "find"):
         stop = data.find(b"\n", pos, end)
-    else:                                   # a memoryview: find in a copy, offset back
+    else:  # a memoryview: find in a copy, offset back
         stop = bytes(data[pos:end]).find(b"\n")
         stop = stop + pos if stop >= 0 else stop
     if stop < 0:
@@ -95,7 +98,7 @@ def _quoted(data: Any, pos: int, end: int) -> tuple[str | bytes, int]:
         raise CorruptError("STRING argument is not a quoted string", offset=pos)
     try:
         return _py2str(codecs.escape_decode(raw[1:-1])[0]), pos
-    except ValueError as exc:               # a bad escape such as \\x1
+    except ValueError as exc:  # a bad escape such as \\x1
         raise CorruptError(f"invalid escape in a STRING argument: {exc}", offset=pos) from None
 
 
@@ -103,7 +106,7 @@ def _unicodenl(data: Any, pos: int, end: int) -> tuple[str, int]:
     raw, pos = _line(data, pos, end)
     try:
         return raw.decode("raw-unicode-escape"), pos
-    except UnicodeDecodeError as exc:       # a truncated \\u escape
+    except UnicodeDecodeError as exc:  # a truncated \\u escape
         raise CorruptError(f"invalid UNICODE argument: {exc.reason}", offset=pos) from None
 
 
@@ -116,7 +119,7 @@ def _two_lines(data: Any, pos: int, end: int) -> tuple[tuple[str, str], int]:
 def _decimal(data: Any, pos: int, end: int) -> tuple[Any, int]:
     raw, pos = _line(data, pos, end)
     text = raw.rstrip(b"L").decode("ascii", "replace")
-    if text in ("00", "01"):            # protocol 0 booleans (INT 00 / 01)
+    if text in ("00", "01"):  # protocol 0 booleans (INT 00 / 01)
         return text == "01", pos
     try:
         return int(text), pos
@@ -144,8 +147,15 @@ class ArgKind:
         return _FIXED_SIZES.get(self.name, -1)
 
 
-_FIXED_SIZES: Final = {"none": 0, "uint1": 1, "uint2": 2, "int4": 4, "uint4": 4, "uint8": 8,
-                       "float8": 8}
+_FIXED_SIZES: Final = {
+    "none": 0,
+    "uint1": 1,
+    "uint2": 2,
+    "int4": 4,
+    "uint4": 4,
+    "uint8": 8,
+    "float8": 8,
+}
 
 
 def _unicode4(data: Any, pos: int, end: int) -> tuple[str, int]:
@@ -162,31 +172,34 @@ def _unicode4(data: Any, pos: int, end: int) -> tuple[str, int]:
         raise CorruptError(f"invalid UTF-8 in a pickled string: {exc.reason}") from None
 
 
-_K = {k.name: k for k in (
-    ArgKind("none", None, "no argument"),
-    ArgKind("uint1", _uint1, "1-byte unsigned int"),
-    ArgKind("uint2", _fixed(2, _u2), "2-byte little-endian unsigned int"),
-    ArgKind("int4", _fixed(4, _i4), "4-byte little-endian signed int"),
-    ArgKind("uint4", _fixed(4, _u4), "4-byte little-endian unsigned int"),
-    ArgKind("uint8", _fixed(8, _u8), "8-byte little-endian unsigned int"),
-    ArgKind("float8", _fixed(8, _f8), "8-byte big-endian IEEE double"),
-    ArgKind("long1", _sized(1, _uint1, _long), "uint1 length + little-endian two's complement"),
-    ArgKind("long4", _sized(4, _fixed(4, _i4), _long), "int4 length + two's complement"),
-    ArgKind("string1", _sized(1, _uint1, _py2str), "uint1 length + Python 2 str bytes"),
-    ArgKind("string4", _sized(4, _fixed(4, _i4), _py2str), "int4 length + Python 2 str bytes"),
-    ArgKind("bytes1", _sized(1, _uint1, bytes), "uint1 length + bytes"),
-    ArgKind("bytes4", _sized(4, _fixed(4, _u4), bytes), "uint4 length + bytes"),
-    ArgKind("bytes8", _sized(8, _fixed(8, _u8), bytes), "uint8 length + bytes"),
-    ArgKind("unicode1", _sized(1, _uint1, _utf8), "uint1 length + UTF-8"),
-    ArgKind("unicode4", _unicode4, "uint4 length + UTF-8"),
-    ArgKind("unicode8", _sized(8, _fixed(8, _u8), _utf8), "uint8 length + UTF-8"),
-    ArgKind("decimalnl", _decimal, "decimal integer + newline ('00'/'01' are booleans)"),
-    ArgKind("floatnl", _floatnl, "float repr + newline"),
-    ArgKind("stringnl", _quoted, "quoted, escaped Python 2 str + newline"),
-    ArgKind("unicodenl", _unicodenl, "raw-unicode-escape text + newline"),
-    ArgKind("textnl", _text, "ASCII text + newline"),
-    ArgKind("module_name", _two_lines, "module + newline + qualified name + newline"),
-)}
+_K = {
+    k.name: k
+    for k in (
+        ArgKind("none", None, "no argument"),
+        ArgKind("uint1", _uint1, "1-byte unsigned int"),
+        ArgKind("uint2", _fixed(2, _u2), "2-byte little-endian unsigned int"),
+        ArgKind("int4", _fixed(4, _i4), "4-byte little-endian signed int"),
+        ArgKind("uint4", _fixed(4, _u4), "4-byte little-endian unsigned int"),
+        ArgKind("uint8", _fixed(8, _u8), "8-byte little-endian unsigned int"),
+        ArgKind("float8", _fixed(8, _f8), "8-byte big-endian IEEE double"),
+        ArgKind("long1", _sized(1, _uint1, _long), "uint1 length + little-endian two's complement"),
+        ArgKind("long4", _sized(4, _fixed(4, _i4), _long), "int4 length + two's complement"),
+        ArgKind("string1", _sized(1, _uint1, _py2str), "uint1 length + Python 2 str bytes"),
+        ArgKind("string4", _sized(4, _fixed(4, _i4), _py2str), "int4 length + Python 2 str bytes"),
+        ArgKind("bytes1", _sized(1, _uint1, bytes), "uint1 length + bytes"),
+        ArgKind("bytes4", _sized(4, _fixed(4, _u4), bytes), "uint4 length + bytes"),
+        ArgKind("bytes8", _sized(8, _fixed(8, _u8), bytes), "uint8 length + bytes"),
+        ArgKind("unicode1", _sized(1, _uint1, _utf8), "uint1 length + UTF-8"),
+        ArgKind("unicode4", _unicode4, "uint4 length + UTF-8"),
+        ArgKind("unicode8", _sized(8, _fixed(8, _u8), _utf8), "uint8 length + UTF-8"),
+        ArgKind("decimalnl", _decimal, "decimal integer + newline ('00'/'01' are booleans)"),
+        ArgKind("floatnl", _floatnl, "float repr + newline"),
+        ArgKind("stringnl", _quoted, "quoted, escaped Python 2 str + newline"),
+        ArgKind("unicodenl", _unicodenl, "raw-unicode-escape text + newline"),
+        ArgKind("textnl", _text, "ASCII text + newline"),
+        ArgKind("module_name", _two_lines, "module + newline + qualified name + newline"),
+    )
+}
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,17 @@ from ..errors import PthError, UnserializableError
 from ..model.tree import capped, key_text
 from .opcodes import BY_NAME
 
-__all__ = ["GlobalRef", "PersistentId", "Reduction", "Pickler", "MAX_DEPTH", "key_path", "ARGS",
-           "KEY", "encode_long"]
+__all__ = [
+    "GlobalRef",
+    "PersistentId",
+    "Reduction",
+    "Pickler",
+    "MAX_DEPTH",
+    "key_path",
+    "ARGS",
+    "KEY",
+    "encode_long",
+]
 
 #: Deepest container nesting written (CPython's default recursion limit, where torch.save fails).
 MAX_DEPTH: Final = 1000
@@ -69,13 +78,68 @@ def _code(name: str) -> bytes:
     return bytes([BY_NAME[name].code])
 
 
-(MARK, STOP, NONE, NEWTRUE, NEWFALSE, BININT, BININT1, BININT2, LONG1, BINFLOAT, BINUNICODE,
- EMPTY_TUPLE, TUPLE, EMPTY_LIST, APPEND, APPENDS, EMPTY_DICT, SETITEM, SETITEMS, GLOBAL,
- REDUCE, BUILD, BINPUT, LONG_BINPUT, BINGET, LONG_BINGET, BINPERSID, PROTO) = map(_code, (
-    "MARK", "STOP", "NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "LONG1",
-    "BINFLOAT", "BINUNICODE", "EMPTY_TUPLE", "TUPLE", "EMPTY_LIST", "APPEND", "APPENDS",
-    "EMPTY_DICT", "SETITEM", "SETITEMS", "GLOBAL", "REDUCE", "BUILD", "BINPUT", "LONG_BINPUT",
-    "BINGET", "LONG_BINGET", "BINPERSID", "PROTO"))
+(
+    MARK,
+    STOP,
+    NONE,
+    NEWTRUE,
+    NEWFALSE,
+    BININT,
+    BININT1,
+    BININT2,
+    LONG1,
+    BINFLOAT,
+    BINUNICODE,
+    EMPTY_TUPLE,
+    TUPLE,
+    EMPTY_LIST,
+    APPEND,
+    APPENDS,
+    EMPTY_DICT,
+    SETITEM,
+    SETITEMS,
+    GLOBAL,
+    REDUCE,
+    BUILD,
+    BINPUT,
+    LONG_BINPUT,
+    BINGET,
+    LONG_BINGET,
+    BINPERSID,
+    PROTO,
+) = map(
+    _code,
+    (
+        "MARK",
+        "STOP",
+        "NONE",
+        "NEWTRUE",
+        "NEWFALSE",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG1",
+        "BINFLOAT",
+        "BINUNICODE",
+        "EMPTY_TUPLE",
+        "TUPLE",
+        "EMPTY_LIST",
+        "APPEND",
+        "APPENDS",
+        "EMPTY_DICT",
+        "SETITEM",
+        "SETITEMS",
+        "GLOBAL",
+        "REDUCE",
+        "BUILD",
+        "BINPUT",
+        "LONG_BINPUT",
+        "BINGET",
+        "LONG_BINGET",
+        "BINPERSID",
+        "PROTO",
+    ),
+)
 _TUPLE_N = (EMPTY_TUPLE, _code("TUPLE1"), _code("TUPLE2"), _code("TUPLE3"))
 _u1 = struct.Struct("<B").pack
 _u2 = struct.Struct("<H").pack
@@ -170,7 +234,7 @@ def key_path(path: Path) -> str | None:
         path, key = path
         if key is ARGS:
             if parts:
-                parts.pop()          # the argument index
+                parts.pop()  # the argument index
         else:
             parts.append(key.text if type(key) is _Marker else key_text(key))
     # the innermost parts, capped as tree.walk caps them
@@ -189,7 +253,7 @@ def encode_long(value: int) -> bytes:
 
 def _batches(items: list[Any], size: int = BATCH) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 class Pickler:
@@ -202,8 +266,8 @@ class Pickler:
         self.reducer = reducer
         self.max_depth = max_depth
         self.out = bytearray()
-        self.memo: dict[int, tuple[int, Any]] = {}    # id -> (index, object kept alive)
-        self._active: set[int] = set()                 # tuples and reductions being written
+        self.memo: dict[int, tuple[int, Any]] = {}  # id -> (index, object kept alive)
+        self._active: set[int] = set()  # tuples and reductions being written
         self._stack: list[tuple[Any, ...]] = []
 
     def dump(self, obj: Any) -> bytes:
@@ -222,14 +286,13 @@ class Pickler:
                 elif kind == _MEMO:
                     self._active.discard(id(item[1]))
                     self._memo_put(item[1])
-                else:                                       # _END_TUPLE
+                else:  # _END_TUPLE
                     tup = item[1]
                     self._active.discard(id(tup))
                     out += _TUPLE_N[len(tup)] if len(tup) <= 3 else TUPLE
                     self._memo_put(tup)
-        except PthError as exc:              # only _SAVE items raise: locate the value
-            raise exc.locate(key_path=key_path(item[2] if item[0] == _SAVE else None)) \
-                from None
+        except PthError as exc:  # only _SAVE items raise: locate the value
+            raise exc.locate(key_path=key_path(item[2] if item[0] == _SAVE else None)) from None
         out += STOP
         return bytes(out)
 
@@ -248,12 +311,14 @@ class Pickler:
         self._stack.extend(reversed(list(items)))
 
     @staticmethod
-    def _saves(values: Iterable[Any], path: Path, depth: int,
-               keys: Iterable[Any]) -> list[tuple[Any, ...]]:
+    def _saves(
+        values: Iterable[Any], path: Path, depth: int, keys: Iterable[Any]
+    ) -> list[tuple[Any, ...]]:
         return [(_SAVE, value, (path, key), depth) for key, value in zip(keys, values)]
 
-    def _pairs(self, pairs: list[tuple[Any, Any]], path: Path,
-               depth: int) -> Iterator[tuple[Any, ...]]:
+    def _pairs(
+        self, pairs: list[tuple[Any, Any]], path: Path, depth: int
+    ) -> Iterator[tuple[Any, ...]]:
         for key, value in pairs:
             yield (_SAVE, key, (path, KEY), depth)
             yield (_SAVE, value, (path, key), depth)
@@ -274,8 +339,9 @@ class Pickler:
         elif kind is str:
             raw = obj.encode("utf-8", "surrogatepass")
             if len(raw) > 0xFFFFFFFF:
-                raise UnserializableError("a string of 4 GiB or more cannot be pickled at "
-                                          "protocol 2")
+                raise UnserializableError(
+                    "a string of 4 GiB or more cannot be pickled at protocol 2"
+                )
             out += BINUNICODE + _u4(len(raw)) + raw
             self._memo_put(obj)
         elif kind is GlobalRef:
@@ -288,11 +354,14 @@ class Pickler:
                 self._push([(_SAVE, obj.pid, path, depth + 1), (_WRITE, BINPERSID)])
         else:
             if depth >= self.max_depth:
-                raise UnserializableError(f"the object is nested more than {self.max_depth} "
-                                          "levels deep")
+                raise UnserializableError(
+                    f"the object is nested more than {self.max_depth} levels deep"
+                )
             if id(obj) in self._active:
-                raise UnserializableError(f"a {kind.__name__} that contains itself through a "
-                                          "tuple or tensor cannot be loaded by torch")
+                raise UnserializableError(
+                    f"a {kind.__name__} that contains itself through a "
+                    "tuple or tensor cannot be loaded by torch"
+                )
             self._save_container(obj, kind, path, depth + 1)
 
     def _save_int(self, value: int) -> None:
@@ -305,8 +374,10 @@ class Pickler:
         else:
             data = encode_long(value)
             if len(data) > 255:
-                raise UnserializableError("an int of more than 2040 bits needs LONG4, which "
-                                          "torch.load(weights_only=True) does not read")
+                raise UnserializableError(
+                    "an int of more than 2040 bits needs LONG4, which "
+                    "torch.load(weights_only=True) does not read"
+                )
             self.out += LONG1 + _u1(len(data)) + data
 
     def _save_container(self, obj: Any, kind: type, path: Path, depth: int) -> None:
@@ -330,7 +401,7 @@ class Pickler:
             if reduction is None:
                 reduction = self.reducer(obj, path)
                 if not isinstance(reduction, Reduction):
-                    self._push([(_SAVE, reduction, path, depth)])    # a stand-in value
+                    self._push([(_SAVE, reduction, path, depth)])  # a stand-in value
                     return
             self._save_reduce(obj, reduction, path, depth)
 
@@ -374,12 +445,14 @@ class Pickler:
             return
         for start in range(0, len(items), BATCH):
             yield (_WRITE, MARK)
-            yield from self._saves(items[start:start + BATCH], path, depth,
-                                   range(start, start + BATCH))
+            yield from self._saves(
+                items[start : start + BATCH], path, depth, range(start, start + BATCH)
+            )
             yield (_WRITE, APPENDS)
 
-    def _dict_items(self, pairs: list[tuple[Any, Any]], path: Path,
-                    depth: int) -> Iterator[tuple[Any, ...]]:
+    def _dict_items(
+        self, pairs: list[tuple[Any, Any]], path: Path, depth: int
+    ) -> Iterator[tuple[Any, ...]]:
         """``batch_dict_exact``: a lone pair is ``SETITEM``; a full last batch is followed by
         an empty ``MARK SETITEMS``."""
         if len(pairs) == 1:
@@ -395,8 +468,9 @@ class Pickler:
         if len(pairs) % BATCH == 0:
             yield (_WRITE, MARK + SETITEMS)
 
-    def _iter_items(self, pairs: list[tuple[Any, Any]], path: Path,
-                    depth: int) -> Iterator[tuple[Any, ...]]:
+    def _iter_items(
+        self, pairs: list[tuple[Any, Any]], path: Path, depth: int
+    ) -> Iterator[tuple[Any, ...]]:
         """``batch_dict`` over an iterator (reduce ``dictitems``): a lone last pair is
         ``SETITEM``; no empty batches."""
         for batch in _batches(pairs):
@@ -411,8 +485,11 @@ class Pickler:
     def _save_reduce(self, obj: Any, r: Reduction, path: Path, depth: int) -> None:
         self._active.add(id(obj))
         work: list[tuple[Any, ...]] = [
-            (_SAVE, r.func, path, depth), (_SAVE, r.args, (path, ARGS), depth),
-            (_WRITE, REDUCE), (_MEMO, obj)]
+            (_SAVE, r.func, path, depth),
+            (_SAVE, r.args, (path, ARGS), depth),
+            (_WRITE, REDUCE),
+            (_MEMO, obj),
+        ]
         if r.dictitems:
             work += self._iter_items(r.dictitems, path, depth)
         if r.state is not None:
@@ -436,6 +513,8 @@ def _builtin_reduction(obj: Any, kind: type) -> Reduction | None:
     if kind is Counter:
         return Reduction(OBJ_COUNTER, (dict(obj),))
     if kind is frozenset:
-        raise UnserializableError("torch.load(weights_only=True) cannot load a frozenset "
-                                  "(builtins.frozenset is not allowlisted); use a set")
+        raise UnserializableError(
+            "torch.load(weights_only=True) cannot load a frozenset "
+            "(builtins.frozenset is not allowlisted); use a set"
+        )
     return None

@@ -26,9 +26,19 @@ WEIGHTS_ONLY_OPS: Final = frozenset(
     "PROTO STOP MARK GLOBAL NEWOBJ REDUCE BUILD APPEND APPENDS SETITEM SETITEMS TUPLE TUPLE1 "
     "TUPLE2 TUPLE3 NONE NEWFALSE NEWTRUE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT EMPTY_SET BININT "
     "BININT1 BININT2 BINFLOAT BINUNICODE SHORT_BINSTRING BINPERSID BINGET LONG_BINGET BINPUT "
-    "LONG_BINPUT LONG1".split())
-_STRING_OPS: Final = frozenset(["STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
-                                "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"])
+    "LONG_BINPUT LONG1".split()
+)
+_STRING_OPS: Final = frozenset(
+    [
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+        "UNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+    ]
+)
 _GET_OPS: Final = frozenset(["GET", "BINGET", "LONG_BINGET"])
 _PUT_OPS: Final = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
 
@@ -38,25 +48,46 @@ class PickleScan:
     """What a pass over a pickle's opcodes found, without executing any of them."""
 
     globals: list[tuple[int, str, str, str]] = field(default_factory=list)  # pos, mod, name, op
-    unresolved: list[int] = field(default_factory=list)    # STACK_GLOBALs of unknown operands
+    unresolved: list[int] = field(default_factory=list)  # STACK_GLOBALs of unknown operands
     extensions: list[tuple[int, int]] = field(default_factory=list)
     not_weights_only: dict[str, int] = field(default_factory=dict)  # opcode -> first offset
     proto: int | None = None
-    end: int | None = None                                   # offset just after STOP
+    end: int | None = None  # offset just after STOP
     error: tuple[int, str] | None = None
 
 
 # What the scan does per opcode: skip a fixed-size argument, read one, or act.
-_A_FIXED, _A_READ, _A_STR, _A_GET, _A_PUT, _A_MEMOIZE, _A_GLOBAL, _A_STACK_GLOBAL, _A_EXT, \
-    _A_PROTO, _A_STOP, _A_FRAME = range(12)
+(
+    _A_FIXED,
+    _A_READ,
+    _A_STR,
+    _A_GET,
+    _A_PUT,
+    _A_MEMOIZE,
+    _A_GLOBAL,
+    _A_STACK_GLOBAL,
+    _A_EXT,
+    _A_PROTO,
+    _A_STOP,
+    _A_FRAME,
+) = range(12)
 _Action = tuple[int, Opcode]
 
 
 def _action(op: Opcode) -> int:
     name = op.name
-    special = {"GLOBAL": _A_GLOBAL, "INST": _A_GLOBAL, "STACK_GLOBAL": _A_STACK_GLOBAL,
-               "EXT1": _A_EXT, "EXT2": _A_EXT, "EXT4": _A_EXT, "PROTO": _A_PROTO,
-               "STOP": _A_STOP, "MEMOIZE": _A_MEMOIZE, "FRAME": _A_FRAME}.get(name)
+    special = {
+        "GLOBAL": _A_GLOBAL,
+        "INST": _A_GLOBAL,
+        "STACK_GLOBAL": _A_STACK_GLOBAL,
+        "EXT1": _A_EXT,
+        "EXT2": _A_EXT,
+        "EXT4": _A_EXT,
+        "PROTO": _A_PROTO,
+        "STOP": _A_STOP,
+        "MEMOIZE": _A_MEMOIZE,
+        "FRAME": _A_FRAME,
+    }.get(name)
     if special is not None:
         return special
     if name in _GET_OPS:
@@ -83,7 +114,7 @@ class _State:
     def __init__(self) -> None:
         self.memo: dict[int, Any] = {}
         self.memo_len = 0
-        self.recent: list[Any] = []    # values pushed by the last string/memo opcodes
+        self.recent: list[Any] = []  # values pushed by the last string/memo opcodes
 
 
 def scan_pickle(data: Any, start: int = 0, end: int | None = None) -> PickleScan:
@@ -125,25 +156,26 @@ def _bare(message: str) -> str:
     the opcode instead)."""
     lead = "pickle truncated: "
     if message.startswith(lead + "an argument of"):
-        return message[len(lead):]
+        return message[len(lead) :]
     return message
 
 
-def _step(action: _Action, data: Any, pos: int, start: int, end: int, out: PickleScan,
-          state: _State) -> int:
+def _step(
+    action: _Action, data: Any, pos: int, start: int, end: int, out: PickleScan, state: _State
+) -> int:
     """Run one opcode of the scan: the position of the next one (-1 after ``STOP``)."""
     kind, op = action
     if kind == _A_FIXED:
         state.recent = []
         return pos + 1 + op.arg.size
-    if kind == _A_FRAME:                    # transparent: framing changes no value
+    if kind == _A_FRAME:  # transparent: framing changes no value
         return pos + 1 + op.arg.size
     if kind == _A_READ:
         state.recent = []
         return read_arg(op, data, pos + 1, end)[1]
     if kind == _A_STR:
         nxt = read_arg(op, data, pos + 1, end)[1]
-        state.recent.append(pos)            # decoded only if a STACK_GLOBAL needs it
+        state.recent.append(pos)  # decoded only if a STACK_GLOBAL needs it
         return nxt
     if kind == _A_GET or kind == _A_PUT:
         arg, nxt = read_arg(op, data, pos + 1, end)
@@ -172,8 +204,9 @@ def _memo(get: bool, arg: Any, state: _State) -> None:
             state.memo.pop(arg, None)
 
 
-def _act(kind: int, op: Opcode, data: Any, pos: int, start: int, end: int, out: PickleScan,
-         state: _State) -> int:
+def _act(
+    kind: int, op: Opcode, data: Any, pos: int, start: int, end: int, out: PickleScan, state: _State
+) -> int:
     """The opcodes the scan reports on: globals, extensions, ``PROTO`` and ``STOP``."""
     if kind == _A_GLOBAL:
         arg, nxt = read_arg(op, data, pos + 1, end)
@@ -197,7 +230,7 @@ def _act(kind: int, op: Opcode, data: Any, pos: int, start: int, end: int, out: 
         if pos == start and pos + 2 <= end:
             out.proto = data[pos + 1]
         return pos + 2
-    out.end = pos + 1                           # STOP
+    out.end = pos + 1  # STOP
     return -1
 
 

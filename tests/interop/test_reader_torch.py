@@ -1099,8 +1099,10 @@ def test_tensor_kinds_load(tmp_path):
     cases = {
         "meta": (torch.empty(3, device="meta"), pthfmt.MetaArray),
         "sparse": (torch.eye(3).to_sparse(), pthfmt.SparseArray),
-        "quantized": (torch.quantize_per_tensor(torch.arange(3.0), 0.1, 0, torch.qint8),
-                      pthfmt.QuantizedArray),
+        "quantized": (
+            torch.quantize_per_tensor(torch.arange(3.0), 0.1, 0, torch.qint8),
+            pthfmt.QuantizedArray,
+        ),
     }
     for name, (value, kind) in cases.items():
         path = save({"x": {name: value}}, tmp_path, f"{name}.pt")

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 import pthfmt
-from pthfmt.model.kinds import pack_subbyte
 from pthfmt.model.device import Device
 from pthfmt.model.dtypes import DType
+from pthfmt.model.kinds import pack_subbyte
 from pthfmt.model.tensor import StorageInfo, TensorRef
 from tests.support.vectors import (
     DOCS,
@@ -252,7 +252,8 @@ def test_pthfmt_load(doc: dict[str, Any], mmap: bool) -> None:
     plain = [
         (g, w)
         for g, w in zip(tensors, doc["tensors"])
-        if not (w["conj"] or w["neg"]) and 0 not in w["shape"]
+        if not (w["conj"] or w["neg"])
+        and 0 not in w["shape"]
         and w["dtype"] not in ("quint4x2", "quint2x4")  # unpacked: a copy of the values
     ]
     for g, w in plain:

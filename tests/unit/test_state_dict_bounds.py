@@ -32,9 +32,13 @@ class Mod:
 
 
 def module(params=None, buffers=None, modules=None, cls="Net", **extra) -> Mod:
-    state = {"training": True, "_parameters": {} if params is None else params,
-             "_buffers": {} if buffers is None else buffers,
-             "_modules": {} if modules is None else modules, **extra}
+    state = {
+        "training": True,
+        "_parameters": {} if params is None else params,
+        "_buffers": {} if buffers is None else buffers,
+        "_modules": {} if modules is None else modules,
+        **extra,
+    }
     return Mod(cls, **state)
 
 
@@ -50,8 +54,13 @@ def pickled(obj) -> bytes:
 
 
 def unpickled(data: bytes, script=None):
-    h = TorchHandlers(StorageTable(location_mapper(None), None), eager=False, mmap=False,
-                      unknown="stub", script_classes=script)
+    h = TorchHandlers(
+        StorageTable(location_mapper(None), None),
+        eager=False,
+        mmap=False,
+        unknown="stub",
+        script_classes=script,
+    )
     return Unpickler(data, h, record="data.pkl").load()
 
 
@@ -60,18 +69,30 @@ def load(obj, script=None):
 
 
 # -- the file's attribute types ------------------------------------------------------------------
-@pytest.mark.parametrize("child,message", [
-    (module(buffers=[1, 2]), "module 'enc' (__main__.Net): _buffers is a list, not a dict"),
-    (module(params={3: 1}), "module 'enc' (__main__.Net): _parameters has the key 3, "
-                            "not a string"),
-    (module(modules={"x": 5}), "module 'enc' (__main__.Net): child 'x' is a int, not a module"),
-    (module(_non_persistent_buffers_set=Mod("Evil")),
-     "module 'enc' (__main__.Net): _non_persistent_buffers_set is a __main__.Evil, not a set"),
-    (module(_non_persistent_buffers_set=["b"] * 100_000),       # a linear scan per buffer
-     "module 'enc' (__main__.Net): _non_persistent_buffers_set is a list, not a set"),
-    (module(params={"\x1b[2J" + "x" * 500: 1, 2**2000: 2}),
-     "module 'enc' (__main__.Net): _parameters has the key <a 2001-bit int>, not a string"),
-])
+@pytest.mark.parametrize(
+    "child,message",
+    [
+        (module(buffers=[1, 2]), "module 'enc' (__main__.Net): _buffers is a list, not a dict"),
+        (
+            module(params={3: 1}),
+            "module 'enc' (__main__.Net): _parameters has the key 3, not a string",
+        ),
+        (module(modules={"x": 5}), "module 'enc' (__main__.Net): child 'x' is a int, not a module"),
+        (
+            module(_non_persistent_buffers_set=Mod("Evil")),
+            "module 'enc' (__main__.Net): _non_persistent_buffers_set is a __main__.Evil, "
+            "not a set",
+        ),
+        (
+            module(_non_persistent_buffers_set=["b"] * 100_000),  # a linear scan per buffer
+            "module 'enc' (__main__.Net): _non_persistent_buffers_set is a list, not a set",
+        ),
+        (
+            module(params={"\x1b[2J" + "x" * 500: 1, 2**2000: 2}),
+            "module 'enc' (__main__.Net): _parameters has the key <a 2001-bit int>, not a string",
+        ),
+    ],
+)
 def test_attribute_types_are_checked(child, message):
     root = load(module(modules={"enc": child}))
     with pytest.raises(FormatError) as info:
@@ -88,11 +109,17 @@ def test_a_module_containing_itself():
 
 
 def test_skip_set_and_order_as_torch():
-    root = module(params={"w": 1, "none": None}, buffers={"rm": 2, "tmp": 3},
-                  modules={"0": module(params={"b": 4}), "gone": None},
-                  _non_persistent_buffers_set={"tmp"})
-    assert list(pthfmt.state_dict(load(root), prefix="m.").items()) == \
-        [("m.w", 1), ("m.rm", 2), ("m.0.b", 4)]
+    root = module(
+        params={"w": 1, "none": None},
+        buffers={"rm": 2, "tmp": 3},
+        modules={"0": module(params={"b": 4}), "gone": None},
+        _non_persistent_buffers_set={"tmp"},
+    )
+    assert list(pthfmt.state_dict(load(root), prefix="m.").items()) == [
+        ("m.w", 1),
+        ("m.rm", 2),
+        ("m.0.b", 4),
+    ]
 
 
 # -- bounded work ----------------------------------------------------------------------------------
@@ -126,7 +153,7 @@ def case(name: str):
         obj = shared_params()
     elif name == "script":
         obj, script = script_instances()
-    elif name == "paths":              # 2**21 module paths from 21 modules
+    elif name == "paths":  # 2**21 module paths from 21 modules
         obj = module(params={"w": 1})
         for _ in range(21):
             obj = module(modules={"a": obj, "b": obj})
@@ -137,6 +164,7 @@ def case(name: str):
 def run_case(name: str) -> dict:
     import resource
     import time
+
     root, size = case(name)
     start = time.perf_counter()
     error = None
@@ -145,29 +173,43 @@ def run_case(name: str) -> dict:
         keys = len(out)
     except pthfmt.PthError as exc:
         error, keys = [type(exc).__name__, exc.message], 0
-    return {"error": error, "keys": keys, "size": size,
-            "seconds": time.perf_counter() - start,
-            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {
+        "error": error,
+        "keys": keys,
+        "size": size,
+        "seconds": time.perf_counter() - start,
+        "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
-_STEPS = ("state_dict: the module tree takes more steps than the file's size justifies "
-          "(modules or attribute dicts shared many times)")
-_CHARS = ("state_dict: the keys take more characters than the file's size justifies "
-          "(long names repeated at many levels)")
+_STEPS = (
+    "state_dict: the module tree takes more steps than the file's size justifies "
+    "(modules or attribute dicts shared many times)"
+)
+_CHARS = (
+    "state_dict: the keys take more characters than the file's size justifies "
+    "(long names repeated at many levels)"
+)
 
 
-@pytest.mark.parametrize("name,error", [
-    ("deep-chain", _CHARS),            # 60,000 levels: 3.6 G characters of prefixes
-    ("long-name-deep", _CHARS),        # a 10,000-char name 600 deep: 1.8 G characters
-    ("shared-params", _STEPS),         # 5,000 x one 2,000-entry _parameters: 10 M keys
-    ("script", _STEPS),                # 100,000 parameter names x 4,000 instances
-    ("paths", _CHARS),                 # 2 M module paths through shared children
-])
+@pytest.mark.parametrize(
+    "name,error",
+    [
+        ("deep-chain", _CHARS),  # 60,000 levels: 3.6 G characters of prefixes
+        ("long-name-deep", _CHARS),  # a 10,000-char name 600 deep: 1.8 G characters
+        ("shared-params", _STEPS),  # 5,000 x one 2,000-entry _parameters: 10 M keys
+        ("script", _STEPS),  # 100,000 parameter names x 4,000 instances
+        ("paths", _CHARS),  # 2 M module paths through shared children
+    ],
+)
 def test_hostile_trees_are_bounded(name, error):
-    code = ("import json, sys; from tests.unit.test_state_dict_bounds import run_case; "
-            "print(json.dumps(run_case(sys.argv[1])))")
-    out = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    code = (
+        "import json, sys; from tests.unit.test_state_dict_bounds import run_case; "
+        "print(json.dumps(run_case(sys.argv[1])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, name], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["error"] == [LimitError.__name__, error]
@@ -185,13 +227,13 @@ def test_through_a_file(tmp_path):
     """The same refusal from a whole checkpoint file (a zip holding the crafted pickle)."""
     plain = tmp_path / "plain.pth"
     pthfmt.save({"x": np.zeros(1, np.float32)}, plain)
-    data = pickled({"model": module(modules={"enc": module(buffers=[1])}),
-                    "x": None})
+    data = pickled({"model": module(modules={"enc": module(buffers=[1])}), "x": None})
     path = tmp_path / "model.pth"
     with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(path, "w") as zout:
         for info in zin.infolist():
-            zout.writestr(info.filename, data if info.filename.endswith("data.pkl")
-                          else zin.read(info))
+            zout.writestr(
+                info.filename, data if info.filename.endswith("data.pkl") else zin.read(info)
+            )
     with pytest.raises(FormatError) as info:
         pthfmt.state_dict(pthfmt.load(path, unknown="stub")["model"])
     assert info.value.message == "module 'enc' (__main__.Net): _buffers is a list, not a dict"
@@ -200,22 +242,24 @@ def test_through_a_file(tmp_path):
 # -- plain mappings and strip_prefix ---------------------------------------------------------------
 def test_a_plain_mapping_with_metadata():
     sd = OrderedDict([("module.conv.weight", np.ones(2)), ("module.fc.bias", np.zeros(1))])
-    sd._metadata = OrderedDict([("", {"version": 1}), ("module", {"version": 1}),
-                                ("module.conv", {"version": 2})])
+    sd._metadata = OrderedDict(
+        [("", {"version": 1}), ("module", {"version": 1}), ("module.conv", {"version": 2})]
+    )
     out = pthfmt.state_dict(sd, strip_prefix="module.")
     assert list(out) == ["conv.weight", "fc.bias"]
     assert out["conv.weight"] is sd["module.conv.weight"]
-    assert out._metadata == OrderedDict([("", {"version": 1}), ("", {"version": 1}),
-                                         ("conv", {"version": 2})]) or \
-        list(out._metadata) == ["", "conv"]
+    assert out._metadata == OrderedDict(
+        [("", {"version": 1}), ("", {"version": 1}), ("conv", {"version": 2})]
+    ) or list(out._metadata) == ["", "conv"]
     assert list(pthfmt.state_dict({"a": 1}, prefix="p.")) == ["p.a"]
 
 
 def test_strip_prefix_that_makes_two_keys_one_is_refused():
     with pytest.raises(FormatError) as info:
         pthfmt.state_dict({"module.a": 1, "a": 2}, strip_prefix="module.")
-    assert info.value.message == ("strip_prefix 'module.' makes the keys 'module.a' and 'a' "
-                                  "both 'a'")
+    assert info.value.message == (
+        "strip_prefix 'module.' makes the keys 'module.a' and 'a' both 'a'"
+    )
 
 
 def test_strip_prefix_on_a_module_tree():
@@ -227,5 +271,6 @@ def test_other_values_are_a_type_error_with_a_bounded_repr():
     with pytest.raises(TypeError) as info:
         pthfmt.state_dict([np.zeros(10_000)] * 100)
     assert len(str(info.value)) < 200
-    assert str(info.value).startswith("expected a stubbed nn.Module, a TorchScript module or "
-                                      "a mapping of tensors, not [array(")
+    assert str(info.value).startswith(
+        "expected a stubbed nn.Module, a TorchScript module or a mapping of tensors, not [array("
+    )

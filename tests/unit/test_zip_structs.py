@@ -13,9 +13,18 @@ from pthfmt.formats.zip.writer import ZipWriter
 from pthfmt.source import Source
 
 #: APPNOTE.TXT 4.3: the fixed part of each record, in bytes
-SPEC_SIZES = {zs.LOCAL: 30, zs.CENTRAL: 46, zs.EOCD: 22, zs.ZIP64_EOCD: 56,
-              zs.ZIP64_LOCATOR: 20, zs.EXTRA_HEADER: 4, zs.DESCRIPTOR32: 16,
-              zs.DESCRIPTOR64: 24, zs.DESCRIPTOR32_BARE: 12, zs.DESCRIPTOR64_BARE: 20}
+SPEC_SIZES = {
+    zs.LOCAL: 30,
+    zs.CENTRAL: 46,
+    zs.EOCD: 22,
+    zs.ZIP64_EOCD: 56,
+    zs.ZIP64_LOCATOR: 20,
+    zs.EXTRA_HEADER: 4,
+    zs.DESCRIPTOR32: 16,
+    zs.DESCRIPTOR64: 24,
+    zs.DESCRIPTOR32_BARE: 12,
+    zs.DESCRIPTOR64_BARE: 20,
+}
 
 
 def test_sizes_match_the_spec():
@@ -46,8 +55,7 @@ def _offset(fmt: str | bytes, index: int) -> int:
         while codes[j].isdigit():
             j += 1
         n = int(codes[i:j] or 1)
-        expanded += [codes[j]] * (1 if codes[j] == "s" else n) if codes[j] != "s" \
-            else [f"{n}s"]
+        expanded += [codes[j]] * (1 if codes[j] == "s" else n) if codes[j] != "s" else [f"{n}s"]
         i = j + 1
     return struct.calcsize("<" + "".join(expanded[:index]))
 
@@ -58,16 +66,21 @@ def test_field_offsets_match_cpython_zipfile():
     assert zs.CENTRAL.offsets["crc"] == _offset(cd, zipfile._CD_CRC) == 16
     assert zs.CENTRAL.offsets["compressed_size"] == _offset(cd, zipfile._CD_COMPRESSED_SIZE)
     assert zs.CENTRAL.offsets["name_length"] == _offset(cd, zipfile._CD_FILENAME_LENGTH) == 28
-    assert zs.CENTRAL.offsets["header_offset"] == \
-        _offset(cd, zipfile._CD_LOCAL_HEADER_OFFSET) == 42
+    assert zs.CENTRAL.offsets["header_offset"] == _offset(cd, zipfile._CD_LOCAL_HEADER_OFFSET) == 42
     fh = zipfile.structFileHeader
     assert zs.LOCAL.offsets["crc"] == _offset(fh, zipfile._FH_CRC) == 14
     assert zs.LOCAL.offsets["name_length"] == _offset(fh, zipfile._FH_FILENAME_LENGTH) == 26
     assert zs.LOCAL.offsets["extra_length"] == _offset(fh, zipfile._FH_EXTRA_FIELD_LENGTH)
-    assert zs.EOCD.offsets["directory_offset"] == _offset(zipfile.structEndArchive,
-                                                          zipfile._ECD_OFFSET) == 16
-    assert zs.EOCD.offsets["comment_length"] == _offset(zipfile.structEndArchive,
-                                                        zipfile._ECD_COMMENT_SIZE) == 20
+    assert (
+        zs.EOCD.offsets["directory_offset"]
+        == _offset(zipfile.structEndArchive, zipfile._ECD_OFFSET)
+        == 16
+    )
+    assert (
+        zs.EOCD.offsets["comment_length"]
+        == _offset(zipfile.structEndArchive, zipfile._ECD_COMMENT_SIZE)
+        == 20
+    )
 
 
 def test_named_indices_point_at_their_fields():
@@ -93,15 +106,19 @@ def test_writer_output_parses_with_the_same_layouts():
     raw = _written({"data.pkl": b"\x80\x02}q\x00.", "data/0": b"\x01" * 100})
     z = ZipArchive(Source(io.BytesIO(raw)))
     names = [e.name for e in z.entries]
-    assert names == ["archive/data.pkl", "archive/data/0", "archive/version",
-                     "archive/byteorder", "archive/.data/serialization_id"]
+    assert names == [
+        "archive/data.pkl",
+        "archive/data/0",
+        "archive/version",
+        "archive/byteorder",
+        "archive/.data/serialization_id",
+    ]
     e = z.entries[1]
     local = z.local_header(e)
-    assert (local.flags, local.method, local.crc, local.csize, local.usize) == \
-        (0x0808, 0, 0, 0, 0)
+    assert (local.flags, local.method, local.crc, local.csize, local.usize) == (0x0808, 0, 0, 0, 0)
     assert local.name == "archive/data/0"
     assert local.data_offset % 64 == 0
-    assert raw[local.data_offset:local.data_offset + 100] == b"\x01" * 100
+    assert raw[local.data_offset : local.data_offset + 100] == b"\x01" * 100
     tail = zs.DESCRIPTOR32.struct.unpack_from(raw, local.data_offset + 100)
     assert tail == (b"PK\x07\x08", e.crc, 100, 100)
     assert e.central_size == zs.CENTRAL.size + len(b"archive/data/0")
@@ -117,6 +134,5 @@ def test_zip64_values_reads_only_saturated_fields():
     body = zs.ZIP64_VALUE.pack(1 << 33) + zs.ZIP64_VALUE.pack(1 << 34)
     extra = zs.EXTRA_HEADER.struct.pack(zs.ZIP64_EXTRA_TAG, len(body)) + body
     assert zs.zip64_values(extra, (zs.U32_MAX, 7, zs.U32_MAX)) == ([1 << 33, 7, 1 << 34], True)
-    assert zs.zip64_values(extra[:12], (zs.U32_MAX, zs.U32_MAX)) == ([1 << 33, zs.U32_MAX],
-                                                                      False)
+    assert zs.zip64_values(extra[:12], (zs.U32_MAX, zs.U32_MAX)) == ([1 << 33, zs.U32_MAX], False)
     assert zs.zip64_values(b"", (5,)) is None
