@@ -129,7 +129,8 @@ def state_dicts(
     pool: list[np.ndarray] = []
     for i in range(count):
         path = draw(st.lists(st.sampled_from(_MODULES), max_size=2))
-        if path and draw(st.booleans()):
+        indexed: bool = draw(st.booleans())
+        if path and indexed:
             path.append(str(draw(st.integers(0, 3))))
         key = ".".join([*path, draw(st.sampled_from(_NAMES))])
         while key in out:
