@@ -56,7 +56,8 @@ def _parse_format(src: Source, opts: Options) -> Parsed:
     head = bytes(src.buf[:8])
     if len(head) == 8 and int.from_bytes(head, "little") < src.size and \
             bytes(src.buf[8:9]) == b"{":
-        raise FormatError("this is a safetensors file, not a torch checkpoint")
+        from .formats.safetensors import read_safetensors_source
+        return read_safetensors_source(src, opts)
     raise FormatError(f"not a torch checkpoint: the file starts with {head!r}")
 
 
@@ -73,7 +74,7 @@ class Checkpoint:
 
     @property
     def format(self) -> str:
-        """``"zip"``, ``"legacy"``, ``"tar"`` or ``"torchscript"``."""
+        """``"zip"``, ``"legacy"``, ``"tar"``, ``"torchscript"`` or ``"safetensors"``."""
         return self._parsed.format
 
     @property

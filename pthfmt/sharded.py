@@ -18,12 +18,14 @@ import numpy as np
 
 from . import reader
 from .errors import FormatError
+from .formats.sharding import open_shards, prefer_safetensors, shard_layout
 from .model.device import MapLocation
 from .model.tensor import TensorRef
 
 __all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index", "shard_names"]
 
-_INDEX_SUFFIXES = (".bin.index.json", ".pt.index.json", ".pth.index.json")
+_INDEX_SUFFIXES = (".bin.index.json", ".pt.index.json", ".pth.index.json",
+                   ".safetensors.index.json")
 
 
 def find_index(path: str | os.PathLike[str], suffixes: tuple[str, ...] = _INDEX_SUFFIXES
@@ -34,7 +36,7 @@ def find_index(path: str | os.PathLike[str], suffixes: tuple[str, ...] = _INDEX_
         if not os.path.exists(path):
             raise FileNotFoundError(2, "No such file or directory", path)
         return path
-    found = sorted(n for n in os.listdir(path) if n.endswith(suffixes))
+    found = prefer_safetensors(sorted(n for n in os.listdir(path) if n.endswith(suffixes)))
     if len(found) != 1:
         raise FormatError(f"{path}: expected one *{suffixes[0]}, found "
                           f"{', '.join(found) or 'none'}")
@@ -77,44 +79,16 @@ def unique_keys(where: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]
 class ShardedCheckpoint(Mapping[str, np.ndarray]):
     """All tensors of a sharded checkpoint as one mapping (arrays read on access)."""
 
+    shards: dict[str, reader.Checkpoint]
+    refs: dict[str, TensorRef]
+    weight_map: dict[str, str]
+    metadata: dict[str, Any]
+
     def __init__(self, index: str, *, mmap: bool = False,
                  map_location: MapLocation = None) -> None:
-        self.index_path = find_index(index)
-        folder = os.path.dirname(self.index_path)
-        try:
-            with open(self.index_path, encoding="utf-8") as fh:
-                doc = json.load(fh, object_pairs_hook=unique_keys("the index"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FormatError(f"{self.index_path}: not a JSON index ({exc})") from None
-        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
-        if not isinstance(weight_map, dict) or not all(
-                isinstance(v, str) for v in weight_map.values()):
-            raise FormatError(f"{self.index_path}: no 'weight_map' of key -> shard file")
-        self.metadata: dict[str, Any] = doc.get("metadata") or {}
-        self.mmap = mmap
-        self.shards: dict[str, reader.Checkpoint] = {}
-        self.refs: dict[str, TensorRef] = {}
-        for shard in dict.fromkeys(weight_map.values()):
-            if os.path.basename(shard) != shard:
-                raise FormatError(f"{self.index_path}: shard name {shard!r} is a path")
-            path = os.path.join(folder, shard)
-            if not os.path.isfile(path):
-                raise FormatError(f"shard {shard!r} named by the index is missing")
-            ckpt = self.shards[shard] = reader.open(path, map_location=map_location)
-            for key, ref in ckpt.tensors():
-                owner = weight_map.get(key)
-                if owner is None:
-                    raise FormatError(f"shard {shard!r} holds {key!r}, which the index "
-                                      "does not list")
-                if owner != shard or key in self.refs:
-                    raise FormatError(f"key {key!r} is in shard {shard!r} but the index "
-                                      f"puts it in {owner!r}")
-                self.refs[key] = ref
-        missing = [k for k in weight_map if k not in self.refs]
-        if missing:
-            raise FormatError(f"key {missing[0]!r} is not in its shard "
-                              f"{weight_map[missing[0]]!r}")
-        self.weight_map: dict[str, str] = weight_map
+        layout = shard_layout(index)
+        self.index_path, self.metadata, self.mmap = layout.index_path, layout.metadata, mmap
+        self.shards, self.refs, self.weight_map = open_shards(layout, map_location)
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.refs[key].numpy(mmap=self.mmap)
@@ -132,5 +106,7 @@ class ShardedCheckpoint(Mapping[str, np.ndarray]):
 
 def load_sharded(index: str | os.PathLike[str], *, mmap: bool = False,
                  map_location: MapLocation = None) -> ShardedCheckpoint:
-    """Open a sharded checkpoint from its ``*.bin.index.json`` or the folder holding it."""
+    """Open a sharded checkpoint: its ``*.bin.index.json`` or ``*.safetensors.index.json``,
+    the folder holding one (the safetensors one if both), or a folder holding, or the path
+    of, a single ``model.safetensors``/``pytorch_model.bin``."""
     return ShardedCheckpoint(os.fspath(index), mmap=mmap, map_location=map_location)

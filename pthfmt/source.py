@@ -139,7 +139,7 @@ class Source:
                 pass
             raise out_of_memory(f"copying {nbytes} bytes at file offset {offset}")
         out = fresh_buffer(nbytes)
-        view = memoryview(out)
+        view = memoryview(out.data)
         done = 0
         while done < nbytes:
             got = os.preadv(self._fd, [view[done:done + _PREAD_CHUNK]], offset + done)

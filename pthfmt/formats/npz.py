@@ -5,6 +5,13 @@
   when written; every ``.npy`` header is checked against the member's size first.
 - :func:`write_npz` streams the arrays into an npz (``ZIP_STORED``, zip64 where needed).
 
+Bounds (:func:`check_members`, :func:`_npy_header`): a member name given twice is refused (as
+for ``.pth`` zips: which copy a reader sees depends on the reader); compressed members may
+inflate at most :data:`~pthfmt.formats.zip.reader.DATA_RATIO`:1 (+1 MiB) each, and all of
+them together at most that ratio of the file's size (+1 MiB), as the zip reader bounds
+tensor records; ``.npy`` shapes must be at most 64 non-negative ints whose non-zero
+dimensions hold at most 2**63 - 1 bytes.
+
 ``.npy`` cannot describe bfloat16, float8, complex32, float4 or ``bits`` types: their raw bits
 are stored as unsigned integers of the same width (:data:`NPZ_RAW_DTYPES`) and the sidecar
 member ``__pthfmt__`` (a 0-d string array holding a JSON object) names the dtype, the
@@ -25,10 +32,11 @@ from typing import Any, Final
 import numpy as np
 
 from ..atomic import Sink, Write
-from ..errors import CorruptError, FormatError, PthError
+from ..errors import CorruptError, FormatError, LimitError, PthError
 from ..model.device import Device
 from ..model.dtypes import DTypeInfo, by_name, from_numpy
-from ..model.tensor import StorageInfo, TensorRef
+from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
+from ..text import escape, short_repr
 from .tensordata import (
     Content,
     Meta,
@@ -40,8 +48,9 @@ from .tensordata import (
     listing,
     map_file,
 )
+from .zip.reader import DATA_RATIO
 
-__all__ = ["NPZ_RAW_DTYPES", "SIDECAR", "ZIP_ERRORS", "read_npz", "write_npz"]
+__all__ = ["NPZ_RAW_DTYPES", "SIDECAR", "ZIP_ERRORS", "check_members", "read_npz", "write_npz"]
 
 #: torch dtypes whose ``.npy`` form is their raw bits as this unsigned integer type.
 NPZ_RAW_DTYPES: Final[dict[str, str]] = {
@@ -77,6 +86,7 @@ def read_npz(path: str, content: Content) -> None:
     content.closers.append(npz.close)
     mm, size = map_file(path, content)
     members = [i for i in npz.zip.infolist() if not i.is_dir()]
+    check_members(members, size)
     sidecar: dict[str, Any] = {}
     if any(i.filename == SIDECAR + ".npy" for i in members):
         sidecar = _read_sidecar(npz, content)
@@ -117,6 +127,59 @@ def _sidecar_entries(sidecar: dict[str, Any], content: Content) -> None:
         )
 
 
+_SLACK: Final = 1 << 20
+
+
+def check_members(members: list[zipfile.ZipInfo], size: int) -> None:
+    """Refuse a name given twice, and compressed members that inflate more than
+    ``DATA_RATIO``:1 (+1 MiB) each or, all together, more than that ratio of the file."""
+    seen: set[str] = set()
+    total = 0
+    for info in members:
+        name = escape(info.filename)
+        if info.filename in seen:
+            raise FormatError(f"npz member '{name}' appears twice", record=name)
+        seen.add(info.filename)
+        if info.compress_type == zipfile.ZIP_STORED:
+            continue
+        if info.file_size > DATA_RATIO * info.compress_size + _SLACK:
+            raise LimitError(
+                f"npz member '{name}' inflates {info.file_size // max(info.compress_size, 1)}:1 "
+                f"({info.file_size} bytes from {info.compress_size}), over pthfmt's "
+                f"{DATA_RATIO}:1 bound (a decompression bomb?)",
+                record=name,
+            )
+        total += info.file_size
+        if total > DATA_RATIO * size + _SLACK:
+            raise LimitError(
+                f"the compressed npz members up to '{name}' inflate to {total} bytes, over "
+                f"pthfmt's bound of {DATA_RATIO} times the {size}-byte file (a decompression "
+                "bomb?)",
+                record=name,
+            )
+
+
+def _check_shape(info: zipfile.ZipInfo, shape: Any, dtype: np.dtype[Any]) -> tuple[int, ...]:
+    """An ``.npy`` shape: at most 64 non-negative ints whose non-zero dimensions fit numpy."""
+    name = escape(info.filename)
+    if not (
+        isinstance(shape, tuple)
+        and len(shape) <= MAX_NDIM
+        and all(type(n) is int and n >= 0 for n in shape)
+    ):
+        raise FormatError(f"member '{name}': bad shape {short_repr(shape)}", record=name)
+    nbytes = dtype.itemsize
+    for n in shape:
+        nbytes *= n or 1
+        if nbytes > INTP_MAX:
+            raise FormatError(
+                f"member '{name}': shape {short_repr(shape)} is too large: its non-zero "
+                f"dimensions of {dtype} hold more than 2**63 - 1 bytes",
+                record=name,
+            )
+    return shape
+
+
 def _npy_header(npz: Any, info: zipfile.ZipInfo) -> _Header | str:
     """``(shape, fortran_order, dtype, header length)`` of an ``.npy`` member, checked
     against the member's size (so that no reader allocates what the file does not hold),
@@ -131,7 +194,7 @@ def _npy_header(npz: Any, info: zipfile.ZipInfo) -> _Header | str:
         else:
             return f".npy version {version[0]}.{version[1]}"
         header = fp.tell()
-    shape = tuple(int(n) for n in shape)
+    shape = _check_shape(info, shape, dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if header + nbytes > info.file_size:
         raise CorruptError(

@@ -46,6 +46,7 @@ from ..text import escape
 from .codes import CHECKS, CODES, MAX_PER_CODE, SEVERITIES, Check, Problem, Report, codes_markdown
 from .kinds import check_tree
 from .legacy import LegacyChecks
+from .safetensors import check_safetensors, is_safetensors
 
 __all__ = [
     "CHECKS",
@@ -120,6 +121,10 @@ class _Validator(LegacyChecks):
         elif kind == "tar":
             self.format = "tar"
             self.check_tar()
+        elif is_safetensors(self.src):
+            self.format = "safetensors"
+            for p in check_safetensors(self.src):
+                self.add(p.code, p.message, offset=p.offset, key_path=p.key_path)
         else:
             self.check_unknown()
         if kind != "zip":
@@ -150,6 +155,10 @@ class _Validator(LegacyChecks):
         """Does a problem already reported stand for the reader's error?"""
         serious = [p for p in self.problems if p.severity in ("error", "warning")]
         if isinstance(exc, UnsafePickleError) and self.static_global_seen:
+            return True
+        if exc.code is not None and any(
+            p.code == exc.code and p.offset == exc.offset for p in self.problems
+        ):
             return True
         for p in serious:
             if p.record is not None and re.search(

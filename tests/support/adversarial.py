@@ -600,7 +600,20 @@ def cases(canary: str = CANARY) -> list[Case]:
     add("deflate-garbage", _deflate_garbage(), CorruptError, s)
     add("prepended-bytes", b"MZ" + good, FormatError, s)
     add("empty-file", b"", FormatError, s)
-    add("safetensors-file", struct.pack("<Q", 2) + b"{}", FormatError, s)
+    add("safetensors-entry-not-an-object", struct.pack("<Q", 8) + b'{"a":1} ', FormatError, s)
+    add(
+        "safetensors-9000-digit-number",
+        struct.pack("<Q", 9032) + b'{"__metadata__":{"x":' + b"9" * 9000 + b"}}" + b" " * 9,
+        FormatError,
+        s,
+    )
+    add(
+        "safetensors-zero-and-2**61-dims",
+        struct.pack("<Q", 80)
+        + b'{"w":{"dtype":"F32","shape":[0,2305843009213693952],"data_offsets":[0,0]}}      ',
+        FormatError,
+        s,
+    )
     add("polyglot-legacy-pickle-plus-zip", legacy(state(system_call(canary)), [], []) + good, u, s)
     return out
 

@@ -23,7 +23,7 @@ def test_error_not_a_checkpoint(tmp_path):
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("foo.txt", b"x")
     cases["nofolder.zip"] = (buf.getvalue(), "foo.txt")
-    header = b'{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    header = b'{"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}'
     cases["model.safetensors.pt"] = (
         len(header).to_bytes(8, "little") + header + bytes(4),
         "safetensors",
