@@ -24,6 +24,9 @@ from .sharded import ShardedCheckpoint, load_sharded
 
 if TYPE_CHECKING:
     from .conversion import convert
+    from .engines.diff import DiffResult, diff
+    from .formats.detect import UnknownFormatError
+    from .formats.sharding import save_sharded
     from .validation import Problem, Report, validate
     from .writer import save
 
@@ -32,6 +35,8 @@ __version__ = "0.1.0"
 # Imported on first use: a plain ``load`` needs none of them (command-line start-up time).
 _LAZY = {"save": "writer", "convert": "conversion", "validate": "validation",
          "Report": "validation", "Problem": "validation"}
+_LAZY["save_sharded"] = "formats.sharding"
+_LAZY.update(diff="engines.diff", DiffResult="engines.diff", UnknownFormatError="formats.detect")
 
 
 def __getattr__(name: str) -> Any:
@@ -48,12 +53,15 @@ __all__ = [
     "open",
     "save",
     "convert",
+    "diff",
+    "DiffResult",
     "validate",
     "Report",
     "Problem",
     "Checkpoint",
     "state_dict",
     "load_sharded",
+    "save_sharded",
     "ShardedCheckpoint",
     "Stub",
     "StubType",
@@ -74,4 +82,5 @@ __all__ = [
     "UnsupportedError",
     "UnserializableError",
     "LimitError",
+    "UnknownFormatError",
 ]

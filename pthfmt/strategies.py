@@ -215,9 +215,11 @@ class Corruption:
 
 
 def _central(data: bytes) -> list[int]:
+    """Offsets of whatever looks like a whole central-directory header (46 fixed bytes)."""
     out, pos = [], 0
     while (pos := data.find(b"PK\x01\x02", pos)) >= 0:
-        out.append(pos)
+        if pos + 46 <= len(data):
+            out.append(pos)
         pos += 4
     return out
 

@@ -59,7 +59,10 @@ _DESCRIPTION = (
     "(.pth, .pt, .bin, .ckpt), .safetensors or .npz.  IN may also be a sharded "
     "checkpoint (its *.index.json or the folder holding it).  Nested keys flatten with "
     "dots, as state_dict keys do; non-tensor values (epoch, loss, hyper-parameters) "
-    "travel as JSON in the safetensors metadata or the npz sidecar.  Whatever OUT's "
+    "travel as JSON in the safetensors metadata or the npz sidecar.  A file that "
+    "calls a known code-execution gadget (os.system, eval...) is refused, naming each "
+    "call; --salvage extracts its tensors anyway.  OUT may not be IN (or a link to it).  "
+    "Whatever OUT's "
     "format cannot hold is left out and named in a warning on stderr.  Tensors stream "
     "one by one; OUT is written to a temporary file and renamed into place when "
     "complete.  Exit status: 0 converted, 1 a problem with IN, 2 usage error or "
@@ -87,6 +90,12 @@ def add_parser(sub: Any) -> None:
         "--key",
         metavar="KEY",
         help="convert only the entries under KEY, without the prefix (e.g. model_state_dict)",
+    )
+    p.add_argument(
+        "--salvage",
+        action="store_true",
+        help="convert the tensors of a file that calls code-execution gadgets (which is "
+        "refused otherwise); every stub is dropped and named in a warning",
     )
     p.add_argument(
         "-q",
@@ -123,14 +132,26 @@ def _write(conv: Conversion, args: argparse.Namespace) -> int:
     return OK
 
 
+def _output_problem(output: str) -> str:
+    """The CLI's wording for an OUT whose format cannot be told."""
+    ext = os.path.splitext(output)[1]
+    what = f"the extension {ext!r}" if ext else "a name without an extension"
+    return (
+        f"cannot tell the output format from {what}: use .pth/.pt/.bin/.ckpt, .safetensors "
+        "or .npz (or --format)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..engines.convert import Conversion, UnknownFormatError, output_format
+    import shutil
+
+    from ..engines.convert import Conversion, GadgetError, UnknownFormatError, output_format
 
     def check_output() -> int:
         try:
             output_format(args.output, args.format)
-        except UnknownFormatError as exc:
-            raise Failure(str(exc), usage=True) from None
+        except UnknownFormatError:
+            raise Failure(_output_problem(args.output), usage=True) from None
         if os.path.isdir(args.output):
             raise Failure("is a directory", usage=True)
         return OK
@@ -139,9 +160,23 @@ def run(args: argparse.Namespace) -> int:
 
     def read() -> int:
         try:
-            job.append(Conversion(args.input, args.output, format=args.format, key=args.key))
+            job.append(
+                Conversion(
+                    args.input,
+                    args.output,
+                    format=args.format,
+                    key=args.key,
+                    salvage=args.salvage,
+                )
+            )
         except UnknownFormatError as exc:
             raise Failure(str(exc), usage=True) from None
+        except shutil.SameFileError:
+            raise Failure(
+                f"is the same file as OUT {args.output} (refused, as cp does)", usage=True
+            ) from None
+        except GadgetError as exc:
+            raise Failure(str(exc).replace("salvage=True", "--salvage")) from None
         return OK
 
     status = guard(args.output, check_output) or guard(args.input, read)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..engines.tree import Failure, plain
 from ..errors import PthError
+from ..text import escape, short_repr
 
 __all__ = [
     "OK",
@@ -24,6 +25,7 @@ __all__ = [
     "command_parser",
     "human_size",
     "emit_json",
+    "json_safe",
     "table",
     "show",
     "shape_text",
@@ -48,13 +50,16 @@ def guard(path: str | None, func: Callable[[], int]) -> int:
     except PthError as exc:
         err(f"{where}{exc}")
         return PROBLEM
-    except BrokenPipeError:
+    except (BrokenPipeError, Usage):
         raise
     except OSError as exc:
         err(f"{where}{exc.strerror or exc}")
         return USAGE
     except (RecursionError, MemoryError) as exc:
         err(f"{where}the file is too large or too deeply nested ({type(exc).__name__})")
+        return PROBLEM
+    except Exception as exc:  # a pthfmt bug: one line, never a traceback
+        err(f"{where}internal error: {type(exc).__name__}: {escape(str(exc), 300)} (a pthfmt bug)")
         return PROBLEM
 
 
@@ -78,7 +83,9 @@ def command_parser(
 
 
 def err(message: str) -> None:
-    print(f"pthfmt: {message}", file=sys.stderr)
+    """``pthfmt: message`` on stderr, escaped (no control character from a file or a path
+    reaches the terminal raw; no lone surrogate can fail the encoding)."""
+    print(f"pthfmt: {escape(message, None)}", file=sys.stderr)
 
 
 def human_size(n: int) -> str:
@@ -90,8 +97,30 @@ def human_size(n: int) -> str:
     raise AssertionError
 
 
+def json_safe(doc: Any) -> Any:
+    """``doc`` with every string (and key) that is not valid Unicode -- a lone surrogate from
+    a file -- escaped by :func:`pthfmt.text.escape`, so that the JSON is valid UTF-8."""
+    if isinstance(doc, str):
+        return doc if doc.isascii() or _encodes(doc) else escape(doc, None)
+    if isinstance(doc, dict):
+        return {json_safe(k): json_safe(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [json_safe(v) for v in doc]
+    return doc
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def emit_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)
+    """``doc`` as JSON on stdout: ASCII only (``\\uXXXX`` escapes for the rest), so that
+    no control or bidi character reaches a terminal raw; lone surrogates escaped first."""
+    json.dump(json_safe(doc), sys.stdout, indent=2, ensure_ascii=True, allow_nan=False)
     sys.stdout.write("\n")
 
 
@@ -102,13 +131,19 @@ def table(rows: Sequence[Sequence[str]], indent: str = "") -> Iterator[str]:
 
 
 def show(value: Any, limit: int = 100) -> str:
-    """A value on one line of at most ``limit`` characters."""
+    """A value on one line of at most ``limit`` characters, escaped."""
     rendered = plain(value)
-    text = repr(rendered) if not isinstance(rendered, str) or isinstance(value, str) else rendered
-    if isinstance(rendered, list) and len(text) > limit:
-        head = ", ".join(repr(v) for v in rendered[:3])
+    if isinstance(rendered, list) and len(rendered) > 3:
+        head = ", ".join(short_repr(v, 30) for v in rendered[:3])
         text = f"[{head}, ... ({len(rendered)} items)]"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        full = repr(rendered) if len(rendered) <= limit else None
+        if full is not None and len(full) <= limit:
+            text = full
+    elif isinstance(rendered, str) and not isinstance(value, str):
+        text = rendered
+    else:
+        text = short_repr(rendered, limit)
+    return escape(text, limit)
 
 
 def shape_text(shape: Sequence[int]) -> str:

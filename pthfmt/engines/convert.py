@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import IO, Any, Final, cast
@@ -51,8 +52,8 @@ from typing import IO, Any, Final, cast
 import numpy as np
 
 from ..atomic import Sink, Write, write_atomically
-from ..errors import FormatError, PthError
-from ..formats.detect import FORMATS, UnknownFormatError, input_format, output_format
+from ..errors import FormatError, UnsafePickleError
+from ..formats.detect import FORMATS, Format, UnknownFormatError, input_format, output_format
 from ..formats.npz import NPZ_RAW_DTYPES, SIDECAR, read_npz, write_npz
 from ..formats.safetensors import (
     SAFETENSORS_DTYPES,
@@ -63,10 +64,10 @@ from ..formats.safetensors import (
 from ..formats.tensordata import Content, TensorItem, Value, count, index_metadata, listing
 from ..model.device import Device
 from ..model.dtypes import DType
-from ..model.modules import is_module, state_dict
 from ..model.stub import Stub
 from ..model.tensor import StorageInfo, TensorRef
-from .tree import children, is_flat
+from ..text import escape
+from .tree import Gadget, Survey, leaves
 
 __all__ = [
     "convert",
@@ -76,9 +77,10 @@ __all__ = [
     "output_format",
     "flatten",
     "MAX_DEPTH",
+    "GadgetError",
 ]
 
-#: Containers nested deeper than this are refused (a real checkpoint is a few levels deep).
+#: Kept for old imports: nesting is no longer limited (the walker is linear in any depth).
 MAX_DEPTH: Final = 1000
 _LIST: Final = 8  # names listed per note (what is left out is listed in full)
 _SCALARS = (bool, int, float, complex, str, bytes, type(None), np.generic)
@@ -88,22 +90,43 @@ def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
-    format: str | None = None,
+    format: Format | None = None,
     key: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    salvage: bool = False,
 ) -> list[str]:
     """Convert ``src`` to ``dst``; returns the warnings (what was left out, and why).
 
     ``format`` (``"pth"``, ``"safetensors"``, ``"npz"``) overrides ``dst``'s extension.
     ``key`` converts only the entries under that dotted key path, without the prefix
     (``key="model_state_dict"``).  ``progress(done, total)`` is called as bytes are written.
-    Raises :class:`UnknownFormatError` when a format cannot be told, a
-    :class:`~pthfmt.PthError` for a bad input, ``OSError`` for files that cannot be read
-    or written; ``dst`` is then unchanged.
+
+    A torch input that calls a known code-execution gadget (``os.system``, ``eval``...) is
+    refused with :class:`GadgetError` naming each call; ``salvage=True`` converts its tensors
+    anyway and drops every stub (each named in a warning).  ``dst`` naming ``src`` (or a
+    link to it) raises ``shutil.SameFileError``.  Raises :class:`UnknownFormatError` when a
+    format cannot be told, a :class:`~pthfmt.PthError` for a bad input, ``OSError`` for
+    files that cannot be read or written; ``dst`` is then unchanged.  The warnings are
+    escaped (no control character from the file).
     """
-    with Conversion(src, dst, format=format, key=key) as job:
+    with Conversion(src, dst, format=format, key=key, salvage=salvage) as job:
         job.write(progress)
         return list(job.warnings)
+
+
+class GadgetError(UnsafePickleError):
+    """The input calls known code-execution gadgets: converting it would hand on a file that
+    is only safe because pthfmt never runs it.  ``gadgets`` lists them."""
+
+    def __init__(self, gadgets: list[Gadget], more: int = 0) -> None:
+        self.gadgets = gadgets
+        n = len(gadgets) + more
+        calls = "; ".join(f"{g.call()} at {escape(g.key or '<root>', 200)}" for g in gadgets[:8])
+        rest = f"; and {n - min(len(gadgets), 8)} more" if n > min(len(gadgets), 8) else ""
+        super().__init__(
+            f"the file calls {n} known code-execution gadget{'s' if n != 1 else ''}: "
+            f"{calls}{rest}; refusing to convert it (salvage=True extracts the tensors only)"
+        )
 
 
 def _kind(value: Any) -> str:
@@ -215,8 +238,9 @@ class Conversion:
         src: str | os.PathLike[str],
         dst: str | os.PathLike[str],
         *,
-        format: str | None = None,
+        format: Format | None = None,
         key: str | None = None,
+        salvage: bool = False,
     ) -> None:
         self.src = os.fspath(src)
         self.dst = os.fspath(dst)
@@ -224,9 +248,13 @@ class Conversion:
         self.source_format = input_format(self.src)
         if os.path.isdir(self.dst):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.dst)
+        _refuse_same_file(self.src, self.dst)
         self._content = Content()
         try:
-            _READERS[self.source_format](self.src, self._content)
+            if self.source_format in _PICKLED:
+                _PICKLED[self.source_format](self.src, self._content, salvage)
+            else:
+                _READERS[self.source_format](self.src, self._content)
             if key:
                 _select(self._content, key)
             self._plan()
@@ -256,7 +284,8 @@ class Conversion:
 
     @property
     def warnings(self) -> list[str]:
-        return self._content.warnings
+        """What is left out, and why: one line each, escaped."""
+        return [escape(w, None) for w in self._content.warnings]
 
     @property
     def nbytes(self) -> int:
@@ -350,14 +379,24 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+#: Python refuses to print an int of more than 4300 digits; 14,000 bits is ~4,200 digits.
+_JSON_INT_BITS = 14_000
+
+
+def _json_scalar(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() <= _JSON_INT_BITS
+    return value is None or isinstance(value, (bool, float, str))
+
+
 def _json_value(value: Any) -> tuple[bool, Any]:
     """``(True, plain)`` for None, bools, numbers, strings, lists of them and ``{}``."""
     value = _scalar(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if _json_scalar(value):
         return True, value
     if isinstance(value, (list, tuple)):
         items = [_scalar(v) for v in value]
-        if all(v is None or isinstance(v, (bool, int, float, str)) for v in items):
+        if all(_json_scalar(v) for v in items):
             return True, items
     if isinstance(value, dict) and not value:
         return True, {}
@@ -411,12 +450,12 @@ def _select(content: Content, key: str) -> None:
         )
 
 
-def _read_torch(path: str, content: Content) -> None:
+def _read_torch(path: str, content: Content, salvage: bool = False) -> None:
     from ..reader import open as open_checkpoint
 
     ck = open_checkpoint(path, map_location="cpu", unknown="stub")
     content.closers.append(ck.close)
-    for name, value in flatten(ck.obj, content.warnings):
+    for name, value in _checked(ck.obj, content, salvage):
         if isinstance(value, TensorRef):
             content.entries.append(_ref_item(name, value))
         else:
@@ -442,52 +481,66 @@ def _ref_item(name: str, ref: TensorRef) -> TensorItem:
     )
 
 
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, _SCALARS)
-
-
-def flatten(root: Any, warnings: list[str]) -> Iterator[tuple[str, Any]]:
+def flatten(
+    root: Any, warnings: list[str], survey: Survey | None = None
+) -> Iterator[tuple[str, Any]]:
     """``(dotted key path, leaf)`` in file order: tensors, and values (scalars, lists of
-    scalars, empty containers, other objects).  A module stands for its ``state_dict()``;
-    a container reached again is walked once (named in a warning)."""
-    seen: dict[int, str] = {}
-    again: list[str] = []
-    stack: list[tuple[str, Any, int]] = [("", root, 0)]
-    while stack:
-        path, value, depth = stack.pop()
-        if isinstance(value, (TensorRef, *_SCALARS)):
-            yield path, value
-            continue
-        if isinstance(value, (dict, list, tuple, Stub)):
-            if id(value) in seen:
-                again.append(f"{path or '<root>'} (= {seen[id(value)] or '<root>'})")
-                continue
-            seen[id(value)] = path
-        if isinstance(value, Stub) and is_module(value):
-            try:
-                value = state_dict(value)
-            except (PthError, TypeError):
-                yield path, value
-                continue
-        if isinstance(value, (dict, list, tuple)):
-            if is_flat(value, _is_scalar):
-                yield path, value
-                continue
-            if depth >= MAX_DEPTH:
-                raise FormatError(
-                    f"containers nested more than {MAX_DEPTH} levels deep", key_path=path
-                )
-            stack.extend((k, v, depth + 1) for k, v in reversed(children(path, value)))
-            continue
-        yield path, value
-    if again:
-        warnings.append(
-            f"written once, under the first key: {count(again, 'container')} the "
-            f"input reaches again: {listing(again)}"
+    scalars, empty containers, other objects), as :func:`pthfmt.engines.tree.leaves` walks
+    them (a module stands for its tensors; each container once).  ``warnings`` is kept for
+    old callers."""
+    return leaves(root, survey)
+
+
+def _stub_name(value: Any) -> str:
+    kind = value.type if isinstance(value, Stub) else value
+    return escape(getattr(kind, "qualname", type(value).__name__), 120)
+
+
+def _checked(root: Any, content: Content, salvage: bool) -> Iterator[tuple[str, Any]]:
+    """The leaves of a torch input, refused (:class:`GadgetError`) when it calls a gadget,
+    unless ``salvage``: then only tensors and plain values, each stub dropped with a
+    warning."""
+    found = Survey()
+    entries = list(flatten(root, content.warnings, found))
+    if not found.gadgets:
+        return iter(entries)
+    if not salvage:
+        raise GadgetError(found.gadgets, found.more)
+    kept: list[tuple[str, Any]] = []
+    gadgets = {g.key for g in found.gadgets}
+    for name, value in entries:
+        if isinstance(value, TensorRef) or not _has_stub(value):
+            kept.append((name, value))
+        elif name not in gadgets:
+            content.warnings.append(
+                f"salvage: dropped {name or '<root>'} (a stub of {_stub_name(value)})"
+            )
+    for g in found.gadgets:
+        content.warnings.append(
+            f"salvage: left out the code-execution gadget {g.call()} at {g.key or '<root>'}"
         )
+    return iter(kept)
 
 
-def _read_sharded(path: str, content: Content) -> None:
+def _has_stub(value: Any) -> bool:
+    from .tree import is_scalar
+
+    if isinstance(value, (list, tuple)):
+        return not all(is_scalar(v) for v in value)
+    return not (is_scalar(value) or isinstance(value, dict))
+
+
+def _refuse_same_file(src: str, dst: str) -> None:
+    """``dst`` must not be ``src`` or a link to it (as ``cp`` refuses)."""
+    try:
+        same = os.path.exists(dst) and os.path.samefile(src, dst)
+    except OSError:
+        return
+    if same:
+        raise shutil.SameFileError(f"{src!r} and {dst!r} are the same file")
+
+
+def _read_sharded(path: str, content: Content, salvage: bool = False) -> None:
     from ..formats.detect import find_any_index
     from ..sharded import load_sharded
 
@@ -499,7 +552,7 @@ def _read_sharded(path: str, content: Content) -> None:
     for ck in sharded.shards.values():  # anything besides tensors in a shard
         content.entries.extend(
             Value(name, value)
-            for name, value in flatten(ck.obj, content.warnings)
+            for name, value in _checked(ck.obj, content, salvage)
             if not isinstance(value, TensorRef)
         )
     index_metadata(sharded.metadata, content)
@@ -513,6 +566,11 @@ def _read_sharded_safetensors(path: str, content: Content) -> None:
     index_metadata(read_sharded_safetensors(path, content), content)
 
 
+#: The inputs that hold pickles (checked for code-execution gadgets).
+_PICKLED: Final[dict[str, Callable[[str, Content, bool], None]]] = {
+    "pth": _read_torch,
+    "sharded": _read_sharded,
+}
 _READERS: Final[dict[str, Callable[[str, Content], None]]] = {
     "pth": _read_torch,
     "sharded": _read_sharded,

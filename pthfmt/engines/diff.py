@@ -1,12 +1,25 @@
-"""``diff`` as data: :func:`diff_summary` (what ``load_state_dict(strict=True)`` would say about
-B loaded into a model like A) and :func:`compare_values` (equal-shaped tensors, chunk by chunk).
+"""``diff`` as data: :func:`diff` compares two checkpoints the way
+``model.load_state_dict(strict=True)`` would see B loaded into a model like A, and compares
+the values with numpy ``isclose`` tolerances; it returns a :class:`DiffResult`.
+
+- Keys only in A (missing when B is loaded), only in B (unexpected), entries whose shape,
+  dtype or kind (tensor against value) differ (:attr:`DiffResult.mismatched`), and entries
+  whose values differ beyond ``atol + rtol * |b|`` (:attr:`DiffResult.different`, with the
+  largest absolute and relative difference and how many elements are not close).
+- Tensors are compared chunk by chunk from the mapped files (bounded memory); in their own
+  dtype when both have it (bit-exact for packed and ``bits`` dtypes), else in float64 (or
+  complex128).  NaNs at the same places are equal.
+- Keys are :func:`pthfmt.engines.tree.leaves`'s key paths (the one walker), after removing
+  the first matching ``strip`` prefix.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,9 +28,26 @@ from ..errors import PthError
 from ..model.tensor import TensorRef
 from .tree import Failure, leaves, open_stubbed, plain, subtree
 
-__all__ = ["diff_summary", "compare_values"]
+__all__ = ["diff", "DiffResult", "Side", "compare_values", "compare", "open_side", "diff_summary"]
 
 _CHUNK_ELEMENTS = 1 << 20
+#: Prefix hints consider a key's first this many dots (so that they cost linear time).
+_HINT_DOTS = 8
+
+
+# -- tensors ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Closeness:
+    """How two equal-shaped tensors compare: ``equal`` (within tolerance), the largest
+    absolute and relative (``|a - b| / |b|``) differences of the elements not exactly equal
+    (``None``: compared bit for bit only), and how many elements are not close."""
+
+    equal: bool = True
+    max_abs: float | None = 0.0
+    max_rel: float | None = 0.0
+    not_close: int = 0
 
 
 def _as_numbers(arr: np.ndarray, complex_: bool) -> np.ndarray:
@@ -36,116 +66,288 @@ def _chunks(arr: np.ndarray) -> Iterator[np.ndarray]:
         yield arr[i : i + step]
 
 
-def compare_values(a: TensorRef, b: TensorRef) -> tuple[bool, float | None]:
-    """``(equal, max |a - b|)`` of two equal-shaped tensors, chunk by chunk (bounded memory).
+def _worst(old: float | None, new: float) -> float:
+    if old is None or math.isnan(new):
+        return new
+    return old if math.isnan(old) else max(old, new)
 
-    NaNs at the same places count as equal; the difference is ``nan`` where a NaN meets a
-    number, and ``None`` for packed or bits dtypes (compared bit for bit only)."""
+
+def _chunk(cx: Any, cy: Any, complex_: bool, atol: float, rtol: float, out: Closeness) -> None:
+    """Compare one chunk in float64/complex128, updating ``out``."""
+    if cx.dtype == cy.dtype and cx.dtype.kind in "iub" and np.array_equal(cx, cy):
+        return
+    fx, fy = _as_numbers(np.asarray(cx), complex_), _as_numbers(np.asarray(cy), complex_)
+    same = (fx == fy) | (np.isnan(fx) & np.isnan(fy))
+    if same.all():
+        return
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        dx, dy = fx[~same], fy[~same]
+        delta = np.abs(dx - dy)
+        scale = np.abs(dy)
+        close = delta <= atol + rtol * scale
+        rel = delta / scale
+    bad = int(np.count_nonzero(~close))
+    out.not_close += bad
+    out.equal = out.equal and bad == 0
+    out.max_abs = _worst(out.max_abs, float(np.nan if np.isnan(delta).any() else delta.max()))
+    out.max_rel = _worst(out.max_rel, float(np.nan if np.isnan(rel).any() else rel.max()))
+
+
+def compare_values(
+    a: TensorRef, b: TensorRef, *, atol: float = 0.0, rtol: float = 0.0
+) -> Closeness:
+    """Compare two equal-shaped tensors chunk by chunk (bounded memory), with numpy
+    ``isclose`` semantics (``|a - b| <= atol + rtol * |b|``, equal NaNs equal)."""
     x, y = a.numpy(mmap=True), b.numpy(mmap=True)
-    raw = bool(x.dtype.metadata or y.dtype.metadata)
+    out = Closeness()
+    if x.dtype.metadata or y.dtype.metadata:  # packed and bits dtypes: the bits only
+        same = all(np.array_equal(cx, cy) for cx, cy in zip(_chunks(x), _chunks(y)))
+        return Closeness(same, None, None, 0 if same else -1)
     complex_ = "complex" in (a.dtype_info.kind, b.dtype_info.kind)
-    equal, worst = True, 0.0
     for cx, cy in zip(_chunks(x), _chunks(y)):
-        if raw:
-            if not np.array_equal(cx, cy):
-                equal = False
-            continue
-        if cx.dtype == cy.dtype and cx.dtype.kind in "iub" and np.array_equal(cx, cy):
-            continue
-        fx, fy = _as_numbers(np.asarray(cx), complex_), _as_numbers(np.asarray(cy), complex_)
-        nx, ny = np.isnan(fx), np.isnan(fy)
-        same = (fx == fy) | (nx & ny)
-        if same.all():
-            continue
-        equal = False
-        with np.errstate(invalid="ignore", over="ignore"):
-            diff = np.abs(fx[~same] - fy[~same])
-        d = float(np.nan if np.isnan(diff).any() else diff.max())
-        worst = d if math.isnan(d) or math.isnan(worst) else max(worst, d)
-    return equal, (None if raw else (0.0 if equal else worst))
+        _chunk(cx, cy, complex_, atol, rtol, out)
+    return out
 
 
-def _side(path: str, key: str | None, strips: list[str]) -> tuple[Any, dict[str, Any]]:
-    """The opened file and its leaves under ``key`` with the first matching prefix of
-    ``strips`` removed (the first leaf of a key wins); errors name ``path``."""
+# -- the sides ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One input of a diff: its file, the ``key`` and ``strip`` prefixes used, its entries
+    by (stripped) key path, and the root object (for hints)."""
+
+    file: str
+    key: str | None
+    strip: list[str]
+    entries: dict[str, Any]
+    root: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        tensors = sum(isinstance(v, TensorRef) for v in self.entries.values())
+        return {
+            "file": self.file,
+            "key": self.key,
+            "strip": list(self.strip),
+            "tensors": tensors,
+            "entries": len(self.entries),
+        }
+
+
+def _strips(strip: str | Sequence[str] | None) -> list[str]:
+    if strip is None:
+        return []
+    if isinstance(strip, str):
+        return [strip]
+    if not all(isinstance(s, str) for s in strip):
+        raise TypeError("strip prefixes must be strings")
+    return list(strip)
+
+
+def open_side(path: str, key: str | None, strip: list[str]) -> tuple[Any, Side]:
+    """Open ``path`` (unknown classes as stubs) and take its leaves under ``key`` with the
+    first matching prefix of ``strip`` removed (the first leaf of a key wins).  Returns the
+    open checkpoint (close it after comparing values) and the :class:`Side`."""
+    ck = open_stubbed(path)
     try:
-        ck = open_stubbed(path)
         root = subtree(ck.obj, key)
-        out: dict[str, Any] = {}
+        entries: dict[str, Any] = {}
         for k, v in leaves(root):
-            for prefix in strips:
+            for prefix in strip:
                 if prefix and k.startswith(prefix):
                     k = k[len(prefix) :]
                     break
-            out.setdefault(k, v)
+            entries.setdefault(k, v)
     except Failure as exc:
-        raise Failure(f"{path}: {exc}", exc.usage) from None
+        ck.close()
+        raise PthError(str(exc)) from None
+    except BaseException:
+        ck.close()
+        raise
+    return ck, Side(path, key, strip, entries, ck.obj if not key else None)
+
+
+# -- the result ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DiffResult:
+    """What :func:`diff` found.
+
+    - ``only_a``: keys only in A (missing when B is loaded into a model like A);
+      ``only_b``: keys only in B (unexpected);
+    - ``mismatched``: ``{"key", "what": "shape" | "dtype" | "kind", "a", "b"}`` for entries
+      in both whose shape, dtype, or kind (tensor against value) differ;
+    - ``different``: entries whose values differ beyond the tolerance: tensors as ``{"key",
+      "dtype", "shape", "max_abs_diff", "max_rel_diff", "not_close"}``, other values as
+      ``{"key", "a", "b"}``;
+    - ``equal``: how many common entries are equal within the tolerance.
+
+    ``ok``: ``load_state_dict(strict=True)`` would accept B (same keys, shapes and kinds; a
+    dtype difference is cast, so it is listed but allowed) and every value is within
+    tolerance.  ``identical`` also requires equal dtypes.
+    """
+
+    a: Side
+    b: Side
+    atol: float = 0.0
+    rtol: float = 0.0
+    values_compared: bool = True
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    mismatched: list[dict[str, Any]] = field(default_factory=list)
+    different: list[dict[str, Any]] = field(default_factory=list)
+    equal: int = 0
+    hints: list[str] = field(default_factory=list)
+
+    @property
+    def loadable(self) -> bool:
+        """Whether ``load_state_dict(strict=True)`` would accept B in a model like A."""
+        return not (
+            self.only_a or self.only_b or any(m["what"] != "dtype" for m in self.mismatched)
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.loadable and not self.different
+
+    @property
+    def identical(self) -> bool:
+        return self.ok and not self.mismatched
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "values_compared": self.values_compared,
+            "only_a": list(self.only_a),
+            "only_b": list(self.only_b),
+            "mismatched": [dict(m) for m in self.mismatched],
+            "different": [dict(d) for d in self.different],
+            "equal": self.equal,
+            "hints": list(self.hints),
+            "load_state_dict_strict_ok": self.loadable,
+            "ok": self.ok,
+            "identical": self.identical,
+        }
+
+
+def _float(value: float | None) -> Any:
+    return None if value is None else plain(value)
+
+
+def _kind(value: Any) -> str:
+    return "tensor" if isinstance(value, TensorRef) else type(value).__name__
+
+
+def _close_values(va: Any, vb: Any, atol: float, rtol: float) -> bool:
+    pa, pb = plain(va), plain(vb)
+    if pa == pb:
+        return True
+    numbers = (int, float)
+    if isinstance(va, numbers) and isinstance(vb, numbers):
+        if isinstance(va, bool) or isinstance(vb, bool):
+            return False
+        fa, fb = float(va), float(vb)
+        if math.isnan(fa) and math.isnan(fb):
+            return True
+        return abs(fa - fb) <= atol + rtol * abs(fb)
+    return False
+
+
+def _compare_tensors(result: DiffResult, k: str, va: TensorRef, vb: TensorRef) -> None:
+    if va.shape != vb.shape:
+        result.mismatched.append(
+            {"key": k, "what": "shape", "a": list(va.shape), "b": list(vb.shape)}
+        )
+        return
+    if va.dtype != vb.dtype:
+        result.mismatched.append({"key": k, "what": "dtype", "a": va.dtype, "b": vb.dtype})
+    if not result.values_compared:
+        return
+    try:
+        found = compare_values(va, vb, atol=result.atol, rtol=result.rtol)
     except PthError as exc:
-        raise Failure(f"{path}: {exc}") from None
-    except OSError as exc:
-        raise Failure(f"{path}: {exc.strerror or exc}", usage=True) from None
-    return ck, out
+        raise exc.locate(key_path=k) from None
+    if found.equal:
+        result.equal += 1
+        return
+    result.different.append(
+        {
+            "key": k,
+            "dtype": va.dtype if va.dtype == vb.dtype else f"{va.dtype}/{vb.dtype}",
+            "shape": list(va.shape),
+            "max_abs_diff": _float(found.max_abs),
+            "max_rel_diff": _float(found.max_rel),
+            "not_close": found.not_close,
+        }
+    )
 
 
-class _Found:
-    """The findings of comparing the common keys, in A's order."""
-
-    def __init__(self) -> None:
-        self.shape: list[dict[str, Any]] = []
-        self.dtype: list[dict[str, Any]] = []
-        self.differ: list[dict[str, Any]] = []
-        self.kind: list[dict[str, Any]] = []
-        self.equal: list[str] = []
-
-    def value(self, k: str, va: Any, vb: Any) -> None:
-        pa, pb = plain(va), plain(vb)
-        if pa == pb or (
-            isinstance(va, float) and isinstance(vb, float) and math.isnan(va) and math.isnan(vb)
-        ):
-            self.equal.append(k)
-        else:
-            self.differ.append({"key": k, "a": pa, "b": pb})
-
-    def tensor(self, k: str, va: TensorRef, vb: TensorRef, values: bool, where: str) -> None:
-        if va.shape != vb.shape:
-            self.shape.append({"key": k, "a": list(va.shape), "b": list(vb.shape)})
-            return
-        if va.dtype != vb.dtype:
-            self.dtype.append({"key": k, "a": va.dtype, "b": vb.dtype})
-        if not values:
-            return
-        try:
-            same, worst = compare_values(va, vb)
-        except PthError as exc:
-            raise Failure(f"{where}: reading {k}: {exc}") from None
-        if same:
-            self.equal.append(k)
-        else:
-            self.differ.append(
-                {"key": k, "max_abs_diff": plain(worst), "dtype": va.dtype, "shape": list(va.shape)}
-            )
-
-
-def _compare(a: dict[str, Any], b: dict[str, Any], values: bool, where: str) -> _Found:
-    found = _Found()
-    for k, va in a.items():
-        if k not in b:
+def compare(
+    a: Side, b: Side, *, atol: float = 0.0, rtol: float = 0.0, values: bool = True
+) -> DiffResult:
+    """Compare two opened sides (see :class:`DiffResult`)."""
+    if not (atol >= 0 and rtol >= 0):  # also refuses NaN
+        raise ValueError(f"atol and rtol must be 0 or more (got atol={atol}, rtol={rtol})")
+    result = DiffResult(a, b, float(atol), float(rtol), values)
+    result.only_a = [k for k in a.entries if k not in b.entries]
+    result.only_b = [k for k in b.entries if k not in a.entries]
+    for k, va in a.entries.items():
+        if k not in b.entries:
             continue
-        vb = b[k]
+        vb = b.entries[k]
         ta, tb = isinstance(va, TensorRef), isinstance(vb, TensorRef)
         if ta != tb:
-            found.kind.append(
-                {
-                    "key": k,
-                    "a": "tensor" if ta else type(va).__name__,
-                    "b": "tensor" if tb else type(vb).__name__,
-                }
-            )
-        elif not ta:
-            found.value(k, va, vb)
+            result.mismatched.append({"key": k, "what": "kind", "a": _kind(va), "b": _kind(vb)})
+        elif ta:
+            _compare_tensors(result, k, va, vb)
+        elif _close_values(va, vb, atol, rtol):
+            result.equal += 1
         else:
-            found.tensor(k, va, vb, values, where)
-    return found
+            result.different.append({"key": k, "a": plain(va), "b": plain(vb)})
+    result.hints = [
+        h
+        for h in (
+            _prefix_hint(result.only_a, result.only_b, "b", b.root),
+            _prefix_hint(result.only_b, result.only_a, "a", a.root),
+        )
+        if h
+    ]
+    return result
+
+
+def diff(
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
+    *,
+    strip_a: str | Sequence[str] | None = None,
+    strip_b: str | Sequence[str] | None = None,
+    key_a: str | None = None,
+    key_b: str | None = None,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> DiffResult:
+    """Compare checkpoint ``b`` with ``a`` as ``load_state_dict(strict=True)`` would see B
+    loaded into a model like A, and their values within ``atol``/``rtol`` (numpy
+    ``isclose``: ``|a - b| <= atol + rtol * |b|``).
+
+    ``key_a``/``key_b`` compare only the entry under that dotted key (``"model_state_dict"``);
+    ``strip_a``/``strip_b`` remove a key prefix (or the first matching of several:
+    ``"module."``).  Raises :class:`~pthfmt.PthError` for a damaged file or a key that is
+    not there, ``OSError`` for a file that cannot be read.
+    """
+    ck_a, side_a = open_side(os.fspath(a), key_a, _strips(strip_a))
+    try:
+        ck_b, side_b = open_side(os.fspath(b), key_b, _strips(strip_b))
+        try:
+            return compare(side_a, side_b, atol=atol, rtol=rtol)
+        finally:
+            ck_b.close()
+    finally:
+        ck_a.close()
 
 
 def diff_summary(
@@ -157,55 +359,52 @@ def diff_summary(
     strip_a: Sequence[str] = (),
     strip_b: Sequence[str] = (),
     values: bool = True,
+    atol: float = 0.0,
+    rtol: float = 0.0,
 ) -> dict[str, Any]:
-    """What ``load_state_dict(strict=True)`` would say about B loaded into a model like A,
-    and for equal-shaped tensors whether their values are equal.  Raises
-    :class:`~pthfmt.engines.tree.Failure` naming the file for a bad or unreadable input."""
-    ck_a, a = _side(a_path, key_a, list(strip_a))
-    ck_b, b = _side(b_path, key_b, list(strip_b))
-    only_a = [k for k in a if k not in b]
-    only_b = [k for k in b if k not in a]
-    found = _compare(a, b, values, f"{a_path} / {b_path}")
-    n_tensors = (
-        sum(isinstance(v, TensorRef) for v in a.values()),
-        sum(isinstance(v, TensorRef) for v in b.values()),
-    )
-    ck_a.close()
-    ck_b.close()
-    loadable = not (only_a or only_b or found.shape or found.kind)
-    hints = [
-        h
-        for h in (
-            _prefix_hint(only_a, only_b, "b", ck_b.obj if not key_b else None),
-            _prefix_hint(only_b, only_a, "a", ck_a.obj if not key_a else None),
+    """:func:`diff` as a dict (:meth:`DiffResult.to_dict`); errors become
+    :class:`~pthfmt.engines.tree.Failure` naming the file (for the command line)."""
+    opened = []
+    try:
+        sides = []
+        for path, key, strip in ((a_path, key_a, strip_a), (b_path, key_b, strip_b)):
+            ck, side = _guarded(path, lambda p=path, k=key, s=strip: open_side(p, k, list(s)))
+            opened.append(ck)
+            sides.append(side)
+        where = f"{a_path} / {b_path}"
+        result: DiffResult = _guarded(
+            where, lambda: compare(sides[0], sides[1], atol=atol, rtol=rtol, values=values)
         )
-        if h
-    ]
-    return {
-        "a": {"file": a_path, "key": key_a, "strip": list(strip_a), "tensors": n_tensors[0],
-              "entries": len(a)},
-        "b": {"file": b_path, "key": key_b, "strip": list(strip_b), "tensors": n_tensors[1],
-              "entries": len(b)},
-        "only_in_a": only_a, "only_in_b": only_b, "shape_mismatch": found.shape,
-        "type_mismatch": found.kind, "dtype_mismatch": found.dtype,
-        "values_differ": found.differ, "equal": len(found.equal), "values_compared": values,
-        "load_state_dict_strict_ok": loadable,
-        "identical": loadable and not found.dtype and not found.differ,
-        "hints": hints,
-    }  # fmt: skip
+        return result.to_dict()
+    finally:
+        for ck in opened:
+            ck.close()
+
+
+def _guarded(where: str, func: Any) -> Any:
+    try:
+        return func()
+    except PthError as exc:
+        raise Failure(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise Failure(f"{where}: {exc.strerror or exc}", usage=True) from None
 
 
 def _prefix_hint(mine: list[str], theirs: list[str], side: str, root: Any) -> str | None:
-    """If most of ``mine`` appear in ``theirs`` under one prefix, the option that strips it."""
+    """If most of ``mine`` appear in ``theirs`` under one prefix, the option that strips it.
+    Only a key's first :data:`_HINT_DOTS` dots are tried (linear in the keys' length)."""
     if not mine or not theirs:
         return None
     wanted = set(mine)
     found: Counter[str] = Counter()
     for key in theirs:
         dot = key.find(".")
-        while dot >= 0:
+        for _ in range(_HINT_DOTS):
+            if dot < 0:
+                break
             if key[dot + 1 :] in wanted:
                 found[key[: dot + 1]] += 1
+                break
             dot = key.find(".", dot + 1)
     if not found:
         return None

@@ -8,37 +8,23 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from fnmatch import fnmatchcase
 from typing import Any
 
+from ..gcpause import paused_gc
 from ..model.tensor import StorageInfo, TensorRef
-from .tree import leaves, open_stubbed, plain
+from .tree import Survey, leaves, open_stubbed, plain, survey
 
 __all__ = ["inspect_summary", "stub_classes"]
 
 
 def stub_classes(root: Any) -> list[str]:
     """The classes outside the allowlist that the file pickles (stubbed), in file order."""
-    found: dict[str, None] = {}
-    stack = [root]
-    seen: set[int] = set()
-    while stack:
-        value = stack.pop()
-        if id(value) in seen:
-            continue
-        seen.add(id(value))
-        qualname = getattr(getattr(value, "type", None), "qualname", None)
-        if isinstance(qualname, str) and type(value).__name__ == "Stub":
-            found.setdefault(qualname)
-            stack.extend(
-                v
-                for v in (value.state, value.args, value.listitems, value.dictitems)
-                if v is not None
-            )
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
-    return list(found)
+    return survey(root)[0]
+
+
+def _selected(key: str, pattern: str | None) -> bool:
+    return pattern is None or fnmatchcase(key, pattern)
 
 
 def _tensor_rows(tensors: list[tuple[str, TensorRef]]) -> list[dict[str, Any]]:
@@ -90,17 +76,29 @@ def _storage_rows(storages: dict[str, StorageInfo]) -> tuple[list[dict[str, Any]
     return rows, per_dtype
 
 
-def inspect_summary(path: str) -> dict[str, Any]:
-    """Everything ``pthfmt inspect`` shows, as one JSON-ready dict (reads no tensor data)."""
+def inspect_summary(path: str, *, filter: str | None = None) -> dict[str, Any]:
+    """Everything ``pthfmt inspect`` shows, as one JSON-ready dict (reads no tensor data).
+
+    ``filter`` (a glob: ``*.weight``, ``model_state_dict.*``) keeps the tensors and values
+    whose key path matches; ``totals`` count the tensors kept, ``storages`` are the file's.
+    ``gadgets`` lists every code-execution gadget the file holds (whatever the filter), as
+    :meth:`pthfmt.engines.tree.Gadget.to_dict`.
+    """
     from ..sharded import is_index
 
     if is_index(path):
-        return _sharded_summary(path)
-    with open_stubbed(path) as ck:
-        entries = list(leaves(ck.obj))
+        return _sharded_summary(path, filter)
+    return _file_summary(path, filter)
+
+
+def _file_summary(path: str, filter: str | None) -> dict[str, Any]:
+    found = Survey()
+    with open_stubbed(path) as ck, paused_gc():
+        entries = [(k, v) for k, v in leaves(ck.obj, found) if _selected(k, filter)]
         rows = _tensor_rows([(k, v) for k, v in entries if isinstance(v, TensorRef)])
         storages, per_dtype = _storage_rows(ck.storages)
         values = {k: plain(v) for k, v in entries if not isinstance(v, TensorRef)}
+        classes, gadgets = list(found.classes), found.gadgets
         return {
             "file": path,
             "size": os.path.getsize(path),
@@ -108,7 +106,9 @@ def inspect_summary(path: str) -> dict[str, Any]:
             "version": ck.version,
             "byteorder": ck.byteorder,
             "archive": ck.archive_name,
-            "classes": stub_classes(ck.obj),
+            "filter": filter,
+            "classes": classes,
+            "gadgets": [g.to_dict() for g in gadgets],
             "tensors": rows,
             "storages": storages,
             "values": values,
@@ -124,13 +124,13 @@ def inspect_summary(path: str) -> dict[str, Any]:
         }
 
 
-def _sharded_summary(path: str) -> dict[str, Any]:
+def _sharded_summary(path: str, filter: str | None) -> dict[str, Any]:
     """``inspect`` of a sharded checkpoint: the shards' summaries merged, in index order."""
     from ..sharded import ShardedCheckpoint
 
     merged = ShardedCheckpoint(path)  # checks the index against the shards
     folder = os.path.dirname(merged.index_path)
-    parts = [inspect_summary(os.path.join(folder, shard)) for shard in merged.shards]
+    parts = [_file_summary(os.path.join(folder, shard), filter) for shard in merged.shards]
     rows = [dict(r, shard=os.path.basename(p["file"])) for p in parts for r in p["tensors"]]
     totals: dict[str, Any] = {"bytes_per_dtype": Counter()}
     for p in parts:
@@ -148,7 +148,11 @@ def _sharded_summary(path: str) -> dict[str, Any]:
         "version": first["version"] if first else None,
         "byteorder": first["byteorder"] if first else "little",
         "archive": None,
+        "filter": filter,
         "classes": sorted({c for p in parts for c in p["classes"]}),
+        "gadgets": [
+            dict(g, shard=os.path.basename(p["file"])) for p in parts for g in p["gadgets"]
+        ],
         "tensors": rows,
         "storages": [s for p in parts for s in p["storages"]],
         "values": {"metadata": plain(merged.metadata)} if merged.metadata else {},

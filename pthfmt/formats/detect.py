@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import IO, Final
+from typing import IO, Final, Literal, get_args
 
+from ..errors import PthError
 from ..reader import detect_format
 from ..sharded import find_index
 
@@ -23,11 +24,18 @@ __all__ = [
     "find_any_index",
     "is_safetensors_head",
     "FORMATS",
+    "Format",
+    "InputFormat",
 ]
 
+#: An output format's name (``format=`` of :func:`pthfmt.convert`).
+Format = Literal["pth", "safetensors", "npz"]
+#: What :func:`input_format` tells a file to be.
+InputFormat = Literal["pth", "safetensors", "npz", "sharded", "sharded-safetensors"]
+
 #: The output formats, and the extensions that name them.
-FORMATS: Final = ("pth", "safetensors", "npz")
-EXTENSIONS: Final = {
+FORMATS: Final[tuple[Format, ...]] = get_args(Format)
+EXTENSIONS: Final[dict[str, Format]] = {
     ".pth": "pth",
     ".pt": "pth",
     ".bin": "pth",
@@ -37,8 +45,10 @@ EXTENSIONS: Final = {
 }
 
 
-class UnknownFormatError(ValueError):
-    """The format of a file cannot be told from its extension (a usage error)."""
+class UnknownFormatError(PthError):
+    """The format of a file cannot be told (from its extension, or its content), or a
+    ``format=`` argument names none of :data:`FORMATS`.  (A ``ValueError``, as every
+    :class:`~pthfmt.PthError`.)"""
 
 
 def find_any_index(path: str) -> str:
@@ -53,21 +63,22 @@ def is_safetensors_head(head: bytes, size: int) -> bool:
     return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
 
 
-def output_format(path: str, format: str | None = None) -> str:
-    """``"pth"``, ``"safetensors"`` or ``"npz"``: ``format`` if given, else by extension."""
+def output_format(path: str, format: Format | None = None) -> Format:
+    """``"pth"``, ``"safetensors"`` or ``"npz"``: ``format`` if given, else by extension.
+    Raises :class:`UnknownFormatError` when neither tells."""
     if format is not None:
         if format not in FORMATS:
             raise UnknownFormatError(
-                f"unknown format {format!r} (choose from {', '.join(FORMATS)})"
+                f"unknown format {format!r}: format= must be one of {', '.join(FORMATS)}"
             )
         return format
-    kind = EXTENSIONS.get(os.path.splitext(path)[1].lower())
+    ext = os.path.splitext(path)[1]
+    kind = EXTENSIONS.get(ext.lower())
     if kind is None:
-        ext = os.path.splitext(path)[1]
         what = f"the extension {ext!r}" if ext else "a name without an extension"
         raise UnknownFormatError(
-            f"cannot tell the output format from {what}: use .pth/.pt/"
-            ".bin, .safetensors or .npz (or --format)"
+            f"cannot tell the output format from {what}: name the file .pth/.pt/.bin/"
+            ".ckpt, .safetensors or .npz, or pass format="
         )
     return kind
 
@@ -80,7 +91,7 @@ def _zip_names(fh: IO[bytes]) -> list[str]:
         return []
 
 
-def input_format(path: str) -> str:
+def input_format(path: str) -> InputFormat:
     """``pth``, ``safetensors``, ``npz``, ``sharded`` or ``sharded-safetensors``: by content
     where it is telling, else by extension."""
     if os.path.isdir(path) or path.endswith(".index.json"):

@@ -48,7 +48,7 @@ def _c(code: str, severity: str, title: str, torch: str, strict: bool = False) -
     return Check(code, severity, title, torch, strict)
 
 
-E, W = "error", "warning"
+E, W, N = "error", "warning", "info"  # N: an info note (nothing is wrong)
 
 #: Every problem code: drives the checks, the JSON, ``pthfmt validate --codes`` and the docs.
 CHECKS: Final[tuple[Check, ...]] = (
@@ -62,9 +62,21 @@ CHECKS: Final[tuple[Check, ...]] = (
     ),
     _c("file.truncated", E, "data runs past the end of the file", "fails"),
     _c(
+        "file.unreadable",
+        E,
+        "the file cannot be read (missing, no permission, or an I/O error); not checked",
+        "fails",
+    ),
+    _c(
+        "file.not_regular",
+        E,
+        "not a regular file (a FIFO, device or socket): skipped, never opened",
+        "reads what the pipe or device delivers",
+    ),
+    _c(
         "format.torchscript",
-        W,
-        "a TorchScript archive (has constants.pkl), not a checkpoint",
+        N,
+        "a TorchScript archive (has constants.pkl), not a checkpoint (a note: nothing is wrong)",
         "torch.load hands it to torch.jit.load (weights_only=True refuses it)",
     ),
     _c(
@@ -363,6 +375,60 @@ CHECKS: Final[tuple[Check, ...]] = (
         "fails: UntypedStorage has no attribute 'dtype'",
     ),
     _c("legacy.trailing_data", W, "bytes after the last legacy storage", "ignores them"),
+    _c(
+        "legacy.no_checksum",
+        N,
+        "the legacy format has no checksums: damaged tensor data cannot be detected "
+        "(a note: nothing is wrong)",
+        "loads damaged data silently",
+    ),
+    # safetensors files (pthfmt.validation.safetensors)
+    _c(
+        "safetensors.header",
+        E,
+        "a safetensors header that is not strict JSON or runs past the file: too large, "
+        "not UTF-8, a key given twice, NaN, a number of more than 40 digits, deep nesting, "
+        "text after the object, an entry that is not an object of dtype, shape, data_offsets",
+        "torch.load cannot read safetensors; the safetensors package refuses it",
+    ),
+    _c(
+        "safetensors.metadata",
+        E,
+        "__metadata__ is not an object of strings to strings",
+        "the safetensors package refuses it",
+    ),
+    _c(
+        "safetensors.dtype",
+        E,
+        "a tensor entry whose dtype safetensors does not define",
+        "the safetensors package refuses it",
+    ),
+    _c(
+        "safetensors.shape",
+        E,
+        "a shape that is not a list of at most 64 non-negative ints, or whose non-zero "
+        "dimensions hold more than 2**63 - 1 bytes",
+        "the safetensors package refuses it (or numpy cannot make the array)",
+    ),
+    _c(
+        "safetensors.size",
+        E,
+        "data_offsets hold a different number of bytes than shape x dtype",
+        "the safetensors package refuses it",
+    ),
+    _c(
+        "safetensors.offsets",
+        E,
+        "data_offsets out of order: overlapping, leaving a gap, past the end of the file, "
+        "or bytes after the last tensor",
+        "the safetensors package refuses it",
+    ),
+    _c(
+        "safetensors.no_torch_dtype",
+        W,
+        "a tensor of a safetensors dtype torch does not have (F6_E2M3, F6_E3M2)",
+        "safetensors loads it with numpy or ml_dtypes; no torch checkpoint can hold it",
+    ),
     # sharded checkpoints (an index and its shards)
     _c(
         "index.inconsistent",

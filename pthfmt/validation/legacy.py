@@ -45,6 +45,11 @@ class LegacyChecks(ZipChecks):
         pos = self.legacy_header()
         if pos is None:
             return
+        self.add(
+            "legacy.no_checksum",
+            "the legacy format stores no checksums: damaged tensor bytes cannot be detected",
+            record="legacy storages",
+        )
         audit, end = self.legacy_objects(pos)
         if end is not None:
             self.legacy_storages(audit, end)
