@@ -42,32 +42,40 @@ def _header(src: Source, pos: int, handlers: TorchHandlers, what: str) -> tuple[
     return value, u.pos
 
 
-def _unpickle_main(src: Source, start: int, opts: Options, eager: bool,
-                   offsets: dict[str, int] | None) -> tuple[Any, int, StorageTable]:
+def _unpickle_main(
+    src: Source, start: int, opts: Options, eager: bool, offsets: dict[str, int] | None
+) -> tuple[Any, int, StorageTable]:
     budget = [src.size - start]
     reader = stored_reader(src, False)
 
     def locate(info: StorageInfo) -> None:
         budget[0] -= info.nbytes
         if budget[0] < 0:
-            raise CorruptError(f"storage {info.key!r} of {info.nbytes} bytes: the storages "
-                               f"declared so far need more than the file holds")
+            raise CorruptError(
+                f"storage {info.key!r} of {info.nbytes} bytes: the storages "
+                f"declared so far need more than the file holds"
+            )
         info.record = f"storage {info.key}"
         if offsets is not None:
             info.offset = offsets[info.key]
             info.attach(reader)
 
     table = StorageTable(opts.mapper, locate)
-    handlers = TorchHandlers(table, eager=eager, mmap=opts.mmap, unknown=opts.unknown,
-                             copy_budget=copy_budget(src.size), pid_length=6)
+    handlers = TorchHandlers(
+        table,
+        eager=eager,
+        mmap=opts.mmap,
+        unknown=opts.unknown,
+        copy_budget=copy_budget(src.size),
+        pid_length=6,
+    )
     u = Unpickler(src.buf, handlers, start=start, record="legacy object pickle")
     obj = u.load()
     return obj, u.pos, table
 
 
 def read_legacy(src: Source, opts: Options) -> Parsed:
-    plain = TorchHandlers(StorageTable(opts.mapper, lambda info: None), eager=False,
-                          mmap=False)
+    plain = TorchHandlers(StorageTable(opts.mapper, lambda info: None), eager=False, mmap=False)
     magic, pos = _header(src, 0, plain, "legacy magic number")
     if magic != MAGIC_NUMBER:
         raise FormatError("not a torch checkpoint: the legacy magic number is missing")
@@ -87,23 +95,28 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
         key = raw_key.decode("ascii", "replace") if isinstance(raw_key, bytes) else raw_key
         info = table.infos.get(key)
         if info is None:
-            raise FormatError(f"storage {key!r} is listed but no object uses it",
-                              record="legacy storage keys")
+            raise FormatError(
+                f"storage {key!r} is listed but no object uses it", record="legacy storage keys"
+            )
         if key in offsets:
             raise FormatError(f"storage {key!r} is listed twice", record="legacy storage keys")
         src.check(pos, 8, f"count of storage {key!r}", info.record)
         (count,) = _COUNT.unpack_from(src.buf, pos)
         if count < 0 or count * table.count_unit(key) != info.nbytes:
-            raise CorruptError(f"storage {key!r} holds {count} elements in the file but "
-                               f"{info.nbytes} bytes are declared", record=info.record,
-                               offset=pos)
+            raise CorruptError(
+                f"storage {key!r} holds {count} elements in the file but "
+                f"{info.nbytes} bytes are declared",
+                record=info.record,
+                offset=pos,
+            )
         offsets[key] = pos + 8
         src.check(pos + 8, info.nbytes, f"storage {key!r}", info.record)
         pos += 8 + info.nbytes
     missing = [k for k in table.infos if k not in offsets]
     if missing:
-        raise CorruptError(f"storage {missing[0]!r} has no data after the key list",
-                           record="legacy storage keys")
+        raise CorruptError(
+            f"storage {missing[0]!r} has no data after the key list", record="legacy storage keys"
+        )
     if opts.eager:
         obj, _, table = _unpickle_main(src, main_start, opts, True, offsets)
     else:
@@ -111,9 +124,19 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
         for key, info in table.infos.items():
             info.offset = offsets[key]
             info.attach(reader)
-    return Parsed(format="legacy", obj=obj, storages=table.infos,
-                  records=["magic number", "protocol version", "sys_info", "object",
-                           "storage keys", *(f"storage {k}" for k in offsets)],
-                  byteorder="little", version=str(PROTOCOL_VERSION),
-                  extra={"sys_info": sys_info, "storage_end": pos})
-
+    return Parsed(
+        format="legacy",
+        obj=obj,
+        storages=table.infos,
+        records=[
+            "magic number",
+            "protocol version",
+            "sys_info",
+            "object",
+            "storage keys",
+            *(f"storage {k}" for k in offsets),
+        ],
+        byteorder="little",
+        version=str(PROTOCOL_VERSION),
+        extra={"sys_info": sys_info, "storage_end": pos},
+    )

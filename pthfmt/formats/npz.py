@@ -37,6 +37,7 @@ from ..model.device import Device
 from ..model.dtypes import DTypeInfo, by_name, from_numpy
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
 from ..text import escape, short_repr
+from . import strictjson
 from .tensordata import (
     Content,
     Meta,
@@ -212,13 +213,13 @@ def _read_sidecar(npz: Any, content: Content) -> dict[str, Any]:
             raise ValueError("not a 0-d string array")
         with npz.zip.open(info) as fp:
             array = np.lib.format.read_array(fp, allow_pickle=False)
-        doc = json.loads(str(array[()]))
+        doc = strictjson.loads(str(array[()]))
         if not isinstance(doc, dict) or not isinstance(doc.get("dtypes", {}), dict):
             raise ValueError("not a JSON object")
         return doc
     except ZIP_ERRORS as exc:
         raise CorruptError(f"member {info.filename!r}: {exc}") from None
-    except (ValueError, RecursionError) as exc:  # PthError included: not our sidecar
+    except ValueError as exc:  # strict JSON refused it (a FormatError): not our sidecar
         content.warnings.append(
             f"the {SIDECAR!r} member is not pthfmt's sidecar ({exc}): "
             "ignored, so raw-bit dtypes and values are not restored"

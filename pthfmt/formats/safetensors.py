@@ -43,6 +43,7 @@ from ..model.tensor import INTP_MAX, MAX_NDIM, TensorRef
 from ..source import Source
 from ..text import escape, short_repr
 from .contract import Options, Parsed
+from .strictjson import MAX_DIGITS, Rule, decoder_for, parse_constant, parse_int
 from .tensordata import (
     Content,
     Meta,
@@ -98,9 +99,6 @@ def _bits() -> dict[str, int]:
 SAFETENSORS_BITS: Final[dict[str, int]] = _bits()
 #: safetensors' own limit on the header.
 MAX_HEADER: Final = 100_000_000
-#: Digits a JSON integer of a header may have (2**64 has 20): longer ones are refused before
-#: Python converts them (which takes quadratic time, and fails from 4,300 digits).
-MAX_DIGITS: Final = 40
 #: Prefix of the safetensors ``__metadata__`` keys that carry non-tensor values.
 META_PREFIX: Final = "pthfmt:"
 _MAX_BITS: Final = INTP_MAX * 8  # the bits of the largest array numpy can make
@@ -147,39 +145,6 @@ _WS = re.compile(r"[ \t\n\r]*")
 _scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
-class _Rule(Exception):
-    """A rule of strict JSON broken inside a value (hooks do not know their position)."""
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Rule(f"key '{escape(key)}' appears twice in one object")
-        out[key] = value
-    return out
-
-
-def _int(text: str) -> int:
-    digits = len(text) - text.startswith("-")
-    if digits > MAX_DIGITS:
-        raise _Rule(f"a number of {digits} digits (at most {MAX_DIGITS})")
-    return int(text)
-
-
-def _constant(name: str) -> Any:
-    raise _Rule(f"{name} is not JSON")
-
-
-_DECODER: Final = json.JSONDecoder(
-    object_pairs_hook=_pairs, parse_int=_int, parse_constant=_constant
-)
-#: The same without the per-number hook, for headers with no run of more than MAX_DIGITS
-#: digits anywhere (every real one): Python's own int() is then safe and quick.
-_FAST_DECODER: Final = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant)
-_LONG_DIGITS: Final = re.compile(rf"[0-9]{{{MAX_DIGITS + 1}}}")
-
-
 class _Syntax(Exception):
     """The header is not strict JSON at character ``pos``."""
 
@@ -214,7 +179,7 @@ def _value(text: str, pos: int, decoder: json.JSONDecoder) -> tuple[Any, int]:
         raise _Syntax("expecting a value", exc.value) from None
     except json.JSONDecodeError as exc:
         raise _Syntax(exc.msg, exc.pos) from None
-    except _Rule as exc:
+    except Rule as exc:
         raise _Syntax(str(exc), pos) from None
     except RecursionError:
         raise _Syntax("nested too deeply", pos) from None
@@ -227,7 +192,7 @@ def _members(text: str) -> Iterator[tuple[str, int, Any, int]]:
     if text[pos : pos + 1] != "{":
         raise _Syntax(f"expecting '{{', found {short_repr(text[pos : pos + 1])}", pos)
     pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
-    decoder = _DECODER if _LONG_DIGITS.search(text) else _FAST_DECODER
+    decoder = decoder_for(text)
     seen: set[str] = set()
     closed = text[pos : pos + 1] == "}"
     while not closed:
@@ -627,8 +592,8 @@ def read_safetensors(
     for k, v in metadata.items():
         if k.startswith(META_PREFIX):
             try:
-                value = json.loads(v, parse_int=_int, parse_constant=_constant)
-            except (ValueError, RecursionError, _Rule):
+                value = json.loads(v, parse_int=parse_int, parse_constant=parse_constant)
+            except (ValueError, RecursionError, Rule):
                 value = v
             content.entries.append(Value(k[len(META_PREFIX) :], value))
         else:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import FormatError, LimitError, UnserializableError
 from ..text import escape, short_repr
+from . import strictjson
 
 if TYPE_CHECKING:
     from ..model.device import MapLocation
@@ -127,25 +128,6 @@ def shard_layout(path: str | os.PathLike[str]) -> ShardLayout:
     return ShardLayout(path, folder, weight_map, metadata)
 
 
-def _json_int(text: str) -> int:
-    if len(text) > 40:
-        raise FormatError(f"a number of {len(text)} digits")
-    return int(text)
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise FormatError(f"key '{escape(key)}' appears twice")
-        out[key] = value
-    return out
-
-
-def _refuse_constant(name: str) -> Any:
-    raise FormatError(f"{name} is not JSON")
-
-
 def _index_doc(path: str) -> Any:
     """The index's JSON document, read within bounds."""
     with open(path, "rb") as fh:
@@ -153,24 +135,13 @@ def _index_doc(path: str) -> Any:
     if len(data) > MAX_INDEX:
         raise LimitError(f"{escape(path)}: a shard index larger than {MAX_INDEX} bytes")
     try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_unique,
-            parse_int=_json_int,
-            parse_constant=_refuse_constant,
-        )
+        return strictjson.loads(data.decode("utf-8"))
     except FormatError as exc:
         raise FormatError(f"{escape(path)}: not a JSON index ({exc.message})") from None
     except UnicodeDecodeError as exc:
         raise FormatError(
             f"{escape(path)}: not a JSON index (not UTF-8 at byte {exc.start})"
         ) from None
-    except json.JSONDecodeError as exc:
-        raise FormatError(
-            f"{escape(path)}: not a JSON index ({exc.msg} at character {exc.pos})"
-        ) from None
-    except RecursionError:
-        raise FormatError(f"{escape(path)}: not a JSON index (nested too deeply)") from None
 
 
 def _shard_name(index: str, shard: str) -> None:

@@ -52,7 +52,7 @@ __all__ = ["read_tar", "TarMember", "tar_members"]
 BLOCK = 512
 _COUNT = struct.Struct("<q")
 _NDIM = struct.Struct("<i4x")
-_REGULAR = (b"0", b"\0", b"7")                  # file, old-style file, contiguous file
+_REGULAR = (b"0", b"\0", b"7")  # file, old-style file, contiguous file
 _NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directories, fifos
 _UNSIGNED = struct.Struct("148B8x356B")
 _SIGNED = struct.Struct("148b8x356b")
@@ -66,8 +66,13 @@ class TarMember:
     __slots__ = ("header", "name", "offset", "size", "type")
 
     def __init__(self, name: str, type_: bytes, header: int, offset: int, size: int) -> None:
-        self.name, self.type, self.header, self.offset, self.size = \
-            name, type_, header, offset, size
+        self.name, self.type, self.header, self.offset, self.size = (
+            name,
+            type_,
+            header,
+            offset,
+            size,
+        )
 
     @property
     def regular(self) -> bool:
@@ -78,11 +83,13 @@ class TarMember:
         return self.offset + self.size
 
     def __repr__(self) -> str:
-        return f"TarMember({self.name!r}, type={self.type!r}, offset={self.offset}, " \
-               f"size={self.size})"
+        return (
+            f"TarMember({self.name!r}, type={self.type!r}, offset={self.offset}, size={self.size})"
+        )
 
 
 # -- the archive ---------------------------------------------------------------------------------
+
 
 def _text(raw: bytes) -> str:
     """A NUL-terminated header field as text (undecodable bytes kept as surrogates)."""
@@ -101,8 +108,9 @@ def _number(raw: bytes, what: str, pos: int) -> int:
     if not digits:
         return 0
     if digits.strip(b"01234567"):
-        raise CorruptError(f"tar header at offset {pos}: {what} {bytes(raw)!r} is not an "
-                           f"octal number", offset=pos)
+        raise CorruptError(
+            f"tar header at offset {pos}: {what} {bytes(raw)!r} is not an octal number", offset=pos
+        )
     return int(digits, 8)
 
 
@@ -114,18 +122,22 @@ def _pax(raw: bytes, pos: int) -> dict[str, str]:
         space = raw.find(b" ", i, i + 21)
         digits = raw[i:space] if space > i else b""
         if not digits.isdigit():
-            raise CorruptError(f"PAX header at offset {pos}: record at byte {i} has no length",
-                               offset=pos)
+            raise CorruptError(
+                f"PAX header at offset {pos}: record at byte {i} has no length", offset=pos
+            )
         length = int(digits)
         stop = i + length
         if stop > len(raw) or stop <= space + 1 or raw[stop - 1] != 0x0A:
-            raise CorruptError(f"PAX header at offset {pos}: record at byte {i} of length "
-                               f"{length} does not end in a newline inside the header",
-                               offset=pos)
-        key, eq, value = raw[space + 1:stop - 1].partition(b"=")
+            raise CorruptError(
+                f"PAX header at offset {pos}: record at byte {i} of length "
+                f"{length} does not end in a newline inside the header",
+                offset=pos,
+            )
+        key, eq, value = raw[space + 1 : stop - 1].partition(b"=")
         if not eq:
-            raise CorruptError(f"PAX header at offset {pos}: record at byte {i} has no '='",
-                               offset=pos)
+            raise CorruptError(
+                f"PAX header at offset {pos}: record at byte {i} has no '='", offset=pos
+            )
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         i = stop
     return out
@@ -143,17 +155,21 @@ def tar_members(src: Source) -> list[TarMember]:
         if pos + BLOCK > size:
             rest = bytes(buf[pos:size])
             if rest.strip(b"\0"):
-                raise CorruptError(f"tar header at offset {pos} is truncated: the file ends "
-                                   f"{size - pos} bytes into it", offset=pos)
-            break                                   # end of file without an end marker
-        header = bytes(buf[pos:pos + BLOCK])
+                raise CorruptError(
+                    f"tar header at offset {pos} is truncated: the file ends "
+                    f"{size - pos} bytes into it",
+                    offset=pos,
+                )
+            break  # end of file without an end marker
+        header = bytes(buf[pos : pos + BLOCK])
         if not header.strip(b"\0"):
-            break                                   # end-of-archive marker
+            break  # end-of-archive marker
         stored = _number(header[148:156], "checksum", pos)
-        if stored not in (256 + sum(_UNSIGNED.unpack(header)),
-                          256 + sum(_SIGNED.unpack(header))):
-            raise CorruptError(f"tar header at offset {pos} (member "
-                               f"{_text(header[:100])!r}) has a bad checksum", offset=pos)
+        if stored not in (256 + sum(_UNSIGNED.unpack(header)), 256 + sum(_SIGNED.unpack(header))):
+            raise CorruptError(
+                f"tar header at offset {pos} (member {_text(header[:100])!r}) has a bad checksum",
+                offset=pos,
+            )
         flag = header[156:157]
         name = _text(header[:100])
         if header[257:265] == _POSIX_MAGIC:
@@ -164,9 +180,12 @@ def tar_members(src: Source) -> list[TarMember]:
         data = pos + BLOCK
         if flag in (b"x", b"g", b"L", b"K"):
             if length > size - data:
-                raise CorruptError(f"tar extended header at offset {pos} of {length} bytes "
-                                   f"runs past the end of the {size}-byte file", offset=pos)
-            raw = bytes(buf[data:data + length])
+                raise CorruptError(
+                    f"tar extended header at offset {pos} of {length} bytes "
+                    f"runs past the end of the {size}-byte file",
+                    offset=pos,
+                )
+            raw = bytes(buf[data : data + length])
             if flag == b"x":
                 local_pax = _pax(raw, pos)
             elif flag == b"g":
@@ -182,8 +201,11 @@ def tar_members(src: Source) -> list[TarMember]:
             name = pax["path"]
         if "size" in pax:
             if not pax["size"].isdigit():
-                raise CorruptError(f"tar member {name!r}: PAX size {pax['size']!r} is not a "
-                                   f"number", record=name, offset=pos)
+                raise CorruptError(
+                    f"tar member {name!r}: PAX size {pax['size']!r} is not a number",
+                    record=name,
+                    offset=pos,
+                )
             length = int(pax["size"])
         local_pax, long_name = {}, None
         if flag == b"S" or any(k.startswith("GNU.sparse.") for k in pax):
@@ -191,16 +213,22 @@ def tar_members(src: Source) -> list[TarMember]:
         member = TarMember(name, flag, pos, data, length)
         members.append(member)
         if not member.regular and flag in (*_NO_DATA, b"\0"):
-            pos = data                              # tarfile skips no data for these
+            pos = data  # tarfile skips no data for these
             continue
         if length > size - data:
-            raise CorruptError(f"tar member {name!r} of {length} bytes at offset {data} runs "
-                               f"past the end of the {size}-byte file", record=name,
-                               offset=data)
+            raise CorruptError(
+                f"tar member {name!r} of {length} bytes at offset {data} runs "
+                f"past the end of the {size}-byte file",
+                record=name,
+                offset=data,
+            )
         pos = data + -(-length // BLOCK) * BLOCK
         if pos > size:
-            raise CorruptError(f"tar member {name!r}: the file ends inside its padding "
-                               f"(truncated archive)", record=name, offset=size)
+            raise CorruptError(
+                f"tar member {name!r}: the file ends inside its padding (truncated archive)",
+                record=name,
+                offset=size,
+            )
     return members
 
 
@@ -212,17 +240,21 @@ def _index(members: list[TarMember]) -> dict[str, TarMember]:
         if member.name in found:
             raise FormatError(f"tar member {member.name!r} occurs twice", record=member.name)
         if not member.regular:
-            raise FormatError(f"tar member {member.name!r} is not a regular file (type "
-                              f"{member.type!r})", record=member.name)
+            raise FormatError(
+                f"tar member {member.name!r} is not a regular file (type {member.type!r})",
+                record=member.name,
+            )
         found[member.name] = member
     for name in _REQUIRED:
         if name not in found:
-            raise FormatError(f"tar member {name!r} is missing: not a torch tar checkpoint",
-                              record=name)
+            raise FormatError(
+                f"tar member {name!r} is missing: not a torch tar checkpoint", record=name
+            )
     return found
 
 
 # -- pickles -------------------------------------------------------------------------------------
+
 
 class _TarHandlers(TorchHandlers):
     """TorchHandlers whose persistent ids are the tensor and storage keys of the archive.
@@ -235,13 +267,14 @@ class _TarHandlers(TorchHandlers):
     ``(requires_grad, volatile, backward_hooks)``.
     """
 
-    def __init__(self, table: StorageTable, *, eager: bool, mmap: bool,
-                 unknown: str = "error") -> None:
+    def __init__(
+        self, table: StorageTable, *, eager: bool, mmap: bool, unknown: str = "error"
+    ) -> None:
         super().__init__(table, eager=eager, mmap=mmap, unknown=unknown)
         self.objects: dict[str, Any] | None = None
 
     def lenient(self) -> _TarHandlers:
-        twin = copy.copy(self)          # same objects: the re-run resolves the same keys
+        twin = copy.copy(self)  # same objects: the re-run resolves the same keys
         twin.eager = twin.mmap = False
         twin._globals = {}
         return twin
@@ -250,25 +283,37 @@ class _TarHandlers(TorchHandlers):
         if self.objects is None:
             raise FormatError(f"persistent id {_short(pid)} in a header pickle")
         if isinstance(pid, (tuple, list)):
-            tagged = len(pid) > 1 and isinstance(pid[0], (str, bytes)) and \
-                pid[0] in ("module", b"module")
+            tagged = (
+                len(pid) > 1
+                and isinstance(pid[0], (str, bytes))
+                and pid[0] in ("module", b"module")
+            )
             cls = pid[1] if tagged else pid[0] if pid else None
             if self.unknown == "stub" and isinstance(cls, StubType):
                 return cls
-            raise UnsafePickleError(f"persistent id {_short(pid)} is a pickled class (an "
-                                    f"nn.Module source reference); pthfmt loads no classes")
+            raise UnsafePickleError(
+                f"persistent id {_short(pid)} is a pickled class (an "
+                f"nn.Module source reference); pthfmt loads no classes"
+            )
         key = _key(pid, "persistent id")
         hit = self.objects.get(key)
         if hit is None:
-            raise FormatError(f"persistent id {_short(pid)} names no tensor of member "
-                              f"'tensors' and no storage of member 'storages'")
+            raise FormatError(
+                f"persistent id {_short(pid)} names no tensor of member "
+                f"'tensors' and no storage of member 'storages'"
+            )
         return hit
 
     def build(self, obj: Any, state: Any) -> None:
-        if isinstance(obj, (TensorRef, np.ndarray)) and isinstance(state, tuple) and \
-                len(state) == 3 and isinstance(state[0], bool) and \
-                isinstance(state[1], bool) and (state[2] is None or isinstance(state[2], dict)):
-            if isinstance(obj, TensorRef):         # torch's Tensor.__setstate__, legacy
+        if (
+            isinstance(obj, (TensorRef, np.ndarray))
+            and isinstance(state, tuple)
+            and len(state) == 3
+            and isinstance(state[0], bool)
+            and isinstance(state[1], bool)
+            and (state[2] is None or isinstance(state[2], dict))
+        ):
+            if isinstance(obj, TensorRef):  # torch's Tensor.__setstate__, legacy
                 obj.requires_grad = state[0]
             return
         super().build(obj, state)
@@ -293,15 +338,21 @@ def _short(value: Any) -> str:
 
 def _count(value: Any, what: str, member: TarMember, pos: int) -> int:
     if type(value) is not int or value < 0:
-        raise FormatError(f"member {member.name!r}: {what} {_short(value)} is not a "
-                          f"non-negative int", record=member.name, offset=pos)
+        raise FormatError(
+            f"member {member.name!r}: {what} {_short(value)} is not a non-negative int",
+            record=member.name,
+            offset=pos,
+        )
     return value
 
 
 def _entry(value: Any, n: int, what: str, member: TarMember, pos: int) -> tuple[Any, ...]:
     if not isinstance(value, (tuple, list)) or len(value) != n:
-        raise FormatError(f"member {member.name!r}: {what} {_short(value)} is not a "
-                          f"{n}-tuple", record=member.name, offset=pos)
+        raise FormatError(
+            f"member {member.name!r}: {what} {_short(value)} is not a {n}-tuple",
+            record=member.name,
+            offset=pos,
+        )
     return tuple(value)
 
 
@@ -317,32 +368,45 @@ class _Reader:
         return self.member.end - self.pos
 
     def pickle(self) -> Any:
-        u = Unpickler(self.src.buf, self.handlers, start=self.pos, end=self.member.end,
-                      record=self.member.name)
+        u = Unpickler(
+            self.src.buf,
+            self.handlers,
+            start=self.pos,
+            end=self.member.end,
+            record=self.member.name,
+        )
         value = u.load()
         self.pos = u.pos
         return value
 
     def need(self, nbytes: int, what: str) -> int:
         if nbytes > self.left:
-            raise CorruptError(f"member {self.member.name!r}: {what} ({nbytes} bytes) runs "
-                               f"past the end of the member ({self.left} bytes left)",
-                               record=self.member.name, offset=self.pos)
+            raise CorruptError(
+                f"member {self.member.name!r}: {what} ({nbytes} bytes) runs "
+                f"past the end of the member ({self.left} bytes left)",
+                record=self.member.name,
+                offset=self.pos,
+            )
         at = self.pos
         self.pos += nbytes
         return at
 
     def ran_out(self, done: int, total: int, what: str) -> None:
         if self.left <= 0:
-            raise CorruptError(f"member {self.member.name!r} ends after {done} of the {total} "
-                               f"{what} it declares", record=self.member.name,
-                               offset=self.pos)
+            raise CorruptError(
+                f"member {self.member.name!r} ends after {done} of the {total} {what} it declares",
+                record=self.member.name,
+                offset=self.pos,
+            )
 
     def finish(self, what: str) -> None:
         if self.left:
-            raise CorruptError(f"member {self.member.name!r} has {self.left} bytes after "
-                               f"{what} (does a count disagree with the data?)",
-                               record=self.member.name, offset=self.pos)
+            raise CorruptError(
+                f"member {self.member.name!r} has {self.left} bytes after "
+                f"{what} (does a count disagree with the data?)",
+                record=self.member.name,
+                offset=self.pos,
+            )
 
 
 def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> None:
@@ -355,23 +419,34 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
         key, tag, stype = _entry(r.pickle(), 3, "storage header", r.member, at)
         key = _key(key, "storage key")
         if key in objects:
-            raise FormatError(f"member {name!r}: storage key {key} occurs twice",
-                              record=name, offset=at)
+            raise FormatError(
+                f"member {name!r}: storage key {key} occurs twice", record=name, offset=at
+            )
         if isinstance(tag, bytes):
             tag = tag.decode("ascii", "replace")
         if not isinstance(stype, StorageType):
-            raise FormatError(f"member {name!r}: storage {key}: {_short(stype)} is not a "
-                              f"storage class", record=name, offset=at)
+            raise FormatError(
+                f"member {name!r}: storage {key}: {_short(stype)} is not a storage class",
+                record=name,
+                offset=at,
+            )
         if stype.dtype is None:
-            raise FormatError(f"member {name!r}: storage {key} is an {stype.name}, which has "
-                              f"no element type (torch cannot load it either)", record=name,
-                              offset=at)
+            raise FormatError(
+                f"member {name!r}: storage {key} is an {stype.name}, which has "
+                f"no element type (torch cannot load it either)",
+                record=name,
+                offset=at,
+            )
         (count,) = _COUNT.unpack_from(r.src.buf, r.need(8, f"element count of storage {key}"))
         if count < 0:
-            raise CorruptError(f"member {name!r}: storage {key} has a negative element count "
-                               f"{count}", record=name, offset=r.pos - 8)
-        data = r.need(count * stype.dtype.itemsize,
-                      f"storage {key} of {count} {stype.dtype.name} elements")
+            raise CorruptError(
+                f"member {name!r}: storage {key} has a negative element count {count}",
+                record=name,
+                offset=r.pos - 8,
+            )
+        data = r.need(
+            count * stype.dtype.itemsize, f"storage {key} of {count} {stype.dtype.name} elements"
+        )
         try:
             info = table.declare(key, stype, tag, count)
         except FormatError as exc:
@@ -383,36 +458,59 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
     at = r.pos
     views = r.pickle()
     if not isinstance(views, (list, tuple)):
-        raise FormatError(f"member {name!r}: the storage view list is a "
-                          f"{type(views).__name__}, not a list", record=name, offset=at)
+        raise FormatError(
+            f"member {name!r}: the storage view list is a {type(views).__name__}, not a list",
+            record=name,
+            offset=at,
+        )
     for item in views:
         view_key, root_key, start, numel = _entry(item, 4, "storage view", r.member, at)
         view_key = _key(view_key, "storage view key")
         root_key = _key(root_key, "storage view root key")
         root = objects.get(root_key)
         if not isinstance(root, (StorageInfo, StorageSlice)):
-            raise FormatError(f"member {name!r}: storage view {view_key} is a slice of "
-                              f"storage {root_key}, which the member does not hold",
-                              record=name, offset=at)
+            raise FormatError(
+                f"member {name!r}: storage view {view_key} is a slice of "
+                f"storage {root_key}, which the member does not hold",
+                record=name,
+                offset=at,
+            )
         if view_key in objects:
-            raise FormatError(f"member {name!r}: storage view key {view_key} is also the key "
-                              f"of a storage", record=name, offset=at)
+            raise FormatError(
+                f"member {name!r}: storage view key {view_key} is also the key of a storage",
+                record=name,
+                offset=at,
+            )
         if isinstance(root, StorageSlice):
             base, first, limit = root.base, root.start, root.numel
         else:
             base, first, limit = root, 0, root.numel
-        if type(start) is not int or type(numel) is not int or start < 0 or numel < 0 or \
-                start + numel > limit:
-            raise CorruptError(f"member {name!r}: storage view {view_key} "
-                               f"[{_short(start)}:+{_short(numel)}] does not fit the "
-                               f"{limit} elements of storage {root_key}", record=name,
-                               offset=at)
+        if (
+            type(start) is not int
+            or type(numel) is not int
+            or start < 0
+            or numel < 0
+            or start + numel > limit
+        ):
+            raise CorruptError(
+                f"member {name!r}: storage view {view_key} "
+                f"[{_short(start)}:+{_short(numel)}] does not fit the "
+                f"{limit} elements of storage {root_key}",
+                record=name,
+                offset=at,
+            )
         objects[view_key] = StorageSlice(base, first + start, numel)
     r.finish("the storage view list")
 
 
-def _check_empty_view(storage: StorageInfo | StorageSlice, shape: tuple[int, ...],
-                      stride: tuple[int, ...], key: str, name: str, at: int) -> None:
+def _check_empty_view(
+    storage: StorageInfo | StorageSlice,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    key: str,
+    name: str,
+    at: int,
+) -> None:
     """What ``check_view`` leaves open for a view with no elements: numpy's own limits.
 
     A non-empty view is bounded by its storage; an empty one may declare any sizes and
@@ -422,10 +520,15 @@ def _check_empty_view(storage: StorageInfo | StorageSlice, shape: tuple[int, ...
         return
     info = storage.base if isinstance(storage, StorageSlice) else storage
     itemsize = info.dtype.itemsize if info.dtype else 1
-    if math.prod(n for n in shape if n) * itemsize > INTP_MAX or \
-            any(abs(s) * itemsize > INTP_MAX for s in stride):
-        raise CorruptError(f"member {name!r}: empty tensor {key} has sizes {shape} and strides "
-                           f"{stride} that no array can have", record=name, offset=at)
+    if math.prod(n for n in shape if n) * itemsize > INTP_MAX or any(
+        abs(s) * itemsize > INTP_MAX for s in stride
+    ):
+        raise CorruptError(
+            f"member {name!r}: empty tensor {key} has sizes {shape} and strides "
+            f"{stride} that no array can have",
+            record=name,
+            offset=at,
+        )
 
 
 def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -> None:
@@ -438,26 +541,42 @@ def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -
         key, storage_key, _tensor_class = _entry(r.pickle(), 3, "tensor header", r.member, at)
         key = _key(key, "tensor key")
         if key in objects:
-            raise FormatError(f"member {name!r}: tensor key {key} occurs twice or is also a "
-                              f"storage key", record=name, offset=at)
+            raise FormatError(
+                f"member {name!r}: tensor key {key} occurs twice or is also a storage key",
+                record=name,
+                offset=at,
+            )
         if storage_key is None:
-            raise FormatError(f"member {name!r}: tensor {key} has no storage (torch cannot "
-                              f"load it either)", record=name, offset=at)
+            raise FormatError(
+                f"member {name!r}: tensor {key} has no storage (torch cannot load it either)",
+                record=name,
+                offset=at,
+            )
         storage_key = _key(storage_key, "tensor storage key")
         storage = objects.get(storage_key)
         if not isinstance(storage, (StorageInfo, StorageSlice)):
-            raise FormatError(f"member {name!r}: tensor {key} views storage {storage_key}, "
-                              f"which member 'storages' does not hold", record=name,
-                              offset=at)
+            raise FormatError(
+                f"member {name!r}: tensor {key} views storage {storage_key}, "
+                f"which member 'storages' does not hold",
+                record=name,
+                offset=at,
+            )
         (ndim,) = _NDIM.unpack_from(buf, r.need(8, f"dimension count of tensor {key}"))
         if ndim < 0:
-            raise CorruptError(f"member {name!r}: tensor {key} has {ndim} dimensions",
-                               record=name, offset=r.pos - 8)
-        meta = r.need(8 * (2 * ndim + 1), f"sizes, strides and offset of tensor {key} "
-                                          f"({ndim} dimensions)")
-        if ndim > MAX_NDIM:         # (before any product of sizes: that would be quadratic)
-            raise UnsupportedError(f"member {name!r}: tensor {key} has {ndim} dimensions "
-                                   f"(numpy allows {MAX_NDIM})", record=name, offset=at)
+            raise CorruptError(
+                f"member {name!r}: tensor {key} has {ndim} dimensions",
+                record=name,
+                offset=r.pos - 8,
+            )
+        meta = r.need(
+            8 * (2 * ndim + 1), f"sizes, strides and offset of tensor {key} ({ndim} dimensions)"
+        )
+        if ndim > MAX_NDIM:  # (before any product of sizes: that would be quadratic)
+            raise UnsupportedError(
+                f"member {name!r}: tensor {key} has {ndim} dimensions (numpy allows {MAX_NDIM})",
+                record=name,
+                offset=at,
+            )
         shape = struct.unpack_from(f"<{ndim}q", buf, meta)
         stride = struct.unpack_from(f"<{ndim}q", buf, meta + 8 * ndim)
         (offset,) = _COUNT.unpack_from(buf, meta + 16 * ndim)
@@ -480,8 +599,9 @@ def read_tar(src: Source, opts: Options) -> Parsed:
         r = _Reader(src, found["sys_info"], handlers)
         sys_info = r.pickle()
         if not isinstance(sys_info, dict):
-            raise FormatError(f"member 'sys_info' is a {type(sys_info).__name__}, not a dict",
-                              record="sys_info")
+            raise FormatError(
+                f"member 'sys_info' is a {type(sys_info).__name__}, not a dict", record="sys_info"
+            )
         r.finish("sys_info")
 
     objects: dict[str, Any] = {}
@@ -494,7 +614,12 @@ def read_tar(src: Source, opts: Options) -> Parsed:
     r.finish("the object pickle's STOP")
 
     version = sys_info.get("protocol_version") if sys_info else None
-    return Parsed(format="tar", obj=obj, storages=table.infos,
-                  records=[m.name for m in members], byteorder="little",
-                  version=str(version) if type(version) is int else None,
-                  extra={"sys_info": sys_info})
+    return Parsed(
+        format="tar",
+        obj=obj,
+        storages=table.infos,
+        records=[m.name for m in members],
+        byteorder="little",
+        version=str(version) if type(version) is int else None,
+        extra={"sys_info": sys_info},
+    )

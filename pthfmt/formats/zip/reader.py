@@ -21,11 +21,19 @@ from ...source import Source
 from . import structs as zs
 from .structs import CENTRAL, DEFLATED, EOCD, LOCAL, STORED, U32_MAX, ZIP64_EOCD, ZIP64_LOCATOR
 
-__all__ = ["ZipEntry", "ZipArchive", "LocalHeader", "STORED", "DEFLATED", "inflate",
-           "PICKLE_RATIO", "DATA_RATIO"]
+__all__ = [
+    "ZipEntry",
+    "ZipArchive",
+    "LocalHeader",
+    "STORED",
+    "DEFLATED",
+    "inflate",
+    "PICKLE_RATIO",
+    "DATA_RATIO",
+]
 
 _MAX_COMMENT = zs.U16_MAX
-_MAX_RATIO = 1032          # DEFLATE's best case: 258 bytes from one ~2-bit code
+_MAX_RATIO = 1032  # DEFLATE's best case: 258 bytes from one ~2-bit code
 #: Inflation bounds (see SECURITY.md): real pickles compress about 4:1 and real weights
 #: barely at all; only constant-filled tensors approach DEFLATE's 1032:1.
 PICKLE_RATIO = 64
@@ -68,9 +76,19 @@ class ZipEntry:
         "usize",
     )
 
-    def __init__(self, name: str, index: int, method: int, flags: int, crc: int, csize: int,
-                 usize: int, header_offset: int, central_offset: int,
-                 central_size: int = CENTRAL.size) -> None:
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        method: int,
+        flags: int,
+        crc: int,
+        csize: int,
+        usize: int,
+        header_offset: int,
+        central_offset: int,
+        central_size: int = CENTRAL.size,
+    ) -> None:
         self.name = name
         self.index = index
         self.method = method
@@ -82,7 +100,7 @@ class ZipEntry:
         self.central_offset = central_offset
         #: bytes of the directory entry with its name, extra field and comment
         self.central_size = central_size
-        self.data_offset = -1               # from the local header, on first use
+        self.data_offset = -1  # from the local header, on first use
         #: the local header, once :meth:`ZipArchive.local_header` has read it
         self.local: LocalHeader | None = None
 
@@ -91,8 +109,10 @@ class ZipEntry:
         return self.method == STORED
 
     def __repr__(self) -> str:
-        return (f"ZipEntry({self.name!r}, method={self.method}, usize={self.usize}, "
-                f"header_offset={self.header_offset})")
+        return (
+            f"ZipEntry({self.name!r}, method={self.method}, usize={self.usize}, "
+            f"header_offset={self.header_offset})"
+        )
 
 
 class ZipArchive:
@@ -122,13 +142,14 @@ class ZipArchive:
         count, cd_size = end[zs.EOCD_ENTRIES], end[zs.EOCD_DIRECTORY_SIZE]
         cd_offset = end[zs.EOCD_DIRECTORY_OFFSET]
         loc = pos - ZIP64_LOCATOR.size
-        if loc >= 0 and buf[loc:loc + 4] == ZIP64_LOCATOR.signature:
+        if loc >= 0 and buf[loc : loc + 4] == ZIP64_LOCATOR.signature:
             z64_offset = ZIP64_LOCATOR.struct.unpack_from(buf, loc)[zs.LOC_ZIP64_OFFSET]
             self.src.check(z64_offset, ZIP64_EOCD.size, "zip64 end of central directory")
             fields = ZIP64_EOCD.struct.unpack_from(buf, z64_offset)
             if fields[zs.Z64_SIGNATURE] != ZIP64_EOCD.signature:
-                raise CorruptError("zip64 end-of-central-directory signature missing",
-                                   offset=z64_offset)
+                raise CorruptError(
+                    "zip64 end-of-central-directory signature missing", offset=z64_offset
+                )
             self.zip64_offset, self.zip64_record = z64_offset, fields
             disk, cd_disk = fields[zs.Z64_DISK], fields[zs.Z64_DIRECTORY_DISK]
             count, cd_size = fields[zs.Z64_ENTRIES], fields[zs.Z64_DIRECTORY_SIZE]
@@ -137,8 +158,9 @@ class ZipArchive:
             raise UnsupportedError("multi-disk (spanned) zip archives")
         self.src.check(cd_offset, cd_size, "zip central directory")
         if count > cd_size // CENTRAL.size:
-            raise CorruptError(f"zip directory claims {count} entries in {cd_size} bytes",
-                               offset=pos)
+            raise CorruptError(
+                f"zip directory claims {count} entries in {cd_size} bytes", offset=pos
+            )
         return pos, cd_offset, cd_size, count
 
     # -- central directory ---------------------------------------------------------------------
@@ -157,10 +179,10 @@ class ZipArchive:
         size = self.cd_size
         if count == 0 or size < CENTRAL.size * count:
             return None
-        cd = self.src.whole[self.cd_offset:self.cd_offset + size]
+        cd = self.src.whole[self.cd_offset : self.cd_offset + size]
         sig = CENTRAL.signature
         assert sig is not None
-        at = np.flatnonzero(cd[:size - CENTRAL.size + 1] == sig[0])
+        at = np.flatnonzero(cd[: size - CENTRAL.size + 1] == sig[0])
         at = at[(cd[at + 1] == sig[1]) & (cd[at + 2] == sig[2]) & (cd[at + 3] == sig[3])]
         if len(at) != count or at[0] != 0:
             return None
@@ -184,15 +206,30 @@ class ZipArchive:
         usize, csize = rows["uncompressed_size"].tolist(), rows["compressed_size"].tolist()
         lho = rows["header_offset"].tolist()
         central = (at + self.cd_offset).tolist()
-        wide = (rows["extra_length"] != 0) | (rows["uncompressed_size"] == U32_MAX) | \
-            (rows["compressed_size"] == U32_MAX) | (rows["header_offset"] == U32_MAX)
+        wide = (
+            (rows["extra_length"] != 0)
+            | (rows["uncompressed_size"] == U32_MAX)
+            | (rows["compressed_size"] == U32_MAX)
+            | (rows["header_offset"] == U32_MAX)
+        )
         for i in np.flatnonzero(wide).tolist():
-            extra = text[ends[i]:ends[i] + rows["extra_length"][i]]
-            usize[i], csize[i], lho[i] = _zip64(extra, usize[i], csize[i], lho[i], i,
-                                                central[i])
-        return list(map(ZipEntry, names, range(count), rows["method"].tolist(), flags,
-                        rows["crc"].tolist(), csize, usize, lho, central,
-                        (stop - at).tolist()))
+            extra = text[ends[i] : ends[i] + rows["extra_length"][i]]
+            usize[i], csize[i], lho[i] = _zip64(extra, usize[i], csize[i], lho[i], i, central[i])
+        return list(
+            map(
+                ZipEntry,
+                names,
+                range(count),
+                rows["method"].tolist(),
+                flags,
+                rows["crc"].tolist(),
+                csize,
+                usize,
+                lho,
+                central,
+                (stop - at).tolist(),
+            )
+        )
 
     def _walk_central(self, count: int) -> list[ZipEntry]:
         """The directory entry by entry, naming the first that is wrong."""
@@ -201,27 +238,30 @@ class ZipArchive:
         entries: list[ZipEntry] = []
         for index in range(count):
             if pos + CENTRAL.size > end:
-                raise CorruptError(f"zip central directory truncated at entry {index}",
-                                   offset=pos)
+                raise CorruptError(f"zip central directory truncated at entry {index}", offset=pos)
             row = CENTRAL.struct.unpack_from(buf, pos)
             flags, method, crc = row[zs.CD_FLAGS], row[zs.CD_METHOD], row[zs.CD_CRC]
             csize, usize = row[zs.CD_COMPRESSED_SIZE], row[zs.CD_UNCOMPRESSED_SIZE]
             nlen, xlen = row[zs.CD_NAME_LENGTH], row[zs.CD_EXTRA_LENGTH]
             clen, lho = row[zs.CD_COMMENT_LENGTH], row[zs.CD_HEADER_OFFSET]
             if row[zs.CD_SIGNATURE] != CENTRAL.signature:
-                raise CorruptError(f"zip central directory entry {index} has a bad signature",
-                                   offset=pos)
+                raise CorruptError(
+                    f"zip central directory entry {index} has a bad signature", offset=pos
+                )
             stop = pos + CENTRAL.size + nlen + xlen + clen
             if stop > end:
-                raise CorruptError(f"zip central directory entry {index} runs past the "
-                                   "directory", offset=pos)
+                raise CorruptError(
+                    f"zip central directory entry {index} runs past the directory", offset=pos
+                )
             at = pos + CENTRAL.size
             if xlen or U32_MAX in (usize, csize, lho):
-                usize, csize, lho = _zip64(bytes(buf[at + nlen:at + nlen + xlen]), usize, csize,
-                                           lho, index, pos)
-            name = _name(buf[at:at + nlen], flags)
-            entries.append(ZipEntry(name, index, method, flags, crc, csize, usize, lho, pos,
-                                    stop - pos))
+                usize, csize, lho = _zip64(
+                    bytes(buf[at + nlen : at + nlen + xlen]), usize, csize, lho, index, pos
+                )
+            name = _name(buf[at : at + nlen], flags)
+            entries.append(
+                ZipEntry(name, index, method, flags, crc, csize, usize, lho, pos, stop - pos)
+            )
             pos = stop
         return entries
 
@@ -239,8 +279,9 @@ class ZipArchive:
             return
         # (zip64 fields go up to 2**64 - 1: anything past the file is -1 before numpy sees it)
         last = size - LOCAL.size
-        lho = np.fromiter((e.header_offset if e.header_offset <= last else -1
-                           for e in entries), np.int64, n)
+        lho = np.fromiter(
+            (e.header_offset if e.header_offset <= last else -1 for e in entries), np.int64, n
+        )
         csize = np.fromiter((min(e.csize, size) for e in entries), np.int64, n)
         heads = np.lib.stride_tricks.sliding_window_view(self.src.whole, LOCAL.size)[lho]
         heads = heads.view(LOCAL.dtype)[:, 0]
@@ -258,10 +299,17 @@ class ZipArchive:
             self.src.check(entry.header_offset, LOCAL.size, "zip local header", entry.name)
             head = LOCAL.struct.unpack_from(buf, entry.header_offset)
             if head[zs.LH_SIGNATURE] != LOCAL.signature:
-                raise CorruptError("zip local header signature missing", record=entry.name,
-                                   offset=entry.header_offset)
-            entry.data_offset = entry.header_offset + LOCAL.size + head[zs.LH_NAME_LENGTH] + \
-                head[zs.LH_EXTRA_LENGTH]
+                raise CorruptError(
+                    "zip local header signature missing",
+                    record=entry.name,
+                    offset=entry.header_offset,
+                )
+            entry.data_offset = (
+                entry.header_offset
+                + LOCAL.size
+                + head[zs.LH_NAME_LENGTH]
+                + head[zs.LH_EXTRA_LENGTH]
+            )
             self.src.check(entry.data_offset, entry.csize, "zip record data", entry.name)
         return entry.data_offset
 
@@ -273,22 +321,33 @@ class ZipArchive:
             return entry.local
         buf, size, lho = self.src.buf, self.src.size, entry.header_offset
         if lho + LOCAL.size > size:
-            raise CorruptError(f"local header at {lho} lies past the end of the {size}-byte "
-                               "file", record=entry.name)
+            raise CorruptError(
+                f"local header at {lho} lies past the end of the {size}-byte file",
+                record=entry.name,
+            )
         head = LOCAL.struct.unpack_from(buf, lho)
         if head[zs.LH_SIGNATURE] != LOCAL.signature:
             raise CorruptError(f"no local header signature at offset {lho}", record=entry.name)
         flags, nlen, xlen = head[zs.LH_FLAGS], head[zs.LH_NAME_LENGTH], head[zs.LH_EXTRA_LENGTH]
         start = lho + LOCAL.size
-        extra = bytes(buf[start + nlen:start + nlen + xlen])
+        extra = bytes(buf[start + nlen : start + nlen + xlen])
         csize, usize = head[zs.LH_COMPRESSED_SIZE], head[zs.LH_UNCOMPRESSED_SIZE]
         if U32_MAX in (csize, usize):
             found = zs.zip64_values(extra, (usize, csize))
             if found is not None:
                 usize, csize = found[0]
-        entry.local = LocalHeader(lho, flags, head[zs.LH_METHOD], head[zs.LH_CRC], csize, usize,
-                                  _name(bytes(buf[start:start + nlen]), flags), extra,
-                                  start + nlen, start + nlen + xlen)
+        entry.local = LocalHeader(
+            lho,
+            flags,
+            head[zs.LH_METHOD],
+            head[zs.LH_CRC],
+            csize,
+            usize,
+            _name(bytes(buf[start : start + nlen]), flags),
+            extra,
+            start + nlen,
+            start + nlen + xlen,
+        )
         return entry.local
 
     def check_readable(self, entry: ZipEntry) -> None:
@@ -297,8 +356,10 @@ class ZipArchive:
         if entry.method not in (STORED, DEFLATED):
             raise UnsupportedError(f"zip compression method {entry.method}", record=entry.name)
         if entry.method == STORED and entry.csize != entry.usize:
-            raise CorruptError(f"stored zip record with compressed size {entry.csize} and "
-                               f"size {entry.usize}", record=entry.name)
+            raise CorruptError(
+                f"stored zip record with compressed size {entry.csize} and size {entry.usize}",
+                record=entry.name,
+            )
 
     def read(self, entry: ZipEntry, max_ratio: int = PICKLE_RATIO) -> bytes:
         """The entry's bytes, inflated if needed (never more than its declared size)."""
@@ -308,15 +369,30 @@ class ZipArchive:
             return self.src.bytes(start, entry.usize)
         return b"".join(self.inflate(entry, max_ratio))
 
-    def inflate(self, entry: ZipEntry, max_ratio: int = DATA_RATIO,
-                chunk: int = 1 << 20) -> Iterator[bytes]:
+    def inflate(
+        self, entry: ZipEntry, max_ratio: int = DATA_RATIO, chunk: int = 1 << 20
+    ) -> Iterator[bytes]:
         """Inflate a deflated entry in chunks (see :func:`inflate`)."""
-        yield from inflate(self.src.buf, self.data_offset(entry), entry.csize, entry.usize,
-                           entry.name, max_ratio, chunk)
+        yield from inflate(
+            self.src.buf,
+            self.data_offset(entry),
+            entry.csize,
+            entry.usize,
+            entry.name,
+            max_ratio,
+            chunk,
+        )
 
 
-def inflate(buf: Any, start: int, csize: int, usize: int, name: str,
-            max_ratio: int = DATA_RATIO, chunk: int = 1 << 20) -> Iterator[bytes]:
+def inflate(
+    buf: Any,
+    start: int,
+    csize: int,
+    usize: int,
+    name: str,
+    max_ratio: int = DATA_RATIO,
+    chunk: int = 1 << 20,
+) -> Iterator[bytes]:
     """Inflate the raw DEFLATE stream ``buf[start:start + csize]`` in chunks of at most
     ``chunk`` bytes.
 
@@ -326,14 +402,19 @@ def inflate(buf: Any, start: int, csize: int, usize: int, name: str,
     ``max_ratio`` (+1 MiB) as a decompression bomb (:class:`LimitError`).
     """
     if usize > _MAX_RATIO * csize + 1024:
-        raise CorruptError(f"deflated record claims {usize} bytes from {csize}: more than "
-                           "DEFLATE can encode", record=name)
+        raise CorruptError(
+            f"deflated record claims {usize} bytes from {csize}: more than DEFLATE can encode",
+            record=name,
+        )
     if usize > max_ratio * csize + (1 << 20):
-        raise LimitError(f"deflated record inflates {usize // max(csize, 1)}:1 ({usize} bytes "
-                         f"from {csize}), over pthfmt's {max_ratio}:1 bound for such records "
-                         "(a decompression bomb?)", record=name)
+        raise LimitError(
+            f"deflated record inflates {usize // max(csize, 1)}:1 ({usize} bytes "
+            f"from {csize}), over pthfmt's {max_ratio}:1 bound for such records "
+            "(a decompression bomb?)",
+            record=name,
+        )
     inflater = zlib.decompressobj(-15)
-    pending = buf[start:start + csize]
+    pending = buf[start : start + csize]
     produced = 0
     try:
         while True:
@@ -350,8 +431,9 @@ def inflate(buf: Any, start: int, csize: int, usize: int, name: str,
         raise CorruptError(f"bad deflate data: {exc}", record=name) from None
     if produced != usize or not inflater.eof:
         more = "more than " if produced > usize else ""
-        raise CorruptError(f"record inflates to {more}{produced} bytes, its header says "
-                           f"{usize}", record=name)
+        raise CorruptError(
+            f"record inflates to {more}{produced} bytes, its header says {usize}", record=name
+        )
 
 
 def _name(raw: bytes, flags: int) -> str:
@@ -359,8 +441,9 @@ def _name(raw: bytes, flags: int) -> str:
     return str(raw, "utf-8" if flags & zs.FLAG_UTF8 else "cp437", "replace")
 
 
-def _zip64(extra: bytes, usize: int, csize: int, lho: int, index: int,
-           pos: int) -> tuple[int, int, int]:
+def _zip64(
+    extra: bytes, usize: int, csize: int, lho: int, index: int, pos: int
+) -> tuple[int, int, int]:
     found = zs.zip64_values(extra, (usize, csize, lho))
     if found is None:
         if U32_MAX in (usize, csize, lho):
