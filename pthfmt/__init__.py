@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 # Imported on first use: a plain ``load`` needs none of them (command-line start-up time).
-_LAZY = {"save": "writer", "convert": "conversion", "validate": "validation",
-         "Report": "validation", "Problem": "validation"}
+_LAZY = {
+    "save": "writer",
+    "convert": "conversion",
+    "validate": "validation",
+    "Report": "validation",
+    "Problem": "validation",
+}
 _LAZY["save_sharded"] = "formats.sharding"
 _LAZY.update(diff="engines.diff", DiffResult="engines.diff", UnknownFormatError="formats.detect")
 
@@ -44,9 +49,11 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'pthfmt' has no attribute {name!r}")
     from importlib import import_module
+
     value = getattr(import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
+
 
 __all__ = [
     "load",
