@@ -1,5 +1,5 @@
-"""``pthfmt convert IN OUT [--format F] [--key KEY] [-q]``: the parser, the progress bar and
-the summary line around :class:`pthfmt.engines.convert.Conversion`."""
+"""``pthfmt convert IN OUT [--format F] [--key KEY] [--max-shard-size SIZE] [-q]``: the
+parser, the progress bar and the summary line around :class:`pthfmt.engines.convert.Conversion`."""
 
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ _EXAMPLES = (
     "  pthfmt convert model.safetensors model.pth\n"
     "  pthfmt convert --key model_state_dict checkpoint.pth model.safetensors\n"
     "  pthfmt convert ./sharded-model/ merged.safetensors   (folder with *.bin.index.json)"
+    "\n  pthfmt convert --max-shard-size 2GB model.pth ./sharded-model/"
     "\n  pthfmt convert weights.npz weights.pt"
 )
 
@@ -90,6 +91,13 @@ def add_parser(sub: Any) -> None:
         "--key",
         metavar="KEY",
         help="convert only the entries under KEY, without the prefix (e.g. model_state_dict)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        metavar="SIZE",
+        help="write a sharded checkpoint into the folder OUT, as save_pretrained does: shards "
+        "of at most SIZE (e.g. 2GB, 500MB; decimal units) and an index; tensors only; "
+        "--format pth or safetensors (the default)",
     )
     p.add_argument(
         "--salvage",
@@ -124,10 +132,18 @@ def _write(conv: Conversion, args: argparse.Namespace) -> int:
         err(f"warning: {warning}")
     if not args.quiet:
         values = f", {_count(len(conv.values), 'value')}" if conv.values else ""
+        what: str = conv.format
+        if conv.max_shard_size is None:
+            size = os.path.getsize(args.output)
+        else:
+            shards = len(conv.written) - (len(conv.written) > 1)  # the index is last
+            what = f"{conv.format}, {_count(shards, 'shard')}" + (
+                " + index" if len(conv.written) > 1 else ""
+            )
+            size = sum(os.path.getsize(os.path.join(args.output, n)) for n in conv.written)
         print(
-            f"{args.input} -> {args.output} ({conv.format}): "
-            f"{_count(len(conv.items), 'tensor')} "
-            f"({human_size(os.path.getsize(args.output))}){values}"
+            f"{args.input} -> {args.output} ({what}): "
+            f"{_count(len(conv.items), 'tensor')} ({human_size(size)}){values}"
         )
     return OK
 
@@ -146,8 +162,17 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from ..engines.convert import Conversion, GadgetError, UnknownFormatError, output_format
+    from ..formats.sharding import parse_size
 
     def check_output() -> int:
+        if args.max_shard_size is not None:
+            try:
+                parse_size(args.max_shard_size)
+            except ValueError as exc:
+                raise Failure(str(exc), usage=True) from None
+            if args.format == "npz":
+                raise Failure("--max-shard-size writes pth or safetensors shards", usage=True)
+            return OK
         try:
             output_format(args.output, args.format)
         except UnknownFormatError:
@@ -167,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
                     format=args.format,
                     key=args.key,
                     salvage=args.salvage,
+                    max_shard_size=args.max_shard_size,
                 )
             )
         except UnknownFormatError as exc:

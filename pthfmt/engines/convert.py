@@ -61,6 +61,7 @@ from ..formats.safetensors import (
     read_sharded_safetensors,
     write_safetensors,
 )
+from ..formats.sharding import parse_size, resolve_folder
 from ..formats.tensordata import Content, TensorItem, Value, count, index_metadata, listing
 from ..model.device import Device
 from ..model.dtypes import DType
@@ -94,10 +95,14 @@ def convert(
     key: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     salvage: bool = False,
+    max_shard_size: int | str | None = None,
 ) -> list[str]:
     """Convert ``src`` to ``dst``; returns the warnings (what was left out, and why).
 
     ``format`` (``"pth"``, ``"safetensors"``, ``"npz"``) overrides ``dst``'s extension.
+    ``max_shard_size`` (``"2GB"``, ``"500MiB"`` or bytes) writes a sharded checkpoint into the
+    folder ``dst`` as ``save_pretrained`` does (see :func:`pthfmt.save_sharded`): its tensors
+    only, ``format`` ``"pth"`` or ``"safetensors"`` (the default, as ``save_pretrained``).
     ``key`` converts only the entries under that dotted key path, without the prefix
     (``key="model_state_dict"``).  ``progress(done, total)`` is called as bytes are written.
 
@@ -109,7 +114,9 @@ def convert(
     files that cannot be read or written; ``dst`` is then unchanged.  The warnings are
     escaped (no control character from the file).
     """
-    with Conversion(src, dst, format=format, key=key, salvage=salvage) as job:
+    with Conversion(
+        src, dst, format=format, key=key, salvage=salvage, max_shard_size=max_shard_size
+    ) as job:
         job.write(progress)
         return list(job.warnings)
 
@@ -229,6 +236,17 @@ def _warn_lossy(fmt: str, items: list[TensorItem], warn: Callable[[str], None]) 
             )
 
 
+def _sharded_format(format: Format | None) -> Format:
+    """A sharded output's format: ``pth`` or ``safetensors`` (``save_pretrained``'s default)."""
+    if format is None:
+        return "safetensors"
+    if format not in ("pth", "safetensors"):
+        raise UnknownFormatError(
+            f"a sharded checkpoint is written as 'pth' or 'safetensors', not {format!r}"
+        )
+    return format
+
+
 class Conversion:
     """A planned conversion: the input is read and checked on construction (nothing is
     written), :meth:`write` writes the output.  ``warnings`` lists what is left out."""
@@ -241,12 +259,18 @@ class Conversion:
         format: Format | None = None,
         key: str | None = None,
         salvage: bool = False,
+        max_shard_size: int | str | None = None,
     ) -> None:
-        self.src = os.fspath(src)
+        self.src = resolve_folder(os.fspath(src))
         self.dst = os.fspath(dst)
-        self.format = output_format(self.dst, format)
+        self.max_shard_size = None if max_shard_size is None else parse_size(max_shard_size)
+        self.written: list[str] = []  # a sharded output's file names, the index last
+        if self.max_shard_size is None:
+            self.format = output_format(self.dst, format)
+        else:
+            self.format = _sharded_format(format)
         self.source_format = input_format(self.src)
-        if os.path.isdir(self.dst):
+        if os.path.isdir(self.dst) and self.max_shard_size is None:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.dst)
         _refuse_same_file(self.src, self.dst)
         self._content = Content()
@@ -267,6 +291,14 @@ class Conversion:
         content, fmt = self._content, self.format
         plan = _Plan(fmt)
         plan.take(content)
+        if self.max_shard_size is not None:
+            values = [e.name for e in plan.entries if isinstance(e, Value)]
+            if values:
+                content.warnings.append(
+                    f"left out {count(values, 'value')}: sharded checkpoints hold tensors "
+                    f"only: {listing(values)}"
+                )
+            plan.entries = [e for e in plan.entries if isinstance(e, TensorItem)]
         self.entries: list[TensorItem | Value] = plan.entries
         self.items = [e for e in self.entries if isinstance(e, TensorItem)]
         self.values = [e for e in self.entries if isinstance(e, Value)]
@@ -299,8 +331,19 @@ class Conversion:
         return sum(seen.values())
 
     def write(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Write the output atomically (a temporary file renamed into place)."""
+        """Write the output atomically (a temporary file renamed into place; a sharded
+        output: each shard and the index so)."""
         total = self.nbytes
+        if self.max_shard_size is not None:
+            from ..formats.sharding import save_sharded
+
+            state = {e.name: e.for_save() for e in self.items}
+            self.written = save_sharded(
+                state, self.dst, max_shard_size=self.max_shard_size, format=self.format
+            )
+            if progress is not None:
+                progress(total, total)
+            return
 
         def run(write: Write) -> None:
             if progress is None:

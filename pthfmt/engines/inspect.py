@@ -79,13 +79,16 @@ def _storage_rows(storages: dict[str, StorageInfo]) -> tuple[list[dict[str, Any]
 def inspect_summary(path: str, *, filter: str | None = None) -> dict[str, Any]:
     """Everything ``pthfmt inspect`` shows, as one JSON-ready dict (reads no tensor data).
 
+    ``path`` may be a folder: its shard index or single checkpoint, as ``transformers`` picks.
     ``filter`` (a glob: ``*.weight``, ``model_state_dict.*``) keeps the tensors and values
     whose key path matches; ``totals`` count the tensors kept, ``storages`` are the file's.
     ``gadgets`` lists every code-execution gadget the file holds (whatever the filter), as
     :meth:`pthfmt.engines.tree.Gadget.to_dict`.
     """
+    from ..formats.sharding import resolve_folder
     from ..sharded import is_index
 
+    path = resolve_folder(path)
     if is_index(path):
         return _sharded_summary(path, filter)
     return _file_summary(path, filter)

@@ -15,6 +15,7 @@ from typing import IO, Final, Literal, get_args
 from ..errors import PthError
 from ..reader import detect_format
 from ..sharded import find_index
+from .sharding import resolve_folder
 
 __all__ = [
     "EXTENSIONS",
@@ -93,10 +94,11 @@ def _zip_names(fh: IO[bytes]) -> list[str]:
 
 def input_format(path: str) -> InputFormat:
     """``pth``, ``safetensors``, ``npz``, ``sharded`` or ``sharded-safetensors``: by content
-    where it is telling, else by extension."""
-    if os.path.isdir(path) or path.endswith(".index.json"):
-        index = find_any_index(path)
-        return "sharded-safetensors" if index.endswith(".safetensors.index.json") else "sharded"
+    where it is telling, else by extension (a folder: of what it holds, see
+    :func:`pthfmt.formats.sharding.resolve_folder`)."""
+    path = resolve_folder(path)
+    if path.endswith(".index.json"):
+        return "sharded-safetensors" if path.endswith(".safetensors.index.json") else "sharded"
     with open(path, "rb") as fh:
         head = fh.read(512)
         size = os.fstat(fh.fileno()).st_size

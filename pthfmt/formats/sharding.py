@@ -50,6 +50,8 @@ __all__ = [
     "MAX_INDEX",
     "ShardLayout",
     "prefer_safetensors",
+    "folder_target",
+    "resolve_folder",
     "shard_layout",
     "read_index",
     "open_shards",
@@ -91,7 +93,14 @@ def prefer_safetensors(names: list[str]) -> list[str]:
     return st or names
 
 
-def _folder_target(folder: str) -> str:
+def resolve_folder(path: str) -> str:
+    """What a path names: for a folder, the shard index or the single checkpoint
+    (``model.safetensors``, ``pytorch_model.bin``) it holds, as ``transformers`` picks them;
+    any other path as it is."""
+    return folder_target(path) if os.path.isdir(path) else path
+
+
+def folder_target(folder: str) -> str:
     """The index, or the single checkpoint, that a folder holds."""
     names = os.listdir(folder)
     indexes = sorted(
@@ -118,7 +127,7 @@ def shard_layout(path: str | os.PathLike[str]) -> ShardLayout:
     """Resolve an index, a folder or a single checkpoint file (see the module docstring)."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        path = _folder_target(path)
+        path = folder_target(path)
     elif not os.path.exists(path):
         raise FileNotFoundError(2, "No such file or directory", path)
     folder = os.path.dirname(path)
