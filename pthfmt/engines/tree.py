@@ -123,8 +123,9 @@ def leaves(root: Any, survey: Survey | None = None) -> Iterator[tuple[str, Any]]
     or TorchScript module contributes only its tensors (under their ``state_dict`` names);
     other stubs and ``argparse.Namespace`` objects contribute their fields (an empty one is
     a value); a code-execution gadget is a value whose contents are not entered.  Each
-    container is visited once (shared and cyclic references).  ``survey`` collects the
-    stubbed classes and every gadget (also those inside modules) on the way.
+    container is visited once (shared and cyclic references); a tensor that two containers
+    hold is yielded at both key paths, as torch's state_dict keys name it twice.  ``survey``
+    collects the stubbed classes and every gadget (also those inside modules) on the way.
     """
     found = survey if survey is not None else Survey()
 
@@ -134,7 +135,7 @@ def leaves(root: Any, survey: Survey | None = None) -> Iterator[tuple[str, Any]]
 
     regions: list[tuple[str, bool]] = []  # (key path, module: tensors only / gadget: nothing)
     skip = 0  # the items of a flat list just yielded, which the walk yields next
-    for path, value in walk(root, leaves=(TensorRef, np.ndarray), want=want):
+    for path, value in walk(root, want=want):  # a tensor held twice: at both key paths
         if skip:
             skip -= 1
             continue
