@@ -38,6 +38,7 @@ from __future__ import annotations
 import io
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,10 +79,19 @@ _NAMES = ("weight", "bias", "running_mean", "running_var", "scale", "embed", "pr
 _MODULES = ("encoder", "decoder", "layers", "blocks", "attn", "mlp", "norm", "head")
 
 
-def dtypes(*, names: tuple[str, ...] | None = None) -> st.SearchStrategy[DTypeInfo]:
-    """Rows of :data:`pthfmt.DTYPES` (all savable ones, or those ``names`` lists)."""
-    rows = [i for i in SAVABLE if names is None or i.name in names]
+def dtypes(*, names: Iterable[str] | None = None) -> st.SearchStrategy[DTypeInfo]:
+    """Rows of :data:`pthfmt.DTYPES` (all savable ones, or those ``names`` lists: torch's
+    names, ``"bfloat16"``, ``"float8_e4m3fn"``...; ``KeyError`` for an unknown one)."""
+    if names is None:
+        return st.sampled_from(SAVABLE)
+    rows = [DTYPES[name] for name in names]
+    unsavable = [i.name for i in rows if i not in SAVABLE]
+    if unsavable or not rows:
+        raise ValueError(f"no savable dtypes among {list(names)!r}: {unsavable}")
     return st.sampled_from(rows)
+
+
+_dtype_rows = dtypes
 
 
 @st.composite
@@ -121,9 +131,16 @@ def tensors(
 
 @st.composite
 def state_dicts(
-    draw: st.DrawFn, *, max_tensors: int = 6, shared: bool = True, parameters: bool = True
+    draw: st.DrawFn,
+    *,
+    max_tensors: int = 6,
+    shared: bool = True,
+    parameters: bool = True,
+    dtypes: Iterable[str] | None = None,
 ) -> OrderedDict[str, Any]:
-    """A torch-like state dict: dotted keys, arrays, shared storages, Parameters."""
+    """A torch-like state dict: dotted keys, arrays, shared storages, Parameters; tensors of
+    every savable dtype, or of those ``dtypes`` names (``dtypes=["float32", "bfloat16"]``)."""
+    kinds = _dtype_rows(names=dtypes)
     out: OrderedDict[str, Any] = OrderedDict()
     count = draw(st.integers(1, max_tensors))
     pool: list[np.ndarray] = []
@@ -139,7 +156,7 @@ def state_dicts(
             base = draw(st.sampled_from(pool))  # a second view of an earlier array
             value: Any = base[1:] if base.ndim and base.shape[0] > 1 else base[...]
         else:
-            value = draw(tensors())
+            value = draw(tensors(dtype=draw(kinds)))
             pool.append(value)
         if (
             parameters

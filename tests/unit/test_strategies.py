@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 import pthfmt
@@ -80,3 +82,17 @@ def test_readme_example_runs():
 
     test_my_loader_reads_checkpoints()
     test_my_loader_fails_cleanly()
+
+
+@SETTINGS
+@given(pst.state_dicts(dtypes=["bfloat16", "torch.float8_e4m3fn"], parameters=False))
+def test_state_dicts_of_chosen_dtypes(sd):
+    allowed = {pthfmt.DTYPES["bfloat16"].numpy, pthfmt.DTYPES["float8_e4m3fn"].numpy}
+    assert {np.asarray(v).dtype for v in sd.values()} <= allowed
+
+
+def test_unknown_or_unsavable_dtype_names_are_refused():
+    with pytest.raises(KeyError, match="unknown torch dtype 'float7'"):
+        pst.dtypes(names=["float7"])
+    with pytest.raises(ValueError, match="no savable dtypes among"):
+        pst.dtypes(names=["qint8"])
