@@ -144,11 +144,31 @@ def _strips(strip: str | Sequence[str] | None) -> list[str]:
     return list(strip)
 
 
+class _Sharded:
+    """A sharded checkpoint as one side of a diff: its tensors by key; :meth:`close` closes
+    every shard."""
+
+    def __init__(self, index: str) -> None:
+        from ..sharded import ShardedCheckpoint
+
+        self._sharded = ShardedCheckpoint(index)
+        self.obj: dict[str, TensorRef] = dict(self._sharded.refs)
+
+    def close(self) -> None:
+        for shard in self._sharded.shards.values():
+            shard.close()
+
+
 def open_side(path: str, key: str | None, strip: list[str]) -> tuple[Any, Side]:
-    """Open ``path`` (unknown classes as stubs) and take its leaves under ``key`` with the
-    first matching prefix of ``strip`` removed (the first leaf of a key wins).  Returns the
-    open checkpoint (close it after comparing values) and the :class:`Side`."""
-    ck = open_stubbed(path)
+    """Open ``path`` (unknown classes as stubs; a shard index or a model folder as one
+    mapping of its tensors) and take its leaves under ``key`` with the first matching prefix
+    of ``strip`` removed (the first leaf of a key wins).  Returns the open checkpoint (close
+    it after comparing values) and the :class:`Side`."""
+    from ..formats.sharding import resolve_folder
+    from ..sharded import is_index
+
+    target = resolve_folder(path)
+    ck = _Sharded(target) if is_index(target) else open_stubbed(target)
     try:
         root = subtree(ck.obj, key)
         entries: dict[str, Any] = {}

@@ -123,3 +123,17 @@ def test_a_folder_in_is_what_it_holds(model, tmp_path):
         np.testing.assert_array_equal(got[k], t.numpy())
     shown = run("inspect", folder)
     assert shown.returncode == 0 and shown.stdout.startswith(f"{folder / 'pytorch_model.bin'}: ")
+
+
+def test_diff_takes_a_sharded_folder(model, tmp_path):
+    src, _ = model
+    out = tmp_path / "sharded"
+    assert run("convert", "--max-shard-size", "400KB", "--format", "pth", src, out).returncode == 0
+    from pthfmt.engines.diff import diff
+
+    result = diff(str(out), str(src))
+    assert result.only_a == [] and result.only_b == ["epoch"] and result.different == []
+    same = diff(str(out / "pytorch_model.bin.index.json"), str(out))
+    assert same.identical
+    done = run("diff", out, src)
+    assert done.stdout.startswith(f"A: {out}: 3 tensors, 3 entries\n"), done.stdout
