@@ -187,6 +187,7 @@ def _check_checkpoint(archive: TorchZip) -> None:
 def read_zip(src: Source, opts: Options) -> Parsed:
     archive = TorchZip(src)
     _check_checkpoint(archive)
+    archive.zip.check_disjoint()
     version = _version(archive)
     byteorder = _byteorder(archive)
     torchscript = archive.find("constants.pkl") is not None

@@ -63,6 +63,7 @@ class ValidatorBase:
         self.load_error: str | None = None
         self.static_global_seen = False
         self.zero_crc: list[str] = []
+        self.inflate_refused = False  # the archive's inflation bound is spent
         self.audited: list[tuple[Audit, Any]] = []
         self.script = False
 
@@ -95,7 +96,7 @@ class ValidatorBase:
         usize: int,
         sink: Callable[[bytes], None] | None = None,
         name: str = "record",
-    ) -> tuple[int, int, str | None]:
+    ) -> tuple[int, int, PthError | None]:
         """Inflate a raw deflate stream with the reader's bounds (never past ``usize`` bytes,
         never past its bomb ratio): ``(crc32, size, error)``."""
         crc = total = 0
@@ -106,7 +107,7 @@ class ValidatorBase:
                 if sink is not None:
                     sink(out)
         except PthError as exc:
-            return crc, total, exc.message
+            return crc, total, exc
         return crc, total, None
 
     def record_bytes(self, rec: Rec, limit: int | None = None) -> bytes | None:

@@ -130,6 +130,13 @@ CHECKS: Final[tuple[Check, ...]] = (
         "fails, or allocates what the stream says (zip bomb)",
     ),
     _c(
+        "zip.inflate_limit",
+        E,
+        "compressed records inflate past pthfmt's bound (256:1 of the record, and of the "
+        "whole file in all): a decompression bomb",
+        "inflates them all",
+    ),
+    _c(
         "zip.method",
         E,
         "a record uses encryption or a compression torch cannot read",

@@ -13,7 +13,7 @@ from typing import Final
 from ..errors import PthError
 from ..formats.torchzip import fold_case
 from ..formats.zip import structs as zs
-from ..formats.zip.reader import DEFLATED, STORED, ZipArchive, ZipEntry
+from ..formats.zip.reader import DEFLATED, STORED, ZipArchive, ZipEntry, check_claim
 from ..formats.zip.structs import CENTRAL, EOCD, U32_MAX, ZIP64_EOCD, ZIP64_LOCATOR
 from .base import Rec
 from .layout import LayoutChecks
@@ -201,7 +201,7 @@ class ZipChecks(LayoutChecks):
         if local.flags & zs.FLAG_DESCRIPTOR:
             end = self.check_descriptor(e, end)
         rec.end = end
-        self.check_crc(rec)
+        self.check_crc(z, rec)
         return rec
 
     def check_local_fields(
@@ -286,16 +286,25 @@ class ZipChecks(LayoutChecks):
         )
         return at
 
-    def check_crc(self, rec: Rec) -> None:
+    def check_crc(self, z: ZipArchive, rec: Rec) -> None:
         e = rec.entry
         if e.method == STORED:
             crc = 0
             for chunk in self.chunks(rec.data, e.usize if e.csize == e.usize else e.csize):
                 crc = zlib.crc32(chunk, crc)
         elif e.method == DEFLATED:
+            if self.inflate_refused:
+                return
+            try:
+                check_claim(e.csize, e.usize, e.name)
+                z.charge(e)  # the reader's bound for the whole archive
+            except PthError as exc:
+                self.inflate_refused = exc.code == "zip.inflate_limit" and z.inflate_left < 0
+                self.add(exc.code or "zip.bad_deflate", exc.message, record=e.name)
+                return
             crc, _, err = self.inflate(rec.data, e.csize, e.usize, name=e.name)
             if err:
-                self.add("zip.bad_deflate", err, record=e.name)
+                self.add(err.code or "zip.bad_deflate", err.message, record=e.name)
                 return
         else:
             return

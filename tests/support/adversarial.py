@@ -598,6 +598,8 @@ def cases(canary: str = CANARY) -> list[Case]:
     add("deflate-ratio-lies", _deflate_bomb_header(), CorruptError, s)
     add("deflate-bomb-pickle", _deflate_pickle_bomb(), LimitError, s)
     add("deflate-garbage", _deflate_garbage(), CorruptError, s)
+    add("deflate-many-small-records", many_deflated(40), LimitError, s)
+    add("aliased-records", aliased_records(64), CorruptError, s)
     add("prepended-bytes", b"MZ" + good, FormatError, s)
     add("empty-file", b"", FormatError, s)
     add("safetensors-entry-not-an-object", struct.pack("<Q", 8) + b'{"a":1} ', FormatError, s)
@@ -735,3 +737,39 @@ def _deflate_garbage() -> bytes:
     for i in range(pos + 2, pos + 12):
         out[i] ^= 0xFF
     return bytes(out)
+
+
+def byte_tensors(keys: list[str], numel: int) -> bytes:
+    items = b"".join(
+        ustr(f"t{k}") + tensor(pid("ByteStorage", k, numel=numel), size=(numel,)) for k in keys
+    )
+    return b"\x80\x02}(" + items + b"u."
+
+
+def many_deflated(n: int, numel: int = 1 << 20) -> bytes:
+    """``n`` storages of zeros, each deflated about 1000:1: each record within its own bound
+    (ratio + 1 MiB), the archive not (256:1 of the file + 1 MiB, all records together)."""
+    keys = [str(i) for i in range(n)]
+    records = {"data.pkl": byte_tensors(keys, numel), "version": b"3\n", "byteorder": b"little"}
+    records.update({f"data/{k}": bytes(numel) for k in keys})
+    return zip_file(records, method=zipfile.ZIP_DEFLATED)
+
+
+def aliased_records(n: int, numel: int = 1 << 20) -> bytes:
+    """One stored record, and ``n - 1`` more directory entries pointing at its bytes (each
+    would be read, and copied, once per entry)."""
+    keys = [f"{i:02d}" for i in range(n)]
+    records = {"data.pkl": byte_tensors(keys, numel), "version": b"3\n", "byteorder": b"little"}
+    good = zip_file({**records, "data/00": bytes(numel)})
+    cd, end = good.index(b"PK\x01\x02"), good.index(b"PK\x05\x06")
+    last = good.rindex(b"PK\x01\x02", cd, end)  # data/00's entry, written last
+    entry = good[last:end]
+    name = b"archive/data/00"
+    assert entry[46 : 46 + len(name)] == name
+    more = b"".join(
+        entry[:46] + f"archive/data/{k}".encode() + entry[46 + len(name) :] for k in keys[1:]
+    )
+    directory = good[cd:end] + more
+    total = struct.unpack_from("<H", good, end + 10)[0] + n - 1
+    eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, total, total, len(directory), cd, 0)
+    return good[:cd] + directory + eocd

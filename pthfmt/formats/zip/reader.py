@@ -12,12 +12,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from ...errors import CorruptError, FormatError, LimitError, UnsupportedError
 from ...source import Source
+from ...text import escape
 from . import structs as zs
 from .structs import CENTRAL, DEFLATED, EOCD, LOCAL, STORED, U32_MAX, ZIP64_EOCD, ZIP64_LOCATOR
 
@@ -30,6 +32,8 @@ __all__ = [
     "inflate",
     "PICKLE_RATIO",
     "DATA_RATIO",
+    "INFLATE_ALLOWANCE",
+    "check_claim",
 ]
 
 _MAX_COMMENT = zs.U16_MAX
@@ -38,6 +42,8 @@ _MAX_RATIO = 1032  # DEFLATE's best case: 258 bytes from one ~2-bit code
 #: barely at all; only constant-filled tensors approach DEFLATE's 1032:1.
 PICKLE_RATIO = 64
 DATA_RATIO = 256
+#: Bytes beyond those ratios that a record, and a whole archive, may inflate to.
+INFLATE_ALLOWANCE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,9 @@ class ZipArchive:
         self.eocd_offset, self.cd_offset, self.cd_size, count = self._find_directory()
         self.entries = self._read_central(count)
         self._scanned = False
+        #: bytes the deflated records may still inflate to, all of them together
+        self.inflate_left = DATA_RATIO * src.size + INFLATE_ALLOWANCE
+        self._charged: set[int] = set()  # the entries counted against it
 
     # -- end of central directory --------------------------------------------------------------
     def _find_directory(self) -> tuple[int, int, int, int]:
@@ -182,8 +191,14 @@ class ZipArchive:
         cd = self.src.whole[self.cd_offset : self.cd_offset + size]
         sig = CENTRAL.signature
         assert sig is not None
-        at = np.flatnonzero(cd[: size - CENTRAL.size + 1] == sig[0])
-        at = at[(cd[at + 1] == sig[1]) & (cd[at + 2] == sig[2]) & (cd[at + 3] == sig[3])]
+        text = bytes(cd)
+        if text.count(sig) != count:  # (a signature cannot overlap itself)
+            return None
+        # where the signatures are: bytes of masks, and an offset only for each of the count
+        found = cd[: size - 3] == sig[0]
+        for i in (1, 2, 3):
+            found &= cd[i : size - 3 + i] == sig[i]
+        at = np.flatnonzero(found[: size - CENTRAL.size + 1])
         if len(at) != count or at[0] != 0:
             return None
         rows = np.lib.stride_tricks.sliding_window_view(cd, CENTRAL.size)[at]
@@ -193,7 +208,6 @@ class ZipArchive:
         stop = ends + rows["extra_length"] + rows["comment_length"]
         if not (stop[:-1] == at[1:]).all() or stop[-1] > size:
             return None
-        text = bytes(cd)
         flags = rows["flags"].tolist()
         # ASCII reads the same in UTF-8 and cp437: slice one string decoded byte for byte,
         # and decode the names holding a byte >= 0x80 again, by their own flag.
@@ -369,10 +383,45 @@ class ZipArchive:
             return self.src.bytes(start, entry.usize)
         return b"".join(self.inflate(entry, max_ratio))
 
+    def check_disjoint(self) -> None:
+        """Refuse records whose bytes overlap (a local header and data at least, each): two
+        directory entries aliasing one record would be read, and copied, once per entry, so
+        a small file could cost memory quadratic in its size."""
+        order = sorted(self.entries, key=lambda e: e.header_offset)
+        for a, b in pairwise(order):
+            if a.header_offset + LOCAL.size + a.csize > b.header_offset:
+                raise CorruptError(
+                    f"zip records {escape(a.name, 200)!r} and {escape(b.name, 200)!r} share "
+                    f"bytes (record at {a.header_offset}, {a.csize} bytes of data, and record "
+                    f"at {b.header_offset})",
+                    record=b.name,
+                    offset=b.header_offset,
+                    code="zip.overlap",
+                )
+
+    def charge(self, entry: ZipEntry) -> None:
+        """Count a deflated entry's size against the archive's inflation bound (once per
+        entry): each record's own ratio bound allows a little more than its ratio, and many
+        small records must not add those allowances up to a bomb."""
+        if entry.index in self._charged:
+            return
+        self._charged.add(entry.index)
+        self.inflate_left -= entry.usize
+        if self.inflate_left < 0:
+            raise LimitError(
+                f"the deflated records inflate to more than {DATA_RATIO}:1 of the "
+                f"{self.src.size}-byte file in all (a decompression bomb?)",
+                record=entry.name,
+                code="zip.inflate_limit",
+            )
+
     def inflate(
         self, entry: ZipEntry, max_ratio: int = DATA_RATIO, chunk: int = 1 << 20
     ) -> Iterator[bytes]:
-        """Inflate a deflated entry in chunks (see :func:`inflate`)."""
+        """Inflate a deflated entry in chunks (see :func:`inflate`), within the archive's
+        bound (:meth:`charge`)."""
+        check_claim(entry.csize, entry.usize, entry.name, max_ratio)
+        self.charge(entry)
         yield from inflate(
             self.src.buf,
             self.data_offset(entry),
@@ -381,6 +430,24 @@ class ZipArchive:
             entry.name,
             max_ratio,
             chunk,
+        )
+
+
+def check_claim(csize: int, usize: int, name: str, max_ratio: int = DATA_RATIO) -> None:
+    """Refuse a record's declared sizes before any work: beyond DEFLATE's maximum ratio
+    (1032:1) as corrupt, beyond ``max_ratio`` (+ :data:`INFLATE_ALLOWANCE`) as a bomb."""
+    if usize > _MAX_RATIO * csize + 1024:
+        raise CorruptError(
+            f"deflated record claims {usize} bytes from {csize}: more than DEFLATE can encode",
+            record=name,
+        )
+    if usize > max_ratio * csize + INFLATE_ALLOWANCE:
+        raise LimitError(
+            f"deflated record inflates {usize // max(csize, 1)}:1 ({usize} bytes "
+            f"from {csize}), over pthfmt's {max_ratio}:1 bound for such records "
+            "(a decompression bomb?)",
+            record=name,
+            code="zip.inflate_limit",
         )
 
 
@@ -401,18 +468,7 @@ def inflate(
     DEFLATE's maximum ratio (1032:1) is refused as corrupt before any work, and one beyond
     ``max_ratio`` (+1 MiB) as a decompression bomb (:class:`LimitError`).
     """
-    if usize > _MAX_RATIO * csize + 1024:
-        raise CorruptError(
-            f"deflated record claims {usize} bytes from {csize}: more than DEFLATE can encode",
-            record=name,
-        )
-    if usize > max_ratio * csize + (1 << 20):
-        raise LimitError(
-            f"deflated record inflates {usize // max(csize, 1)}:1 ({usize} bytes "
-            f"from {csize}), over pthfmt's {max_ratio}:1 bound for such records "
-            "(a decompression bomb?)",
-            record=name,
-        )
+    check_claim(csize, usize, name, max_ratio)
     inflater = zlib.decompressobj(-15)
     pending = buf[start : start + csize]
     produced = 0
