@@ -39,7 +39,7 @@ from ..atomic import Write
 from ..errors import CorruptError, FormatError, LimitError, PthError, UnsupportedError
 from ..model.dtypes import DTypeInfo, by_name
 from ..model.storage import StorageInfo, stored_reader
-from ..model.tensor import INTP_MAX, MAX_NDIM, TensorRef
+from ..model.tensor import INTP_MAX, MAX_NDIM, TensorRef, c_strides
 from ..source import Source
 from ..text import escape, short_repr
 from .contract import Options, Parsed
@@ -513,14 +513,6 @@ def torch_view(entry: SafetensorsEntry) -> tuple[DTypeInfo, tuple[int, ...]] | s
     return info, shape
 
 
-def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
-
-
 def read_safetensors_source(src: Source, opts: Options) -> Parsed:
     """A safetensors file as a checkpoint: ``obj`` maps each name (in header order) to a
     :class:`TensorRef` (or, eagerly, its array) on a storage of its own that views the file's
@@ -545,7 +537,7 @@ def read_safetensors_source(src: Source, opts: Options) -> Parsed:
         storage.offset = entry.begin
         storage.attach(read)
         storages[storage.key] = storage
-        ref = TensorRef(storage, info, 0, shape, _c_strides(shape), mmap=opts.mmap)
+        ref = TensorRef(storage, info, 0, shape, c_strides(shape), mmap=opts.mmap)
         obj[entry.name] = ref.numpy() if opts.eager else ref
     return Parsed("safetensors", obj, storages, [], extra={"metadata": metadata})
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import CorruptError, FormatError
 from ..model.dtypes import DTypeInfo
+from ..model.tensor import c_strides
 
 __all__ = [
     "CHUNK",
@@ -79,15 +80,6 @@ def array_chunks(array: np.ndarray, swap: int, big: bool) -> Iterator[np.ndarray
     else:
         for row in array:
             yield from array_chunks(row, swap, big)
-
-
-def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """torch's contiguous strides (in elements; a 0-size dimension counts as 1)."""
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 @dataclass(eq=False)

@@ -24,7 +24,7 @@ from typing import Any, Final
 import numpy as np
 
 from ..errors import CorruptError, LimitError, UnsupportedError
-from .tensor import INTP_MAX, MAX_NDIM, TensorRef
+from .tensor import INTP_MAX, MAX_NDIM, TensorRef, c_strides
 
 __all__ = [
     "QuantizedArray",
@@ -413,15 +413,6 @@ def _info(dtype: np.dtype) -> Any:
     if info is None:
         raise UnsupportedError(f"nested tensor buffer of numpy dtype {dtype}")
     return info
-
-
-def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """torch's contiguous strides (in elements; a 0-size dimension counts as 1)."""
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 @dataclass(frozen=True, eq=False)

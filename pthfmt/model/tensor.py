@@ -24,7 +24,14 @@ from .device import Device
 from .dtypes import DTypeInfo
 from .storage import StorageInfo
 
-__all__ = ["StorageInfo", "TensorRef", "Tensor", "check_view", "view_of"]  # StorageInfo: re-export
+__all__ = [
+    "StorageInfo",
+    "TensorRef",
+    "Tensor",
+    "c_strides",
+    "check_view",
+    "view_of",
+]  # StorageInfo: re-export
 
 #: numpy's limits: dimensions, and elements, bytes, sizes and strides (its intp).
 MAX_NDIM = 64
@@ -178,6 +185,15 @@ def view_of(
     # (positional arguments: numpy parses keywords at twice the cost of the whole call)
     strides = (stride[0] * size,) if len(stride) == 1 else tuple([s * size for s in stride])
     return np.ndarray(shape, dtype.numpy, buffer, offset * size, strides)
+
+
+def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """torch's contiguous strides (in elements; a 0-size dimension counts as 1)."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 class TensorRef:
