@@ -52,6 +52,7 @@ __all__ = [
     "prefer_safetensors",
     "folder_target",
     "resolve_folder",
+    "index_document",
     "shard_layout",
     "read_index",
     "open_shards",
@@ -137,7 +138,7 @@ def shard_layout(path: str | os.PathLike[str]) -> ShardLayout:
     return ShardLayout(path, folder, weight_map, metadata)
 
 
-def _index_doc(path: str) -> Any:
+def index_document(path: str) -> Any:
     """The index's JSON document, read within bounds."""
     with open(path, "rb") as fh:
         data = fh.read(MAX_INDEX + 1)
@@ -163,7 +164,7 @@ def _shard_name(index: str, shard: str) -> None:
 
 def read_index(path: str) -> tuple[dict[str, str], dict[str, Any]]:
     """An index's ``weight_map`` (key -> shard file name) and ``metadata``, checked."""
-    doc = _index_doc(path)
+    doc = index_document(path)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise FormatError(f"{escape(path)}: no 'weight_map' of key -> shard file")

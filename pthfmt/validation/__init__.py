@@ -35,12 +35,13 @@ import re
 from .. import reader
 from ..errors import FormatError, PthError, UnsafePickleError, UnsupportedError
 from ..formats.contract import Options
+from ..formats.sharding import index_document
 from ..model.device import location_mapper
 from ..model.tensor import TensorRef
 from ..model.tree import walk
 from ..pickle.scan import PickleScan, scan_pickle
 from ..reader import Checkpoint, detect_format
-from ..sharded import ShardedCheckpoint, find_index, is_index, shard_names
+from ..sharded import ShardedCheckpoint, find_index, is_index
 from ..source import PathOrFile, Source
 from ..text import escape
 from .codes import CHECKS, CODES, MAX_PER_CODE, SEVERITIES, Check, Problem, Report, codes_markdown
@@ -216,6 +217,21 @@ def validate(f: PathOrFile, *, strict: bool = False) -> Report:
     return v.finish()
 
 
+def _listed_shards(index: str) -> list[str]:
+    """The file names an index lists as shards, in first-use order (indexes among them too:
+    the caller names those); none when the index is not strict JSON within bounds
+    (:func:`pthfmt.formats.sharding.index_document`), which ``index.inconsistent`` reports."""
+    try:
+        doc = index_document(index)
+    except (PthError, OSError):
+        return []
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        return []
+    names = dict.fromkeys(v for v in weight_map.values() if isinstance(v, str))
+    return [n for n in names if n and os.path.basename(n) == n]
+
+
 def _validate_index(path: str, strict: bool) -> Report:
     """A sharded checkpoint: the index against the shards, then every shard, in one report
     (a shard's problems carry ``<shard>/`` before their record)."""
@@ -230,7 +246,7 @@ def _validate_index(path: str, strict: bool) -> Report:
         )
         ok = False
     folder = os.path.dirname(index)
-    for shard in shard_names(index):
+    for shard in _listed_shards(index):
         shard_path = os.path.join(folder, shard)
         if not os.path.isfile(shard_path):
             continue  # reported as index.inconsistent above
