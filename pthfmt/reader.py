@@ -52,11 +52,12 @@ def _parse_format(src: Source, opts: Options) -> Parsed:
         return read_legacy(src, opts)
     if kind == "tar":
         from .formats.tar import read_tar
+
         return read_tar(src, opts)
     head = bytes(src.buf[:8])
-    if len(head) == 8 and int.from_bytes(head, "little") < src.size and \
-            bytes(src.buf[8:9]) == b"{":
+    if len(head) == 8 and int.from_bytes(head, "little") < src.size and bytes(src.buf[8:9]) == b"{":
         from .formats.safetensors import read_safetensors_source
+
         return read_safetensors_source(src, opts)
     raise FormatError(f"not a torch checkpoint: the file starts with {head!r}")
 
@@ -120,34 +121,39 @@ class Checkpoint:
     def __enter__(self) -> Checkpoint:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<pthfmt.Checkpoint {self.format} {self.path or '<stream>'}: "
-                f"{len(self.storages)} storages>")
+        return (
+            f"<pthfmt.Checkpoint {self.format} {self.path or '<stream>'}: "
+            f"{len(self.storages)} storages>"
+        )
 
 
 def _is_ref(value: Any) -> bool:
     return isinstance(value, TensorRef)
 
 
-def open(f: PathOrFile, *, map_location: MapLocation = None,
-         unknown: str = "error") -> Checkpoint:
+def open(f: PathOrFile, *, map_location: MapLocation = None, unknown: str = "error") -> Checkpoint:
     """Open a checkpoint for inspection and lazy access (reads no tensor data).
 
     ``unknown="stub"`` turns globals outside the allowlist (the classes of a pickled
     ``nn.Module``) into inert :class:`pthfmt.Stub` objects instead of refusing the file.
     """
     src = Source(f)
-    opts = Options(location_mapper(map_location), eager=False, mmap=src.mapped,
-                   unknown=unknown)
+    opts = Options(location_mapper(map_location), eager=False, mmap=src.mapped, unknown=unknown)
     return Checkpoint(src, _parse(src, opts))
 
 
-def load(f: PathOrFile, *, map_location: MapLocation = None, mmap: bool = False,
-         unknown: str = "error") -> Any:
+def load(
+    f: PathOrFile, *, map_location: MapLocation = None, mmap: bool = False, unknown: str = "error"
+) -> Any:
     """Load a checkpoint: its Python structure with every tensor a ``numpy.ndarray``.
 
     Tensors sharing a torch storage come back as views of one buffer.  With ``mmap=True``

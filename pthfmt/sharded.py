@@ -24,12 +24,15 @@ from .model.tensor import TensorRef
 
 __all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index", "shard_names"]
 
-_INDEX_SUFFIXES = (".bin.index.json", ".pt.index.json", ".pth.index.json",
-                   ".safetensors.index.json")
+_INDEX_SUFFIXES = (
+    ".bin.index.json",
+    ".pt.index.json",
+    ".pth.index.json",
+    ".safetensors.index.json",
+)
 
 
-def find_index(path: str | os.PathLike[str], suffixes: tuple[str, ...] = _INDEX_SUFFIXES
-               ) -> str:
+def find_index(path: str | os.PathLike[str], suffixes: tuple[str, ...] = _INDEX_SUFFIXES) -> str:
     """The index file itself, or the one index (ending in one of ``suffixes``) in a folder."""
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -38,8 +41,9 @@ def find_index(path: str | os.PathLike[str], suffixes: tuple[str, ...] = _INDEX_
         return path
     found = prefer_safetensors(sorted(n for n in os.listdir(path) if n.endswith(suffixes)))
     if len(found) != 1:
-        raise FormatError(f"{path}: expected one *{suffixes[0]}, found "
-                          f"{', '.join(found) or 'none'}")
+        raise FormatError(
+            f"{path}: expected one *{suffixes[0]}, found {', '.join(found) or 'none'}"
+        )
     return os.path.join(path, found[0])
 
 
@@ -58,8 +62,11 @@ def shard_names(index: str) -> list[str]:
             weight_map = json.load(fh).get("weight_map") or {}
     except (OSError, ValueError, AttributeError):
         return []
-    return [s for s in dict.fromkeys(weight_map.values()) if isinstance(s, str)
-            and os.path.basename(s) == s]
+    return [
+        s
+        for s in dict.fromkeys(weight_map.values())
+        if isinstance(s, str) and os.path.basename(s) == s
+    ]
 
 
 def unique_keys(where: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
@@ -84,8 +91,7 @@ class ShardedCheckpoint(Mapping[str, np.ndarray]):
     weight_map: dict[str, str]
     metadata: dict[str, Any]
 
-    def __init__(self, index: str, *, mmap: bool = False,
-                 map_location: MapLocation = None) -> None:
+    def __init__(self, index: str, *, mmap: bool = False, map_location: MapLocation = None) -> None:
         layout = shard_layout(index)
         self.index_path, self.metadata, self.mmap = layout.index_path, layout.metadata, mmap
         self.shards, self.refs, self.weight_map = open_shards(layout, map_location)
@@ -100,12 +106,15 @@ class ShardedCheckpoint(Mapping[str, np.ndarray]):
         return len(self.weight_map)
 
     def __repr__(self) -> str:
-        return (f"<ShardedCheckpoint {self.index_path}: {len(self)} tensors in "
-                f"{len(self.shards)} shards>")
+        return (
+            f"<ShardedCheckpoint {self.index_path}: {len(self)} tensors in "
+            f"{len(self.shards)} shards>"
+        )
 
 
-def load_sharded(index: str | os.PathLike[str], *, mmap: bool = False,
-                 map_location: MapLocation = None) -> ShardedCheckpoint:
+def load_sharded(
+    index: str | os.PathLike[str], *, mmap: bool = False, map_location: MapLocation = None
+) -> ShardedCheckpoint:
     """Open a sharded checkpoint: its ``*.bin.index.json`` or ``*.safetensors.index.json``,
     the folder holding one (the safetensors one if both), or a folder holding, or the path
     of, a single ``model.safetensors``/``pytorch_model.bin``."""

@@ -14,7 +14,7 @@ from .errors import CorruptError, FormatError, LimitError
 
 __all__ = ["Source", "PathOrFile", "fresh_buffer", "out_of_memory"]
 
-_PREAD_FROM = 1 << 20        # smaller copies come from the mapping (one call is cheaper)
+_PREAD_FROM = 1 << 20  # smaller copies come from the mapping (one call is cheaper)
 _PREAD_CHUNK = 1 << 30
 _HAVE_PREADV = hasattr(os, "preadv")
 
@@ -39,7 +39,7 @@ def fresh_buffer(nbytes: int) -> np.ndarray:
         try:
             region = _mmap.mmap(-1, nbytes, flags=_mmap.MAP_PRIVATE | _POPULATE)
             return np.frombuffer(region, np.uint8)
-        except OSError:         # out of memory: numpy below says so, or succeeds
+        except OSError:  # out of memory: numpy below says so, or succeeds
             pass
     try:
         return np.empty(nbytes, np.uint8)
@@ -93,7 +93,7 @@ class Source:
 
     def _read_stream(self, f: Any) -> Any:
         if isinstance(f, io.BytesIO):
-            return f.getbuffer()[f.tell():].tobytes()
+            return f.getbuffer()[f.tell() :].tobytes()
         try:
             fileno = f.fileno()
             start = f.tell()
@@ -112,7 +112,7 @@ class Source:
         """A read-only ``uint8`` view of ``nbytes`` at ``offset`` (zero copy)."""
         self.check(offset, nbytes, "data")
         # its own base (a memoryview), so that every storage is the root of its arrays
-        return np.frombuffer(self.view[offset:offset + nbytes], np.uint8)
+        return np.frombuffer(self.view[offset : offset + nbytes], np.uint8)
 
     @property
     def whole(self) -> np.ndarray:
@@ -134,7 +134,7 @@ class Source:
         self.check(offset, nbytes, "data")
         if self._fd is None or nbytes < _PREAD_FROM or not _HAVE_PREADV:
             try:
-                return self.whole[offset:offset + nbytes].copy()
+                return self.whole[offset : offset + nbytes].copy()
             except MemoryError:
                 pass
             raise out_of_memory(f"copying {nbytes} bytes at file offset {offset}")
@@ -142,7 +142,7 @@ class Source:
         view = memoryview(out.data)
         done = 0
         while done < nbytes:
-            got = os.preadv(self._fd, [view[done:done + _PREAD_CHUNK]], offset + done)
+            got = os.preadv(self._fd, [view[done : done + _PREAD_CHUNK]], offset + done)
             if got <= 0:
                 raise CorruptError(f"file shrank while reading {nbytes} bytes at {offset}")
             done += got
@@ -151,15 +151,18 @@ class Source:
     def bytes(self, offset: int, nbytes: int) -> bytes:
         self.check(offset, nbytes, "data")
         try:
-            return bytes(self.buf[offset:offset + nbytes])
+            return bytes(self.buf[offset : offset + nbytes])
         except MemoryError:
             pass
         raise out_of_memory(f"copying {nbytes} bytes at file offset {offset}")
 
     def check(self, offset: int, nbytes: int, what: str, record: str | None = None) -> None:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
-            raise CorruptError(f"{what} of {nbytes} bytes at file offset {offset} runs past "
-                               f"the end of the {self.size}-byte file", record=record)
+            raise CorruptError(
+                f"{what} of {nbytes} bytes at file offset {offset} runs past "
+                f"the end of the {self.size}-byte file",
+                record=record,
+            )
 
 
 class _Descriptor:
@@ -179,4 +182,5 @@ class _Descriptor:
 
 def _is_regular(fileno: int) -> bool:
     import stat
+
     return stat.S_ISREG(os.fstat(fileno).st_mode)
