@@ -105,7 +105,12 @@ class Checkpoint:
     @property
     def constants(self) -> Any:
         """A TorchScript archive's ``constants.pkl`` (tensor constants), else ``None``."""
-        return self._parsed.extra.get("constants")
+        return self._parsed.constants
+
+    @property
+    def metadata(self) -> dict[str, str] | None:
+        """A safetensors file's ``__metadata__`` (strings to strings), else ``None``."""
+        return self._parsed.metadata
 
     @property
     def path(self) -> str | None:

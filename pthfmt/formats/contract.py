@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..model.device import Device
@@ -35,4 +35,9 @@ class Parsed:
     byteorder: str = "little"
     version: str | None = None
     archive_name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: a TorchScript archive's ``constants.pkl`` object
+    constants: Any = None
+    #: a safetensors header's ``__metadata__`` (strings to strings)
+    metadata: dict[str, str] | None = None
+    #: the ``sys_info`` dict of a legacy or tar file (type sizes, endianness)
+    sys_info: Any = None

@@ -138,5 +138,5 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
         ],
         byteorder="little",
         version=str(PROTOCOL_VERSION),
-        extra={"sys_info": sys_info, "storage_end": pos},
+        sys_info=sys_info,
     )

@@ -516,7 +516,7 @@ def torch_view(entry: SafetensorsEntry) -> tuple[DTypeInfo, tuple[int, ...]] | s
 def read_safetensors_source(src: Source, opts: Options) -> Parsed:
     """A safetensors file as a checkpoint: ``obj`` maps each name (in header order) to a
     :class:`TensorRef` (or, eagerly, its array) on a storage of its own that views the file's
-    bytes; the header's ``__metadata__`` is ``extra["metadata"]``.  A dtype torch lacks
+    bytes; the header's ``__metadata__`` is ``metadata``.  A dtype torch lacks
     (``F6_*``) is an :class:`UnsupportedError`."""
     entries, metadata = check_header(src.buf, src.size)
     location = opts.mapper("cpu")
@@ -539,7 +539,7 @@ def read_safetensors_source(src: Source, opts: Options) -> Parsed:
         storages[storage.key] = storage
         ref = TensorRef(storage, info, 0, shape, c_strides(shape), mmap=opts.mmap)
         obj[entry.name] = ref.numpy() if opts.eager else ref
-    return Parsed("safetensors", obj, storages, [], extra={"metadata": metadata})
+    return Parsed("safetensors", obj, storages, [], metadata=metadata)
 
 
 # -- convert's reader ----------------------------------------------------------------------------

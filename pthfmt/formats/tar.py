@@ -621,5 +621,5 @@ def read_tar(src: Source, opts: Options) -> Parsed:
         records=[m.name for m in members],
         byteorder="little",
         version=str(version) if type(version) is int else None,
-        extra={"sys_info": sys_info},
+        sys_info=sys_info,
     )

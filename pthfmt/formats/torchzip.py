@@ -193,9 +193,9 @@ def read_zip(src: Source, opts: Options) -> Parsed:
     torchscript = archive.find("constants.pkl") is not None
     classes = script_classes(read_sources(archive)) if torchscript else None
     obj = _unpickle(archive, src, opts, "data.pkl", byteorder, classes)
-    extra = {}
+    constants = None
     if torchscript:
-        extra["constants"] = _unpickle(archive, src, opts, "constants.pkl", byteorder, classes)[0]
+        constants = _unpickle(archive, src, opts, "constants.pkl", byteorder, classes)[0]
     return Parsed(
         format="torchscript" if torchscript else "zip",
         obj=obj[0],
@@ -204,7 +204,7 @@ def read_zip(src: Source, opts: Options) -> Parsed:
         byteorder=byteorder,
         version=version,
         archive_name=archive.prefix,
-        extra=extra,
+        constants=constants,
     )
 
 

@@ -129,11 +129,21 @@ def test_module_reads_every_dtype_bit_for_bit(written: Written, mmap_: bool) -> 
     path, tensors = written
     parsed = parse(path, eager=True, mmap_=mmap_)
     assert parsed.format == "safetensors"
-    assert parsed.extra["metadata"] == {"format": "pt", "origin": "test"}
+    assert parsed.metadata == {"format": "pt", "origin": "test"}
     assert set(parsed.obj) == set(tensors)
     for key, t in tensors.items():
         same(parsed.obj[key], t, key)
         assert parsed.obj[key].flags.writeable is not mmap_
+
+
+def test_checkpoint_metadata(written: Written, tmp_path) -> None:
+    path, _ = written
+    with pthfmt.open(path) as ck:
+        assert ck.format == "safetensors" and ck.version is None
+        assert ck.metadata == {"format": "pt", "origin": "test"}
+    torch.save({"w": torch.ones(1)}, tmp_path / "w.pt")
+    with pthfmt.open(tmp_path / "w.pt") as ck:
+        assert ck.metadata is None and ck.constants is None
 
 
 def test_module_lazy_refs(written: Written) -> None:
