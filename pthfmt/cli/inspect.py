@@ -72,10 +72,10 @@ def _security(s: dict[str, Any]) -> None:
 def print_summary(s: dict[str, Any]) -> None:
     """``inspect``'s text output."""
     where = f", archive {escape(s['archive'], 80)!r}" if s["archive"] else ""
+    version = "" if s["version"] is None else f", version {escape(str(s['version']), 40)}"
     print(
-        f"{escape(s['file'], None)}: {s['format']} checkpoint, version "
-        f"{escape(str(s['version']), 40)}, {s['byteorder']}-endian{where}, "
-        f"{human_size(s['size'])}"
+        f"{escape(s['file'], None)}: {s['format']} checkpoint{version}, "
+        f"{s['byteorder']}-endian{where}, {human_size(s['size'])}"
     )
     _security(s)
     if s["classes"]:

@@ -137,3 +137,11 @@ def test_diff_takes_a_sharded_folder(model, tmp_path):
     assert same.identical
     done = run("diff", out, src)
     assert done.stdout.startswith(f"A: {out}: 3 tensors, 3 entries\n"), done.stdout
+
+
+def test_inspect_of_safetensors_names_no_version(model, tmp_path):
+    src, _ = model
+    out = tmp_path / "m.safetensors"
+    assert run("convert", src, out).returncode == 0
+    first = run("inspect", out).stdout.splitlines()[0]
+    assert first.startswith(f"{out}: safetensors checkpoint, little-endian, ")
