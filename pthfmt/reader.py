@@ -39,9 +39,10 @@ def _parse(src: Source, opts: Options) -> Parsed:
         with paused_gc():
             return _parse_format(src, opts)
     except MemoryError:
-        raise LimitError(f"out of memory reading the {src.size}-byte file") from None
+        pass  # raised below: the MemoryError's traceback (and what its frames hold) goes
     except MapLocationError as exc:
         raise exc.original from None
+    raise LimitError(f"out of memory reading the {src.size}-byte file")
 
 
 def _parse_format(src: Source, opts: Options) -> Parsed:

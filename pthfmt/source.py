@@ -44,7 +44,8 @@ def fresh_buffer(nbytes: int) -> np.ndarray:
     try:
         return np.empty(nbytes, np.uint8)
     except MemoryError:
-        raise out_of_memory(f"allocating {nbytes} bytes") from None
+        pass  # raised below, so that the MemoryError is not kept as its context
+    raise out_of_memory(f"allocating {nbytes} bytes")
 
 
 class Source:
