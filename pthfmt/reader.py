@@ -71,7 +71,8 @@ class Checkpoint:
     """
 
     def __init__(self, src: Source, parsed: Parsed) -> None:
-        self._src = src
+        self._src: Source | None = src
+        self._path = src.path
         self._parsed = parsed
 
     @property
@@ -115,14 +116,18 @@ class Checkpoint:
 
     @property
     def path(self) -> str | None:
-        return self._src.path
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        return self._src is None
 
     def tensors(self) -> Iterator[tuple[str, TensorRef]]:
         """``(key_path, TensorRef)`` in file order, each object visited once."""
         yield from walk(self._parsed.obj, leaves=(TensorRef, np.ndarray), want=_is_ref)
 
     def close(self) -> None:
-        self._src = None  # type: ignore[assignment]
+        self._src = None
 
     def __enter__(self) -> Checkpoint:
         return self

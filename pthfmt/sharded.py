@@ -2,16 +2,16 @@
 
 ``pytorch_model.bin.index.json`` holds ``{"metadata": {...}, "weight_map": {key: shard}}``;
 each shard (``pytorch_model-00001-of-00003.bin``) is an ordinary ``torch.save`` state dict
-beside the index.  :func:`load_sharded` opens every shard lazily (metadata only), checks that
+beside the index.  :func:`load_sharded` opens every shard (metadata only, no tensor data), checks that
 each key lives in exactly the shard the index names, and returns one mapping whose values are
 read on access.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from .formats.sharding import open_shards, prefer_safetensors, shard_layout
 from .model.device import MapLocation
 from .model.tensor import TensorRef
 
-__all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index", "shard_names"]
+__all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index"]
 
 _INDEX_SUFFIXES = (
     ".bin.index.json",
@@ -55,36 +55,10 @@ def is_index(path: str | os.PathLike[str]) -> bool:
     return path.endswith(_INDEX_SUFFIXES)
 
 
-def shard_names(index: str) -> list[str]:
-    """The shard file names an index lists, in first-use order (empty if unreadable)."""
-    try:
-        with open(index, encoding="utf-8") as fh:
-            weight_map = json.load(fh).get("weight_map") or {}
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [
-        s
-        for s in dict.fromkeys(weight_map.values())
-        if isinstance(s, str) and os.path.basename(s) == s
-    ]
-
-
-def unique_keys(where: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
-    """A ``json`` ``object_pairs_hook`` refusing a key given twice (``json`` keeps the last)."""
-
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise FormatError(f"key {key!r} appears twice in {where}")
-            out[key] = value
-        return out
-
-    return hook
-
-
 class ShardedCheckpoint(Mapping[str, np.ndarray]):
-    """All tensors of a sharded checkpoint as one mapping (arrays read on access)."""
+    """All tensors of a sharded checkpoint as one mapping: every shard is opened for its
+    metadata (its keys checked against the index), arrays are read on access.  Use as a
+    context manager or call :meth:`close`."""
 
     shards: dict[str, reader.Checkpoint]
     refs: dict[str, TensorRef]
@@ -110,6 +84,22 @@ class ShardedCheckpoint(Mapping[str, np.ndarray]):
             f"<ShardedCheckpoint {self.index_path}: {len(self)} tensors in "
             f"{len(self.shards)} shards>"
         )
+
+    def close(self) -> None:
+        """Close every shard (arrays already read stay valid)."""
+        for shard in self.shards.values():
+            shard.close()
+
+    def __enter__(self) -> ShardedCheckpoint:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def load_sharded(

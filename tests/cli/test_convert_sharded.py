@@ -145,3 +145,14 @@ def test_inspect_of_safetensors_names_no_version(model, tmp_path):
     assert run("convert", src, out).returncode == 0
     first = run("inspect", out).stdout.splitlines()[0]
     assert first.startswith(f"{out}: safetensors checkpoint, little-endian, ")
+
+
+def test_sharded_checkpoint_is_a_context_manager(model, tmp_path):
+    src, sd = model
+    out = tmp_path / "sharded"
+    assert run("convert", "--max-shard-size", "400KB", src, out).returncode == 0
+    with pthfmt.load_sharded(out) as weights:
+        a = weights["a"]
+        assert len(weights.shards) == 2
+    np.testing.assert_array_equal(a, sd["a"].numpy())  # read arrays outlive close()
+    assert all(shard.closed for shard in weights.shards.values())
