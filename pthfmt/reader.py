@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError, LimitError
-from .formats.contract import Options, Parsed
+from .formats.contract import Options, Parsed, Unknown
 from .formats.legacy import read_legacy
 from .formats.torchzip import read_zip
 from .gcpause import paused_gc
@@ -151,7 +151,9 @@ def _is_ref(value: Any) -> bool:
     return isinstance(value, TensorRef)
 
 
-def open(f: PathOrFile, *, map_location: MapLocation = None, unknown: str = "error") -> Checkpoint:
+def open(
+    f: PathOrFile, *, map_location: MapLocation = None, unknown: Unknown = "error"
+) -> Checkpoint:
     """Open a checkpoint for inspection and lazy access (reads no tensor data).
 
     ``unknown="stub"`` turns globals outside the allowlist (the classes of a pickled
@@ -163,7 +165,11 @@ def open(f: PathOrFile, *, map_location: MapLocation = None, unknown: str = "err
 
 
 def load(
-    f: PathOrFile, *, map_location: MapLocation = None, mmap: bool = False, unknown: str = "error"
+    f: PathOrFile,
+    *,
+    map_location: MapLocation = None,
+    mmap: bool = False,
+    unknown: Unknown = "error",
 ) -> Any:
     """Load a checkpoint: its Python structure with every tensor a ``numpy.ndarray``.
 

@@ -2,9 +2,9 @@
 
 ``pytorch_model.bin.index.json`` holds ``{"metadata": {...}, "weight_map": {key: shard}}``;
 each shard (``pytorch_model-00001-of-00003.bin``) is an ordinary ``torch.save`` state dict
-beside the index.  :func:`load_sharded` opens every shard (metadata only, no tensor data), checks that
-each key lives in exactly the shard the index names, and returns one mapping whose values are
-read on access.
+beside the index.  :func:`load_sharded` opens every shard (metadata only, no tensor data),
+checks that each key lives in exactly the shard the index names, and returns one mapping
+whose values are read on access.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from hypothesis import strategies as st
@@ -189,12 +189,18 @@ def _plain(value: Any) -> Any:
     return value.array if isinstance(value, Tensor) else value
 
 
+SaveFormat = Literal["zip", "legacy"]
+_FORMATS: st.SearchStrategy[SaveFormat] = st.sampled_from(("zip", "legacy"))
+
+
 @st.composite
 def checkpoints(
-    draw: st.DrawFn, format: str | None = None, values: st.SearchStrategy[Any] | None = None
+    draw: st.DrawFn,
+    format: SaveFormat | None = None,
+    values: st.SearchStrategy[Any] | None = None,
 ) -> Example:
     """A state dict, or a training checkpoint around one, encoded by :func:`pthfmt.save`."""
-    fmt = format or draw(st.sampled_from(["zip", "legacy"]))
+    fmt: SaveFormat = format if format is not None else draw(_FORMATS)
     sd = draw(values if values is not None else state_dicts())
     if fmt == "legacy":  # the legacy format cannot hold _rebuild_tensor_v3 dtypes
         sd = OrderedDict((k, v) for k, v in sd.items() if _typed(_plain(v).dtype))

@@ -60,7 +60,7 @@ import types
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Final, Union
+from typing import IO, Any, Final, Literal, Union
 
 import numpy as np
 
@@ -98,7 +98,13 @@ _SYS_INFO: Final = {
 }
 
 
-def save(obj: Any, f: Target, *, format: str = "zip", archive_name: str | None = None) -> None:
+def save(
+    obj: Any,
+    f: Target,
+    *,
+    format: Literal["zip", "legacy"] = "zip",
+    archive_name: str | None = None,
+) -> None:
     """Save ``obj`` as a checkpoint that ``torch.load(f, weights_only=True)`` reads.
 
     ``f`` is a path (written atomically) or a writable binary file object (written from its

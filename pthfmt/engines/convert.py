@@ -47,7 +47,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import IO, Any, Final, cast
+from typing import IO, Any, Final, Literal, cast
 
 import numpy as np
 
@@ -338,8 +338,11 @@ class Conversion:
             from ..formats.sharding import save_sharded
 
             state = {e.name: e.for_save() for e in self.items}
+            fmt: Literal["pth", "safetensors"] = (
+                "safetensors" if self.format == "safetensors" else "pth"  # (never npz here)
+            )
             self.written = save_sharded(
-                state, self.dst, max_shard_size=self.max_shard_size, format=self.format
+                state, self.dst, max_shard_size=self.max_shard_size, format=fmt
             )
             if progress is not None:
                 progress(total, total)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..model.device import Device
 from ..model.tensor import StorageInfo
@@ -16,12 +16,17 @@ def copy_budget(file_size: int) -> int:
     return 2 * file_size + (64 << 20)
 
 
+#: What to do with globals outside the allowlist: refuse them, read them all as inert stubs, or
+#: stub just these qualified class names (``{"omegaconf.dictconfig.DictConfig"}``).
+Unknown = Literal["error", "stub"] | Collection[str]
+
+
 @dataclass(frozen=True)
 class Options:
     mapper: Callable[[str], Device]
     eager: bool  # tensors become numpy arrays while unpickling
     mmap: bool  # arrays view the mapped file where the bytes allow it
-    unknown: str = "error"  # "stub": globals outside the allowlist become pthfmt.Stub
+    unknown: Unknown = "error"  # see Unknown
 
 
 @dataclass

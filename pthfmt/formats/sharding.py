@@ -32,7 +32,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..errors import FormatError, LimitError, UnserializableError
 from ..text import escape, short_repr
@@ -439,7 +439,7 @@ def save_sharded(
     folder: str | os.PathLike[str],
     *,
     max_shard_size: int | str = "5GB",
-    format: str = "pth",
+    format: Literal["pth", "safetensors"] = "pth",
 ) -> list[str]:
     """Write ``state_dict`` (keys -> numpy arrays, :class:`~pthfmt.TensorRef` or
     :class:`~pthfmt.Tensor`) into ``folder`` as ``save_pretrained`` shards it: see the

@@ -45,7 +45,7 @@ from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
 from ..pickle.machine import Unpickler
 from ..source import Source
 from ..torch.handlers import TorchHandlers
-from .contract import Options, Parsed
+from .contract import Options, Parsed, Unknown
 
 __all__ = ["read_tar", "TarMember", "tar_members"]
 
@@ -268,7 +268,7 @@ class _TarHandlers(TorchHandlers):
     """
 
     def __init__(
-        self, table: StorageTable, *, eager: bool, mmap: bool, unknown: str = "error"
+        self, table: StorageTable, *, eager: bool, mmap: bool, unknown: Unknown = "error"
     ) -> None:
         super().__init__(table, eager=eager, mmap=mmap, unknown=unknown)
         self.objects: dict[str, Any] | None = None
