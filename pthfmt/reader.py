@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError, LimitError
-from .formats.contract import Options, Parsed, Unknown
+from .formats.contract import Options, Parsed, Unknown, not_a_checkpoint
 from .formats.legacy import read_legacy
 from .formats.torchzip import read_zip
 from .gcpause import paused_gc
@@ -60,7 +60,7 @@ def _parse_format(src: Source, opts: Options) -> Parsed:
         from .formats.safetensors import read_safetensors_source
 
         return read_safetensors_source(src, opts)
-    raise FormatError(f"not a torch checkpoint: the file starts with {head!r}")
+    raise FormatError(not_a_checkpoint(src.size))
 
 
 class Checkpoint:

@@ -10,6 +10,14 @@ from ..model.device import Device
 from ..model.tensor import StorageInfo
 
 
+def not_a_checkpoint(file_size: int) -> str:
+    """What a file of no known format is called: nothing of a foreign file is quoted."""
+    return (
+        "not a torch checkpoint: no zip, legacy pickle, tar or safetensors signature at the "
+        f"start of the {file_size}-byte file"
+    )
+
+
 def copy_budget(file_size: int) -> int:
     """Bytes that pickled values may copy (see ``TorchHandlers.charge``): a genuine
     checkpoint copies at most its own size; twice that plus slack is never reached."""

@@ -11,6 +11,7 @@ import zlib
 from typing import Final
 
 from ..errors import PthError
+from ..formats.contract import not_a_checkpoint
 from ..formats.torchzip import fold_case
 from ..formats.zip import structs as zs
 from ..formats.zip.reader import DEFLATED, STORED, ZipArchive, ZipEntry, check_claim
@@ -40,11 +41,7 @@ class ZipChecks(LayoutChecks):
                 offset=0,
             )
             return
-        self.add(
-            "file.unknown_format",
-            f"not a torch checkpoint: the file starts with {head!r}",
-            offset=0,
-        )
+        self.add("file.unknown_format", not_a_checkpoint(self.size), offset=0)
 
     def find_directory(self) -> tuple[int, int, int] | None:
         """Locate a zip central directory from the end of the file, the way tools that

@@ -15,7 +15,11 @@ from tests.support.checks import both_raise
 
 def test_error_not_a_checkpoint(tmp_path):
     cases = {
-        "text.pt": (b"hello world, not a checkpoint\n", "not a torch checkpoint"),
+        "text.pt": (
+            b"hello \x1b[31mworld\n",
+            "not a torch checkpoint: no zip, legacy pickle, tar or safetensors signature at the "
+            "start of the 17-byte file",  # nothing of a foreign file is quoted
+        ),
         "empty.pt": (b"", "empty file"),
         "pickle.pt": (pickle.dumps({"a": 1}, 2), "magic number"),
     }
