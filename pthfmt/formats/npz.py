@@ -132,8 +132,9 @@ _SLACK: Final = 1 << 20
 
 
 def check_members(members: list[zipfile.ZipInfo], size: int) -> None:
-    """Refuse a name given twice, and compressed members that inflate more than
-    ``DATA_RATIO``:1 (+1 MiB) each or, all together, more than that ratio of the file."""
+    """Refuse a name given twice, a member whose header and data do not lie inside the file,
+    and compressed members that inflate more than ``DATA_RATIO``:1 (+1 MiB) each or, all
+    together, more than that ratio of the file."""
     seen: set[str] = set()
     total = 0
     for info in members:
@@ -141,6 +142,12 @@ def check_members(members: list[zipfile.ZipInfo], size: int) -> None:
         if info.filename in seen:
             raise FormatError(f"npz member '{name}' appears twice", record=name)
         seen.add(info.filename)
+        if not 0 <= info.header_offset <= size - 30 - info.compress_size:
+            raise CorruptError(
+                f"npz member '{name}' ({info.compress_size} bytes at offset "
+                f"{info.header_offset}) does not lie inside the {size}-byte file",
+                record=name,
+            )
         if info.compress_type == zipfile.ZIP_STORED:
             continue
         if info.file_size > DATA_RATIO * info.compress_size + _SLACK:

@@ -45,5 +45,6 @@ def test_every_fuzz_target_runs_on_the_seeds_and_on_garbage(target):
     lets only PthError through (it catches those itself)."""
     exercise = EXERCISE.TARGETS[target]
     index = b'{"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}'
-    for data in [*(p.read_bytes() for p in SEEDS), EXERCISE._SHARD, index, b"", b"[" * 5000]:
+    found = [*SEEDS, *CASES]  # the seeds, and every input a fuzzer once crashed on
+    for data in [*(p.read_bytes() for p in found), EXERCISE._SHARD, index, b"", b"[" * 5000]:
         exercise(data)
