@@ -86,7 +86,7 @@ def read_npz(path: str, content: Content) -> None:
         raise FormatError(f"not an npz file ({exc})") from None
     content.closers.append(npz.close)
     mm, size = map_file(path, content)
-    members = [i for i in npz.zip.infolist() if not i.is_dir()]
+    members = [i for i in npz.zip.infolist() if not i.filename.endswith("/")]  # (not is_dir)
     check_members(members, size)
     sidecar: dict[str, Any] = {}
     if any(i.filename == SIDECAR + ".npy" for i in members):
