@@ -32,7 +32,7 @@ from typing import Any, Final
 import numpy as np
 
 from ..atomic import Sink, Write
-from ..errors import CorruptError, FormatError, LimitError, PthError
+from ..errors import CorruptError, FormatError, LimitError, PthError, UnsupportedError
 from ..model.device import Device
 from ..model.dtypes import DTypeInfo, by_name, from_numpy
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
@@ -142,6 +142,14 @@ def check_members(members: list[zipfile.ZipInfo], size: int) -> None:
         if info.filename in seen:
             raise FormatError(f"npz member '{name}' appears twice", record=name)
         seen.add(info.filename)
+        if info.flag_bits & 0x1:
+            raise UnsupportedError(f"npz member '{name}' is encrypted", record=name)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise UnsupportedError(
+                f"npz member '{name}' uses zip compression method {info.compress_type} "
+                "(numpy writes stored or deflated members)",
+                record=name,
+            )
         if not 0 <= info.header_offset <= size - 30 - info.compress_size:
             raise CorruptError(
                 f"npz member '{name}' ({info.compress_size} bytes at offset "
