@@ -62,7 +62,8 @@ NPZ_RAW_DTYPES: Final[dict[str, str]] = {
 }  # fmt: skip
 #: Name of the ``.npz`` member holding dtypes, values and metadata (JSON).
 SIDECAR: Final = "__pthfmt__"
-#: What zipfile raises for damaged archives besides OSError.
+#: What zipfile raises for damaged archives besides OSError (a name flagged UTF-8 that is
+#: not: UnicodeDecodeError; an encrypted member: RuntimeError).
 ZIP_ERRORS: Final = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
@@ -70,6 +71,8 @@ ZIP_ERRORS: Final = (
     EOFError,
     zlib.error,
     struct.error,
+    UnicodeDecodeError,
+    RuntimeError,
 )
 
 _Header = tuple[tuple[int, ...], bool, np.dtype[Any], int]
