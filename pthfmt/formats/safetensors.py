@@ -42,8 +42,9 @@ from ..model.storage import StorageInfo, stored_reader
 from ..model.tensor import INTP_MAX, MAX_NDIM, TensorRef, c_strides
 from ..source import Source
 from ..text import escape, short_repr
+from . import strictjson
 from .contract import Options, Parsed
-from .strictjson import MAX_DIGITS, Rule, decoder_for, parse_constant, parse_int
+from .strictjson import MAX_DIGITS, Rule, decoder_for
 from .tensordata import (
     Content,
     Meta,
@@ -584,8 +585,8 @@ def read_safetensors(
     for k, v in metadata.items():
         if k.startswith(META_PREFIX):
             try:
-                value = json.loads(v, parse_int=parse_int, parse_constant=parse_constant)
-            except (ValueError, RecursionError, Rule):
+                value = strictjson.loads(v)
+            except FormatError:  # not JSON pthfmt wrote: carried as the string it is
                 value = v
             content.entries.append(Value(k[len(META_PREFIX) :], value))
         else:
