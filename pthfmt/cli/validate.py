@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, Literal
 
+from ..remote import is_url
 from ..text import escape
 from .output import OK, PROBLEM, USAGE, Usage, command_parser, emit_json, err
 
@@ -97,7 +98,7 @@ def validate_one(path: str, strict: bool) -> dict[str, Any]:
     from ..validation import validate
 
     try:
-        mode = os.stat(path).st_mode
+        mode = stat.S_IFREG if is_url(path) else os.stat(path).st_mode
     except OSError as exc:
         return _unreadable(path, "file.unreadable", str(exc.strerror or exc), strict)
     if not stat.S_ISREG(mode):
