@@ -9,6 +9,7 @@ from .errors import (
     FormatError,
     LimitError,
     PthError,
+    RemoteError,
     UnsafePickleError,
     UnserializableError,
     UnsupportedError,
@@ -89,5 +90,6 @@ __all__ = [
     "UnsupportedError",
     "UnserializableError",
     "LimitError",
+    "RemoteError",
     "UnknownFormatError",
 ]

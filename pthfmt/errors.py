@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedError",
     "UnserializableError",
     "LimitError",
+    "RemoteError",
 ]
 
 
@@ -99,3 +100,8 @@ class UnsupportedError(PthError):
 
 class UnserializableError(PthError):
     """:func:`pthfmt.save` was given an object the checkpoint format cannot hold."""
+
+
+class RemoteError(PthError):
+    """A remote file could not be read as it was: a failed request, a server that ignores
+    ``Range`` or sends a short body, a file that changed while it was being read."""

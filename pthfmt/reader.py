@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FormatError, LimitError
+from .errors import FormatError, LimitError, PthError
 from .formats.contract import Options, Parsed, Unknown, not_a_checkpoint
 from .formats.legacy import read_legacy
 from .formats.torchzip import read_zip
@@ -16,7 +16,7 @@ from .gcpause import paused_gc
 from .model.device import MapLocation, MapLocationError, location_mapper
 from .model.tensor import StorageInfo, TensorRef
 from .model.tree import walk
-from .source import PathOrFile, Source
+from .source import PathOrFile, Source, is_remote
 
 __all__ = ["Checkpoint", "open", "load", "detect_format", "walk"]
 
@@ -27,11 +27,24 @@ def detect_format(head: bytes) -> str:
     """``zip``, ``tar``, ``legacy`` or ``unknown`` from a file's first 512 bytes."""
     if head[:4] == b"PK\x03\x04":
         return "zip"
-    if len(head) >= 262 and head[257:262] == b"ustar":
+    legacy = head[:1] == b"\x80" and len(head) > 2
+    if len(head) >= 262 and head[257:262] == b"ustar" and (not legacy or _tar_header(head)):
         return "tar"
-    if head[:1] == b"\x80" and len(head) > 2:
+    if legacy:
         return "legacy"
     return "unknown"
+
+
+def _tar_header(head: bytes) -> bool:
+    """A legacy pickle whose bytes 257-262 spell ``ustar`` is still a legacy file unless its
+    first 512 bytes are a tar header with a valid checksum (torch tries ``tarfile`` first and
+    falls back to the legacy reader when that fails)."""
+    from .formats.tar import checksum_ok
+
+    try:
+        return len(head) >= 512 and checksum_ok(head[:512])
+    except PthError:
+        return False
 
 
 def _parse(src: Source, opts: Options) -> Parsed:
@@ -73,6 +86,7 @@ class Checkpoint:
     def __init__(self, src: Source, parsed: Parsed) -> None:
         self._src: Source | None = src
         self._path = src.path
+        self._size = src.size
         self._parsed = parsed
 
     @property
@@ -119,6 +133,16 @@ class Checkpoint:
         return self._path
 
     @property
+    def size(self) -> int:
+        """The file's size in bytes (a remote file's, as its server declared it)."""
+        return self._size
+
+    @property
+    def fetched(self) -> int | None:
+        """Bytes fetched so far from a remote file (``None`` for a local one)."""
+        return getattr(self._src, "fetched", None)
+
+    @property
     def closed(self) -> bool:
         return self._src is None
 
@@ -151,15 +175,33 @@ def _is_ref(value: Any) -> bool:
     return isinstance(value, TensorRef)
 
 
+def _source(f: PathOrFile, lazy: bool) -> Source:
+    """The :class:`Source` of ``f``.  A remote one (a URL, a seekable file object that is not
+    a local file) fetches, when ``lazy``, what opening it reads and then only the storages
+    asked for; else the whole file, in a few large requests."""
+    if not is_remote(f):
+        return Source(f)
+    from .remote import RemoteSource, plan
+
+    src = RemoteSource(f, lazy=lazy)
+    if lazy:
+        plan(src)
+    return src
+
+
 def open(
     f: PathOrFile, *, map_location: MapLocation = None, unknown: Unknown = "error"
 ) -> Checkpoint:
     """Open a checkpoint for inspection and lazy access (reads no tensor data).
 
+    ``f`` is a path, a binary file object, or a URL (``https://``, ``s3://``, any fsspec URL;
+    ``pip install 'pthfmt[remote]'``): a remote file is read in ranges, its directory and
+    pickle now and each storage when its ``TensorRef.numpy()`` asks.
+
     ``unknown="stub"`` turns globals outside the allowlist (the classes of a pickled
     ``nn.Module``) into inert :class:`pthfmt.Stub` objects instead of refusing the file.
     """
-    src = Source(f)
+    src = _source(f, lazy=True)
     opts = Options(location_mapper(map_location), eager=False, mmap=src.mapped, unknown=unknown)
     return Checkpoint(src, _parse(src, opts))
 
@@ -176,8 +218,9 @@ def load(
     Tensors sharing a torch storage come back as views of one buffer.  With ``mmap=True``
     arrays are read-only views of the mapped file wherever the bytes lie uncompressed.
     ``unknown="stub"`` turns globals outside the allowlist into inert :class:`pthfmt.Stub`
-    objects (nothing is imported or called); the default refuses them.
+    objects (nothing is imported or called); the default refuses them.  A URL is fetched
+    whole (into a sparse temporary file, in large ranged requests) before it is parsed.
     """
-    src = Source(f)
+    src = _source(f, lazy=False)
     opts = Options(location_mapper(map_location), eager=True, mmap=mmap, unknown=unknown)
     return _parse(src, opts).obj

@@ -5,6 +5,10 @@ each shard (``pytorch_model-00001-of-00003.bin``) is an ordinary ``torch.save`` 
 beside the index.  :func:`load_sharded` opens every shard (metadata only, no tensor data),
 checks that each key lives in exactly the shard the index names, and returns one mapping
 whose values are read on access.
+
+An index given by URL (``https://.../pytorch_model.bin.index.json``, any fsspec URL) is read
+first, alone; each shard beside it is opened (its directory and pickle fetched, nothing
+else) only when one of its keys is first touched, and checked against the index then.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from . import reader
-from .errors import FormatError
-from .formats.sharding import open_shards, prefer_safetensors, shard_layout
+from .errors import FormatError, LimitError
+from .formats.sharding import ShardLayout, open_shards, prefer_safetensors, shard_layout
 from .model.device import MapLocation
 from .model.tensor import TensorRef
+from .remote import is_url
+from .text import escape
 
 __all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index"]
 
@@ -55,6 +61,23 @@ def is_index(path: str | os.PathLike[str]) -> bool:
     return path.endswith(_INDEX_SUFFIXES)
 
 
+def _remote_index(url: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """A remote index's weight map and metadata, read within the local index's bound and
+    checked by the same rules; a shard name must also read as itself in a URL (no ``%``,
+    ``?``, ``#`` or backslash), so that shards come from beside the index only."""
+    from .formats.sharding import MAX_INDEX, checked_index, parse_index_document
+    from .remote import RemoteSource
+
+    src = RemoteSource(url, lazy=True)
+    if src.size > MAX_INDEX:
+        raise LimitError(f"{escape(url)}: a shard index larger than {MAX_INDEX} bytes")
+    weight_map, metadata = checked_index(parse_index_document(src.bytes(0, src.size), url), url)
+    for shard in dict.fromkeys(weight_map.values()):
+        if any(c in shard for c in "%?#\\"):
+            raise FormatError(f"{escape(url)}: shard name '{escape(shard)}' is not a plain name")
+    return weight_map, metadata
+
+
 class ShardedCheckpoint(Mapping[str, np.ndarray]):
     """All tensors of a sharded checkpoint as one mapping: every shard is opened for its
     metadata (its keys checked against the index), arrays are read on access.  Use as a
@@ -66,12 +89,57 @@ class ShardedCheckpoint(Mapping[str, np.ndarray]):
     metadata: dict[str, Any]
 
     def __init__(self, index: str, *, mmap: bool = False, map_location: MapLocation = None) -> None:
-        layout = shard_layout(index)
-        self.index_path, self.metadata, self.mmap = layout.index_path, layout.metadata, mmap
+        self.mmap, self._location = mmap, map_location
+        self._base: str | None = None  # the folder URL of a remote index's shards
+        if is_url(index) and index.endswith(_INDEX_SUFFIXES):
+            self.index_path, self._base = index, index.rsplit("/", 1)[0] + "/"
+            self.weight_map, self.metadata = _remote_index(index)
+            self.shards, self.refs = {}, {}
+            return
+        layout = shard_layout(index) if not is_url(index) else ShardLayout(index, "", None)
+        self.index_path, self.metadata = layout.index_path, layout.metadata
         self.shards, self.refs, self.weight_map = open_shards(layout, map_location)
 
+    def open_all(self) -> None:
+        """Open every shard not opened yet (a remote index opens its shards as keys are
+        read); afterwards :attr:`shards` and :attr:`refs` are complete."""
+        if self._base is not None:
+            for shard in dict.fromkeys(self.weight_map.values()):
+                if shard not in self.shards:
+                    self._open_shard(shard)
+
+    def shard_paths(self) -> list[str]:
+        """Where each shard is (a path, or a URL for a remote index), in the index's order."""
+        if self._base is not None:
+            return [self._base + shard for shard in dict.fromkeys(self.weight_map.values())]
+        folder = os.path.dirname(self.index_path)
+        return [os.path.join(folder, shard) for shard in self.shards]
+
     def __getitem__(self, key: str) -> np.ndarray:
+        if self._base is not None and key not in self.refs:
+            self._open_shard(self.weight_map[key])
         return self.refs[key].numpy(mmap=self.mmap)
+
+    def _open_shard(self, shard: str) -> None:
+        """Open one shard of a remote index and check its keys against the index."""
+        assert self._base is not None
+        url = self._base + shard
+        ckpt = self.shards[shard] = reader.open(url, map_location=self._location)
+        for key, ref in ckpt.tensors():
+            owner = self.weight_map.get(key)
+            if owner is None:
+                raise FormatError(
+                    f"shard '{escape(shard)}' holds '{escape(key)}', which the index does not list"
+                )
+            if owner != shard or key in self.refs:
+                raise FormatError(
+                    f"key '{escape(key)}' is in shard '{escape(shard)}' but the index puts "
+                    f"it in '{escape(owner)}'"
+                )
+            self.refs[key] = ref
+        missing = [k for k, s in self.weight_map.items() if s == shard and k not in self.refs]
+        if missing:
+            raise FormatError(f"key '{escape(missing[0])}' is not in its shard '{escape(shard)}'")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.weight_map)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import CorruptError, FormatError, LimitError
 
-__all__ = ["Source", "PathOrFile", "fresh_buffer", "out_of_memory"]
+__all__ = ["Source", "PathOrFile", "fresh_buffer", "is_remote", "out_of_memory"]
 
 _PREAD_FROM = 1 << 20  # smaller copies come from the mapping (one call is cheaper)
 _PREAD_CHUNK = 1 << 30
@@ -49,7 +49,19 @@ def fresh_buffer(nbytes: int) -> np.ndarray:
 
 
 class Source:
-    """The whole file as one buffer (``mmap`` when the file can be mapped, else ``bytes``)."""
+    """The whole file as one buffer (``mmap`` when the file can be mapped, else ``bytes``).
+
+    A URL (``https://...``, any fsspec URL) or a seekable file object that is not a local file
+    makes a :class:`pthfmt.remote.RemoteSource` instead, which fetches the whole file unless
+    told to fetch lazily (as :func:`pthfmt.open` does).
+    """
+
+    def __new__(cls, f: PathOrFile, *args: Any, **kwargs: Any) -> Source:
+        if cls is Source and is_remote(f):
+            from .remote import RemoteSource
+
+            return super().__new__(RemoteSource)
+        return super().__new__(cls)
 
     def __init__(self, f: PathOrFile) -> None:
         self.path: str | None = None
@@ -57,6 +69,8 @@ class Source:
         self._fd: int | None = None
         self._whole: np.ndarray | None = None
         self._view: memoryview | None = None
+        if isinstance(f, str) and f.startswith("file://"):
+            f = f[len("file://") :]
         if isinstance(f, (str, bytes, os.PathLike)):
             self.path = os.fspath(f) if not isinstance(f, bytes) else os.fsdecode(f)
             with open(self.path, "rb") as fh:
@@ -164,6 +178,18 @@ class Source:
                 f"the end of the {self.size}-byte file",
                 record=record,
             )
+
+
+def is_remote(f: Any) -> bool:
+    """Whether ``f`` is a URL or a seekable file object that is not a local file."""
+    if isinstance(f, str):
+        if "://" not in f or f.startswith("file://"):
+            return False
+    elif isinstance(f, (bytes, os.PathLike, io.BytesIO)) or not hasattr(f, "seekable"):
+        return False
+    from .remote import is_remote_object, is_url
+
+    return is_url(f) or is_remote_object(f)
 
 
 class _Descriptor:

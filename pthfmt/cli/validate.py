@@ -1,6 +1,7 @@
-"""``pthfmt validate PATH... [--files-from FILE|-] [--json] [--strict] [--fail-on LEVEL]
-[-j N] [-q]``: the parser, the file list (folders recurse by extension), the parallel runner
-over :func:`pthfmt.validate`, and the text and JSON renderings of its reports.
+"""``pthfmt validate PATH... [--files-from FILE|-] [--json] [--strict] [--no-data]
+[--fail-on LEVEL] [-j N] [-q]``: the parser, the file list (folders recurse by extension),
+the parallel runner over :func:`pthfmt.validate`, and the text and JSON renderings of its
+reports.
 
 Every file gets one entry of the same shape whatever happened to it (:func:`validate_one`):
 a file that cannot be read, or is not a regular file (a FIFO or a device, which is never
@@ -16,8 +17,10 @@ import os
 import stat
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from ..remote import is_url
 from ..text import escape
 from .output import OK, PROBLEM, USAGE, Usage, command_parser, emit_json, err
 
@@ -36,6 +39,14 @@ __all__ = [
 EXTENSIONS: Final = (".pt", ".pth", ".bin", ".ckpt", ".tar", ".safetensors", ".index.json")
 
 FailOn = Literal["error", "warning", "never"]
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What to check of each file: ``--strict``, and tensor data unless ``--no-data``."""
+
+    strict: bool = False
+    data: bool = True
 
 
 def _entry(
@@ -92,19 +103,20 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def validate_one(path: str, strict: bool) -> dict[str, Any]:
+def validate_one(path: str, checks: Checks) -> dict[str, Any]:
     """One file's entry (see :func:`_entry`); never raises for anything the file holds."""
     from ..validation import validate
 
+    strict = checks.strict
     try:
-        mode = os.stat(path).st_mode
+        mode = stat.S_IFREG if is_url(path) else os.stat(path).st_mode
     except OSError as exc:
         return _unreadable(path, "file.unreadable", str(exc.strerror or exc), strict)
     if not stat.S_ISREG(mode):
         what = _kind(mode)
         return _unreadable(path, "file.not_regular", f"{what}: skipped, not opened", strict)
     try:
-        report = validate(path, strict=strict).to_dict()
+        report = validate(path, strict=strict, data=checks.data).to_dict()
     except OSError as exc:
         return _unreadable(path, "file.unreadable", str(exc.strerror or exc), strict)
     except (RecursionError, MemoryError) as exc:
@@ -116,8 +128,8 @@ def validate_one(path: str, strict: bool) -> dict[str, Any]:
     return _entry(path, report["format"], report["problems"], strict, report.get("load_error"))
 
 
-def _batch(paths: list[str], strict: bool) -> list[dict[str, Any]]:
-    return [validate_one(p, strict) for p in paths]
+def _batch(paths: list[str], checks: Checks) -> list[dict[str, Any]]:
+    return [validate_one(p, checks) for p in paths]
 
 
 # -- the file list ------------------------------------------------------------------------------
@@ -272,6 +284,12 @@ def add_parser(sub: Any) -> None:
         "(compressed or unaligned data, extra records, unreferenced storages...)",
     )
     p.add_argument(
+        "--no-data",
+        action="store_true",
+        help="do not read tensor data (skips the CRC-32 of storage records; a URL is then "
+        "fetched but for its tensors)",
+    )
+    p.add_argument(
         "--fail-on",
         choices=("error", "warning", "never"),
         default="warning",
@@ -293,14 +311,14 @@ def add_parser(sub: Any) -> None:
     )
 
 
-def _pool_results(files: list[str], strict: bool, jobs: int) -> Iterator[dict[str, Any]]:
+def _pool_results(files: list[str], checks: Checks, jobs: int) -> Iterator[dict[str, Any]]:
     """The entries in file order, from ``jobs`` worker processes: forked ones where the
     platform has ``fork`` (they inherit the imported validator: no start-up cost), else a
     ``multiprocessing`` pool taking batches of files."""
     from .. import validation  # noqa: F401  (imported once, here: forked workers inherit it)
 
     if sys.platform.startswith("linux"):
-        return _forked_results(files, strict, jobs)
+        return _forked_results(files, checks, jobs)
     import multiprocessing
 
     size = max(1, min(32, len(files) // (jobs * 4)))
@@ -308,23 +326,23 @@ def _pool_results(files: list[str], strict: bool, jobs: int) -> Iterator[dict[st
 
     def results() -> Iterator[dict[str, Any]]:
         with multiprocessing.Pool(jobs) as pool:
-            for batch in pool.imap(_Batch(strict), batches):
+            for batch in pool.imap(_Batch(checks), batches):
                 yield from batch
 
     return results()
 
 
 class _Batch:
-    """A picklable ``_batch`` with ``strict`` bound (for the pool)."""
+    """A picklable ``_batch`` with ``checks`` bound (for the pool)."""
 
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
+    def __init__(self, checks: Checks) -> None:
+        self.checks = checks
 
     def __call__(self, paths: list[str]) -> list[dict[str, Any]]:
-        return _batch(paths, self.strict)
+        return _batch(paths, self.checks)
 
 
-def _forked_results(files: list[str], strict: bool, jobs: int) -> Iterator[dict[str, Any]]:
+def _forked_results(files: list[str], checks: Checks, jobs: int) -> Iterator[dict[str, Any]]:
     """``jobs`` forked workers; worker ``k`` checks files ``k, k + jobs, ...`` and writes
     each entry (pickled, length-prefixed) to its pipe; the parent reads them back in file
     order, so that reports stream in order while the workers run ahead."""
@@ -339,15 +357,15 @@ def _forked_results(files: list[str], strict: bool, jobs: int) -> Iterator[dict[
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
                 os.close(read_fd)
-                _worker(files[k::jobs], strict, write_fd)
+                _worker(files[k::jobs], checks, write_fd)
             os.close(write_fd)
             workers.append((pid, os.fdopen(read_fd, "rb")))
     finally:
         gc.unfreeze()
-    return _gather(workers, files, strict)
+    return _gather(workers, files, checks.strict)
 
 
-def _worker(paths: list[str], strict: bool, fd: int) -> None:  # pragma: no cover - child
+def _worker(paths: list[str], checks: Checks, fd: int) -> None:  # pragma: no cover - child
     import pickle
     import signal
 
@@ -356,7 +374,7 @@ def _worker(paths: list[str], strict: bool, fd: int) -> None:  # pragma: no cove
     try:
         with os.fdopen(fd, "wb") as out:
             for path in paths:
-                data = pickle.dumps(validate_one(path, strict), protocol=pickle.HIGHEST_PROTOCOL)
+                data = pickle.dumps(validate_one(path, checks), protocol=pickle.HIGHEST_PROTOCOL)
                 out.write(len(data).to_bytes(8, "little") + data)
                 out.flush()
     except BaseException:
@@ -400,9 +418,10 @@ def _gather(
 
 def _results(files: list[str], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     jobs = min(args.jobs or os.cpu_count() or 1, len(files))
+    checks = Checks(args.strict, not args.no_data)
     if jobs > 1:
-        return _pool_results(files, args.strict, jobs)
-    return (validate_one(f, args.strict) for f in files)
+        return _pool_results(files, checks, jobs)
+    return (validate_one(f, checks) for f in files)
 
 
 def run(args: argparse.Namespace) -> int:

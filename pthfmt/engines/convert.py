@@ -45,6 +45,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import IO, Any, Final, Literal, cast
@@ -67,6 +68,7 @@ from ..model.device import Device
 from ..model.dtypes import DType
 from ..model.stub import Stub
 from ..model.tensor import StorageInfo, TensorRef
+from ..remote import is_url
 from ..text import escape
 from .tree import Gadget, Survey, leaves
 
@@ -269,12 +271,15 @@ class Conversion:
             self.format = output_format(self.dst, format)
         else:
             self.format = _sharded_format(format)
-        self.source_format = input_format(self.src)
         if os.path.isdir(self.dst) and self.max_shard_size is None:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.dst)
         _refuse_same_file(self.src, self.dst)
         self._content = Content()
         try:
+            self.source_format = _source_format(self.src, self._content)
+            if self.source_format == "download":
+                self.src = _downloaded(self.src, self._content)
+                self.source_format = input_format(self.src)
             if self.source_format in _PICKLED:
                 _PICKLED[self.source_format](self.src, self._content, salvage)
             else:
@@ -586,11 +591,35 @@ def _refuse_same_file(src: str, dst: str) -> None:
         raise shutil.SameFileError(f"{src!r} and {dst!r} are the same file")
 
 
+def _source_format(src: str, content: Content) -> str:
+    """``input_format`` of a local path or an index URL (whose shards are opened by URL);
+    ``"download"`` for any other URL, read from a local copy."""
+    if not is_url(src):
+        return input_format(src)
+    return "sharded" if src.endswith(".index.json") else "download"
+
+
+def _downloaded(url: str, content: Content) -> str:
+    """A temporary local copy of ``url`` (removed when the conversion closes): every input
+    format's reader then works on it, and its content tells the format."""
+    from ..remote import download
+
+    name = url.split("?", 1)[0].rsplit("/", 1)[-1]
+    fd, path = tempfile.mkstemp(prefix="pthfmt-convert-", suffix=os.path.splitext(name)[1][:16])
+    content.closers.append(lambda: os.unlink(path))
+    try:
+        download(url, fd)
+    finally:
+        os.close(fd)
+    return path
+
+
 def _read_sharded(path: str, content: Content, salvage: bool = False) -> None:
     from ..formats.detect import find_any_index
     from ..sharded import load_sharded
 
-    sharded = load_sharded(find_any_index(path), map_location="cpu")
+    sharded = load_sharded(path if is_url(path) else find_any_index(path), map_location="cpu")
+    sharded.open_all()
     for ck in sharded.shards.values():
         content.closers.append(ck.close)
     for name, ref in sharded.refs.items():

@@ -104,7 +104,7 @@ def _file_summary(path: str, filter: str | None) -> dict[str, Any]:
         classes, gadgets = list(found.classes), found.gadgets
         return {
             "file": path,
-            "size": os.path.getsize(path),
+            "size": ck.size,
             "format": ck.format,
             "version": ck.version,
             "byteorder": ck.byteorder,
@@ -132,8 +132,7 @@ def _sharded_summary(path: str, filter: str | None) -> dict[str, Any]:
     from ..sharded import ShardedCheckpoint
 
     merged = ShardedCheckpoint(path)  # checks the index against the shards
-    folder = os.path.dirname(merged.index_path)
-    parts = [_file_summary(os.path.join(folder, shard), filter) for shard in merged.shards]
+    parts = [_file_summary(shard, filter) for shard in merged.shard_paths()]
     rows = [dict(r, shard=os.path.basename(p["file"])) for p in parts for r in p["tensors"]]
     totals: dict[str, Any] = {"bytes_per_dtype": Counter()}
     for p in parts:

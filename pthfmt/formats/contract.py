@@ -54,3 +54,9 @@ class Parsed:
     metadata: dict[str, str] | None = None
     #: the ``sys_info`` dict of a legacy or tar file (type sizes, endianness)
     sys_info: Any = None
+
+
+def is_tensor_record(name: str) -> bool:
+    """Whether a torch zip record holds tensor data: ``<archive>/data/<key>`` (TorchScript's
+    ``constants/`` too); what ``validate(data=False)`` and a remote ``open`` do not read."""
+    return name.split("/", 1)[-1].startswith(("data/", "constants/"))

@@ -141,7 +141,11 @@ def shard_layout(path: str | os.PathLike[str]) -> ShardLayout:
 def index_document(path: str) -> Any:
     """The index's JSON document, read within bounds."""
     with open(path, "rb") as fh:
-        data = fh.read(MAX_INDEX + 1)
+        return parse_index_document(fh.read(MAX_INDEX + 1), path)
+
+
+def parse_index_document(data: bytes, path: str) -> Any:
+    """An index's JSON document from its bytes (``path`` names it in errors)."""
     if len(data) > MAX_INDEX:
         raise LimitError(f"{escape(path)}: a shard index larger than {MAX_INDEX} bytes")
     try:
@@ -164,7 +168,11 @@ def _shard_name(index: str, shard: str) -> None:
 
 def read_index(path: str) -> tuple[dict[str, str], dict[str, Any]]:
     """An index's ``weight_map`` (key -> shard file name) and ``metadata``, checked."""
-    doc = index_document(path)
+    return checked_index(index_document(path), path)
+
+
+def checked_index(doc: Any, path: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """An index document's ``weight_map`` and ``metadata``, checked (``path`` names it)."""
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise FormatError(f"{escape(path)}: no 'weight_map' of key -> shard file")

@@ -143,6 +143,13 @@ def _pax(raw: bytes, pos: int) -> dict[str, str]:
     return out
 
 
+def checksum_ok(header: bytes, pos: int = 0) -> bool:
+    """Whether a 512-byte header's checksum field matches its bytes (as ``tarfile`` sums
+    them: unsigned or signed, the field itself counted as spaces)."""
+    stored = _number(header[148:156], "checksum", pos)
+    return stored in (256 + sum(_UNSIGNED.unpack(header)), 256 + sum(_SIGNED.unpack(header)))
+
+
 def tar_members(src: Source) -> list[TarMember]:
     """Every member of the archive, in order, each checked to lie inside the file."""
     buf, size = src.buf, src.size
@@ -164,8 +171,7 @@ def tar_members(src: Source) -> list[TarMember]:
         header = bytes(buf[pos : pos + BLOCK])
         if not header.strip(b"\0"):
             break  # end-of-archive marker
-        stored = _number(header[148:156], "checksum", pos)
-        if stored not in (256 + sum(_UNSIGNED.unpack(header)), 256 + sum(_SIGNED.unpack(header))):
+        if not checksum_ok(header, pos):
             raise CorruptError(
                 f"tar header at offset {pos} (member {_text(header[:100])!r}) has a bad checksum",
                 offset=pos,

@@ -41,8 +41,9 @@ from ..model.tensor import TensorRef
 from ..model.tree import walk
 from ..pickle.scan import PickleScan, scan_pickle
 from ..reader import Checkpoint, detect_format
+from ..remote import is_url
 from ..sharded import ShardedCheckpoint, find_index, is_index
-from ..source import PathOrFile, Source
+from ..source import PathOrFile, Source, is_remote
 from ..text import escape
 from .codes import CHECKS, CODES, MAX_PER_CODE, SEVERITIES, Check, Problem, Report, codes_markdown
 from .kinds import check_tree
@@ -182,17 +183,22 @@ class _Validator(LegacyChecks):
         return False
 
 
-def validate(f: PathOrFile, *, strict: bool = False) -> Report:
+def validate(f: PathOrFile, *, strict: bool = False, data: bool = True) -> Report:
     """Check a checkpoint file and return a :class:`Report` of every problem found.
 
     Never raises on bad content; only I/O errors (a missing or unreadable file) propagate as
     ``OSError``.  ``strict`` adds what torch accepts but a careful publisher would not ship
     (compressed or unaligned data, extra records, unreferenced storages, odd names).
+
+    ``data=False`` skips what reads tensor data (the CRC-32 of stored storage records) and
+    says so in a ``data.skipped`` note; every other check runs.  A remote file (a URL, see
+    :func:`pthfmt.open`) is then fetched but for its tensor data; with ``data=True`` it is
+    fetched whole, in one request.
     """
     if isinstance(f, (str, os.PathLike)) and is_index(f):
-        return _validate_index(os.fspath(f), strict)
+        return _validate_index(os.fspath(f), strict, data)
     try:
-        src = Source(f)
+        src = _source(f, data)
     except PthError as exc:
         path = f if isinstance(f, str) else getattr(f, "name", None)
         code = "file.empty" if isinstance(exc, FormatError) else "load.failed"
@@ -200,7 +206,7 @@ def validate(f: PathOrFile, *, strict: bool = False) -> Report:
         return Report(
             str(path) if path is not None else None, None, False, [problem], strict, exc.message
         )
-    v = _Validator(src, strict)
+    v = _Validator(src, strict, data)
     enabled = gc.isenabled()
     gc.disable()  # as in the reader: many small objects, no cycles to collect
     try:
@@ -232,20 +238,33 @@ def _listed_shards(index: str) -> list[str]:
     return [n for n in names if n and os.path.basename(n) == n]
 
 
-def _validate_index(path: str, strict: bool) -> Report:
+def _source(f: PathOrFile, data: bool) -> Source:
+    """The file to validate: read whole, or (``data=False``, a remote file) all but its
+    tensor data."""
+    if data or not is_remote(f):
+        return Source(f)
+    from ..remote import RemoteSource, all_but_data
+
+    src = RemoteSource(f, lazy=True)
+    all_but_data(src)
+    return src
+
+
+def _validate_index(path: str, strict: bool, data: bool) -> Report:
     """A sharded checkpoint: the index against the shards, then every shard, in one report
     (a shard's problems carry ``<shard>/`` before their record)."""
+    if is_url(path):
+        return _validate_remote_index(path, strict, data)
     index = find_index(path)
     problems: list[Problem] = []
-    ok = True
     try:
         ShardedCheckpoint(index)
     except PthError as exc:
         problems.append(
             Problem("index.inconsistent", "error", exc.message, os.path.basename(index))
         )
-        ok = False
     folder = os.path.dirname(index)
+    reports: list[tuple[str, Report]] = []
     for shard in _listed_shards(index):
         shard_path = os.path.join(folder, shard)
         if not os.path.isfile(shard_path):
@@ -260,9 +279,36 @@ def _validate_index(path: str, strict: bool) -> Report:
                     os.path.basename(index),
                 )
             )
-            ok = False
             continue
-        report = validate(shard_path, strict=strict)
+        reports.append((shard, validate(shard_path, strict=strict, data=data)))
+    return _index_report(index, problems, reports, strict)
+
+
+def _validate_remote_index(url: str, strict: bool, data: bool) -> Report:
+    """A shard index by URL: the index against every shard's keys, then every shard."""
+    problems: list[Problem] = []
+    shards: list[str] = []
+    try:
+        sharded = ShardedCheckpoint(url)  # the index, read and checked as a local one
+        shards = sharded.shard_paths()
+        with sharded:
+            sharded.open_all()  # every shard's keys against the index
+    except PthError as exc:
+        problems.append(Problem("index.inconsistent", "error", exc.message, _base_name(url)))
+    reports = [(_base_name(s), validate(s, strict=strict, data=data)) for s in shards]
+    return _index_report(url, problems, reports, strict)
+
+
+def _base_name(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
+def _index_report(
+    index: str, problems: list[Problem], reports: list[tuple[str, Report]], strict: bool
+) -> Report:
+    """The index's problems, then each shard's (its record prefixed by ``<shard>/``)."""
+    ok = not problems
+    for shard, report in reports:
         ok = ok and report.ok
         for p in report.problems:
             problems.append(
@@ -275,4 +321,5 @@ def _validate_index(path: str, strict: bool) -> Report:
                     p.key_path,
                 )
             )
-    return Report(index, "sharded", ok and not problems, problems, strict)
+    serious = any(p.severity in ("error", "warning") for p in problems)
+    return Report(index, "sharded", ok and not serious, problems, strict)

@@ -52,8 +52,10 @@ class Rec:
 class ValidatorBase:
     """What every check shares: the file, the problems found so far, and bounded reads."""
 
-    def __init__(self, src: Source, strict: bool) -> None:
+    def __init__(self, src: Source, strict: bool, data: bool = True) -> None:
         self.src = src
+        self.data = data  # False: tensor data is not read (validate(data=False))
+        self.data_skipped: list[str] = []  # the storage records whose CRC-32 was not checked
         self.buf = src.buf
         self.size = src.size
         self.strict = strict

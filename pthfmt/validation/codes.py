@@ -389,6 +389,13 @@ CHECKS: Final[tuple[Check, ...]] = (
         "(a note: nothing is wrong)",
         "loads damaged data silently",
     ),
+    _c(
+        "data.skipped",
+        N,
+        "tensor data was not read (validate(data=False), --no-data): the CRC-32 of storage "
+        "records is not checked (a note: nothing is wrong)",
+        "reads the data when a tensor is used",
+    ),
     # safetensors files (pthfmt.validation.safetensors)
     _c(
         "safetensors.header",

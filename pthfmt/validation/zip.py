@@ -11,7 +11,7 @@ import zlib
 from typing import Final
 
 from ..errors import PthError
-from ..formats.contract import not_a_checkpoint
+from ..formats.contract import is_tensor_record, not_a_checkpoint
 from ..formats.torchzip import fold_case
 from ..formats.zip import structs as zs
 from ..formats.zip.reader import DEFLATED, STORED, ZipArchive, ZipEntry, check_claim
@@ -126,6 +126,13 @@ class ZipChecks(LayoutChecks):
                 f"{n} of {len(recs)} records have a zero CRC-32 (saved with "
                 "compute_crc32=False or skip_data?): their integrity cannot be checked",
                 record=self.zero_crc[0],
+            )
+        if self.data_skipped:
+            n = len(self.data_skipped)
+            self.add(
+                "data.skipped",
+                f"tensor data not read (data=False): the CRC-32 of {n} stored storage "
+                f"record{'s' if n != 1 else ''} is not checked",
             )
         self.check_coverage(z, recs)
         folder = self.check_names(recs)
@@ -285,6 +292,9 @@ class ZipChecks(LayoutChecks):
 
     def check_crc(self, z: ZipArchive, rec: Rec) -> None:
         e = rec.entry
+        if not self.data and e.method == STORED and is_tensor_record(e.name):
+            self.data_skipped.append(e.name)
+            return
         if e.method == STORED:
             crc = 0
             for chunk in self.chunks(rec.data, e.usize if e.csize == e.usize else e.csize):

@@ -16,6 +16,7 @@ from hypothesis import given
 
 import pthfmt
 from pthfmt import UnserializableError, writer
+from pthfmt.reader import detect_format
 from tests.support.writer import HYPOTHESIS, ORDERED_SCALARS, save_bytes, trees
 
 
@@ -141,3 +142,16 @@ def test_bad_arguments() -> None:
         pthfmt.save({}, io.BytesIO(), archive_name="a/b")
     with pytest.raises(TypeError, match="writable"):
         pthfmt.save({}, 3)  # type: ignore[arg-type]
+
+
+def test_a_legacy_file_spelling_ustar_is_not_a_tar() -> None:
+    """Found by hypothesis: a legacy pickle with ``ustar`` at byte 257 (a bytes value) was
+    read as a tar archive; torch tries tarfile, which refuses the checksum, then reads it as a
+    legacy file, and so does pthfmt now."""
+    at = save_bytes({"tag": b"ustar"}, format="legacy").find(b"ustar")
+    assert 0 < at < 257
+    data = save_bytes({"tag": b"x" * (257 - at) + b"ustar"}, format="legacy")
+    assert data[257:262] == b"ustar"
+    assert detect_format(data[:512]) == "legacy"
+    with pthfmt.open(io.BytesIO(data)) as ck:
+        assert ck.format == "legacy" and ck.obj["tag"].endswith(b"ustar")
