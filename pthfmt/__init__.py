@@ -15,7 +15,7 @@ from .errors import (
 )
 from .model.device import Device
 from .model.dtypes import DTYPES, DType
-from .model.kinds import MetaArray, NestedArray, QuantizedArray, SparseArray
+from .model.kinds import JaggedArray, MetaArray, NestedArray, QuantizedArray, SparseArray
 from .model.modules import state_dict
 from .model.stub import Stub, StubType
 from .model.tensor import StorageInfo, Tensor, TensorRef
@@ -77,6 +77,7 @@ __all__ = [
     "QuantizedArray",
     "SparseArray",
     "NestedArray",
+    "JaggedArray",
     "MetaArray",
     "StorageInfo",
     "Device",
