@@ -481,7 +481,7 @@ def rebuild_njt(h: TorchHandlers, kwargs: Any) -> JaggedArray:
     """``_rebuild_njt({values, offsets, lengths, _ragged_idx, _metadata_cache,
     requires_grad})``."""
     if not isinstance(kwargs, dict) or sorted(map(str, kwargs)) != sorted(_NJT_KWARGS):
-        keys = sorted(map(short_repr, kwargs)) if isinstance(kwargs, dict) else _kind(kwargs)
+        keys = _keys(kwargs) if isinstance(kwargs, dict) else _kind(kwargs)
         raise _fail(f"_rebuild_njt arguments are {keys}, not {', '.join(_NJT_KWARGS)}")
     values, offsets, lengths = kwargs["values"], kwargs["offsets"], kwargs["lengths"]
     v_shape, _ = _tensor(values, "NJT values")
@@ -501,16 +501,20 @@ def rebuild_njt(h: TorchHandlers, kwargs: Any) -> JaggedArray:
     seqlens = _seqlens(kwargs["_metadata_cache"])
     grad = _bool(kwargs["requires_grad"], "NJT requires_grad")
     value = JaggedArray(values, offsets, lengths, ragged, *seqlens, grad)
-    if h.eager or all(map(_readable, (values, offsets, lengths))):
-        value.extents()  # checked now, where errors get their key path
+    if h.eager:  # checked now, where errors get their key path (pthfmt.open: when read,
+        value.extents()  # and validate reports nested.jagged)
     return value
+
+
+def _keys(mapping: dict[Any, Any]) -> str:
+    return "{" + ", ".join(sorted(map(short_repr, mapping))) + "}"
 
 
 def _seqlens(cache: Any) -> tuple[int | None, int | None]:
     """``_metadata_cache``: ``min_seqlen``/``max_seqlen`` tensors of shape ``(n, 0)``
     (torch keeps the number in the shape)."""
     if not isinstance(cache, dict) or not all(k in _SEQLENS for k in cache):
-        keys = sorted(map(short_repr, cache)) if isinstance(cache, dict) else _kind(cache)
+        keys = _keys(cache) if isinstance(cache, dict) else _kind(cache)
         raise _fail(f"NJT _metadata_cache holds {keys}, not min_seqlen and max_seqlen")
     out: list[int | None] = []
     for key in _SEQLENS:
