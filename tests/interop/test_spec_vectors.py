@@ -115,7 +115,10 @@ def test_globals_torch_writes_are_in_both_allowlists(torch_mod: Any) -> None:
 
     from pthfmt.torch.handlers import ALLOWLIST, MODULE_ALIASES
 
-    torch_allowed = set(wo._get_allowed_globals())
+    import torch._dynamo  # noqa: F401  (they allow the NJT globals when imported)
+    import torch.nested  # noqa: F401
+
+    torch_allowed = set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())
     names = set()
     for _, pkl in torch_written_pickles():
         for op, arg, _ in pickletools.genops(pkl):
