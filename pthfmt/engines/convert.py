@@ -68,6 +68,7 @@ from ..model.dtypes import DType
 from ..model.stub import Stub
 from ..model.tensor import StorageInfo, TensorRef
 from ..text import escape
+from .kinds import kind_name
 from .tree import Gadget, Survey, leaves
 
 __all__ = [
@@ -137,6 +138,9 @@ class GadgetError(UnsafePickleError):
 
 
 def _kind(value: Any) -> str:
+    named = kind_name(value)
+    if named is not None:
+        return named
     if isinstance(value, Stub):
         return value.qualname
     kind = type(value)
@@ -456,7 +460,7 @@ def _pth_value(value: Any) -> tuple[bool, Any]:
     def plain(v: Any) -> bool:
         return isinstance(v, (*_SCALARS, Device, DType))
 
-    if plain(value):
+    if plain(value) or kind_name(value) is not None:  # kinds: pthfmt.save writes them
         return True, value
     if isinstance(value, (list, tuple)) and all(plain(v) for v in value):
         return True, value
