@@ -199,9 +199,13 @@ class DiffResult:
     - ``only_a``: keys only in A (missing when B is loaded into a model like A);
       ``only_b``: keys only in B (unexpected);
     - ``mismatched``: ``{"key", "what": "shape" | "dtype" | "kind", "a", "b"}`` for entries
-      in both whose shape, dtype, or kind (tensor against value) differ;
+      in both whose shape, dtype, or kind (tensor against value; sparse against jagged...)
+      differ; for quantized, sparse, nested, jagged and meta tensors also any other field of
+      their layout (``nnz``, ``ragged_idx``, ``layout``..., see
+      :func:`pthfmt.engines.kinds.describe`) or a part's shape (``"values shape"``);
     - ``different``: entries whose values differ beyond the tolerance: tensors as ``{"key",
-      "dtype", "shape", "max_abs_diff", "max_rel_diff", "not_close"}``, other values as
+      "dtype", "shape", "max_abs_diff", "max_rel_diff", "not_close"}`` (the kinds add
+      ``"kind"``: every part compared, indices and offsets exactly), other values as
       ``{"key", "a", "b"}``;
     - ``equal``: how many common entries are equal within the tolerance.
 
