@@ -552,7 +552,7 @@ def jagged_problem(offsets: np.ndarray, lengths: np.ndarray | None, size: int) -
     if lengths.shape != (offsets.size - 1,):
         return f"lengths have shape {lengths.shape}, not ({offsets.size - 1},) as the offsets"
     counts = lengths.astype(np.int64)
-    if (counts < 0).any() or (wide[:-1] + counts > size).any():
+    if (counts < 0).any() or (counts > size - wide[:-1]).any():  # (no int64 overflow)
         return f"offsets + lengths lie outside [0, {size}] (the ragged axis of the values)"
     return ""
 

@@ -420,7 +420,7 @@ def check_dynamo_state(state: Any, what: str) -> None:
             type(v) is int and -_INT64 <= v < _INT64 for v in value.values()
         ):
             raise _fail(f"{name} holds {short_repr(value)}, not int hints")
-        elif kind == "specialize" and any(v != [] for v in value.values()):
+        elif kind == "specialize" and any(type(v) is not list or v for v in value.values()):
             raise _fail(f"{name} holds {short_repr(value)}, not empty lists")
 
 
@@ -465,7 +465,7 @@ def _njt_state(value: JaggedArray, state: Any) -> None:
         if key not in _NJT_STATE:
             raise _fail(f"NestedTensor state key {short_repr(key)} is not one torch writes")
         same = (
-            item == value.ragged_idx and type(item) is int
+            type(item) is int and item == value.ragged_idx
             if key == "_ragged_idx"
             else key == "_metadata_cache" or item is _njt_field(value, key)
         )
@@ -480,7 +480,11 @@ def _njt_field(value: JaggedArray, key: str) -> Any:
 def rebuild_njt(h: TorchHandlers, kwargs: Any) -> JaggedArray:
     """``_rebuild_njt({values, offsets, lengths, _ragged_idx, _metadata_cache,
     requires_grad})``."""
-    if not isinstance(kwargs, dict) or sorted(map(str, kwargs)) != sorted(_NJT_KWARGS):
+    if (
+        not isinstance(kwargs, dict)
+        or not all(type(k) is str for k in kwargs)
+        or sorted(kwargs) != sorted(_NJT_KWARGS)
+    ):
         keys = _keys(kwargs) if isinstance(kwargs, dict) else _kind(kwargs)
         raise _fail(f"_rebuild_njt arguments are {keys}, not {', '.join(_NJT_KWARGS)}")
     values, offsets, lengths = kwargs["values"], kwargs["offsets"], kwargs["lengths"]

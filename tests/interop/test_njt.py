@@ -328,3 +328,64 @@ def _saved(value: Any, fmt: str) -> bytes:
     buf = io.BytesIO()
     pthfmt.save(value, buf, format=fmt)
     return buf.getvalue()
+
+
+# -- the handlers on values a hostile pickle can build ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        (
+            {"_specialize_on": {0: np.zeros(2)}},
+            "tensor state '_specialize_on' holds {0: array([0., 0.])}, not empty lists",
+        ),
+        (
+            {"_dynamo_dynamic_indices": {64}},
+            "tensor state '_dynamo_dynamic_indices' is {64}, not a set of dimensions",
+        ),
+        (
+            {"_dynamo_dynamic_range": {(0, None, None)}},
+            "tensor state '_dynamo_dynamic_range' is {(0, None, None)}, not a set of _DimRange",
+        ),
+        (
+            {"_dynamo_hint_overrides": {0: 1 << 70}},
+            "tensor state '_dynamo_hint_overrides' holds {0: 1180591620717411303424}, not int "
+            "hints",
+        ),
+        (
+            {"_has_dynamo_dim_marking": True, "foo": 1},
+            "tensor state key 'foo' is not one of dynamo's marks",
+        ),
+    ],
+)
+def test_dynamo_state_values_are_checked(state: dict[str, Any], message: str) -> None:
+    from pthfmt.torch.kinds import check_dynamo_state
+
+    with pytest.raises(pthfmt.FormatError) as exc:
+        check_dynamo_state(state, "tensor")
+    assert exc.value.message == message
+    check_dynamo_state({"other": np.zeros(2)}, "tensor")  # no dynamo marks: not looked at
+
+
+def test_njt_state_with_an_array_for_ragged_idx_is_refused() -> None:
+    from pthfmt.torch.kinds import _njt_state
+
+    value = pthfmt.JaggedArray.from_arrays([np.zeros((2, 3)), np.zeros((1, 3))])
+    with pytest.raises(pthfmt.FormatError) as exc:
+        _njt_state(value, {"_ragged_idx": np.ones(3, np.int64)})
+    assert exc.value.message == (
+        "NestedTensor state _ragged_idx differs from the _rebuild_njt argument"
+    )
+    _njt_state(value, {"_ragged_idx": 1, "_values": value.values, "_offsets": value.offsets})
+
+
+def test_lengths_that_would_overflow_are_corrupt() -> None:
+    value = pthfmt.JaggedArray(np.zeros(10), np.array([0, 5, 10]), np.array([2, (1 << 63) - 1]), 1)
+    with pytest.raises(pthfmt.CorruptError) as exc:
+        value.arrays()
+    assert exc.value.message == (
+        "jagged tensor offsets + lengths lie outside [0, 10] (the ragged axis of the values)"
+    )
+    with pytest.raises(pthfmt.UnserializableError):
+        pthfmt.save(value, io.BytesIO())
