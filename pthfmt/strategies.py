@@ -31,6 +31,10 @@ Needs ``hypothesis`` (not a dependency of pthfmt itself)::
   look plausible (a wrong CRC, off-by-one record sizes, swapped records, lying headers,
   truncation, flipped pickle bytes).  Some still load (torch ignores CRCs); a careful reader
   either loads them or fails with its own error, never a crash or a hang.
+- :func:`quantized_arrays`, :func:`sparse_arrays`, :func:`nested_arrays`,
+  :func:`jagged_arrays` (NJTs: any ragged dimension, holes between components),
+  :func:`meta_arrays` and :func:`kinds` (any of them) — the other tensor kinds, each of which
+  :func:`pthfmt.save` writes and ``torch.load(weights_only=True)`` reads.
 """
 
 from __future__ import annotations
