@@ -65,6 +65,7 @@ from ..formats.sharding import parse_size, resolve_folder
 from ..formats.tensordata import Content, TensorItem, Value, count, index_metadata, listing
 from ..model.device import Device
 from ..model.dtypes import DType
+from ..model.kinds import QuantizedRef
 from ..model.stub import Stub
 from ..model.tensor import StorageInfo, TensorRef
 from ..text import escape
@@ -202,7 +203,7 @@ class _Plan:
             )
         if self.no_dtype:
             what = (
-                "(pthfmt does not write quantized tensors)"
+                "(quantized, without their quantization parameters)"
                 if fmt == "pth"
                 else f"with a dtype {fmt} cannot hold"
             )
@@ -407,8 +408,11 @@ class Conversion:
 
 def _unwritable(item: TensorItem, fmt: str) -> str | None:
     """Why ``item`` cannot be written in ``fmt`` (``"reserved"`` for its name), else None."""
-    if fmt == "pth":
-        return item.dtype.name if item.dtype.kind == "quantized" else None
+    if fmt == "pth":  # a quantized tensor read from a torch file carries its qparams
+        quantized = item.dtype.kind == "quantized"
+        return (
+            item.dtype.name if quantized and not isinstance(item.for_save(), QuantizedRef) else None
+        )
     if item.name == ("__metadata__" if fmt == "safetensors" else SIDECAR):
         return "reserved"
     if fmt == "safetensors":

@@ -108,3 +108,23 @@ def test_diff_sparse_with_other_indices(tmp_path: Path) -> None:
     result = diff(a, b, atol=10)  # indices are compared exactly, whatever the tolerance
     assert [d["key"] for d in result.different] == ["s"]
     assert isinstance(pthfmt.load(a)["s"], pthfmt.SparseArray)
+
+
+def test_convert_to_pth_keeps_quantized_tensors(tmp_path: Path) -> None:
+    src, dst = tmp_path / "q.pt", tmp_path / "copy.pt"
+    q = torch.quantize_per_channel(
+        torch.randn(3, 4),
+        torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64),
+        torch.tensor([0, 1, 2]),
+        0,
+        torch.quint8,
+    )
+    torch.save({"q": q, "w": torch.ones(2)}, src)
+    assert convert(src, dst) == []
+    back = torch.load(dst, weights_only=True)["q"]
+    assert back.qscheme() == torch.per_channel_affine
+    assert torch.equal(back.int_repr(), q.int_repr())
+    assert torch.equal(back.q_per_channel_scales(), q.q_per_channel_scales())
+    assert convert(src, tmp_path / "q.safetensors") == [
+        "left out 1 tensor with a dtype safetensors cannot hold: q (quint8)"
+    ]
