@@ -389,3 +389,27 @@ def test_lengths_that_would_overflow_are_corrupt() -> None:
     )
     with pytest.raises(pthfmt.UnserializableError):
         pthfmt.save(value, io.BytesIO())
+
+
+@pytest.mark.parametrize(
+    ("cache", "message"),
+    [
+        ({"min_seqlen": 3}, "NJT min_seqlen is a int, not a tensor"),
+        (
+            {"max_seqlen": np.zeros((3, 1), np.float32)},
+            "NJT max_seqlen has shape (3, 1), not (n, 0)",
+        ),
+        (
+            {"min_seqlen": np.zeros((1, 0)), "inverse": 1},
+            "NJT _metadata_cache holds {'inverse', 'min_seqlen'}, not min_seqlen and max_seqlen",
+        ),
+        ([], "NJT _metadata_cache holds a list, not min_seqlen and max_seqlen"),
+    ],
+)
+def test_wrong_types_in_the_cache_are_refused(cache: Any, message: str) -> None:
+    from pthfmt.torch.kinds import _seqlens
+
+    with pytest.raises(pthfmt.FormatError) as exc:
+        _seqlens(cache)
+    assert exc.value.message == message
+    assert _seqlens({"max_seqlen": np.zeros((4, 0), np.float32)}) == (None, 4)
