@@ -919,7 +919,28 @@ def _(path: Path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * self.scale
 
-    torch.jit.save(torch.jit.script(Tiny()), str(path))
+    with _relative_source(Tiny):
+        torch.jit.save(torch.jit.script(Tiny()), str(path))
+
+
+@contextlib.contextmanager
+def _relative_source(cls: type) -> Iterator[None]:
+    """TorchScript quotes the path of each scripted method's source file in the archive's
+    debug records: make it ``spec/make_vectors.py`` (read from the repository root) while
+    ``cls`` is scripted, so that the vector does not depend on where the repository is.
+    (The records also quote line numbers: edits above ``zip_torchscript``'s class change it.)"""
+    import os
+    root = Path(__file__).resolve().parent.parent
+    relative = str(Path(__file__).resolve().relative_to(root))
+    old_cwd = os.getcwd()
+    for fn in vars(cls).values():
+        if hasattr(fn, "__code__"):
+            fn.__code__ = fn.__code__.replace(co_filename=relative)
+    os.chdir(root)
+    try:
+        yield
+    finally:
+        os.chdir(old_cwd)
 
 
 # (vectors added below this line keep zip_torchscript's source lines, which its debug
