@@ -21,7 +21,6 @@ from ..model.kinds import (
     NestedArray,
     QuantizedArray,
     SparseArray,
-    as_array,
 )
 
 __all__ = ["KIND_TYPES", "kind_name", "describe", "parts", "EXACT_PARTS"]
@@ -58,8 +57,7 @@ def _dtype(value: Any) -> str:
 
 
 def describe(value: Any) -> dict[str, Any] | None:
-    """The layout of a kinds value (reads no data but the small index tensors of a strided
-    nested tensor's sizes); ``None`` for anything else."""
+    """The layout of a kinds value (reads no data); ``None`` for anything else."""
     name = kind_name(value)
     if name is None:
         return None
@@ -74,8 +72,7 @@ def describe(value: Any) -> dict[str, Any] | None:
             lengths=value.lengths is not None,
         )
     elif isinstance(value, NestedArray):
-        sizes = as_array(value.sizes)
-        row.update(dtype=_dtype(value.buffer), components=int(sizes.shape[0]))
+        row.update(dtype=_dtype(value.buffer), components=int(value.sizes.shape[0]))
     elif isinstance(value, MetaArray):
         row.update(dtype=value.dtype, shape=list(value.shape), stride=list(value.stride))
     else:
