@@ -462,6 +462,9 @@ def _njt_state(value: JaggedArray, state: Any) -> None:
         if key == "_dynamo_propagated_dynamic_indices":
             _dims_set(item, "NestedTensor state _dynamo_propagated_dynamic_indices")
             continue
+        if key == "_is_param":  # an nn.Parameter of an NJT (torch loads a NestedTensor)
+            _bool(item, "NestedTensor state _is_param")
+            continue
         if key not in _NJT_STATE:
             raise _fail(f"NestedTensor state key {short_repr(key)} is not one torch writes")
         same = (

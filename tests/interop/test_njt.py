@@ -413,3 +413,14 @@ def test_wrong_types_in_the_cache_are_refused(cache: Any, message: str) -> None:
         _seqlens(cache)
     assert exc.value.message == message
     assert _seqlens({"max_seqlen": np.zeros((4, 0), np.float32)}) == (None, 4)
+
+
+def test_a_parameter_of_an_njt_loads_as_torch_loads_it() -> None:
+    """torch pickles nn.Parameter(njt) as the NJT with ``_is_param`` in its state, and loads
+    a NestedTensor."""
+    t = njt()
+    loaded = torch.load(torch_bytes({"p": torch.nn.Parameter(t)}), weights_only=True)["p"]
+    assert type(loaded).__name__ == "NestedTensor"
+    value = pthfmt.load(torch_bytes({"p": torch.nn.Parameter(t)}))["p"]
+    assert value.requires_grad
+    assert_same(value, t)
