@@ -262,7 +262,8 @@ def torch_storage_entry(s: Any, path: str, tags: dict[int, str]) -> dict[str, An
 
 def torch_view(path: Path, load: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     """``torch.load`` the file and encode what torch made of it: ``(value, tensors)``."""
-    import torch._dynamo, torch.nested  # noqa: F401,E401  (torch loads NJTs only with these)
+    import torch._dynamo  # torch loads NJTs only once these two are imported
+    import torch.nested
     tags: dict[int, str] = {}
 
     def record(storage: Any, location: str) -> Any:
@@ -968,7 +969,6 @@ _COMPRESSED = {"sparse_csr": ("crow_indices", "col_indices"),
 def torch_kind_entry(t: Any, path: str) -> dict[str, Any] | None:
     """A sparse, nested (strided or jagged) or meta tensor (``kind`` says which): what it
     holds, logically; ``None`` for a strided tensor (quantized ones included)."""
-    import torch
     layout = str(t.layout).removeprefix("torch.")
     entry: dict[str, Any] = {"path": path, "kind": None,
                              "dtype": str(t.dtype).removeprefix("torch.")}
