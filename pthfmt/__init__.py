@@ -16,7 +16,7 @@ from .errors import (
 )
 from .model.device import Device
 from .model.dtypes import DTYPES, DType
-from .model.kinds import MetaArray, NestedArray, QuantizedArray, SparseArray
+from .model.kinds import JaggedArray, MetaArray, NestedArray, QuantizedArray, SparseArray
 from .model.modules import state_dict
 from .model.stub import Stub, StubType
 from .model.tensor import StorageInfo, Tensor, TensorRef
@@ -78,6 +78,7 @@ __all__ = [
     "QuantizedArray",
     "SparseArray",
     "NestedArray",
+    "JaggedArray",
     "MetaArray",
     "StorageInfo",
     "Device",

@@ -31,6 +31,10 @@ Needs ``hypothesis`` (not a dependency of pthfmt itself)::
   look plausible (a wrong CRC, off-by-one record sizes, swapped records, lying headers,
   truncation, flipped pickle bytes).  Some still load (torch ignores CRCs); a careful reader
   either loads them or fails with its own error, never a crash or a hang.
+- :func:`quantized_arrays`, :func:`sparse_arrays`, :func:`nested_arrays`,
+  :func:`jagged_arrays` (NJTs: any ragged dimension, holes between components),
+  :func:`meta_arrays` and :func:`kinds` (any of them) — the other tensor kinds, each of which
+  :func:`pthfmt.save` writes and ``torch.load(weights_only=True)`` reads.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from .model.dtypes import DTYPES, DTypeInfo, from_numpy
 from .model.kinds import (
     QUANTIZED_DTYPES,
     SPARSE_LAYOUTS,
+    JaggedArray,
     MetaArray,
     NestedArray,
     QuantizedArray,
@@ -69,6 +74,7 @@ __all__ = [
     "quantized_arrays",
     "sparse_arrays",
     "nested_arrays",
+    "jagged_arrays",
     "meta_arrays",
     "kinds",
 ]
@@ -400,6 +406,29 @@ def nested_arrays(draw: st.DrawFn) -> NestedArray:
     return NestedArray.from_arrays(parts)
 
 
+_JAGGED_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
+
+
+@st.composite
+def jagged_arrays(draw: st.DrawFn) -> JaggedArray:
+    """A :class:`~pthfmt.JaggedArray` (NJT) of 1 to 3 components: values of 1 to 3
+    dimensions, a ragged axis anywhere in them, and sometimes ``lengths`` with holes
+    between the components (as ``torch.nested.nested_tensor_from_jagged`` makes)."""
+    info = draw(dtypes(names=_JAGGED_DTYPES))
+    ndim = draw(st.integers(1, 3))
+    ragged = draw(st.integers(1, ndim))
+    rest = list(draw(st.lists(st.integers(1, 3), min_size=ndim, max_size=ndim)))
+    counts = draw(st.lists(st.integers(0, 3), min_size=1, max_size=3))
+    holes = draw(st.booleans())
+    gaps = [draw(st.integers(0, 2)) if holes else 0 for _ in counts]
+    starts = np.cumsum([0] + [c + g for c, g in zip(counts, gaps)]).astype(np.int64)
+    rest[ragged - 1] = int(starts[-1])
+    values = draw(_array(info, tuple(rest)))
+    lengths = np.array(counts, np.int64) if holes else None
+    seqlens = (min(counts), max(counts)) if draw(st.booleans()) else (None, None)
+    return JaggedArray(values, starts, lengths, ragged, *seqlens)
+
+
 @st.composite
 def meta_arrays(draw: st.DrawFn) -> MetaArray:
     """A :class:`~pthfmt.MetaArray`: a savable dtype, a shape and its contiguous strides."""
@@ -409,5 +438,7 @@ def meta_arrays(draw: st.DrawFn) -> MetaArray:
 
 
 def kinds() -> st.SearchStrategy[Any]:
-    """Any of the quantized, sparse, nested and meta strategies."""
-    return st.one_of(quantized_arrays(), sparse_arrays(), nested_arrays(), meta_arrays())
+    """Any of the quantized, sparse, nested (strided and jagged) and meta strategies."""
+    return st.one_of(
+        quantized_arrays(), sparse_arrays(), nested_arrays(), jagged_arrays(), meta_arrays()
+    )

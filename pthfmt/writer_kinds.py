@@ -1,4 +1,5 @@
-"""How :func:`pthfmt.save` writes quantized, sparse, nested and meta tensors.
+"""How :func:`pthfmt.save` writes quantized, sparse, nested (strided and jagged) and meta
+tensors.
 
 Each :mod:`pthfmt.model.kinds` value becomes the call torch's ``Tensor.__reduce_ex__``
 writes (``spec/pth-format.md`` §8.9); the plain tensors inside (indices, values, scales, the
@@ -17,12 +18,13 @@ from typing import Any, Final
 
 import numpy as np
 
-from .errors import UnserializableError
+from .errors import PthError, UnserializableError
 from .model.dtypes import DTYPES, DType
 from .model.kinds import (
     QUANTIZED_DTYPES,
     SPARSE_LAYOUTS,
     SUBBYTE_BITS,
+    JaggedArray,
     MetaArray,
     NestedArray,
     QuantizedArray,
@@ -36,11 +38,14 @@ from .pickle.pickler import GlobalRef, Reduction
 
 __all__ = ["KINDS", "KindParts", "QuantizedData", "qtensor_args"]
 
-KINDS: Final = (QuantizedArray, SparseArray, NestedArray, MetaArray)
+KINDS: Final = (QuantizedArray, SparseArray, NestedArray, JaggedArray, MetaArray)
 _QTENSOR = GlobalRef("torch._utils", "_rebuild_qtensor")
 _SPARSE = GlobalRef("torch._utils", "_rebuild_sparse_tensor")
 _NESTED = GlobalRef("torch._utils", "_rebuild_nested_tensor")
 _META = GlobalRef("torch._utils", "_rebuild_meta_tensor_no_storage")
+_FROM_TYPE = GlobalRef("torch._tensor", "_rebuild_from_type_v2")
+_NJT = GlobalRef("torch.nested._internal.nested_tensor", "_rebuild_njt")
+_NJT_CLASS = GlobalRef("torch.nested._internal.nested_tensor", "NestedTensor")
 _LAYOUT = GlobalRef("torch.serialization", "_get_layout")
 _SIZE = GlobalRef("torch", "Size")
 _PER_TENSOR = GlobalRef("torch", "per_tensor_affine")
@@ -119,6 +124,8 @@ def _reduce(obj: Any) -> Any:
         )
     if isinstance(obj, SparseArray):
         return _sparse(obj)
+    if isinstance(obj, JaggedArray):
+        return _jagged(obj)
     return _nested(obj)
 
 
@@ -157,6 +164,52 @@ def _nested(obj: NestedArray) -> Reduction:
         if not isinstance(part, TensorRef) and part.dtype != np.int64:
             raise UnserializableError("nested tensor sizes, strides and offsets must be int64")
     return Reduction(_NESTED, (buffer, *parts))
+
+
+def _jagged(obj: JaggedArray) -> Reduction:
+    """``_rebuild_from_type_v2(_rebuild_njt, NestedTensor, ({values, offsets, lengths,
+    _ragged_idx, _metadata_cache, requires_grad},), state)`` as torch's
+    ``NestedTensor.__reduce_ex__`` writes it (the state repeats the tensors; the cached
+    seqlens are ``(n, 0)`` float32 tensors, without dynamo's marks)."""
+    ragged = obj.ragged_idx
+    if type(ragged) is not int or not 1 <= ragged <= len(obj.values.shape):
+        raise UnserializableError(f"jagged tensor ragged_idx {ragged!r} is out of range")
+    try:
+        obj.extents()
+    except PthError as exc:
+        raise UnserializableError(str(exc)) from None
+    values, offsets = _tensor(obj.values), _index(obj.offsets, "offsets")
+    lengths = None if obj.lengths is None else _index(obj.lengths, "lengths")
+    cache: dict[str, Any] = {}
+    for key, count in (("min_seqlen", obj.min_seqlen), ("max_seqlen", obj.max_seqlen)):
+        if count is not None:
+            cache[key] = np.zeros((int(count), 0), np.float32)
+    kwargs = {
+        "values": values,
+        "offsets": offsets,
+        "lengths": lengths,
+        "_ragged_idx": ragged,
+        "_metadata_cache": cache,
+        "requires_grad": bool(obj.requires_grad),
+    }
+    state = {
+        "_ragged_idx": ragged,
+        "_values": values,
+        "_offsets": offsets,
+        "_lengths": lengths,
+        "_metadata_cache": cache,
+    }
+    return Reduction(_FROM_TYPE, (_NJT, _NJT_CLASS, (kwargs,), state))
+
+
+def _index(value: Any, what: str) -> Any:
+    """Offsets or lengths: int64 (a TensorRef as is)."""
+    tensor = _tensor(value)
+    if isinstance(tensor, TensorRef):
+        return tensor
+    if tensor.dtype.kind not in "iu":
+        raise UnserializableError(f"jagged tensor {what} are {tensor.dtype}, not integers")
+    return tensor.astype(np.int64, copy=False)
 
 
 def qtensor_args(data: QuantizedData, pid: Any, offset: int, stride: tuple[int, ...]) -> Reduction:

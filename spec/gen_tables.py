@@ -58,10 +58,11 @@ _REGION = re.compile(r"(<!-- BEGIN ([a-z0-9-]+) -->\n)(.*?)(<!-- END \2 -->)", r
 #: The spec's classification of every pickle opcode (see "Opcodes" in the spec):
 #:
 #: * ``emit``: the protocol-2 opcodes a conforming writer emits (and only these); exactly what
-#:   torch.save writes for checkpoint content, and all of them are read by torch's
-#:   ``weights_only`` unpickler.  A reader MUST accept them.
+#:   torch.save writes for checkpoint content (``NEWOBJ``: the ``_DimRange`` records in the
+#:   dynamo marks of a jagged nested tensor's cached seqlens), and all of them are read by
+#:   torch's ``weights_only`` unpickler.  A reader MUST accept them.
 #: * ``accept``: opcodes a reader MUST also accept, because torch writes them into real
-#:   checkpoints: Python 2 strings, other ``pickle_protocol`` values (3-5), ``NEWOBJ``.
+#:   checkpoints: Python 2 strings, other ``pickle_protocol`` values (3-5).
 #: * ``may``: protocol 0/1 text and stack opcodes no torch.save output needs; a reader MAY
 #:   accept them (with the same allowlist rules), a writer MUST NOT emit them.
 #: * ``refuse``: a reader MUST refuse them: they reach outside the file (the copyreg
@@ -70,10 +71,10 @@ OPCODE_CLASSES: dict[str, str] = {
     **dict.fromkeys(
         "PROTO STOP GLOBAL REDUCE BUILD MARK BINPERSID EMPTY_DICT SETITEM SETITEMS EMPTY_LIST "
         "APPEND APPENDS EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 NONE NEWTRUE NEWFALSE BININT "
-        "BININT1 BININT2 LONG1 BINFLOAT BINUNICODE BINPUT LONG_BINPUT BINGET LONG_BINGET"
+        "BININT1 BININT2 LONG1 BINFLOAT BINUNICODE BINPUT LONG_BINPUT BINGET LONG_BINGET NEWOBJ"
         .split(), "emit"),
     **dict.fromkeys(
-        "NEWOBJ EMPTY_SET SHORT_BINSTRING BINSTRING FRAME SHORT_BINUNICODE BINUNICODE8 "
+        "EMPTY_SET SHORT_BINSTRING BINSTRING FRAME SHORT_BINUNICODE BINUNICODE8 "
         "STACK_GLOBAL MEMOIZE SHORT_BINBYTES BINBYTES BINBYTES8 BYTEARRAY8 LONG4 ADDITEMS "
         "FROZENSET NEWOBJ_EX".split(), "accept"),
     **dict.fromkeys(

@@ -159,7 +159,7 @@ def sha256(data: bytes) -> str:
 def relabel_storages(tensors: list[dict[str, Any]], key: str = "storage") -> None:
     """Number storages 0, 1, ... in the order tensors first use them (in place)."""
     seen: dict[Any, int] = {}
-    for entry in tensors:
+    for entry in (e for e in tensors if key in e):  # kinds entries (below) have no storage
         entry[key] = seen.setdefault(entry[key], len(seen))
 
 
@@ -262,7 +262,8 @@ def torch_storage_entry(s: Any, path: str, tags: dict[int, str]) -> dict[str, An
 
 def torch_view(path: Path, load: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
     """``torch.load`` the file and encode what torch made of it: ``(value, tensors)``."""
-    import torch
+    import torch._dynamo  # torch loads NJTs only once these two are imported
+    import torch.nested
     tags: dict[int, str] = {}
 
     def record(storage: Any, location: str) -> Any:
@@ -292,7 +293,7 @@ def _encode_torch(obj: Any, tags: dict[int, str]) -> tuple[Any, list[dict[str, A
 
     def tensor(o: Any, p: str) -> dict | None:
         if isinstance(o, torch.Tensor):
-            return torch_tensor_entry(o, p, tags)
+            return torch_kind_entry(o, p) or torch_tensor_entry(o, p, tags)
         if isinstance(o, (torch.storage.TypedStorage, torch.UntypedStorage)):
             return torch_storage_entry(o, p, tags)
         return None
@@ -312,7 +313,7 @@ def fold_storage_views(entries: list[dict[str, Any]]) -> None:
     memory, not torch's objects: a tensor on such a slice is given the root storage, and
     its offset is counted from the root's first element.
     """
-    span = {}
+    span, entries = {}, [e for e in entries if "storage" in e]
     for e in entries:
         span[e["storage"]] = (e.pop("_ptr"), e["storage_nbytes"])
     for e in entries:
@@ -919,7 +920,148 @@ def _(path: Path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * self.scale
 
-    torch.jit.save(torch.jit.script(Tiny()), str(path))
+    with _relative_source(Tiny):
+        torch.jit.save(torch.jit.script(Tiny()), str(path))
+
+
+@contextlib.contextmanager
+def _relative_source(cls: type) -> Iterator[None]:
+    """TorchScript quotes the path of each scripted method's source file in the archive's
+    debug records: make it ``spec/make_vectors.py`` (read from the repository root) while
+    ``cls`` is scripted, so that the vector does not depend on where the repository is.
+    (The records also quote line numbers: edits above ``zip_torchscript``'s class change it.)"""
+    import os
+    root = Path(__file__).resolve().parent.parent
+    relative = str(Path(__file__).resolve().relative_to(root))
+    old_cwd = os.getcwd()
+    for fn in vars(cls).values():
+        if hasattr(fn, "__code__"):
+            fn.__code__ = fn.__code__.replace(co_filename=relative)
+    os.chdir(root)
+    try:
+        yield
+    finally:
+        os.chdir(old_cwd)
+
+
+# (vectors added below this line keep zip_torchscript's source lines, which its debug
+# records quote, where they are)
+
+
+# -- sparse, nested, jagged and meta tensors --------------------------------------------------
+
+def part_entry(dtype: str, shape: list[Any], data: bytes) -> dict[str, Any]:
+    """One tensor inside a sparse/nested/jagged tensor: dtype, shape and values' sha256."""
+    return {"dtype": dtype, "shape": shape, "sha256": sha256(data)}
+
+
+def torch_part(t: Any) -> dict[str, Any]:
+    return part_entry(str(t.dtype).removeprefix("torch."), list(t.shape), torch_values_bytes(t))
+
+
+#: A compressed sparse layout -> its (compressed, plain) index accessors.
+_COMPRESSED = {"sparse_csr": ("crow_indices", "col_indices"),
+               "sparse_bsr": ("crow_indices", "col_indices"),
+               "sparse_csc": ("ccol_indices", "row_indices"),
+               "sparse_bsc": ("ccol_indices", "row_indices")}
+
+
+def torch_kind_entry(t: Any, path: str) -> dict[str, Any] | None:
+    """A sparse, nested (strided or jagged) or meta tensor (``kind`` says which): what it
+    holds, logically; ``None`` for a strided tensor (quantized ones included)."""
+    layout = str(t.layout).removeprefix("torch.")
+    entry: dict[str, Any] = {"path": path, "kind": None,
+                             "dtype": str(t.dtype).removeprefix("torch.")}
+    if t.is_meta:
+        entry.update(kind="meta", shape=list(t.shape), stride=list(t.stride()))
+    elif layout == "sparse_coo":
+        entry.update(kind="sparse", layout=layout, shape=list(t.shape),
+                     coalesced=t.is_coalesced(),
+                     parts={"indices": torch_part(t._indices()), "values": torch_part(t._values())})
+    elif layout in _COMPRESSED:
+        compressed, plain = (getattr(t, name)() for name in _COMPRESSED[layout])
+        entry.update(kind="sparse", layout=layout, shape=list(t.shape),
+                     parts={"compressed_indices": torch_part(compressed),
+                            "plain_indices": torch_part(plain), "values": torch_part(t.values())})
+    elif layout == "jagged":
+        shape: list[Any] = [t._offsets.shape[0] - 1, *t._values.shape]
+        shape[t._ragged_idx] = None
+        lengths = None if t._lengths is None else torch_part(t._lengths)
+        entry.update(kind="jagged", shape=shape, ragged_idx=t._ragged_idx,
+                     parts={"values": torch_part(t._values), "offsets": torch_part(t._offsets),
+                            "lengths": lengths},
+                     components=[torch_part(c) for c in t.unbind()])
+    elif t.is_nested:
+        entry.update(kind="nested", components=[torch_part(c) for c in t.unbind()])
+    else:
+        return None
+    entry["requires_grad"] = t.requires_grad
+    return entry
+
+
+
+@vector("zip_sparse", "sparse tensors (_rebuild_sparse_tensor): COO coalesced and not, with a "
+        "dense dimension, CSR with int32 indices, CSC, BSR and BSC; parts are the index and "
+        "value tensors", requires="sparse")
+def _(path: Path) -> None:
+    import torch
+    gen = _gen(17)
+    dense = torch.randn(4, 6, generator=gen) * (torch.rand(4, 6, generator=gen) > 0.5)
+    coo = torch.sparse_coo_tensor(torch.tensor([[2, 0, 2], [1, 3, 1]]),
+                                  torch.tensor([1.0, 2.0, 3.0]), (3, 4))
+    with _quiet():
+        obj = {
+            "coo": dense.to_sparse(),
+            "coo_uncoalesced": coo,
+            "coo_hybrid": torch.randn(3, 2, generator=gen).to_sparse(1),
+            "csr": torch.sparse_csr_tensor(torch.tensor([0, 1, 3], dtype=torch.int32),
+                                           torch.tensor([2, 0, 1], dtype=torch.int32),
+                                           torch.tensor([1.0, 2.0, 3.0]), (2, 3)),
+            "csc": dense.to_sparse_csc(),
+            "bsr": dense.to_sparse_bsr((2, 2)),
+            "bsc": dense.to_sparse_bsc((2, 3)),
+        }
+        torch.save(obj, path)
+
+
+@vector("zip_nested", "a strided nested tensor (_rebuild_nested_tensor) of three float32 "
+        "components, one empty; components are unbind()", requires="nested")
+def _(path: Path) -> None:
+    import torch
+    gen = _gen(18)
+    parts = [torch.randn(2, 3, generator=gen), torch.randn(4, 3, generator=gen),
+             torch.randn(0, 3, generator=gen)]
+    with _quiet():
+        torch.save({"nested": torch.nested.nested_tensor(parts)}, path)
+
+
+@vector("zip_jagged", "jagged nested tensors (NJTs: _rebuild_from_type_v2(_rebuild_njt, "
+        "NestedTensor, ...) with cached seqlens carrying torch._dynamo marks): ragged_idx 1 and 2, "
+        "bfloat16, and lengths with holes between components", requires="nested")
+def _(path: Path) -> None:
+    import torch
+    gen = _gen(19)
+    parts = [torch.randn(n, 3, generator=gen) for n in (2, 4, 1)]
+    with _quiet():
+        njt = torch.nested.nested_tensor(parts, layout=torch.jagged)
+        holes = torch.nested.nested_tensor_from_jagged(
+            torch.arange(20.0).reshape(10, 2), torch.tensor([0, 3, 6, 10]), torch.tensor([2, 1, 4]))
+        obj = {"njt": njt, "transposed": njt.transpose(1, 2),
+               "bf16": torch.nested.nested_tensor([p.bfloat16() for p in parts],
+                                                  layout=torch.jagged),
+               "lengths": holes}
+        torch.save(obj, path)
+
+
+@vector("zip_meta", "meta tensors (_rebuild_meta_tensor_no_storage): no storage, no records; "
+        "a transposed stride and requires_grad", requires="meta")
+def _(path: Path) -> None:
+    import torch
+    obj = {"w": torch.empty(3, 4, device="meta"),
+           "t": torch.empty(3, 4, dtype=torch.float16, device="meta").t(),
+           "g": torch.empty(2, dtype=torch.int64, device="meta"),
+           "grad": torch.empty(5, device="meta").requires_grad_()}
+    torch.save(obj, path)
 
 
 # -- torch-written, legacy ------------------------------------------------------------------------

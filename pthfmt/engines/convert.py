@@ -66,10 +66,12 @@ from ..formats.sharding import parse_size, resolve_folder
 from ..formats.tensordata import Content, TensorItem, Value, count, index_metadata, listing
 from ..model.device import Device
 from ..model.dtypes import DType
+from ..model.kinds import QuantizedRef
 from ..model.stub import Stub
 from ..model.tensor import StorageInfo, TensorRef
 from ..remote import is_url
 from ..text import escape
+from .kinds import kind_name
 from .tree import Gadget, Survey, leaves
 
 __all__ = [
@@ -139,6 +141,9 @@ class GadgetError(UnsafePickleError):
 
 
 def _kind(value: Any) -> str:
+    named = kind_name(value)
+    if named is not None:
+        return named
     if isinstance(value, Stub):
         return value.qualname
     kind = type(value)
@@ -200,7 +205,7 @@ class _Plan:
             )
         if self.no_dtype:
             what = (
-                "(pthfmt does not write quantized tensors)"
+                "(quantized, without their quantization parameters)"
                 if fmt == "pth"
                 else f"with a dtype {fmt} cannot hold"
             )
@@ -408,8 +413,11 @@ class Conversion:
 
 def _unwritable(item: TensorItem, fmt: str) -> str | None:
     """Why ``item`` cannot be written in ``fmt`` (``"reserved"`` for its name), else None."""
-    if fmt == "pth":
-        return item.dtype.name if item.dtype.kind == "quantized" else None
+    if fmt == "pth":  # a quantized tensor read from a torch file carries its qparams
+        quantized = item.dtype.kind == "quantized"
+        return (
+            item.dtype.name if quantized and not isinstance(item.for_save(), QuantizedRef) else None
+        )
     if item.name == ("__metadata__" if fmt == "safetensors" else SIDECAR):
         return "reserved"
     if fmt == "safetensors":
@@ -461,7 +469,7 @@ def _pth_value(value: Any) -> tuple[bool, Any]:
     def plain(v: Any) -> bool:
         return isinstance(v, (*_SCALARS, Device, DType))
 
-    if plain(value):
+    if plain(value) or kind_name(value) is not None:  # kinds: pthfmt.save writes them
         return True, value
     if isinstance(value, (list, tuple)) and all(plain(v) for v in value):
         return True, value

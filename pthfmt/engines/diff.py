@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import PthError
+from ..model.kinds import as_array
 from ..model.tensor import TensorRef
+from .kinds import EXACT_PARTS, describe, kind_name, parts
 from .tree import Failure, leaves, open_stubbed, plain, subtree
 
 __all__ = ["diff", "DiffResult", "Side", "compare_values", "compare", "open_side", "diff_summary"]
@@ -197,9 +199,13 @@ class DiffResult:
     - ``only_a``: keys only in A (missing when B is loaded into a model like A);
       ``only_b``: keys only in B (unexpected);
     - ``mismatched``: ``{"key", "what": "shape" | "dtype" | "kind", "a", "b"}`` for entries
-      in both whose shape, dtype, or kind (tensor against value) differ;
+      in both whose shape, dtype, or kind (tensor against value; sparse against jagged...)
+      differ; for quantized, sparse, nested, jagged and meta tensors also any other field of
+      their layout (``nnz``, ``ragged_idx``, ``layout``..., see
+      :func:`pthfmt.engines.kinds.describe`) or a part's shape (``"values shape"``);
     - ``different``: entries whose values differ beyond the tolerance: tensors as ``{"key",
-      "dtype", "shape", "max_abs_diff", "max_rel_diff", "not_close"}``, other values as
+      "dtype", "shape", "max_abs_diff", "max_rel_diff", "not_close"}`` (the kinds add
+      ``"kind"``: every part compared, indices and offsets exactly), other values as
       ``{"key", "a", "b"}``;
     - ``equal``: how many common entries are equal within the tolerance.
 
@@ -259,7 +265,70 @@ def _float(value: float | None) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return "tensor" if isinstance(value, TensorRef) else type(value).__name__
+    if isinstance(value, TensorRef):
+        return "tensor"
+    return kind_name(value) or type(value).__name__
+
+
+def _compare_kinds(result: DiffResult, k: str, va: Any, vb: Any) -> None:
+    """Two quantized/sparse/nested/jagged/meta values: their layouts must match, then each
+    part (indices exactly, values within the tolerances) is compared."""
+    da, db = describe(va), describe(vb)
+    if da is None or db is None or da["kind"] != db["kind"]:
+        result.mismatched.append({"key": k, "what": "kind", "a": _kind(va), "b": _kind(vb)})
+        return
+    for what in da:
+        if da[what] != db[what]:
+            result.mismatched.append({"key": k, "what": what, "a": da[what], "b": db[what]})
+            return
+    if not result.values_compared:
+        return
+    pa, pb = parts(va), parts(vb)
+    worst = Closeness()
+    for name, xa in pa.items():
+        x, y = np.asarray(as_array(xa)), np.asarray(as_array(pb[name]))
+        if x.shape != y.shape:
+            result.mismatched.append(
+                {"key": k, "what": f"{name} shape", "a": list(x.shape), "b": list(y.shape)}
+            )
+            return
+        exact = name in EXACT_PARTS
+        found = _compare_arrays(x, y, 0.0 if exact else result.atol, 0.0 if exact else result.rtol)
+        worst.equal &= found.equal
+        worst.not_close += found.not_close
+        for field_ in ("max_abs", "max_rel"):
+            mine, theirs = getattr(worst, field_), getattr(found, field_)
+            setattr(worst, field_, None if mine is None or theirs is None else max(mine, theirs))
+    if worst.equal:
+        result.equal += 1
+        return
+    result.different.append(
+        {
+            "key": k,
+            "dtype": da.get("dtype"),
+            "kind": da["kind"],
+            "shape": da.get("shape"),
+            "max_abs_diff": _float(worst.max_abs),
+            "max_rel_diff": _float(worst.max_rel),
+            "not_close": worst.not_close,
+        }
+    )
+
+
+def _raw(arr: np.ndarray) -> bytes:
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8).tobytes()
+
+
+def _compare_arrays(x: np.ndarray, y: np.ndarray, atol: float, rtol: float) -> Closeness:
+    """:func:`compare_values` of two equal-shaped arrays."""
+    if x.dtype.metadata or y.dtype.metadata or x.dtype.kind not in "biufc":
+        same = x.dtype == y.dtype and _raw(x) == _raw(y)
+        return Closeness(same, None, None, 0 if same else -1)
+    out = Closeness()
+    complex_ = "c" in (x.dtype.kind, y.dtype.kind)
+    for cx, cy in zip(_chunks(x), _chunks(y)):
+        _chunk(cx, cy, complex_, atol, rtol, out)
+    return out
 
 
 def _close_values(va: Any, vb: Any, atol: float, rtol: float) -> bool:
@@ -320,7 +389,12 @@ def compare(
             continue
         vb = b.entries[k]
         ta, tb = isinstance(va, TensorRef), isinstance(vb, TensorRef)
-        if ta != tb:
+        if kind_name(va) or kind_name(vb):
+            if ta or tb:
+                result.mismatched.append({"key": k, "what": "kind", "a": _kind(va), "b": _kind(vb)})
+            else:
+                _compare_kinds(result, k, va, vb)
+        elif ta != tb:
             result.mismatched.append({"key": k, "what": "kind", "a": _kind(va), "b": _kind(vb)})
         elif ta:
             _compare_tensors(result, k, va, vb)

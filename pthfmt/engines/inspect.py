@@ -13,6 +13,7 @@ from typing import Any
 
 from ..gcpause import paused_gc
 from ..model.tensor import StorageInfo, TensorRef
+from .kinds import describe
 from .tree import Survey, leaves, open_stubbed, plain, survey
 
 __all__ = ["inspect_summary", "stub_classes"]
@@ -53,6 +54,12 @@ def _tensor_rows(tensors: list[tuple[str, TensorRef]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _kind_row(key: str, value: Any) -> dict[str, Any] | None:
+    """A quantized, sparse, nested, jagged or meta tensor's row (its layout; no data read)."""
+    described = describe(value)
+    return None if described is None else {"key": key, **described}
 
 
 def _storage_rows(storages: dict[str, StorageInfo]) -> tuple[list[dict[str, Any]], Counter[str]]:
@@ -101,6 +108,7 @@ def _file_summary(path: str, filter: str | None) -> dict[str, Any]:
         rows = _tensor_rows([(k, v) for k, v in entries if isinstance(v, TensorRef)])
         storages, per_dtype = _storage_rows(ck.storages)
         values = {k: plain(v) for k, v in entries if not isinstance(v, TensorRef)}
+        kinds = [_kind_row(k, v) for k, v in entries if not isinstance(v, TensorRef)]
         classes, gadgets = list(found.classes), found.gadgets
         return {
             "file": path,
@@ -115,6 +123,7 @@ def _file_summary(path: str, filter: str | None) -> dict[str, Any]:
             "tensors": rows,
             "storages": storages,
             "values": values,
+            "kinds": [row for row in kinds if row is not None],
             "totals": {
                 "tensors": len(rows),
                 "parameters": sum(r["parameter"] for r in rows),
@@ -158,6 +167,7 @@ def _sharded_summary(path: str, filter: str | None) -> dict[str, Any]:
         "tensors": rows,
         "storages": [s for p in parts for s in p["storages"]],
         "values": {"metadata": plain(merged.metadata)} if merged.metadata else {},
+        "kinds": [dict(r, shard=os.path.basename(p["file"])) for p in parts for r in p["kinds"]],
         "shards": [os.path.basename(p["file"]) for p in parts],
         "totals": totals,
     }

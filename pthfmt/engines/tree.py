@@ -30,6 +30,7 @@ from ..model.tensor import TensorRef
 from ..model.tree import key_text, walk
 from ..text import escape, int_text, short_repr
 from ..torch.allowlist import gadget
+from .kinds import describe
 
 __all__ = [
     "Failure",
@@ -253,6 +254,20 @@ def subtree(root: Any, key: str | None) -> Any:
     return node
 
 
+def _kind_text(described: dict[str, Any]) -> str:
+    """``jagged nested tensor float32 2x*x3, ragged_idx 1, lengths``."""
+    words = [described["kind"], described["dtype"]]
+    rest = []
+    for name, value in described.items():
+        if isinstance(value, list):
+            value = "x".join(map(str, value)) if value else "scalar"
+        if name == "shape":
+            words.append(value)
+        elif name not in ("kind", "dtype") and value is not False and value is not None:
+            rest.append(name if value is True else f"{name} {value}")
+    return ", ".join([" ".join(map(str, words)), *rest])
+
+
 def plain(value: Any) -> Any:
     """A JSON-safe rendering of a non-tensor value (strings are the file's, unescaped:
     callers escape for the terminal; :func:`pthfmt.cli.output.json_safe` for JSON)."""
@@ -270,6 +285,9 @@ def plain(value: Any) -> Any:
         return {}
     if isinstance(value, np.ndarray):
         return f"array(shape={value.shape}, dtype={value.dtype})"
+    described = describe(value)
+    if described is not None:  # a quantized, sparse, nested, jagged or meta tensor
+        return "<" + _kind_text(described) + ">"
     if is_gadget(value):
         called = type(value) is Stub
         kind = value.type if called else value

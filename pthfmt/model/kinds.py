@@ -11,6 +11,8 @@ returns each as a small frozen dataclass holding numpy arrays (or, from :func:`p
   compressed layouts' ``compressed_indices``/``plain_indices``/``values``, plus ``shape``;
   :meth:`SparseArray.to_dense`.
 - :class:`NestedArray` (``_rebuild_nested_tensor``): the list of component arrays.
+- :class:`JaggedArray` (``torch.nested._internal.nested_tensor._rebuild_njt``): the
+  jagged layout's ``values``, ``offsets`` (and ``lengths``) and ``ragged_idx``.
 - :class:`MetaArray` (``_rebuild_meta_tensor_no_storage``): shape, dtype and stride, no data.
 """
 
@@ -30,6 +32,9 @@ __all__ = [
     "QuantizedArray",
     "SparseArray",
     "NestedArray",
+    "JaggedArray",
+    "DimRange",
+    "jagged_problem",
     "MetaArray",
     "QUANTIZED_DTYPES",
     "SUBBYTE_BITS",
@@ -433,3 +438,130 @@ class MetaArray:
         raise UnsupportedError(
             f"a meta tensor (dtype {self.dtype}, shape {self.shape}) has no data to read"
         )
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class JaggedArray:
+    """A nested tensor of the jagged layout (``torch.jagged``, an "NJT"), as torch stores
+    it: one ``values`` array whose axis ``ragged_idx - 1`` joins the components one after
+    another, and ``offsets`` (int64, ``(n + 1,)``) where component ``i`` starts along that
+    axis; ``lengths`` (``(n,)`` or ``None``) when components do not fill the gaps between
+    offsets (component ``i`` then has ``lengths[i]`` entries from ``offsets[i]``, else it
+    ends at ``offsets[i + 1]``).  The tensor's shape is ``(n, *values.shape)`` with the
+    ragged axis (``None`` in :attr:`shape`) at ``ragged_idx``.  ``min_seqlen`` and
+    ``max_seqlen`` are the lengths torch cached when it saved (``None`` if not).
+
+    :attr:`components` are the entries as numpy arrays (views of ``values``); make one from
+    arrays with :meth:`from_arrays`.
+    """
+
+    values: Any
+    offsets: Any
+    lengths: Any = None
+    ragged_idx: int = 1
+    min_seqlen: int | None = None
+    max_seqlen: int | None = None
+    requires_grad: bool = False
+
+    @classmethod
+    def from_arrays(cls, arrays: Any, ragged_idx: int = 1) -> JaggedArray:
+        """The jagged tensor of ``arrays`` (one dtype and ndim, equal in every dimension
+        but ``ragged_idx - 1``), joined along that axis as ``torch.nested.nested_tensor(...,
+        layout=torch.jagged)`` does (for ``ragged_idx`` 1)."""
+        parts = [np.asarray(a) for a in arrays]
+        if not parts or len({p.dtype for p in parts}) != 1 or len({p.ndim for p in parts}) != 1:
+            raise ValueError("a jagged tensor needs one or more arrays of one dtype and ndim")
+        axis = ragged_idx - 1
+        if not 0 <= axis < parts[0].ndim:
+            raise ValueError(f"ragged_idx {ragged_idx} is not in [1, {parts[0].ndim}]")
+        counts = [p.shape[axis] for p in parts]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(
+            np.concatenate(parts, axis=axis),
+            offsets,
+            None,
+            ragged_idx,
+            min(counts),
+            max(counts),
+        )
+
+    @property
+    def dtype(self) -> Any:
+        """The values' dtype (a numpy dtype, or a TensorRef's torch name)."""
+        return self.values.dtype
+
+    @property
+    def shape(self) -> tuple[int | None, ...]:
+        """``(n, ...)`` with ``None`` for the ragged axis."""
+        dims: list[int | None] = [int(d) for d in self.values.shape]
+        dims[self.ragged_idx - 1] = None
+        return (int(self.offsets.shape[0]) - 1, *dims)
+
+    def extents(self) -> list[tuple[int, int]]:
+        """Each component's ``(start, length)`` along the ragged axis of :attr:`values`;
+        anything outside it is a :class:`~pthfmt.errors.CorruptError`."""
+        size = int(self.values.shape[self.ragged_idx - 1])
+        offsets = as_array(self.offsets)
+        lengths = None if self.lengths is None else as_array(self.lengths)
+        problem = jagged_problem(offsets, lengths, size)
+        if problem:
+            raise CorruptError(f"jagged tensor {problem}")
+        starts = offsets[:-1].tolist()
+        counts = (np.diff(offsets) if lengths is None else lengths).tolist()
+        return list(zip(starts, counts))
+
+    @cached_property
+    def components(self) -> tuple[np.ndarray, ...]:
+        """Each entry, a view of :attr:`values` (read now from a TensorRef)."""
+        values = as_array(self.values)
+        axis = self.ragged_idx - 1
+        out = []
+        for start, count in self.extents():
+            index = (slice(None),) * axis + (slice(start, start + count),)
+            out.append(values[index])
+        return tuple(out)
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    def arrays(self) -> list[np.ndarray]:
+        """The components as numpy arrays."""
+        return list(self.components)
+
+    def __repr__(self) -> str:
+        holes = "" if self.lengths is None else ", lengths"
+        return (
+            f"JaggedArray({len(self)} components, shape={self.shape}, dtype={self.dtype}, "
+            f"ragged_idx={self.ragged_idx}{holes})"
+        )
+
+
+def jagged_problem(offsets: np.ndarray, lengths: np.ndarray | None, size: int) -> str:
+    """What is wrong with a jagged tensor's ``offsets``/``lengths`` for a ragged axis of
+    ``size`` entries (``""`` when nothing): offsets must be non-decreasing within
+    ``[0, size]``; each ``offsets[i] + lengths[i]`` must lie within ``size``."""
+    if offsets.ndim != 1 or offsets.size == 0:
+        return f"offsets have shape {offsets.shape}, not (n + 1,)"
+    wide = offsets.astype(np.int64)
+    if (wide < 0).any() or (wide > size).any():
+        return f"offsets lie outside [0, {size}] (the ragged axis of the values)"
+    if lengths is None:
+        if (np.diff(wide) < 0).any():
+            return "offsets decrease"
+        return ""
+    if lengths.shape != (offsets.size - 1,):
+        return f"lengths have shape {lengths.shape}, not ({offsets.size - 1},) as the offsets"
+    counts = lengths.astype(np.int64)
+    if (counts < 0).any() or (counts > size - wide[:-1]).any():  # (no int64 overflow)
+        return f"offsets + lengths lie outside [0, {size}] (the ragged axis of the values)"
+    return ""
+
+
+@dataclass(frozen=True)
+class DimRange:
+    """torch's ``torch._dynamo.decorators._DimRange`` (``dim``, ``min``, ``max``), kept as
+    the inert record it is: saved in the dynamo state of an NJT's cached seqlen tensors."""
+
+    dim: int
+    min: int | None
+    max: int | None

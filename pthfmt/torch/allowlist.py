@@ -104,6 +104,12 @@ KIND_REBUILDS: Final = {
     "torch._utils._rebuild_sparse_tensor": "kind_sparse",
     "torch._utils._rebuild_nested_tensor": "kind_nested",
     "torch._utils._rebuild_meta_tensor_no_storage": "kind_meta",
+    # jagged nested tensors: _rebuild_from_type_v2(_rebuild_njt, NestedTensor, ...), whose
+    # cached seqlen tensors carry dynamo's marks (_DimRange records, inert here)
+    "torch._tensor._rebuild_from_type_v2": "kind_from_type",
+    "torch._tensor._rebuild_from_type": "kind_from_type",
+    "torch.nested._internal.nested_tensor._rebuild_njt": "kind_njt",
+    "torch._dynamo.decorators._DimRange": "kind_dim_range",
 }
 UNSUPPORTED_REBUILDS = {
     "_rebuild_sparse_csr_tensor": "sparse CSR tensors of torch < 1.13",
@@ -150,8 +156,9 @@ def _build_allowlist() -> dict[str, Any]:
         "torch._utils._rebuild_tensor_v3": "rebuild_tensor_v3",
         "torch._utils._rebuild_parameter": "rebuild_parameter",
         "torch._utils._rebuild_parameter_with_state": "rebuild_parameter_with_state",
-        "torch._tensor._rebuild_from_type_v2": "rebuild_from_type_v2",
-        "torch._tensor._rebuild_from_type": "rebuild_from_type_v2",
+        "torch.nested._internal.nested_tensor.NestedTensor": Marker(
+            "torch.nested._internal.nested_tensor.NestedTensor"
+        ),
         "numpy.core.multiarray._reconstruct": "np_reconstruct",
         "numpy.core.multiarray.scalar": "np_scalar",
         "numpy.core.numeric._frombuffer": "np_frombuffer",

@@ -1,4 +1,5 @@
-"""Handlers for the rebuild functions of quantized, sparse, nested and meta tensors.
+"""Handlers for the rebuild functions of quantized, sparse, nested (strided and jagged) and
+meta tensors.
 
 Each handler checks every argument the file passes (types, lengths, shapes against each
 other, views against their storage) and builds a :mod:`pthfmt.model.kinds` value; anything
@@ -16,12 +17,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, UnsafePickleError
 from ..model.dtypes import DTYPES, DType, DTypeInfo, from_numpy
 from ..model.kinds import (
     QUANTIZED_DTYPES,
     SPARSE_LAYOUTS,
     SUBBYTE_BITS,
+    DimRange,
+    JaggedArray,
     MetaArray,
     NestedArray,
     PackedValues,
@@ -31,12 +34,13 @@ from ..model.kinds import (
 )
 from ..model.storage import StorageInfo, StorageSlice
 from ..model.tensor import INTP_MAX, MAX_NDIM, TensorRef, check_view
+from ..pickle.machine import Pending
 from ..text import short_repr
 
 if TYPE_CHECKING:
     from .handlers import TorchHandlers
 
-__all__ = ["KIND_HANDLERS", "kind_handler"]
+__all__ = ["KIND_HANDLERS", "kind_handler", "check_dynamo_state", "NJT_CLASS", "NJT_REBUILD"]
 
 _UINT8: Final = DTYPES["uint8"]
 _CODE: Final = "tensor.metadata"
@@ -333,12 +337,214 @@ def rebuild_meta_tensor(
     return MetaArray(dtype.name, shape, strides, _bool(requires_grad, "meta tensor requires_grad"))
 
 
+# -- jagged nested tensors ---------------------------------------------------------------------
+
+NJT_CLASS: Final = "torch.nested._internal.nested_tensor.NestedTensor"
+NJT_REBUILD: Final = "torch.nested._internal.nested_tensor._rebuild_njt"
+_NJT_KWARGS: Final = (
+    "values",
+    "offsets",
+    "lengths",
+    "_ragged_idx",
+    "_metadata_cache",
+    "requires_grad",
+)
+#: the NJT's own state (torch sets each as an attribute); its tensors repeat the kwargs'
+_NJT_STATE: Final = frozenset(("_ragged_idx", "_values", "_offsets", "_lengths", "_metadata_cache"))
+_SEQLENS: Final = ("min_seqlen", "max_seqlen")
+#: dynamo's marks on a tensor (``torch._dynamo.mark_dynamic`` ...) -> what each holds
+DYNAMO_STATE: Final = {
+    "_dynamo_dynamic_indices": "dims",
+    "_dynamo_weak_dynamic_indices": "dims",
+    "_dynamo_static_indices": "dims",
+    "_dynamo_unbacked_indices": "dims",
+    "_dynamo_propagated_dynamic_indices": "dims",
+    "_dynamo_dynamic_range": "ranges",
+    "_dynamo_hint_overrides": "hints",
+    "_specialize_on": "specialize",
+    "_has_dynamo_dim_marking": "bool",
+}
+_INT64: Final = 1 << 63
+
+
+class _PendingDimRange(Pending):
+    """``torch._dynamo.decorators._DimRange`` (``NEWOBJ``); ``BUILD`` gives its fields
+    ``[dim, min, max]`` (a slots dataclass's state)."""
+
+    __slots__ = ()
+
+    def build(self, state: Any) -> DimRange:
+        if not isinstance(state, (list, tuple)) or len(state) != 3:
+            raise _fail(f"_DimRange state is {short_repr(state)}, not [dim, min, max]")
+        dim, low, high = state
+        if type(dim) is not int or not 0 <= dim < MAX_NDIM:
+            raise _fail(f"_DimRange dim is {short_repr(dim)}, not an int in [0, {MAX_NDIM})")
+        for bound in (low, high):
+            if bound is not None and (type(bound) is not int or not -_INT64 <= bound < _INT64):
+                raise _fail(f"_DimRange bound is {short_repr(bound)}, not None or an int64")
+        return DimRange(dim, low, high)
+
+
+def dim_range(h: TorchHandlers) -> Pending:
+    """``_DimRange()`` (no arguments; its fields come by ``BUILD``)."""
+    return _PendingDimRange()
+
+
+def _dims_set(value: Any, what: str) -> None:
+    if not isinstance(value, set) or not all(type(d) is int and 0 <= d < MAX_NDIM for d in value):
+        raise _fail(f"{what} is {short_repr(value)}, not a set of dimensions")
+
+
+def check_dynamo_state(state: Any, what: str) -> None:
+    """A tensor state with dynamo's marks: each known key holds what torch puts there, and a
+    state that has any of them holds nothing else."""
+    if not isinstance(state, dict) or not any(k in DYNAMO_STATE for k in state):
+        return
+    for key, value in state.items():
+        kind = DYNAMO_STATE.get(key) if isinstance(key, str) else None
+        name = f"{what} state {short_repr(key)}"
+        if kind is None:
+            raise _fail(f"{what} state key {short_repr(key)} is not one of dynamo's marks")
+        if kind == "dims":
+            _dims_set(value, name)
+        elif kind == "ranges":
+            if not isinstance(value, set) or not all(type(r) is DimRange for r in value):
+                raise _fail(f"{name} is {short_repr(value)}, not a set of _DimRange")
+        elif kind == "bool":
+            _bool(value, name)
+        elif not isinstance(value, dict) or not all(
+            type(k) is int and 0 <= k < MAX_NDIM for k in value
+        ):
+            raise _fail(f"{name} is {short_repr(value)}, not a dict of dimensions")
+        elif kind == "hints" and not all(
+            type(v) is int and -_INT64 <= v < _INT64 for v in value.values()
+        ):
+            raise _fail(f"{name} holds {short_repr(value)}, not int hints")
+        elif kind == "specialize" and any(type(v) is not list or v for v in value.values()):
+            raise _fail(f"{name} holds {short_repr(value)}, not empty lists")
+
+
+def rebuild_from_type(
+    h: TorchHandlers, func: Any, new_type: Any, args: Any, state: Any = None
+) -> Any:
+    """``_rebuild_from_type_v2(func, new_type, args, state)``: an NJT (``_rebuild_njt`` to
+    ``NestedTensor``), else a tensor or Parameter as the plain handler builds it, after a
+    check of any dynamo marks in its state."""
+    njt_class = getattr(new_type, "qualname", None) == NJT_CLASS
+    njt_func = getattr(func, "qualname", None) == NJT_REBUILD
+    if njt_class != njt_func:
+        raise UnsafePickleError(
+            f"_rebuild_from_type_v2 of {short_repr(func)} to {short_repr(new_type)} "
+            "(_rebuild_njt builds only a NestedTensor, and only it does)"
+        )
+    if not njt_class:
+        check_dynamo_state(state[0] if _pair(state) else state, "tensor")
+        return h.rebuild_from_type_v2(func, new_type, args, state)
+    value = func.apply(args) if isinstance(args, tuple) else None
+    if not isinstance(value, JaggedArray):
+        raise _fail(f"_rebuild_njt arguments {short_repr(args)} are not one dict")
+    _njt_state(value, state[0] if _pair(state) else state)
+    return value
+
+
+def _pair(state: Any) -> bool:
+    return isinstance(state, tuple) and len(state) == 2
+
+
+def _njt_state(value: JaggedArray, state: Any) -> None:
+    """The NJT's state repeats its constructor's arguments (torch would set each as an
+    attribute, so one that differs would replace the values read)."""
+    if state is None:
+        return
+    if not isinstance(state, dict):
+        raise _fail(f"NestedTensor state is {_kind(state)}, not a dict")
+    for key, item in state.items():
+        if key == "_dynamo_propagated_dynamic_indices":
+            _dims_set(item, "NestedTensor state _dynamo_propagated_dynamic_indices")
+            continue
+        if key == "_is_param":  # an nn.Parameter of an NJT (torch loads a NestedTensor)
+            _bool(item, "NestedTensor state _is_param")
+            continue
+        if key not in _NJT_STATE:
+            raise _fail(f"NestedTensor state key {short_repr(key)} is not one torch writes")
+        same = (
+            type(item) is int and item == value.ragged_idx
+            if key == "_ragged_idx"
+            else key == "_metadata_cache" or item is _njt_field(value, key)
+        )
+        if not same:
+            raise _fail(f"NestedTensor state {key} differs from the _rebuild_njt argument")
+
+
+def _njt_field(value: JaggedArray, key: str) -> Any:
+    return {"_values": value.values, "_offsets": value.offsets, "_lengths": value.lengths}[key]
+
+
+def rebuild_njt(h: TorchHandlers, kwargs: Any) -> JaggedArray:
+    """``_rebuild_njt({values, offsets, lengths, _ragged_idx, _metadata_cache,
+    requires_grad})``."""
+    if (
+        not isinstance(kwargs, dict)
+        or not all(type(k) is str for k in kwargs)
+        or sorted(kwargs) != sorted(_NJT_KWARGS)
+    ):
+        keys = _keys(kwargs) if isinstance(kwargs, dict) else _kind(kwargs)
+        raise _fail(f"_rebuild_njt arguments are {keys}, not {', '.join(_NJT_KWARGS)}")
+    values, offsets, lengths = kwargs["values"], kwargs["offsets"], kwargs["lengths"]
+    v_shape, _ = _tensor(values, "NJT values")
+    o_shape, o_info = _tensor(offsets, "NJT offsets")
+    if o_info.name not in ("int32", "int64") or len(o_shape) != 1 or o_shape[0] < 1:
+        raise _fail(f"NJT offsets are {o_info.name} of shape {o_shape}, not 1-d int64")
+    if lengths is not None:
+        l_shape, l_info = _tensor(lengths, "NJT lengths")
+        if l_info.name not in ("int32", "int64") or l_shape != (o_shape[0] - 1,):
+            raise _fail(
+                f"NJT lengths are {l_info.name} of shape {l_shape}, not int64 of shape "
+                f"({o_shape[0] - 1},) as the offsets"
+            )
+    ragged = kwargs["_ragged_idx"]
+    if type(ragged) is not int or not 1 <= ragged <= len(v_shape):
+        raise _fail(f"NJT _ragged_idx {short_repr(ragged)} is not in [1, {len(v_shape)}]")
+    seqlens = _seqlens(kwargs["_metadata_cache"])
+    grad = _bool(kwargs["requires_grad"], "NJT requires_grad")
+    value = JaggedArray(values, offsets, lengths, ragged, *seqlens, grad)
+    if h.eager:  # checked now, where errors get their key path (pthfmt.open: when read,
+        value.extents()  # and validate reports nested.jagged)
+    return value
+
+
+def _keys(mapping: dict[Any, Any]) -> str:
+    return "{" + ", ".join(sorted(map(short_repr, mapping))) + "}"
+
+
+def _seqlens(cache: Any) -> tuple[int | None, int | None]:
+    """``_metadata_cache``: ``min_seqlen``/``max_seqlen`` tensors of shape ``(n, 0)``
+    (torch keeps the number in the shape)."""
+    if not isinstance(cache, dict) or not all(k in _SEQLENS for k in cache):
+        keys = _keys(cache) if isinstance(cache, dict) else _kind(cache)
+        raise _fail(f"NJT _metadata_cache holds {keys}, not min_seqlen and max_seqlen")
+    out: list[int | None] = []
+    for key in _SEQLENS:
+        if key not in cache:
+            out.append(None)
+            continue
+        shape, _ = _tensor(cache[key], f"NJT {key}")
+        if len(shape) != 2 or shape[1] != 0:
+            raise _fail(f"NJT {key} has shape {shape}, not (n, 0)")
+        check_dynamo_state(getattr(cache[key], "state", None), f"NJT {key}")
+        out.append(shape[0])
+    return out[0], out[1]
+
+
 #: ALLOWLIST handler names -> handlers (each takes the run's TorchHandlers first).
 KIND_HANDLERS: Final[dict[str, Callable[..., Any]]] = {
     "kind_qtensor": rebuild_qtensor,
     "kind_sparse": rebuild_sparse_tensor,
     "kind_nested": rebuild_nested_tensor,
     "kind_meta": rebuild_meta_tensor,
+    "kind_from_type": rebuild_from_type,
+    "kind_njt": rebuild_njt,
+    "kind_dim_range": dim_range,
 }
 
 

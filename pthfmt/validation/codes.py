@@ -348,6 +348,20 @@ CHECKS: Final[tuple[Check, ...]] = (
         "a nested tensor component lies outside its buffer",
         "fails or reads out of bounds",
     ),
+    _c(
+        "nested.jagged",
+        E,
+        "a jagged nested tensor (NJT) whose offsets decrease or lie outside its values, or "
+        "whose lengths reach past them",
+        "loads without checking; unbind() and operations fail or read out of bounds",
+    ),
+    _c(
+        "nested.jagged_span",
+        W,
+        "a jagged nested tensor without lengths whose offsets do not run from 0 to the "
+        "length of the values' ragged axis",
+        "loads; unbind() fails (it splits the whole ragged axis by the offsets' steps)",
+    ),
     _c("dtype.invalid", E, "a dtype that is not a storable torch dtype", "fails"),
     _c("device.invalid", E, "a malformed device tag", "fails: Invalid device string"),
     _c(

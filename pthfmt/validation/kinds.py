@@ -1,4 +1,5 @@
-"""Checks of quantized, sparse and nested tensors that torch does not make on load.
+"""Checks of quantized, sparse and nested (strided and jagged) tensors that torch does not
+make on load (an NJT's offsets and lengths are not checked either).
 
 ``torch.load`` rebuilds sparse tensors without checking their indices (unless
 ``torch.sparse.check_sparse_tensor_invariants`` is enabled) and quantized tensors without
@@ -15,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import PthError
-from ..model.kinds import NestedArray, QuantizedArray, QuantizedRef, SparseArray, as_array
+from ..model.kinds import (
+    JaggedArray,
+    NestedArray,
+    QuantizedArray,
+    QuantizedRef,
+    SparseArray,
+    as_array,
+    jagged_problem,
+)
 from ..model.tensor import TensorRef
 from ..model.tree import walk
 from .codes import CODES, Problem
@@ -45,6 +54,8 @@ def check_kind(value: Any, key_path: str | None = None) -> list[Problem]:
             return _compressed(value, key_path)
         if isinstance(value, NestedArray):
             _ = value.components
+        if isinstance(value, JaggedArray):
+            return _jagged(value, key_path)
     except PthError as exc:
         return [
             _problem(_NESTED if isinstance(value, NestedArray) else _INDICES, exc.message, key_path)
@@ -62,7 +73,29 @@ def check_tree(obj: Any) -> list[Problem]:
 
 
 def _is_kind(value: Any) -> bool:
-    return isinstance(value, (QuantizedArray, QuantizedRef, SparseArray, NestedArray))
+    return isinstance(value, (QuantizedArray, QuantizedRef, SparseArray, NestedArray, JaggedArray))
+
+
+# -- jagged ------------------------------------------------------------------------------------
+
+
+def _jagged(value: JaggedArray, key_path: str | None) -> list[Problem]:
+    size = int(value.values.shape[value.ragged_idx - 1])
+    offsets = as_array(value.offsets)
+    lengths = None if value.lengths is None else as_array(value.lengths)
+    problem = jagged_problem(offsets, lengths, size)
+    if problem:
+        return [_problem("nested.jagged", f"jagged tensor {problem}", key_path)]
+    if lengths is None and (int(offsets[0]) != 0 or int(offsets[-1]) != size):
+        return [
+            _problem(
+                "nested.jagged_span",
+                f"jagged tensor offsets run from {int(offsets[0])} to {int(offsets[-1])}, "
+                f"not from 0 to {size} (the ragged axis of the values) and there are no lengths",
+                key_path,
+            )
+        ]
+    return []
 
 
 # -- quantized ---------------------------------------------------------------------------------

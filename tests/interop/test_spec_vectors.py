@@ -111,11 +111,13 @@ def test_globals_torch_writes_are_in_both_allowlists(torch_mod: Any) -> None:
     loader and by pthfmt's allowlist (after the Python 2 module aliases)."""
     import pickletools
 
+    import torch._dynamo
+    import torch.nested  # noqa: F401
     from torch import _weights_only_unpickler as wo
 
     from pthfmt.torch.handlers import ALLOWLIST, MODULE_ALIASES
 
-    torch_allowed = set(wo._get_allowed_globals())
+    torch_allowed = set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())
     names = set()
     for _, pkl in torch_written_pickles():
         for op, arg, _ in pickletools.genops(pkl):

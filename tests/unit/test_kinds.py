@@ -453,7 +453,7 @@ def test_strategies_round_trip_through_pthfmt(value: Any) -> None:
                 value.coalesced,
             )
             assert np.array_equal(back.to_dense(), value.to_dense())
-        elif isinstance(value, NestedArray):
+        elif isinstance(value, (NestedArray, pthfmt.JaggedArray)):
             assert all(
                 np.array_equal(a, b, equal_nan=True) for a, b in zip(back.arrays(), value.arrays())
             )
