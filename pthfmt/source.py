@@ -35,6 +35,13 @@ def fresh_buffer(nbytes: int) -> np.ndarray:
     while the copy runs (on virtual machines, where faulting fresh memory is slow and erratic,
     this is steadier).  The mapping is released with the last array that uses it.
     """
+    # Measured against np.empty (huge pages: numpy advises them from 4 MiB) and against
+    # MADV_HUGEPAGE + MADV_POPULATE_WRITE, 1 MiB-1 GiB buffers and a real 1 GiB load of 327
+    # tensors (benchmarks/copy_alloc.py; figures in benchmarks/README.md, "Copy load").
+    # Huge pages win where the process recently freed memory (a second load: 342 vs 459 ms),
+    # but a fresh process here waits for the host to back each new 2 MiB page (median
+    # 1.23 s, np.empty 0.40-1.24 s); MAP_POPULATE was the steadiest fresh (0.45-0.53 s, the
+    # case of a command-line run or a benchmark) and wins at 1 MiB.  Kept for every size.
     if nbytes >= _PREAD_FROM and _POPULATE:
         try:
             region = _mmap.mmap(-1, nbytes, flags=_mmap.MAP_PRIVATE | _POPULATE)
