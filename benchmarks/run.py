@@ -348,8 +348,10 @@ OPS = {
     "safetensors.load": (_prep_st, lambda c, m: m.load_file(c["st_path"]), "load", None),
     "safetensors.save": (_prep_st_save, lambda c, s: s[0].save_file(s[1], c["scratch"]),
                          "save", None),
-    "safetensors_torch.load": (_prep_st_torch, lambda c, m: m.load_file(c["st_path"]), "load",
-                               None),
+    # safetensors.torch.load_file maps the file (no copy, 0 MiB anon): timed with the touch,
+    # like the mmap rows
+    "safetensors_torch.load": (_prep_st_torch, lambda c, m: m.load_file(c["st_path"]), "mmap",
+                               lambda r: _torch_leaves_as_numpy(r)),
     "safetensors_torch.save": (_prep_st_torch_save,
                                lambda c, s: s[0].save_file(s[1], c["scratch"]), "save", None),
     "floor.copy": (_prep_floor, _floor_copy, "load", None),
@@ -585,14 +587,14 @@ def ops_for(case: str) -> list[str]:
 # -- reporting -------------------------------------------------------------------------------
 TORCH_PEER = {"pthfmt.load": "torch.load", "pthfmt.load_mmap": "torch.load_mmap",
               "pthfmt.save": "torch.save", "safetensors.load": "torch.load",
-              "safetensors.save": "torch.save", "safetensors_torch.load": "torch.load",
+              "safetensors.save": "torch.save", "safetensors_torch.load": "torch.load_mmap",
               "safetensors_torch.save": "torch.save", "cli.pthfmt": "cli.torch",
               "cli.safetensors": "cli.torch"}
 FLOOR_PEER = {"pthfmt.load": "floor.copy", "torch.load": "floor.copy",
               "safetensors.load": "floor.copy", "pthfmt.load_mmap": "floor.touch",
               "torch.load_mmap": "floor.touch", "pthfmt.save": "floor.write",
               "torch.save": "floor.write", "safetensors.save": "floor.write",
-              "safetensors_torch.load": "floor.copy", "safetensors_torch.save": "floor.write"}
+              "safetensors_torch.load": "floor.touch", "safetensors_torch.save": "floor.write"}
 DESCRIBE = {
     "pthfmt.load": "pthfmt.load (copy)",
     "pthfmt.load_mmap": "pthfmt.load(mmap=True) + touch all",
@@ -603,7 +605,7 @@ DESCRIBE = {
     "torch.save": "torch.save + fsync",
     "safetensors.load": "safetensors.numpy.load_file",
     "safetensors.save": "safetensors.numpy.save_file + fsync",
-    "safetensors_torch.load": "safetensors.torch.load_file",
+    "safetensors_torch.load": "safetensors.torch.load_file (maps) + touch all",
     "safetensors_torch.save": "safetensors.torch.save_file + fsync",
     "floor.copy": "floor: mmap + one copy to a fresh buffer",
     "floor.touch": "floor: mmap + touch all",
@@ -652,6 +654,17 @@ def summarize(samples: list[dict], meta: dict) -> dict:
             if pairs:
                 row["vs_torch_paired"] = statistics.median(pairs)
     return summary
+
+
+def _slow_ml_dtypes(versions: dict) -> bool:
+    """ml_dtypes >= 0.7 on numpy < 2.5: its ~39k ufunc loops take ~0.5 s to register."""
+    def major_minor(v):
+        try:
+            return tuple(int(x) for x in (v or "").split(".")[:2])
+        except ValueError:
+            return None
+    mld, npv = major_minor(versions.get("ml_dtypes")), major_minor(versions.get("numpy"))
+    return bool(mld and npv and mld >= (0, 7) and npv < (2, 5))
 
 
 def _get(summary: dict, case: str, op: str, key: str = "median"):
@@ -769,6 +782,13 @@ def render(summary: dict, tlist: list[dict], cases: list[str], machine: dict, re
         load = float(machine["loadavg_start"].split()[0])
     except (ValueError, IndexError, KeyError):
         load = 0.0
+    if _slow_ml_dtypes(machine["versions"]):
+        lines[-1:-1] = ["", f"**ml_dtypes {machine['versions']['ml_dtypes']} with numpy "
+                            f"{machine['versions']['numpy']}**: importing it takes ~0.5 s, and "
+                            "pthfmt imports it inside the timed region of the first bfloat16 "
+                            "load of each process (the pthfmt.load rows of large and legacy, "
+                            "the whole-process rows of bfloat16 files); pthfmt asks for "
+                            "ml_dtypes<0.7 on Python < 3.12 (see the main README)."]
     if load > 0.5 * machine["cores"]:
         lines[-1:-1] = ["", f"**Busy machine** (load average {load:.1f} on {machine['cores']} "
                             "cores when the run started): these figures are noisy; compare "

@@ -184,13 +184,13 @@ def main() -> None:
         ("pthfmt f32 load(mmap) + touch one", "safetensors f32 safe_open(np) + one"),
     ):
         if theirs in med:
-            print(f"{ours} vs {theirs}: {med[theirs] / med[ours]:.2f}x")
+            print(f"{ours}: {med[ours] / med[theirs]:.2f}x the time of {theirs}")
     for label in alt:
         for ours in PTHFMT_LOADS:
             theirs = ours.replace("pthfmt", "torch")
             if theirs in med:
                 mine = med[f"{ours} [{label}]"]
-                print(f"{ours} [{label}] vs {theirs}: {med[theirs] / mine:.2f}x")
+                print(f"{ours} [{label}]: {mine / med[theirs]:.2f}x the time of {theirs}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(
