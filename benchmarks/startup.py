@@ -6,13 +6,18 @@ hits every row alike) and the median is reported.  The files are written once by
 float32 and a bfloat16 state dict of 64 tensors of 256x256) and the safetensors twin of the
 float32 file (written without torch, by pthfmt.convert), read once before timing (warm cache).
 
-    python benchmarks/startup.py [--reps 15] [--json PATH]
+    python benchmarks/startup.py [--reps 15] [--json PATH] [--alt-python LABEL=PYTHON ...]
 
 Rows: ``import numpy``, ``import ml_dtypes``, ``import pthfmt``, ``pthfmt --help`` (the CLI),
 load + touch one tensor of the float32 and the bfloat16 file (mmap), the same with
 ``safetensors.safe_open(framework="np")`` (when installed), and with ``torch.load(mmap=True)``
 (when installed).  The report names the versions of Python, numpy, ml_dtypes, torch and
 safetensors, and says whether a float32 load imported ml_dtypes (it must not).
+
+``--alt-python LABEL=PYTHON`` (repeatable) adds ``import ml_dtypes`` and the two pthfmt load
+rows run by another interpreter (another venv, e.g. one with a different ml_dtypes), labelled
+``[LABEL]``, interleaved with the others in the same run; pthfmt is imported from the
+current directory by every interpreter (run from the repository root).
 
 pthfmt's modules are byte-compiled first, as ``pip install`` does: an editable install under
 ``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile every module from source in every
@@ -52,7 +57,20 @@ def build(folder: str) -> dict[str, str]:
     return paths
 
 
-def programs(paths: dict[str, str]) -> dict[str, str]:
+def programs(paths: dict[str, str], alt: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Each row: (interpreter, program)."""
+    rows = {name: (sys.executable, code) for name, code in _programs(paths).items()}
+    for label, python in alt.items():
+        for name, code in _programs(paths).items():
+            if name in ("import ml_dtypes", *PTHFMT_LOADS):
+                rows[f"{name} [{label}]"] = (python, code)
+    return rows
+
+
+PTHFMT_LOADS = ("pthfmt f32 load(mmap) + touch one", "pthfmt bf16 load(mmap) + touch one")
+
+
+def _programs(paths: dict[str, str]) -> dict[str, str]:
     touch = f"x = sd[{KEY!r}]; int(x.reshape(-1).view('uint8').sum())"
     rows = {
         "import numpy": "import numpy",
@@ -110,44 +128,81 @@ def compile_package() -> None:
     compileall.compile_dir(os.path.dirname(pthfmt.__file__), quiet=1)
 
 
-def run(rows: dict[str, str], reps: int) -> dict[str, list[float]]:
+def run(rows: dict[str, tuple[str, str]], reps: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in rows}
-    for name, code in rows.items():  # once untimed: caches warm, errors surface
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    for python, code in rows.values():  # once untimed: caches warm, errors surface
+        subprocess.run([python, "-c", code], check=True, capture_output=True)
     for _ in range(reps):
-        for name, code in rows.items():
+        for name, (python, code) in rows.items():
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+            subprocess.run([python, "-c", code], check=True, capture_output=True)
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def alt_versions(python: str) -> str:
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "print(sys.version.split()[0], m.version('numpy'), m.version('ml_dtypes'))"
+    )
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    py, np_v, mld = out.stdout.split()
+    return f"python {py}, numpy {np_v}, ml_dtypes {mld}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--json", help="write the raw samples here")
+    ap.add_argument("--alt-python", action="append", default=[], metavar="LABEL=PYTHON")
     args = ap.parse_args()
+    alt = dict(a.split("=", 1) for a in args.alt_python)
     compile_package()
+    load_start = " ".join(open("/proc/loadavg").read().split()[:3])
     with tempfile.TemporaryDirectory() as folder:
-        rows = programs(build(folder))
+        rows = programs(build(folder), alt)
         times = run(rows, args.reps)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     info = versions()
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    for label, python in alt.items():
+        print(f"[{label}]: {python}: {alt_versions(python)}")
+    load_end = " ".join(open("/proc/loadavg").read().split()[:3])
+    print(
+        f"{args.reps} repetitions interleaved; load average {load_start} at start, "
+        f"{load_end} at end"
+    )
     print(f"{'row':40} {'median':>9} {'min':>9}  vs import numpy")
     for name, ts in times.items():
-        print(f"{name:40} {med[name] * 1e3:7.0f}ms {min(ts) * 1e3:7.0f}ms  "
-              f"{med[name] / med['import numpy']:.2f}x")
-    for ours, theirs in (("pthfmt f32 load(mmap) + touch one", "torch f32 load(mmap) + touch one"),
-                         ("pthfmt bf16 load(mmap) + touch one",
-                          "torch bf16 load(mmap) + touch one"),
-                         ("pthfmt f32 load(mmap) + touch one",
-                          "safetensors f32 safe_open(np) + one")):
+        print(
+            f"{name:40} {med[name] * 1e3:7.0f}ms {min(ts) * 1e3:7.0f}ms  "
+            f"{med[name] / med['import numpy']:.2f}x"
+        )
+    for ours, theirs in (
+        ("pthfmt f32 load(mmap) + touch one", "torch f32 load(mmap) + touch one"),
+        ("pthfmt bf16 load(mmap) + touch one", "torch bf16 load(mmap) + touch one"),
+        ("pthfmt f32 load(mmap) + touch one", "safetensors f32 safe_open(np) + one"),
+    ):
         if theirs in med:
-            print(f"{ours} vs {theirs}: {med[theirs] / med[ours]:.2f}x")
+            print(f"{ours}: {med[ours] / med[theirs]:.2f}x the time of {theirs}")
+    for label in alt:
+        for ours in PTHFMT_LOADS:
+            theirs = ours.replace("pthfmt", "torch")
+            if theirs in med:
+                mine = med[f"{ours} [{label}]"]
+                print(f"{ours} [{label}]: {mine / med[theirs]:.2f}x the time of {theirs}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"versions": info, "samples": times}, fh, indent=1)
+            json.dump(
+                {
+                    "versions": info,
+                    "alt": {k: alt_versions(v) for k, v in alt.items()},
+                    "loadavg": [load_start, load_end],
+                    "samples": times,
+                },
+                fh,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

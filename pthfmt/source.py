@@ -35,6 +35,15 @@ def fresh_buffer(nbytes: int) -> np.ndarray:
     while the copy runs (on virtual machines, where faulting fresh memory is slow and erratic,
     this is steadier).  The mapping is released with the last array that uses it.
     """
+    # Measured against np.empty (huge pages: numpy advises them from 4 MiB) and against
+    # MADV_HUGEPAGE + MADV_POPULATE_WRITE, 1 MiB-1 GiB buffers and pthfmt.load of a 1 GiB,
+    # 327-tensor file (benchmarks/copy_alloc.py; figures in benchmarks/README.md, "Copy load").
+    # Huge pages win where the process recently freed memory (a second load: 342-357 ms vs
+    # 456-459 ms) and count more wins overall, but in a fresh process on these VMs new 2 MiB
+    # pages are slow (likely backed by the host on first touch): load medians 1.23-1.37 s,
+    # np.empty 0.43-0.82 s, MAP_POPULATE 0.46 s in both runs (0.45-0.53 s, 10 of 16 fresh
+    # wins).  A fresh process is the command-line case and the benchmark's, so MAP_POPULATE
+    # is kept for every size.
     if nbytes >= _PREAD_FROM and _POPULATE:
         try:
             region = _mmap.mmap(-1, nbytes, flags=_mmap.MAP_PRIVATE | _POPULATE)
