@@ -320,6 +320,8 @@ class RemoteSource(Source):
         if self.size == 0:
             raise FormatError("empty file: not a torch checkpoint")
         self._open_cache()
+        #: fetched on demand: a zip's storage records are located when first read
+        self.lazy = lazy
         if not lazy:
             if isinstance(fetcher, FsspecFetcher):
                 self._download(fetcher)  # one request for the whole body, Range or not
@@ -568,16 +570,18 @@ class _Progress:
 
 
 # -- plans: what each format's reader looks at while it opens a file -----------------------------
-def plan(src: RemoteSource) -> list[tuple[int, int]]:
+def plan(src: RemoteSource, all_headers: bool = False) -> list[tuple[int, int]]:
     """Fetch what opening ``src`` reads (format by format); the whole file where no plan
     says less.  A file a plan cannot make sense of is left for the reader to refuse, with
-    the regions that the reader will look at fetched.  Returns the ``(offset, nbytes)`` of
-    the tensor data it left out (empty where it cannot tell: see :func:`all_but_data`)."""
+    the regions that the reader will look at fetched.  A zip's stored tensor records are
+    located when first read (their local header fetched with their data), unless
+    ``all_headers``.  Returns the ``(offset, nbytes)`` of the tensor data it knows it left out
+    (see :func:`all_but_data`)."""
     src.ensure([(0, HEAD)])
     head = bytes(src.buf[:HEAD])
     if head[:4] == b"PK\x03\x04":
         src.ensure([(src.size - TAIL, TAIL)])
-        return _plan_zip(src)
+        return _plan_zip(src, all_headers)
     if head[:1] == b"\x80" and src.size > 2:
         return _plan_legacy(src)
     if len(head) >= 262 and head[257:262] == b"ustar":
@@ -593,7 +597,7 @@ def all_but_data(src: RemoteSource) -> int:
     """Fetch every byte of ``src`` but its tensor data (stored storage records of a zip,
     storage sections of a legacy file): what the validator reads without ``data``.  Returns
     the bytes left out; a format whose tensor data the plan cannot tell is fetched whole."""
-    payloads = _join([(a, a + n) for a, n in plan(src)])
+    payloads = _join([(a, a + n) for a, n in plan(src, all_headers=True)])
     rest, pos = [], 0
     for a, b in payloads:
         if a > pos:
@@ -604,7 +608,7 @@ def all_but_data(src: RemoteSource) -> int:
     return sum(b - a for a, b in payloads)
 
 
-def _plan_zip(src: RemoteSource) -> list[tuple[int, int]]:
+def _plan_zip(src: RemoteSource, all_headers: bool) -> list[tuple[int, int]]:
     from .formats.zip import structs as zs
     from .formats.zip.reader import ZipArchive
 
@@ -637,7 +641,7 @@ def _plan_zip(src: RemoteSource) -> list[tuple[int, int]]:
         archive = ZipArchive(src)
     except PthError:
         return []  # the reader raises the same error from the same bytes
-    return _plan_zip_records(src, archive)
+    return _plan_zip_records(src, archive, all_headers)
 
 
 def _find_eocd(src: RemoteSource, lo: int) -> int:
@@ -653,10 +657,11 @@ def _find_eocd(src: RemoteSource, lo: int) -> int:
     return pos
 
 
-def _plan_zip_records(src: RemoteSource, archive: Any) -> list[tuple[int, int]]:
-    """Every local header (one round of requests: the header, its name and room for torch's
-    alignment padding; a second for longer extra fields), then the data of every record that
-    is not a stored tensor (``data.pkl``, ``version``, TorchScript code ...)."""
+def _plan_zip_records(src: RemoteSource, archive: Any, all_headers: bool) -> list[tuple[int, int]]:
+    """The local headers (one round of requests: the header, its name and room for torch's
+    alignment padding; a second for longer extra fields) and the data of every record that is
+    not a stored tensor (``data.pkl``, ``version``, TorchScript code ...); a stored tensor's
+    header too when ``all_headers``.  Returns the stored tensors' data ranges it knows."""
     from .formats.contract import is_tensor_record
     from .formats.zip import structs as zs
     from .formats.zip.reader import STORED
@@ -664,6 +669,8 @@ def _plan_zip_records(src: RemoteSource, archive: Any) -> list[tuple[int, int]]:
     local = zs.LOCAL
     size = src.size
     entries = [e for e in archive.entries if e.header_offset + local.size <= size]
+    if not all_headers:  # (fetched with the data, when a tensor is read)
+        entries = [e for e in entries if not (is_tensor_record(e.name) and e.method == STORED)]
     src.ensure(
         (e.header_offset, local.size + len(e.name.encode()) + _LOCAL_EXTRA_GUESS) for e in entries
     )

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from itertools import repeat
 from typing import Any, Final
 
+import numpy as np
+
 from ..errors import CorruptError, FormatError
-from ..model.storage import StorageTable, chunked_reader, stored_reader
+from ..model.storage import Reader, StorageTable, chunked_reader, stored_reader
 from ..model.tensor import StorageInfo
 from ..pickle.machine import Unpickler
 from ..source import Source
@@ -208,6 +210,18 @@ def read_zip(src: Source, opts: Options) -> Parsed:
     )
 
 
+def located_on_read(zip: ZipArchive, entry: ZipEntry, stored: Reader) -> Reader:
+    """A stored record's reader that reads its local header on first use (``info.offset``
+    stays ``None`` until then): a remote file's open then fetches no storage's header."""
+
+    def read(info: StorageInfo, mmap: bool) -> np.ndarray:
+        if info.offset is None:
+            info.offset = zip.local_data_offset(entry)
+        return stored(info, mmap)
+
+    return read
+
+
 def _unpickle(
     archive: TorchZip,
     src: Source,
@@ -220,6 +234,7 @@ def _unpickle(
     big = byteorder == "big"
     folder = pickle_name[: -len(".pkl")] + "/"
     stored = stored_reader(src, big)
+    lazy = bool(getattr(src, "lazy", False))  # (a remote file: headers fetched on first read)
 
     def locate(info: StorageInfo) -> None:
         entry = archive.find(folder + info.key)
@@ -235,6 +250,9 @@ def _unpickle(
             )
         if entry.method != STORED or entry.flags & 1 or entry.csize != entry.usize:
             archive.zip.check_readable(entry)
+        if entry.method == STORED and lazy and entry.data_offset < 0:
+            info.attach(located_on_read(archive.zip, entry, stored))
+            return
         start = entry.data_offset
         if start < 0:
             start = archive.zip.data_offset(entry)

@@ -38,6 +38,7 @@ __all__ = [
 
 _MAX_COMMENT = zs.U16_MAX
 _MAX_RATIO = 1032  # DEFLATE's best case: 258 bytes from one ~2-bit code
+_PADDING_GUESS = 72  # torch's local extra field (alignment padding) is at most 4 + 63 bytes
 #: Inflation bounds (see SECURITY.md): real pickles compress about 4:1 and real weights
 #: barely at all; only constant-filled tensors approach DEFLATE's 1032:1.
 PICKLE_RATIO = 64
@@ -133,6 +134,7 @@ class ZipArchive:
         self.eocd_offset, self.cd_offset, self.cd_size, count = self._find_directory()
         self.entries = self._read_central(count)
         self._scanned = False
+        self._on_demand = hasattr(src, "ensure")  # a remote source (pthfmt.remote)
         #: bytes the deflated records may still inflate to, all of them together
         self.inflate_left = DATA_RATIO * src.size + INFLATE_ALLOWANCE
         self._charged: set[int] = set()  # the entries counted against it
@@ -305,27 +307,38 @@ class ZipArchive:
             entry.data_offset = at
 
     def data_offset(self, entry: ZipEntry) -> int:
-        """Where the entry's (compressed) bytes start, from its local header."""
-        if entry.data_offset < 0 and not self._scanned:
+        """Where the entry's (compressed) bytes start, from its local header (all entries'
+        at once, the first time; one by one from a source that fetches on demand, whose
+        unfetched bytes must not be scanned)."""
+        if entry.data_offset < 0 and not self._scanned and not self._on_demand:
             self._scan_local()
+        return self.local_data_offset(entry)
+
+    def local_data_offset(self, entry: ZipEntry) -> int:
+        """:meth:`data_offset` from this entry's local header alone (a source that fetches
+        on demand fetches the header, and the data after it, in one request)."""
         if entry.data_offset < 0:
-            buf = self.src.buf
-            self.src.check(entry.header_offset, LOCAL.size, "zip local header", entry.name)
-            head = LOCAL.struct.unpack_from(buf, entry.header_offset)
-            if head[zs.LH_SIGNATURE] != LOCAL.signature:
-                raise CorruptError(
-                    "zip local header signature missing",
-                    record=entry.name,
-                    offset=entry.header_offset,
-                )
-            entry.data_offset = (
-                entry.header_offset
-                + LOCAL.size
-                + head[zs.LH_NAME_LENGTH]
-                + head[zs.LH_EXTRA_LENGTH]
-            )
-            self.src.check(entry.data_offset, entry.csize, "zip record data", entry.name)
+            fetch = getattr(self.src, "ensure", None)
+            if fetch is not None:
+                name = len(entry.name.encode("utf-8", "surrogateescape"))
+                fetch([(entry.header_offset, LOCAL.size + name + _PADDING_GUESS + entry.csize)])
+            self._read_local(entry)
         return entry.data_offset
+
+    def _read_local(self, entry: ZipEntry) -> None:
+        buf = self.src.buf
+        self.src.check(entry.header_offset, LOCAL.size, "zip local header", entry.name)
+        head = LOCAL.struct.unpack_from(buf, entry.header_offset)
+        if head[zs.LH_SIGNATURE] != LOCAL.signature:
+            raise CorruptError(
+                "zip local header signature missing",
+                record=entry.name,
+                offset=entry.header_offset,
+            )
+        entry.data_offset = (
+            entry.header_offset + LOCAL.size + head[zs.LH_NAME_LENGTH] + head[zs.LH_EXTRA_LENGTH]
+        )
+        self.src.check(entry.data_offset, entry.csize, "zip record data", entry.name)
 
     def local_header(self, entry: ZipEntry) -> LocalHeader:
         """The entry's local header, parsed (and kept on ``entry.local``): its fields as
