@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from .closing import Closing
 from .errors import FormatError, LimitError, PthError
 from .formats.contract import Options, Parsed, Unknown, not_a_checkpoint
 from .formats.legacy import read_legacy
@@ -76,7 +76,7 @@ def _parse_format(src: Source, opts: Options) -> Parsed:
     raise FormatError(not_a_checkpoint(src.size))
 
 
-class Checkpoint:
+class Checkpoint(Closing):
     """An open checkpoint: its structure with lazy :class:`TensorRef` leaves.
 
     Use as a context manager or call :meth:`close`; ``TensorRef.numpy()`` reads data on
@@ -152,17 +152,6 @@ class Checkpoint:
 
     def close(self) -> None:
         self._src = None
-
-    def __enter__(self) -> Checkpoint:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

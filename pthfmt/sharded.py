@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from . import reader
+from .closing import Closing
 from .errors import FormatError, LimitError
 from .formats.sharding import ShardLayout, open_shards, prefer_safetensors, shard_layout
 from .model.device import MapLocation
@@ -78,7 +78,7 @@ def _remote_index(url: str) -> tuple[dict[str, str], dict[str, Any]]:
     return weight_map, metadata
 
 
-class ShardedCheckpoint(Mapping[str, np.ndarray]):
+class ShardedCheckpoint(Mapping[str, np.ndarray], Closing):
     """All tensors of a sharded checkpoint as one mapping: every shard is opened for its
     metadata (its keys checked against the index), arrays are read on access.  Use as a
     context manager or call :meth:`close`."""
@@ -157,17 +157,6 @@ class ShardedCheckpoint(Mapping[str, np.ndarray]):
         """Close every shard (arrays already read stay valid)."""
         for shard in self.shards.values():
             shard.close()
-
-    def __enter__(self) -> ShardedCheckpoint:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def load_sharded(

@@ -47,12 +47,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import IO, Any, Final, Literal, cast
 
 import numpy as np
 
 from ..atomic import Sink, Write, write_atomically
+from ..closing import Closing
 from ..errors import FormatError, UnsafePickleError
 from ..formats.detect import FORMATS, Format, UnknownFormatError, input_format, output_format
 from ..formats.npz import NPZ_RAW_DTYPES, SIDECAR, read_npz, write_npz
@@ -254,7 +254,7 @@ def _sharded_format(format: Format | None) -> Format:
     return format
 
 
-class Conversion:
+class Conversion(Closing):
     """A planned conversion: the input is read and checked on construction (nothing is
     written), :meth:`write` writes the output.  ``warnings`` lists what is left out."""
 
@@ -398,17 +398,6 @@ class Conversion:
                 close()
             except (BufferError, OSError):  # an array still views a mapping: GC frees it
                 pass
-
-    def __enter__(self) -> Conversion:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _unwritable(item: TensorItem, fmt: str) -> str | None:
