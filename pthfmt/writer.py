@@ -436,8 +436,8 @@ def _make_view(obj: Any, legacy: bool) -> _View:
     info = view.dtype
     if info.kind == "quantized":
         raise UnserializableError(
-            f"{info.name} tensors need quantization parameters; "
-            "pthfmt does not write quantized tensors"
+            f"{info.name} tensors need quantization parameters: save a "
+            "pthfmt.QuantizedArray (scale, zero_point, axis) instead of a plain array"
         )
     if legacy and info.storage is None:
         raise UnserializableError(
