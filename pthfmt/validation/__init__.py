@@ -246,6 +246,8 @@ def _source(f: PathOrFile, data: bool) -> Source:
     from ..remote import RemoteSource, all_but_data
 
     src = RemoteSource(f, lazy=True)
+    if getattr(src.fetcher, "streaming", False):  # a server without Range: whole, once
+        return Source(f)
     all_but_data(src)
     return src
 

@@ -223,6 +223,15 @@ def test_server_without_range_load_downloads_once(
     assert no_range_server.stats.body_bytes == files["zip"].stat().st_size
 
 
+def test_server_without_range_validate_no_data_downloads_once(
+    no_range_server: FileServer, files: dict[str, Path]
+):
+    no_range_server.stats.reset()
+    report = pthfmt.validate(no_range_server.url("model.pt"), data=False)
+    assert report.ok and [p.code for p in report.problems] == ["data.skipped"]
+    assert no_range_server.stats.body_bytes == files["zip"].stat().st_size
+
+
 def test_server_that_lies_about_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Accept-Ranges says bytes, but every answer is 200 with the whole body: a read at the
     start takes what it asked for (and a chunk) and hangs up, a read past the start is refused:
