@@ -367,9 +367,11 @@ def std_hash(data: bytes) -> int:
     return _shift_mix((_shift_mix(h) * _MUL) & _M64)
 
 
-def unordered_set_order(names: list[str]) -> list[str]:
-    """The iteration order of a ``std::unordered_set<std::string>`` filled with ``names``."""
-    hashes = {name: std_hash(name.encode("utf-8")) for name in names}
+def unordered_set_order(names: list[str], hashes: dict[str, int] | None = None) -> list[str]:
+    """The iteration order of a ``std::unordered_set<std::string>`` filled with ``names``
+    (``hashes``: each name's :func:`std_hash`, when the caller has them)."""
+    if hashes is None:
+        hashes = {name: std_hash(name.encode("utf-8")) for name in names}
     head: list[str | None] = [None]  # head[0]: the first node
     after: dict[str, str | None] = {}  # node -> next node
     before: dict[int, str | None] = {}  # bucket -> node before its first (None: head)
@@ -410,7 +412,8 @@ def _walk(node: str | None, after: dict[str, str | None]) -> Iterable[str]:
 
 def serialization_id(names: list[str], crc_hash: int) -> bytes:
     """The 40 ASCII digits of ``.data/serialization_id`` for records ``names`` (in write order)."""
+    hashes = {name: std_hash(name.encode("utf-8")) for name in names}
     name_hash = 0
-    for name in unordered_set_order(names):
-        name_hash = hash_combine(name_hash, std_hash(name.encode("utf-8")))
+    for name in unordered_set_order(names, hashes):
+        name_hash = hash_combine(name_hash, hashes[name])
     return f"{name_hash:020d}{crc_hash:020d}".encode("ascii")
