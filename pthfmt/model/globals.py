@@ -14,17 +14,29 @@ from typing import Any
 from ..errors import FormatError
 from ..text import escape
 
-__all__ = ["Global"]
+__all__ = ["Global", "FastPath"]
+
+
+#: ``fast(data, pos, end, memo, sparse)``: a global's own way through the opcodes that
+#: follow a memo get of it (``(value, next_pos)``), or ``None`` to let the loop run them.
+FastPath = Callable[[Any, int, int, list[Any], dict[int, Any]], "tuple[Any, int] | None"]
 
 
 class Global:
-    """An allowlisted callable: one of pthfmt's handlers standing in for a file's global."""
+    """An allowlisted callable: one of pthfmt's handlers standing in for a file's global.
 
-    __slots__ = ("call", "qualname")
+    ``fast``, when set, is a fast path the pickle machine may take when the pickle gets the
+    global from its memo (torch's per-tensor sequence: :mod:`pthfmt.torch.tensor_template`).
+    """
 
-    def __init__(self, qualname: str, call: Callable[..., Any]) -> None:
+    __slots__ = ("call", "fast", "qualname")
+
+    def __init__(
+        self, qualname: str, call: Callable[..., Any], fast: FastPath | None = None
+    ) -> None:
         self.qualname = qualname
         self.call = call
+        self.fast = fast
 
     def apply(self, args: tuple[Any, ...]) -> Any:
         """Call with arguments the file chose (a handler calling another, as

@@ -138,6 +138,10 @@ def _describe(obj: Any) -> str:
 class Unpickler:
     """Run one pickle from ``data[start:end]``; :meth:`load` returns the object."""
 
+    #: Whether a memo get of a :class:`Global` with a ``fast`` path may take it (strict runs
+    #: only).  Off, every opcode runs in the loop: the tests' oracle for the fast paths.
+    fast_paths = True
+
     def __init__(
         self,
         data: Any,
@@ -179,8 +183,9 @@ class Unpickler:
         kinds, readers = _KINDS, _READERS
         handlers = [None if f is None else f.__get__(self) for f in _HANDLERS]
         u4, pending, call = _U4, Pending, self._call
-        fast = not self.lenient  # lenient re-runs turn handler errors into poisons
-        persistent = self.handlers.persistent_load if fast else self._persistent
+        strict = not self.lenient  # lenient re-runs turn handler errors into poisons
+        fast = strict and self.fast_paths
+        persistent = self.handlers.persistent_load if strict else self._persistent
         read_str = _READERS[ord("X")]
         memo, sparse, metastack = self.memo, self.sparse, self.metastack
         stack = self.stack
@@ -216,7 +221,14 @@ class Unpickler:
                     if pos + 2 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
                     idx = data[pos + 1]
-                    stack.append(memo[idx] if idx < len(memo) else self._sparse_get(idx))
+                    value = memo[idx] if idx < len(memo) else self._sparse_get(idx)
+                    if type(value) is Global and value.fast is not None and fast:
+                        done = value.fast(data, pos + 2, end, memo, sparse)
+                        if done is not None:  # (else: the loop runs the same opcodes)
+                            value, pos = done
+                            stack.append(value)
+                            continue
+                    stack.append(value)
                     pos += 2
                 elif code == 0x4B:  # BININT1
                     if pos + 2 > end:
@@ -238,7 +250,7 @@ class Unpickler:
                     self.op_pos = pos  # for lenient poisons
                     args = stack.pop()
                     func = stack[-1]
-                    if fast and type(func) is Global and type(args) is tuple:
+                    if strict and type(func) is Global and type(args) is tuple:
                         stack[-1] = func.call(*args)
                     else:
                         stack[-1] = call(func, args, "REDUCE")
@@ -268,7 +280,14 @@ class Unpickler:
                     if pos + 5 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
                     idx = u4(data, pos + 1)[0]
-                    stack.append(memo[idx] if idx < len(memo) else self._sparse_get(idx))
+                    value = memo[idx] if idx < len(memo) else self._sparse_get(idx)
+                    if type(value) is Global and value.fast is not None and fast:
+                        done = value.fast(data, pos + 5, end, memo, sparse)
+                        if done is not None:  # (else: the loop runs the same opcodes)
+                            value, pos = done
+                            stack.append(value)
+                            continue
+                    stack.append(value)
                     pos += 5
                 elif code == 0x86:  # TUPLE2
                     second = stack.pop()

@@ -1,0 +1,228 @@
+"""torch's per-tensor opcode sequence, run without the pickle loop (a fast path, nothing new).
+
+``torch.save`` writes every tensor after the first through the same ~30 opcodes: a memo get of
+``_rebuild_tensor_v2`` and the call of it on ``(persistent id, offset, size, stride,
+requires_grad, OrderedDict())``::
+
+    BINGET rebuild  MARK MARK BINGET 'storage' BINGET <storage class> BINUNICODE key BINPUT
+    BINGET 'cpu' BININT1 numel TUPLE BINPUT BINPERSID BININT1 offset  <size> <stride>
+    NEWFALSE BINGET OrderedDict EMPTY_TUPLE REDUCE BINPUT TUPLE BINPUT REDUCE BINPUT
+
+(``LONG_BINGET``/``LONG_BINPUT`` from memo index 256, ``BININT2``/``BININT`` for larger ints,
+sizes and strides of 0 to 3 dimensions as ``EMPTY_TUPLE`` or ``TUPLE1/2/3`` + put).  When the
+pickle machine meets the memo get of the rebuild handler, :meth:`TensorTemplate.run` matches
+that sequence with two compiled patterns (C speed) and does exactly what the loop would do
+with it: the same handler calls with the same arguments in the same order, the same memo
+entries under the same indices, the tensor pushed.  Anything else — another opcode, an int
+that is not a plain int opcode, a memo index that is not the next one, a memo get of something
+other than what torch puts there, a handler refusing the values — returns ``None`` *before
+any memo or stack change*, and the loop runs the same bytes opcode by opcode, so every check,
+error message and error offset is the loop's own.  Handler calls repeated that way are
+idempotent (a storage declared again is the same storage).
+
+The patterns are built from the opcode table, so they cannot name an opcode the table does
+not hold; ``Unpickler.fast_paths = False`` turns this path off (the tests' oracle).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+from ..errors import PthError
+from ..model.globals import Global
+from ..model.storage import StorageType
+from ..pickle.opcodes import BY_NAME
+
+__all__ = ["TensorTemplate"]
+
+
+def _op(name: str) -> bytes:
+    return re.escape(bytes([BY_NAME[name].code]))
+
+
+_GET: Final = b"(" + _op("BINGET") + b".|" + _op("LONG_BINGET") + b"....)"
+_PUT: Final = b"(" + _op("BINPUT") + b".|" + _op("LONG_BINPUT") + b"....)"
+_INT: Final = b"(" + _op("BININT1") + b".|" + _op("BININT2") + b"..|" + _op("BININT") + b"....)"
+_TUPLE: Final = (
+    b"(?:("
+    + _op("EMPTY_TUPLE")
+    + b")|"
+    + _INT
+    + _op("TUPLE1")
+    + _PUT
+    + b"|"
+    + _INT
+    + _INT
+    + _op("TUPLE2")
+    + _PUT
+    + b"|"
+    + _INT
+    + _INT
+    + _INT
+    + _op("TUPLE3")
+    + _PUT
+    + b")"
+)
+#: From after the rebuild get to the put of the tensor.  torch's storage keys are decimal
+#: numbers: a new one is matched as ``BINUNICODE`` of 1-9 digits (the length byte is checked
+#: against them after the match), a seen one is a memo get.
+_PATTERN: Final = re.compile(
+    _op("MARK")
+    + _op("MARK")
+    + _GET
+    + _GET
+    + b"(?:"
+    + _op("BINUNICODE")
+    + b"([\x01-\x09])\x00\x00\x00([0-9]{1,9})|"
+    + _GET
+    + b")(?:"
+    + _PUT
+    + b")?"
+    + _GET
+    + _INT
+    + _op("TUPLE")
+    + _PUT
+    + _op("BINPERSID")
+    + _INT
+    + _TUPLE
+    + _TUPLE
+    + b"("
+    + _op("NEWTRUE")
+    + b"|"
+    + _op("NEWFALSE")
+    + b")"
+    + _GET
+    + _op("EMPTY_TUPLE")
+    + _op("REDUCE")
+    + _PUT
+    + _op("TUPLE")
+    + _PUT
+    + _op("REDUCE")
+    + _PUT,
+    re.S,
+)
+_U4 = struct.Struct("<I").unpack_from
+_I4 = struct.Struct("<i").unpack_from
+_BININT1, _BININT2 = BY_NAME["BININT1"].code, BY_NAME["BININT2"].code
+_NEWTRUE = BY_NAME["NEWTRUE"].code
+_ORDERED_DICT: Final = "collections.OrderedDict"
+
+
+def _int(tok: bytes) -> int:
+    """The value of an int token, as the loop reads it (``BININT`` is signed)."""
+    code = tok[0]
+    if code == _BININT1:
+        return tok[1]
+    if code == _BININT2:
+        return tok[1] | tok[2] << 8
+    return int(_I4(tok, 1)[0])
+
+
+def _ints(groups: tuple[Any, ...], at: int) -> tuple[tuple[int, ...], bytes | None]:
+    """The size or stride tuple of the ten groups from ``at`` (``_TUPLE``): its value and its
+    put (``None`` for the empty tuple, which the pickler does not memoize)."""
+    if groups[at] is not None:
+        return (), None
+    if groups[at + 1] is not None:
+        return (_int(groups[at + 1]),), groups[at + 2]
+    if groups[at + 3] is not None:
+        return (_int(groups[at + 3]), _int(groups[at + 4])), groups[at + 5]
+    three = (_int(groups[at + 6]), _int(groups[at + 7]), _int(groups[at + 8]))
+    return three, groups[at + 9]
+
+
+class TensorTemplate:
+    """The fast path of one ``_rebuild_tensor_v2`` global of one run (see the module doc).
+
+    ``declare`` is the storage table's (what ``persistent_load`` calls for a well-typed
+    5-item storage id: the pattern guarantees one) and ``make_tensor`` the handlers' (what
+    ``_rebuild_tensor_v2`` calls with its six arguments).
+    """
+
+    __slots__ = ("declare", "make_tensor")
+
+    def __init__(self, declare: Callable[..., Any], make_tensor: Callable[..., Any]) -> None:
+        self.declare = declare
+        self.make_tensor = make_tensor
+
+    def run(
+        self, data: Any, pos: int, end: int, memo: list[Any], sparse: dict[int, Any]
+    ) -> tuple[Any, int] | None:
+        """From ``pos`` (just after the memo get of the rebuild global): the tensor and the
+        position after its put, or ``None`` with nothing changed."""
+        m = _PATTERN.match(data, pos, end)
+        if m is None or sparse:
+            return None
+        g = m.groups()
+        n = len(memo)
+        u4 = _U4
+        # the memo gets: what torch puts there, stored before this tensor
+        t = g[0]
+        i = t[1] if len(t) == 2 else u4(t, 1)[0]
+        tag = memo[i] if i < n else None
+        t = g[1]
+        i = t[1] if len(t) == 2 else u4(t, 1)[0]
+        storage_class = memo[i] if i < n else None
+        t = g[6]
+        i = t[1] if len(t) == 2 else u4(t, 1)[0]
+        location = memo[i] if i < n else None
+        t = g[31]
+        i = t[1] if len(t) == 2 else u4(t, 1)[0]
+        hooks = memo[i] if i < n else None
+        if (
+            type(tag) is not str
+            or tag != "storage"
+            or type(storage_class) is not StorageType
+            or type(location) is not str
+            or type(hooks) is not Global
+            or hooks.qualname != _ORDERED_DICT
+        ):
+            return None
+        if g[3] is not None:  # a new storage key
+            digits = g[3]
+            if len(digits) != g[2][0]:
+                return None
+            key = str(digits, "ascii")
+        else:
+            t = g[4]
+            i = t[1] if len(t) == 2 else u4(t, 1)[0]
+            seen = memo[i] if i < n else None
+            if type(seen) is not str:
+                return None
+            key = seen
+        numel = _int(g[7])
+        size, size_put = _ints(g, 10)
+        stride, stride_put = _ints(g, 20)
+        pid = (tag, storage_class, key, location, numel)
+        # the puts, in order (each must be the next memo index), and what they store
+        puts: list[bytes] = []
+        values: list[Any] = []
+        if g[5] is not None:
+            puts.append(g[5])
+            values.append(key)
+        puts.append(g[8])
+        values.append(pid)
+        if size_put is not None:
+            puts.append(size_put)
+            values.append(size)
+        if stride_put is not None:
+            puts.append(stride_put)
+            values.append(stride)
+        puts += (g[32], g[33], g[34])
+        for k, t in enumerate(puts, n):
+            if (t[1] if len(t) == 2 else u4(t, 1)[0]) != k:
+                return None
+        offset = _int(g[9])
+        requires_grad = g[30][0] == _NEWTRUE
+        try:
+            storage = self.declare(key, storage_class, location, numel)
+            hook = hooks.call()
+            tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
+        except PthError:
+            return None  # the loop runs the same opcodes and raises it where it belongs
+        values += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
+        memo += values
+        return tensor, m.end()

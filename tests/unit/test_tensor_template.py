@@ -1,0 +1,227 @@
+"""torch's per-tensor fast path (``pthfmt/torch/tensor_template.py``) against the loop.
+
+The loop with the fast path off (``Unpickler.fast_paths = False``) is the oracle: on every
+file, valid or broken, both must give the same tree (same values, same sharing) or the same
+error (same class, message, record, offset and key path).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pthfmt
+from pthfmt.errors import PthError
+from pthfmt.pickle.machine import Unpickler
+from pthfmt.strategies import state_dicts
+from pthfmt.torch import tensor_template
+
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def canonical(obj: Any) -> Any:
+    """The tree as comparable values: arrays by dtype, shape, strides, bytes and which
+    objects and storages are shared (numbered in order of first appearance)."""
+    ids: dict[int, int] = {}
+    roots: dict[int, int] = {}
+    alive: list[Any] = []  # (an id is unique only while its object lives)
+
+    def ident(x: Any, table: dict[int, int]) -> int:
+        alive.append(x)
+        return table.setdefault(id(x), len(table))
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            root = x
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            base = root.base if root.base is not None else root
+            return (
+                "array",
+                ident(x, ids),
+                ident(base, roots),
+                x.dtype.str,
+                x.shape,
+                x.strides,
+                x.tobytes(),
+                x.flags.writeable,
+            )
+        if isinstance(x, pthfmt.TensorRef):
+            return (
+                "ref",
+                ident(x, ids),
+                ident(x.storage, roots),
+                x.storage.key,
+                x.storage.nbytes,
+                str(x.dtype),
+                x.shape,
+                x.stride,
+                x.storage_offset,
+                x.requires_grad,
+                x.is_parameter,
+                walk(x.numpy()),
+            )
+        if isinstance(x, dict):
+            items = tuple((k, walk(v)) for k, v in x.items())
+            return (type(x).__name__, ident(x, ids), items, walk(vars(x)) if vars_of(x) else None)
+        if isinstance(x, (list, tuple)):
+            return (type(x).__name__, tuple(walk(v) for v in x))
+        return ("value", type(x).__name__, repr(x))
+
+    def vars_of(x: Any) -> bool:
+        return bool(getattr(x, "__dict__", None))
+
+    return walk(obj)
+
+
+def outcome(data: bytes, fast: bool, lazy: bool = False) -> Any:
+    Unpickler.fast_paths = fast
+    try:
+        if lazy:
+            with pthfmt.open(io.BytesIO(data)) as ck:
+                return ("tree", canonical(ck.obj))
+        return ("tree", canonical(pthfmt.load(io.BytesIO(data))))
+    except PthError as exc:
+        return ("error", type(exc).__name__, str(exc), exc.record, exc.offset, exc.key_path)
+    finally:
+        Unpickler.fast_paths = True
+
+
+def assert_same(data: bytes) -> Any:
+    for lazy in (False, True):
+        fast = outcome(data, True, lazy)
+        assert fast == outcome(data, False, lazy)
+    return fast
+
+
+@pytest.fixture
+def hits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """[taken, declined] counts of the fast path."""
+    counts = [0, 0]
+    run = tensor_template.TensorTemplate.run
+
+    def counted(self: Any, *args: Any) -> Any:
+        done = run(self, *args)
+        counts[done is None] += 1
+        return done
+
+    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    yield counts
+
+
+def saved(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    pthfmt.save(obj, buf)
+    return buf.getvalue()
+
+
+def mixed() -> OrderedDict[str, Any]:
+    """Tensors of the shapes the pattern covers and some it does not, shared storages, a
+    Parameter that requires grad, sizes that need BININT2 and BININT."""
+    base = np.arange(24, dtype=np.float32)
+    return OrderedDict(
+        [
+            ("scalar", np.array(3, dtype=np.int64)),
+            ("vector", np.arange(5, dtype=np.float32)),
+            ("matrix", np.ones((3, 4), dtype=np.float16)),
+            ("cube", np.zeros((2, 3, 4), dtype=np.int32)),
+            ("four", np.zeros((1, 2, 1, 2), dtype=np.uint8)),
+            ("view", base[2:20:3]),
+            ("again", base[1:]),
+            ("wide", np.zeros(300, dtype=np.int8)),
+            ("wider", np.zeros(70000, dtype=np.int8)),
+            ("param", pthfmt.Tensor(np.ones(4, np.float64), parameter=True, requires_grad=True)),
+            ("empty", np.zeros((0, 3), dtype=np.float32)),
+            ("vector", np.arange(2, dtype=np.float32)),
+        ]
+    )
+
+
+def test_the_fast_path_runs_every_tensor_but_the_first(hits: list[int]) -> None:
+    sd = OrderedDict((f"layer.{i}.w", np.full((i % 3 + 1,), i, np.float32)) for i in range(300))
+    data = saved(sd)
+    out = pthfmt.load(io.BytesIO(data))
+    assert hits == [299, 0]  # every tensor but the first (its globals are not memoized yet)
+    assert all((out[k] == v).all() and out[k].shape == v.shape for k, v in sd.items())
+    assert assert_same(data)[0] == "tree"
+
+
+def test_mixed_shapes_agree_with_the_loop(hits: list[int]) -> None:
+    data = saved({"model": mixed(), "epoch": 3, "again": mixed()})
+    assert assert_same(data)[0] == "tree"
+    assert hits[0] > 10 and hits[1] > 0  # taken for most, declined for 4-d (the loop's)
+
+
+@SETTINGS
+@given(state_dicts(max_tensors=8))
+def test_state_dicts_agree_with_the_loop(sd: OrderedDict[str, Any]) -> None:
+    assert assert_same(saved({"a": sd, "b": sd, "c": list(sd.values())}))[0] == "tree"
+
+
+def _pickle_region(data: bytes) -> tuple[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        return name, z.read(name)
+
+
+def _with_pickle(data: bytes, name: str, pkl: bytes) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(data))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, pkl if info.filename == name else src.read(info))
+    return buf.getvalue()
+
+
+#: 40 tensors first, so that the mixed ones come after memo index 256 (LONG_BINGET/PUT)
+BASE = saved({"fill": [np.ones(2, np.float32) for _ in range(40)], "model": mixed(), "step": 7})
+NAME, PICKLE = _pickle_region(BASE)
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(PICKLE) - 1), st.integers(0, 255), st.sampled_from("sid")),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_broken_pickles_agree_with_the_loop(edits: list[tuple[int, int, str]]) -> None:
+    """Bytes set, inserted or deleted anywhere: the near misses of the pattern (a memo index
+    one off, an int opcode changed, a tuple opcode of the wrong arity, a length byte that
+    disagrees with the digits) fall back to the loop, and give its tree or its error."""
+    pkl = bytearray(PICKLE)
+    for pos, value, how in edits:
+        pos = min(pos, len(pkl) - 1)
+        if how == "s":
+            pkl[pos] = value
+        elif how == "i":
+            pkl[pos:pos] = bytes([value])
+        else:
+            del pkl[pos]
+    assert_same(_with_pickle(BASE, NAME, bytes(pkl)))
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b"X\x01\x00\x00\x001", b"X\x02\x00\x00\x001"),  # length byte disagrees with digits
+        (b"\x89h\x0b)R", b"\x89h\x03)R"),  # backward hooks: not the OrderedDict global
+        (b"K\x04\x85", b"J\xfb\xff\xff\xff\x85"),  # a negative size
+    ],
+)
+def test_targeted_near_misses_agree_with_the_loop(old: bytes, new: bytes) -> None:
+    assert old in PICKLE
+    assert_same(_with_pickle(BASE, NAME, PICKLE.replace(old, new, 1)))
