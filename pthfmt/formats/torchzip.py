@@ -236,8 +236,13 @@ def _unpickle(
     stored = stored_reader(src, big)
     lazy = bool(getattr(src, "lazy", False))  # (a remote file: headers fetched on first read)
 
+    exact = None if archive.clashes else archive.exact
+
     def locate(info: StorageInfo) -> None:
-        entry = archive.find(folder + info.key)
+        name = folder + info.key
+        entry = exact.get(name) if exact is not None else None
+        if entry is None:
+            entry = archive.find(name)
         if entry is None:
             raise FormatError(
                 f"storage {info.key!r} has no record {archive.prefix}/{folder}{info.key}"

@@ -256,7 +256,16 @@ class Unpickler:
                         stack[-1] = call(func, args, "REDUCE")
                     pos += 1
                 elif code == 0x58:  # BINUNICODE
-                    arg, pos = read_str(data, pos + 1, end)
+                    start = pos + 5
+                    stop = start + u4(data, pos + 1)[0] if start <= end else end + 1
+                    if stop <= end:
+                        try:
+                            stack.append(str(data[start:stop], "utf-8", "surrogatepass"))
+                            pos = stop
+                            continue
+                        except UnicodeDecodeError:
+                            pass
+                    arg, pos = read_str(data, pos + 1, end)  # (raises the table's error)
                     stack.append(arg)
                 elif code == 0x29:  # EMPTY_TUPLE
                     stack.append(())

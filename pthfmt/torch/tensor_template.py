@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -108,6 +109,17 @@ _U4 = struct.Struct("<I").unpack_from
 _I4 = struct.Struct("<i").unpack_from
 _BININT1, _BININT2 = BY_NAME["BININT1"].code, BY_NAME["BININT2"].code
 _NEWTRUE = BY_NAME["NEWTRUE"].code
+_LONG_BINPUT = bytes([BY_NAME["LONG_BINPUT"].code])
+#: Seven ``LONG_BINPUT i`` tokens.
+_SEVEN_LONG = struct.Struct("<" + "cI" * 7)
+
+
+def _interleave(n: int) -> tuple[Any, ...]:
+    """``_SEVEN_LONG``'s values for the indices ``n`` to ``n + 6``."""
+    p = _LONG_BINPUT
+    return (p, n, p, n + 1, p, n + 2, p, n + 3, p, n + 4, p, n + 5, p, n + 6)
+
+
 _ORDERED_DICT: Final = "collections.OrderedDict"
 
 
@@ -132,6 +144,44 @@ def _ints(groups: tuple[Any, ...], at: int) -> tuple[tuple[int, ...], bytes | No
         return (_int(groups[at + 3]), _int(groups[at + 4])), groups[at + 5]
     three = (_int(groups[at + 6]), _int(groups[at + 7]), _int(groups[at + 8]))
     return three, groups[at + 9]
+
+
+def _stored(
+    g: tuple[Any, ...],
+    n: int,
+    key: str,
+    pid: tuple[Any, ...],
+    size: tuple[int, ...],
+    size_put: bytes | None,
+    stride: tuple[int, ...],
+    stride_put: bytes | None,
+) -> list[Any] | None:
+    """What the puts before the tensor's last three store, in order, when every put of the
+    match (those and the last three) is to the next memo index from ``n``; else ``None``."""
+    if g[5] is not None and size_put is not None and stride_put is not None:
+        joined = b"".join((g[5], g[8], size_put, stride_put, g[32], g[33], g[34]))
+        if len(joined) == _SEVEN_LONG.size:  # the common case: seven LONG_BINPUTs
+            if joined != _SEVEN_LONG.pack(*_interleave(n)):
+                return None
+            return [key, pid, size, stride]
+    puts: list[bytes] = []
+    values: list[Any] = []
+    if g[5] is not None:  # the new key's put
+        puts.append(g[5])
+        values.append(key)
+    puts.append(g[8])
+    values.append(pid)
+    if size_put is not None:
+        puts.append(size_put)
+        values.append(size)
+    if stride_put is not None:
+        puts.append(stride_put)
+        values.append(stride)
+    puts += (g[32], g[33], g[34])
+    for k, t in enumerate(puts, n):
+        if (t[1] if len(t) == 2 else _U4(t, 1)[0]) != k:
+            return None
+    return values
 
 
 class TensorTemplate:
@@ -197,32 +247,17 @@ class TensorTemplate:
         size, size_put = _ints(g, 10)
         stride, stride_put = _ints(g, 20)
         pid = (tag, storage_class, key, location, numel)
-        # the puts, in order (each must be the next memo index), and what they store
-        puts: list[bytes] = []
-        values: list[Any] = []
-        if g[5] is not None:
-            puts.append(g[5])
-            values.append(key)
-        puts.append(g[8])
-        values.append(pid)
-        if size_put is not None:
-            puts.append(size_put)
-            values.append(size)
-        if stride_put is not None:
-            puts.append(stride_put)
-            values.append(stride)
-        puts += (g[32], g[33], g[34])
-        for k, t in enumerate(puts, n):
-            if (t[1] if len(t) == 2 else u4(t, 1)[0]) != k:
-                return None
+        values = _stored(g, n, key, pid, size, size_put, stride, stride_put)
+        if values is None:
+            return None
         offset = _int(g[9])
         requires_grad = g[30][0] == _NEWTRUE
         try:
             storage = self.declare(key, storage_class, location, numel)
-            hook = hooks.call()
+            hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)
             tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
         except PthError:
             return None  # the loop runs the same opcodes and raises it where it belongs
-        values += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
         memo += values
+        memo += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
         return tensor, m.end()

@@ -7,6 +7,9 @@
   ``VmSize``, read after its imports), never absolute: numpy, ml_dtypes and their BLAS map
   very different amounts on different machines (one thread buffer per core, for one).
 * Tests that write large files check the free space first and skip with the reason.
+* A child's peak memory is its own (``VmHWM``), not ``ru_maxrss``, which Linux carries over
+  ``exec`` from the forked copy of the parent: a test runner grown to 1 GiB would make every
+  child report 1 GiB.
 """
 
 from __future__ import annotations
@@ -117,3 +120,18 @@ def sparse_files(path: Path) -> bool:
         return probe.stat().st_blocks * 512 < (1 << 20)
     finally:
         probe.unlink(missing_ok=True)
+
+
+def peak_memory() -> int:
+    """This process's peak resident memory in bytes since its last ``exec`` (``VmHWM``;
+    ``ru_maxrss`` where there is no ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

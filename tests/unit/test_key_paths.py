@@ -4,8 +4,6 @@ characters, and the paths of a whole walk are bounded by what the file holds."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import zipfile
 
@@ -19,6 +17,7 @@ from pthfmt.model.storage import StorageTable
 from pthfmt.model.tree import MAX_PART_CHARS, MAX_PATH_CHARS, key_text, walk
 from pthfmt.pickle.machine import Unpickler
 from pthfmt.torch.handlers import TorchHandlers
+from tests.support.host import run_python
 
 BIG = 10**5000  # over Python's 4,300-digit str() limit
 BIG_TEXT = f"<a {BIG.bit_length()}-bit int>"
@@ -103,8 +102,9 @@ def test_paths_are_capped_in_characters():
 
 
 _BOUNDED = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, sys, time
     import pthfmt
+    from tests.support.host import peak_memory
     t = time.perf_counter()
     n, error = 0, None
     with pthfmt.open(sys.argv[1]) as ck:
@@ -114,7 +114,7 @@ _BOUNDED = textwrap.dedent("""
         except pthfmt.PthError as exc:
             error = [type(exc).__name__, exc.message]
     print(json.dumps({"n": n, "error": error, "seconds": time.perf_counter() - t,
-                      "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "peak": peak_memory()}))
 """)
 
 
@@ -129,9 +129,7 @@ def test_tensors_of_shared_long_keys_is_bounded(tmp_path):
     path = tmp_path / "deep.pth"
     pthfmt.save(obj, path)
     assert path.stat().st_size < 8 << 20
-    out = subprocess.run(
-        [sys.executable, "-c", _BOUNDED, str(path)], capture_output=True, text=True, timeout=60
-    )
+    out = run_python(_BOUNDED, path, timeout=60)
     result = json.loads(out.stdout)
     assert result["error"] == [
         LimitError.__name__,

@@ -162,8 +162,9 @@ def case(name: str):
 
 
 def run_case(name: str) -> dict:
-    import resource
     import time
+
+    from tests.support.host import peak_memory
 
     root, size = case(name)
     start = time.perf_counter()
@@ -178,7 +179,7 @@ def run_case(name: str) -> dict:
         "keys": keys,
         "size": size,
         "seconds": time.perf_counter() - start,
-        "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak": peak_memory(),
     }
 
 
