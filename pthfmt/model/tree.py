@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from argparse import Namespace
 from collections.abc import Callable, Iterator
-from itertools import repeat
 from typing import Any, Final
 
 from ..errors import LimitError
@@ -142,47 +141,79 @@ def walk(
     seen: set[int] = set()
     shared = (dict, list, tuple, Stub, Namespace, *leaves)
     budget = PATH_BUDGET
-    # (the container holding value, value's key there, value); nodes only for containers
-    stack: list[tuple[_Node | None, Any, Any]] = [(None, None, root)]
-    while stack:
-        parent, key, value = stack.pop()
+    # One frame per container on the way down: its node, its keys and values (copied when
+    # it is reached, as lists: no tuple per item) and the index of the next item.
+    frames: list[_Frame] = []
+    parent: _Node | None = None
+    key: Any = None
+    value: Any = root
+    while True:
         if isinstance(value, shared):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-        wanted = want is None or want(value)
-        if isinstance(value, dict):
-            keys: Any = reversed(value)
-            values: Any = reversed(value.values())
-            size = len(value)
-        elif isinstance(value, (list, tuple)):
-            keys, values = range(len(value) - 1, -1, -1), reversed(value)
-            size = len(value)
-        elif type(value) is Stub:
-            pairs = value.items()
-            keys, values = (k for k, _ in reversed(pairs)), (v for _, v in reversed(pairs))
-            size = len(pairs)
-        elif type(value) is Namespace:
-            fields = vars(value)
-            keys, values = reversed(fields), reversed(fields.values())
-            size = len(fields)
-        else:
-            if wanted:
-                path = parent.path(key) if parent is not None else ""
-                budget -= len(path)
-                if budget < 0:
-                    _too_long()
-                yield path, value
-            continue
-        node = _ROOT if parent is None else _Node(parent, key, parent.depth + 1)
-        budget += PATH_CHARS_PER_ITEM * size
-        if wanted:
-            path = node.path()
+            if id(value) not in seen:
+                seen.add(id(value))
+                wanted = want is None or want(value)
+                items = _items(value)
+                if items is None:  # a leaf of ``leaves``
+                    if wanted:
+                        path = parent.path(key) if parent is not None else ""
+                        budget -= len(path)
+                        if budget < 0:
+                            _too_long()
+                        yield path, value
+                else:
+                    node = _ROOT if parent is None else _Node(parent, key, parent.depth + 1)
+                    budget += PATH_CHARS_PER_ITEM * len(items[1])
+                    if wanted:
+                        path = node.path()
+                        budget -= len(path)
+                        if budget < 0:
+                            _too_long()
+                        yield path, value
+                    frames.append(_Frame(node, items[0], items[1]))
+        elif want is None or want(value):
+            path = parent.path(key) if parent is not None else ""
             budget -= len(path)
             if budget < 0:
                 _too_long()
             yield path, value
-        stack.extend(zip(repeat(node), keys, values))
+        # the next item: of the innermost container that has one left
+        while frames:
+            frame = frames[-1]
+            i = frame.next
+            if i < len(frame.values):
+                frame.next = i + 1
+                keys = frame.keys
+                parent, key, value = frame.node, i if keys is None else keys[i], frame.values[i]
+                break
+            frames.pop()
+        else:
+            return
+
+
+class _Frame:
+    """A container being walked: its node, its keys (``None``: indices) and values, and the
+    next item's index."""
+
+    __slots__ = ("keys", "next", "node", "values")
+
+    def __init__(self, node: _Node, keys: list[Any] | None, values: list[Any]) -> None:
+        self.node, self.keys, self.values, self.next = node, keys, values, 0
+
+
+def _items(value: Any) -> tuple[list[Any] | None, list[Any]] | None:
+    """A container's keys (``None`` for a sequence: its indices) and values, as lists
+    (``None`` for a leaf)."""
+    if isinstance(value, dict):
+        return list(value), list(value.values())
+    if isinstance(value, (list, tuple)):
+        return None, list(value)
+    if type(value) is Stub:
+        pairs = value.items()
+        return [k for k, _ in pairs], [v for _, v in pairs]
+    if type(value) is Namespace:
+        fields = vars(value)
+        return list(fields), list(fields.values())
+    return None
 
 
 def _too_long() -> None:

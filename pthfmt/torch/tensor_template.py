@@ -192,11 +192,14 @@ class TensorTemplate:
     ``_rebuild_tensor_v2`` calls with its six arguments).
     """
 
-    __slots__ = ("declare", "make_tensor")
+    __slots__ = ("declare", "make_tensor", "tuples")
 
     def __init__(self, declare: Callable[..., Any], make_tensor: Callable[..., Any]) -> None:
         self.declare = declare
         self.make_tensor = make_tensor
+        #: Each distinct size or stride tuple once: a million tensors of a few shapes hold a
+        #: few tuples, not two million (each one memory, and work for every full collection).
+        self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def run(
         self, data: Any, pos: int, end: int, memo: list[Any], sparse: dict[int, Any]
@@ -246,6 +249,9 @@ class TensorTemplate:
         numel = _int(g[7])
         size, size_put = _ints(g, 10)
         stride, stride_put = _ints(g, 20)
+        tuples = self.tuples
+        size = tuples.setdefault(size, size)
+        stride = tuples.setdefault(stride, stride)
         pid = (tag, storage_class, key, location, numel)
         values = _stored(g, n, key, pid, size, size_put, stride, stride_put)
         if values is None:

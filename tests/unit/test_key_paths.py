@@ -9,6 +9,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pthfmt
 from pthfmt.errors import FormatError, LimitError, UnsafePickleError
@@ -139,3 +141,52 @@ def test_tensors_of_shared_long_keys_is_bounded(tmp_path):
         ),
     ]
     assert result["seconds"] < 5 and result["peak"] < 1 << 30
+
+
+def _reference_walk(root, leaves=(), want=None):
+    """walk's contract, recursively: depth first, in order, each container (and each
+    instance of ``leaves``) once, paths from key_text (shallow trees: no capping)."""
+    seen: set[int] = set()
+    out: list[tuple[str, object]] = []
+    shared = (dict, list, tuple, *leaves)
+
+    def visit(value, parts):
+        if isinstance(value, shared):
+            if id(value) in seen:
+                return
+            seen.add(id(value))
+        if want is None or want(value):
+            out.append((".".join(parts), value))
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif isinstance(value, (list, tuple)):
+            items = list(enumerate(value))
+        else:
+            return
+        for key, item in items:
+            visit(item, [*parts, key_text(key)])
+
+    visit(root, [])
+    return out
+
+
+_leaf = st.one_of(st.integers(-3, 300), st.text(max_size=3), st.none(), st.floats(0, 1))
+_trees = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=4), st.integers(0, 9)), inner, max_size=4),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_trees, st.data())
+def test_walk_agrees_with_a_recursive_reference(tree, data):
+    shared = [tree, tree]  # the same subtree twice: visited once
+    root = data.draw(st.sampled_from([tree, shared, {"a": tree, "b": [tree, shared]}]))
+    want = data.draw(st.sampled_from([None, lambda v: isinstance(v, int)]))
+    got = [(p, id(v)) for p, v in walk(root, want=want)]
+    assert got == [(p, id(v)) for p, v in _reference_walk(root, want=want)]
