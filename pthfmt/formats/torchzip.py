@@ -90,7 +90,8 @@ class TorchZip:
         if not all(map(str.startswith, names, repeat(head))):
             name = next(name for name in names if not name.startswith(head))
             raise FormatError(f"zip record {name!r} is outside the archive folder {head!r}")
-        relative = [name[cut:] for name in names]
+        #: every entry's name relative to the folder, in directory order
+        self.relative = relative = [name[cut:] for name in names]
         self.exact: dict[str, ZipEntry] = dict(zip(relative, self.zip.entries))
         self._folded: dict[str, list[ZipEntry]] | None = None
         #: folded name -> entry, for the names folding changes (only those can be found
@@ -236,11 +237,23 @@ def _unpickle(
     stored = stored_reader(src, big)
     lazy = bool(getattr(src, "lazy", False))  # (a remote file: headers fetched on first read)
 
-    exact = None if archive.clashes else archive.exact
+    # torch writes the storage records in the order the pickle declares them: each lookup
+    # tries the record after the last one found before the name table (whose lookups miss
+    # the CPU's caches at a million records); names that fold are left to find()
+    entries, relative = archive.zip.entries, None if archive.clashes else archive.relative
+    after = 0
 
     def locate(info: StorageInfo) -> None:
+        nonlocal after
         name = folder + info.key
-        entry = exact.get(name) if exact is not None else None
+        entry = None
+        if relative is not None:
+            if after < len(relative) and relative[after] == name:
+                entry = entries[after]
+            else:
+                entry = archive.exact.get(name)
+            if entry is not None:
+                after = entry.index + 1
         if entry is None:
             entry = archive.find(name)
         if entry is None:

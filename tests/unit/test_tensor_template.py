@@ -225,3 +225,25 @@ def test_broken_pickles_agree_with_the_loop(edits: list[tuple[int, int, str]]) -
 def test_targeted_near_misses_agree_with_the_loop(old: bytes, new: bytes) -> None:
     assert old in PICKLE
     assert_same(_with_pickle(BASE, NAME, PICKLE.replace(old, new, 1)))
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled", "upper"])
+def test_storage_records_in_any_order_or_case_load_the_same(order: str) -> None:
+    """The record lookup tries the record after the last one found first (torch's order);
+    any other order, or names found only by torch's case-insensitive lookup, read alike."""
+    data = saved({f"w{i}": np.full(i % 4 + 1, i, np.float32) for i in range(40)})
+    src = zipfile.ZipFile(io.BytesIO(data))
+    infos = src.infolist()
+    if order == "reversed":
+        infos = infos[:1] + infos[1:][::-1]
+    elif order == "shuffled":
+        infos = infos[:1] + sorted(infos[1:], key=lambda i: hash(i.filename) % 7)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for info in infos:
+            name = info.filename
+            if order == "upper" and "/data/" in name:
+                name = name.replace("/data/", "/DATA/")
+            dst.writestr(name, src.read(info))
+    out = pthfmt.load(io.BytesIO(buf.getvalue()))
+    assert canonical(out) == canonical(pthfmt.load(io.BytesIO(data)))
