@@ -8,6 +8,7 @@ from .errors import (
     CorruptError,
     FormatError,
     LimitError,
+    NotAModuleError,
     PthError,
     RemoteError,
     UnsafePickleError,
@@ -92,5 +93,6 @@ __all__ = [
     "UnserializableError",
     "LimitError",
     "RemoteError",
+    "NotAModuleError",
     "UnknownFormatError",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "UnserializableError",
     "LimitError",
     "RemoteError",
+    "NotAModuleError",
 ]
 
 
@@ -75,6 +76,13 @@ class PthError(ValueError):
 
 class FormatError(PthError):
     """The container or the object structure is not what a torch checkpoint holds."""
+
+
+class NotAModuleError(FormatError, TypeError):
+    """A module method (:func:`pthfmt.state_dict`, a stub's ``named_parameters()``...) on an
+    object that is not a stubbed ``nn.Module``, a TorchScript module (or, for
+    ``state_dict``, a mapping): what the file holds is something else.  Also a ``TypeError``,
+    the error torch's own methods give there."""
 
 
 class CorruptError(PthError):

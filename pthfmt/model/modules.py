@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, NamedTuple
 
-from ..errors import FormatError, LimitError
+from ..errors import FormatError, LimitError, NotAModuleError
 from ..text import escape, short_repr
 from .stub import Stub
 
@@ -240,7 +240,7 @@ def _module_state_dict(obj: Stub, prefix: str) -> OrderedDict[str, Any]:
 
 def _check_module(obj: Any) -> Stub:
     if not is_module(obj):
-        raise TypeError(
+        raise NotAModuleError(
             f"expected a stubbed nn.Module or TorchScript module, not {short_repr(obj)}"
         )
     return obj  # type: ignore[no-any-return]
@@ -362,7 +362,7 @@ def state_dict(
     elif isinstance(obj, Mapping) and not isinstance(obj, Stub):
         out = _mapping_state_dict(obj, prefix)
     else:
-        raise TypeError(
+        raise NotAModuleError(
             f"expected a stubbed nn.Module, a TorchScript module or a mapping of "
             f"tensors, not {short_repr(obj)}"
         )

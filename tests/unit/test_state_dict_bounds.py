@@ -271,7 +271,21 @@ def test_strip_prefix_on_a_module_tree():
 def test_other_values_are_a_type_error_with_a_bounded_repr():
     with pytest.raises(TypeError) as info:
         pthfmt.state_dict([np.zeros(10_000)] * 100)
+    assert isinstance(info.value, pthfmt.NotAModuleError)  # and a PthError: the file's
+    assert isinstance(info.value, pthfmt.PthError)
     assert len(str(info.value)) < 200
     assert str(info.value).startswith(
         "expected a stubbed nn.Module, a TorchScript module or a mapping of tensors, not [array("
     )
+
+
+def test_module_methods_of_a_stub_that_is_no_module_are_a_pthfmt_error():
+    """A stubbed class without a module's state: the file holds no module there."""
+    stub = load(Mod("Config", lr=0.1))
+    for call in (stub.named_parameters, stub.named_buffers, stub.named_modules):
+        with pytest.raises(pthfmt.NotAModuleError) as info:
+            list(call())
+        assert isinstance(info.value, TypeError) and isinstance(info.value, pthfmt.PthError)
+        assert info.value.message == (
+            "expected a stubbed nn.Module or TorchScript module, not Stub(__main__.Config: lr=0.1)"
+        )
