@@ -8,14 +8,15 @@ requires_grad, OrderedDict())``::
     BINGET 'cpu' BININT1 numel TUPLE BINPUT BINPERSID BININT1 offset  <size> <stride>
     NEWFALSE BINGET OrderedDict EMPTY_TUPLE REDUCE BINPUT TUPLE BINPUT REDUCE BINPUT
 
-(``LONG_BINGET``/``LONG_BINPUT`` from memo index 256, ``BININT2``/``BININT`` for larger ints,
-sizes and strides of 0 to 3 dimensions as ``EMPTY_TUPLE`` or ``TUPLE1/2/3`` + put).  When the
+(``LONG_BINGET``/``LONG_BINPUT`` from memo index 256, ``BININT2`` for ints from 256; sizes
+and strides of 0 to 3 dimensions as ``EMPTY_TUPLE`` or ``TUPLE1/2/3`` + put).  When the
 pickle machine meets the memo get of the rebuild handler, :meth:`TensorTemplate.run` matches
 that sequence with two compiled patterns (C speed) and does exactly what the loop would do
 with it: the same handler calls with the same arguments in the same order, the same memo
 entries under the same indices, the tensor pushed.  Anything else — another opcode, an int
 that is not a plain int opcode, a memo index that is not the next one, a memo get of something
-other than what torch puts there, a handler refusing the values — returns ``None`` *before
+other than what torch puts there, an int of 65,536 or more (a large tensor: per-tensor time
+does not matter there), a handler refusing the values — returns ``None`` *before
 any memo or stack change*, and the loop runs the same bytes opcode by opcode, so every check,
 error message and error offset is the loop's own.  Handler calls repeated that way are
 idempotent (a storage declared again is the same storage).
@@ -46,7 +47,9 @@ def _op(name: str) -> bytes:
 
 _GET: Final = b"(" + _op("BINGET") + b".|" + _op("LONG_BINGET") + b"....)"
 _PUT: Final = b"(" + _op("BINPUT") + b".|" + _op("LONG_BINPUT") + b"....)"
-_INT: Final = b"(" + _op("BININT1") + b".|" + _op("BININT2") + b"..|" + _op("BININT") + b"....)"
+#: Ints below 65,536 only: sizes, strides and offsets of small tensors, and never a hash
+#: flood of the size and stride tuples kept once each (``TensorTemplate.tuples``).
+_INT: Final = b"(" + _op("BININT1") + b".|" + _op("BININT2") + b"..)"
 _TUPLE: Final = (
     b"(?:("
     + _op("EMPTY_TUPLE")
@@ -106,12 +109,11 @@ _PATTERN: Final = re.compile(
     re.S,
 )
 _U4 = struct.Struct("<I").unpack_from
-_I4 = struct.Struct("<i").unpack_from
-_BININT1, _BININT2 = BY_NAME["BININT1"].code, BY_NAME["BININT2"].code
 _NEWTRUE = BY_NAME["NEWTRUE"].code
 _LONG_BINPUT = bytes([BY_NAME["LONG_BINPUT"].code])
-#: Seven ``LONG_BINPUT i`` tokens.
+#: Seven ``LONG_BINPUT i`` tokens, and the first index whose six next do not fit in one.
 _SEVEN_LONG = struct.Struct("<" + "cI" * 7)
+_LAST_SEVEN = (1 << 32) - 6
 
 
 def _interleave(n: int) -> tuple[Any, ...]:
@@ -124,13 +126,8 @@ _ORDERED_DICT: Final = "collections.OrderedDict"
 
 
 def _int(tok: bytes) -> int:
-    """The value of an int token, as the loop reads it (``BININT`` is signed)."""
-    code = tok[0]
-    if code == _BININT1:
-        return tok[1]
-    if code == _BININT2:
-        return tok[1] | tok[2] << 8
-    return int(_I4(tok, 1)[0])
+    """The value of an int token (``BININT1`` or ``BININT2``)."""
+    return tok[1] if len(tok) == 2 else tok[1] | tok[2] << 8
 
 
 def _ints(groups: tuple[Any, ...], at: int) -> tuple[tuple[int, ...], bytes | None]:
@@ -160,7 +157,7 @@ def _stored(
     match (those and the last three) is to the next memo index from ``n``; else ``None``."""
     if g[5] is not None and size_put is not None and stride_put is not None:
         joined = b"".join((g[5], g[8], size_put, stride_put, g[32], g[33], g[34]))
-        if len(joined) == _SEVEN_LONG.size:  # the common case: seven LONG_BINPUTs
+        if len(joined) == _SEVEN_LONG.size and n < _LAST_SEVEN:  # seven LONG_BINPUTs
             if joined != _SEVEN_LONG.pack(*_interleave(n)):
                 return None
             return [key, pid, size, stride]
