@@ -53,6 +53,7 @@ by SIGKILL can leave the temporary file behind, never a partial file under the t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
@@ -60,6 +61,7 @@ import types
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import IO, Any, Final, Literal, Union
 
 import numpy as np
@@ -74,7 +76,8 @@ from .model.device import Device
 from .model.dtypes import DTYPES, DType, DTypeInfo, from_numpy
 from .model.kinds import NestedArray, QuantizedRef
 from .model.tensor import Tensor, TensorRef
-from .pickle.pickler import GlobalRef, Path, PersistentId, Pickler, Reduction
+from .pickle import cpickler
+from .pickle.pickler import MAX_DEPTH, GlobalRef, Path, PersistentId, Pickler, Reduction
 from .writer_kinds import KINDS, KindParts, QuantizedData, qtensor_args
 
 __all__ = ["CHUNK", "save"]
@@ -212,35 +215,61 @@ class _Plan:
     storages: list[_Storage] = field(default_factory=list)
     final: bool = False
     kinds: KindParts = field(default_factory=KindParts)  # quantized, sparse, nested, meta
+    fast: bool = False  # the final pass may use the C pickler (cpickler)
 
     def pickle(self, obj: Any) -> bytes:
         if not self.collect(obj):
+            self.fast = False
             self.views.clear()
             self.keep.clear()
             Pickler(self.reduce).dump(obj)
         _assign_storages(list(self.views.values()))
         self.final = True
+        if self.fast:  # the C pickler's bytes are the Python pickler's for this object
+            with contextlib.suppress(Exception):  # anything unexpected: the Python pickler says
+                fast = cpickler.dump(obj, self.c_reduce)
+                if fast is not None:
+                    return fast
+            for storage in self.storages:
+                storage.key = None
+            self.storages.clear()
         return Pickler(self.reduce).dump(obj)
 
     def collect(self, root: Any) -> bool:
         """The first pass without pickling, for the containers and leaves the pickler knows:
         make every tensor's view.  False when it meets anything else, or a tensor torch
-        cannot load: the pickling first pass then runs, and says where the problem is."""
+        cannot load: the pickling first pass then runs, and says where the problem is.
+        Sets :attr:`fast`: whether the C pickler writes what the Python pickler would."""
         seen: set[int] = set()
         stack = [root]
+        depth = deepest = 0
+        fast = True
         while stack:
             obj = stack.pop()
             kind = type(obj)
-            if kind in _PLAIN or id(obj) in seen:
+            if kind in _PLAIN:
+                if fast and kind in _SPECIAL_ATOMS and not _c_atom(obj):
+                    fast = False
+                continue
+            if obj is _UP:
+                depth -= 1
+                continue
+            if id(obj) in seen:
                 continue
             seen.add(id(obj))
             if kind is dict or kind is OrderedDict or kind is Counter:
-                stack += obj.keys()
-                stack += obj.values()
+                # children in pickling order (popped last pushed first): items, then attributes
+                depth += 1
+                stack.append(_UP)
                 if kind is OrderedDict:
                     stack.append(vars(obj))
+                stack += reversed(list(chain.from_iterable(obj.items())))
             elif kind is list or kind is tuple or kind is set:
-                stack += obj
+                depth += 1
+                stack.append(_UP)
+                stack += reversed(obj) if kind is not set else obj
+                if kind is tuple and fast and not _flat_tuple(obj):
+                    fast = False
             elif isinstance(obj, (np.ndarray, TensorRef, Tensor)):
                 try:
                     view = self.views[id(obj)] = _make_view(obj, self.legacy)
@@ -248,9 +277,16 @@ class _Plan:
                     return False
                 self.keep.append(obj)
                 if view.state:
+                    depth += 1
+                    stack.append(_UP)
                     stack.append(view.state)
-            elif not isinstance(obj, (DType, Device, np.generic)):
+            elif isinstance(obj, (DType, np.generic)):
+                fast = False  # written as stand-in values: the Python pickler's
+            elif not isinstance(obj, Device):
                 return False
+            if depth > deepest:
+                deepest = depth
+        self.fast = fast and deepest < MAX_DEPTH - _DEPTH_MARGIN
         return True
 
     # -- the pickler's reducer -----------------------------------------------------------------
@@ -315,40 +351,91 @@ class _Plan:
         return plain
 
     def _plain_tensor(self, view: _View, requires_grad: bool) -> Reduction:
+        return Reduction(*self._plain_args(view, requires_grad))
+
+    def _plain_args(self, view: _View, requires_grad: bool) -> tuple[GlobalRef, tuple[Any, ...]]:
+        """A plain tensor's rebuild function and arguments (its storage gets the next key
+        when this is its first reference)."""
         info, storage = view.dtype, view.storage
-        typed = info.storage is not None
         assert storage is not None
-        if storage.key is None:
-            storage.key = str(len(self.storages))
+        key = storage.key
+        if key is None:
+            key = storage.key = str(len(self.storages))
             self.storages.append(storage)
-        key, nbytes, tag = storage.key, storage.nbytes, storage.tag
+        typed = info.storage is not None
         pid: tuple[Any, ...] = (
             "storage",
-            GlobalRef("torch", info.storage) if info.storage is not None else _UNTYPED,
+            _storage_class(info),
             key,
-            _location(tag),
-            nbytes // info.itemsize if typed else nbytes,
+            _location(storage.tag),
+            storage.nbytes // info.itemsize if typed else storage.nbytes,
         )
         if self.legacy:
             pid += (None,)  # view_metadata
         args: tuple[Any, ...] = (
             PersistentId(pid),
             view.offset,
-            tuple(list(view.shape)),
+            tuple(list(view.shape)),  # new tuples: torch shares none between tensors
             tuple(list(view.stride)),
             requires_grad,
             OrderedDict(),
         )
         if not typed:
             args += (GlobalRef("torch", info.name),)
-        metadata = {**({"neg": True} if view.neg else {}), **({"conj": True} if view.conj else {})}
-        if metadata:
-            args += (metadata,)
-        return Reduction(_REBUILD_V2 if typed else _REBUILD_V3, args)
+        if view.neg or view.conj:
+            args += (
+                {**({"neg": True} if view.neg else {}), **({"conj": True} if view.conj else {})},
+            )
+        return (_REBUILD_V2 if typed else _REBUILD_V3), args
+
+    def c_reduce(self, obj: Any, path: Path) -> Any:
+        """:meth:`reduce` for the C pickler: plain tensors straight to a reduce tuple."""
+        view = self.views.get(id(obj))  # (only tensors of this pickle are keys)
+        if view is not None and not view.parameter and not view.state:
+            return self._plain_args(view, view.requires_grad)
+        return self.reduce(obj, path)
+
+
+def _storage_class(info: DTypeInfo) -> GlobalRef:
+    """``torch.<X>Storage`` for a typed storage, ``torch.storage.UntypedStorage`` otherwise."""
+    return GlobalRef("torch", info.storage) if info.storage is not None else _UNTYPED
 
 
 #: Values that hold no tensor (what the pickler writes as is, or reduces to such values).
 _PLAIN: Final = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray})
+#: Of those, the ones the C pickler writes differently for some values (:func:`_c_atom`).
+_SPECIAL_ATOMS: Final = frozenset({int, bytes})
+#: What a tuple may hold for the C pickler: nothing that could lead back to the tuple.
+_FLAT: Final = _PLAIN | {tuple, np.ndarray}
+#: The Python pickler's refusal of deep nesting is kept: the C pickler's own limit is the
+#: interpreter's recursion limit, which a program may raise.  Nesting within this margin of
+#: MAX_DEPTH goes to the Python pickler (the two count the levels of a reduction differently).
+_DEPTH_MARGIN: Final = 16
+#: LONG1 holds up to 255 bytes of two's complement; the C pickler writes LONG4 beyond.
+_LONG1_BITS: Final = 255 * 8 - 1
+
+
+class _Up:
+    """Marks the end of a container's children on the first pass's stack."""
+
+
+_UP: Final = _Up()
+
+
+def _c_atom(value: Any) -> bool:
+    """Whether the C pickler writes ``value`` (an int or bytes) as the Python pickler does:
+    not for ``b""`` (``__builtin__.bytes()``, which torch refuses) or ints beyond LONG1."""
+    if type(value) is bytes:
+        return bool(value)
+    return bool(value.bit_length() <= _LONG1_BITS)
+
+
+def _flat_tuple(items: tuple[Any, ...]) -> bool:
+    """A tuple of values that cannot contain the tuple: then the C pickler cannot meet it
+    inside itself (it writes such a tuple as ``POP``s and a ``BINGET``; the Python pickler
+    refuses it, as torch cannot load it)."""
+    flat = _FLAT
+    return all(type(item) in flat for item in items)
 
 
 def _location(tag: str) -> str:
