@@ -70,7 +70,7 @@ from .atomic import stream_writer, write_atomically
 from .errors import UnserializableError
 from .formats.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
 from .formats.tensordata import CHUNK, array_chunks, c_strides, is_big, little_bytes
-from .formats.zip.writer import ZipWriter, archive_name_for_path
+from .formats.zip.writer import SMALL, ZipWriter, archive_name_for_path
 from .gcpause import paused_gc
 from .model.device import Device
 from .model.dtypes import DTYPES, DType, DTypeInfo, from_numpy
@@ -174,6 +174,7 @@ class _Storage:
     tag: str
     chunks: Callable[[], Iterator[Any]]
     key: str | None = None
+    array: np.ndarray | None = None  # when set, the bytes are array.tobytes() (little-endian)
 
 
 @dataclass(eq=False)
@@ -589,7 +590,11 @@ def _own_copy(view: _View, array: np.ndarray) -> None:
     Empty arrays get contiguous strides too, as ``torch.empty`` has (numpy's are 0)."""
     big = is_big(array.dtype)
     view.storage = _Storage(
-        view.dtype, array.nbytes, view.tag, lambda: array_chunks(array, view.dtype.swap, big)
+        view.dtype,
+        array.nbytes,
+        view.tag,
+        lambda: array_chunks(array, view.dtype.swap, big),
+        array=None if big else array,
     )
     view.offset, view.shape = 0, tuple(int(n) for n in array.shape)
     view.stride = c_strides(view.shape)
@@ -658,7 +663,11 @@ def _share(members: list[_Member]) -> None:
             element.view(np.uint8), shape=(hi - lo,), strides=(1,), writeable=False
         )
     storage = _Storage(
-        first.dtype, hi - lo, first.tag, lambda: array_chunks(span, first.dtype.swap, big)
+        first.dtype,
+        hi - lo,
+        first.tag,
+        lambda: array_chunks(span, first.dtype.swap, big),
+        array=None if big else span,
     )
     for start, _, view in members:
         assert view.array is not None
@@ -693,7 +702,17 @@ def _write_zip(write: Write, archive_name: str, pickled: bytes, storages: list[_
     archive.add(".storage_alignment", str(archive.alignment).encode("ascii"))
     archive.add("byteorder", b"little")
     for storage in storages:
-        archive.add(f"data/{storage.key}", storage.chunks(), storage.nbytes)
+        name = f"data/{storage.key}"
+        if storage.array is not None and storage.nbytes <= SMALL:
+            data = storage.array.tobytes()  # one copy, into the zip writer's batch
+            if len(data) != storage.nbytes:
+                raise UnserializableError(
+                    f"record {name!r} produced {len(data)} bytes, expected "
+                    f"{storage.nbytes} (was an array resized while saving?)"
+                )
+            archive.add(name, data)
+        else:
+            archive.add(name, storage.chunks(), storage.nbytes)
     archive.finish()
 
 
