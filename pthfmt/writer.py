@@ -167,14 +167,35 @@ def _save(obj: Any, f: Target, format: str, archive_name: str | None) -> None:
 
 @dataclass(eq=False)
 class _Storage:
-    """One storage to write: ``nbytes`` little-endian bytes from ``chunks()``."""
+    """One storage to write: ``nbytes`` little-endian bytes from :meth:`chunks`: those of
+    ``array`` in C order (byte-swapped when ``big``), or what ``read()`` yields."""
 
+    __slots__ = ("array", "big", "dtype", "key", "nbytes", "read", "tag")
     dtype: DTypeInfo
     nbytes: int
     tag: str
-    chunks: Callable[[], Iterator[Any]]
-    key: str | None = None
-    array: np.ndarray | None = None  # when set, the bytes are array.tobytes() (little-endian)
+    array: np.ndarray | None
+    big: bool
+    read: Callable[[], Iterator[Any]] | None
+    key: str | None
+
+    def __init__(
+        self,
+        dtype: DTypeInfo,
+        nbytes: int,
+        tag: str,
+        array: np.ndarray | None = None,
+        big: bool = False,
+        read: Callable[[], Iterator[Any]] | None = None,
+    ) -> None:
+        self.dtype, self.nbytes, self.tag = dtype, nbytes, tag
+        self.array, self.big, self.read, self.key = array, big, read, None
+
+    def chunks(self) -> Iterator[Any]:
+        if self.read is not None:
+            return self.read()
+        assert self.array is not None
+        return array_chunks(self.array, self.dtype.swap, self.big)
 
 
 @dataclass(eq=False)
@@ -560,14 +581,16 @@ def _torch_dtype(dtype: np.dtype) -> DTypeInfo:
 def _assign_storages(views: list[_View]) -> None:
     """Give every view its storage, offset, shape and stride (see the module docstring)."""
     shared: dict[tuple[Any, ...], _Storage] = {}
-    groups: dict[tuple[Any, ...], list[_Member]] = defaultdict(list)
+    arrays: list[tuple[_View, np.ndarray, Any]] = []
+    owners: Counter[int] = Counter()
+    foreign = False  # an array whose memory may overlap another's without a common owner
     for view in views:
         ref, array = view.ref, view.array
         if ref is not None:
             key = (id(ref.storage), ref.dtype, view.tag)
             if key not in shared:
                 shared[key] = _Storage(
-                    view.dtype, ref.storage.nbytes, view.tag, _buffer_chunks(ref, view.dtype)
+                    view.dtype, ref.storage.nbytes, view.tag, read=_buffer_chunks(ref, view.dtype)
                 )
             view.storage = shared[key]
             view.offset, view.shape, view.stride = ref.storage_offset, ref.shape, ref.stride
@@ -577,6 +600,18 @@ def _assign_storages(views: list[_View]) -> None:
         if array.size == 0 or any(s < 0 or s % size for s in array.strides):
             _own_copy(view, array)
             continue
+        owner = _owner(array)
+        if owner is None or (isinstance(owner, np.ndarray) and not owner.flags.owndata):
+            foreign = True
+        else:
+            owners[id(owner)] += 1
+        arrays.append((view, array, owner))
+    groups: dict[tuple[Any, ...], list[_Member]] = defaultdict(list)
+    for view, array, owner in arrays:
+        if not foreign and array.flags.c_contiguous and owners[id(owner)] == 1:
+            _alone(view, array)  # nothing else uses its owner's memory
+            continue
+        size = array.dtype.itemsize
         lo = array.__array_interface__["data"][0]
         hi = lo + size + sum((n - 1) * s for n, s in zip(array.shape, array.strides))
         groups[(view.dtype.name, is_big(array.dtype), view.tag, lo % size)].append((lo, hi, view))
@@ -585,17 +620,20 @@ def _assign_storages(views: list[_View]) -> None:
             _share(component)
 
 
+def _alone(view: _View, array: np.ndarray) -> None:
+    """What :func:`_share` makes of a C-contiguous array that shares memory with no other:
+    a storage of exactly its bytes."""
+    size = array.dtype.itemsize
+    view.storage = _Storage(view.dtype, array.nbytes, view.tag, array, is_big(array.dtype))
+    view.offset = 0
+    view.shape = array.shape
+    view.stride = tuple([s // size for s in array.strides])
+
+
 def _own_copy(view: _View, array: np.ndarray) -> None:
     """A storage holding a C-contiguous copy of ``array`` (made chunk by chunk when written).
     Empty arrays get contiguous strides too, as ``torch.empty`` has (numpy's are 0)."""
-    big = is_big(array.dtype)
-    view.storage = _Storage(
-        view.dtype,
-        array.nbytes,
-        view.tag,
-        lambda: array_chunks(array, view.dtype.swap, big),
-        array=None if big else array,
-    )
+    view.storage = _Storage(view.dtype, array.nbytes, view.tag, array, is_big(array.dtype))
     view.offset, view.shape = 0, tuple(int(n) for n in array.shape)
     view.stride = c_strides(view.shape)
 
@@ -662,13 +700,7 @@ def _share(members: list[_Member]) -> None:
         span = np.lib.stride_tricks.as_strided(
             element.view(np.uint8), shape=(hi - lo,), strides=(1,), writeable=False
         )
-    storage = _Storage(
-        first.dtype,
-        hi - lo,
-        first.tag,
-        lambda: array_chunks(span, first.dtype.swap, big),
-        array=None if big else span,
-    )
+    storage = _Storage(first.dtype, hi - lo, first.tag, span, big)
     for start, _, view in members:
         assert view.array is not None
         view.storage = storage
@@ -703,7 +735,7 @@ def _write_zip(write: Write, archive_name: str, pickled: bytes, storages: list[_
     archive.add("byteorder", b"little")
     for storage in storages:
         name = f"data/{storage.key}"
-        if storage.array is not None and storage.nbytes <= SMALL:
+        if storage.array is not None and not storage.big and storage.nbytes <= SMALL:
             data = storage.array.tobytes()  # one copy, into the zip writer's batch
             if len(data) != storage.nbytes:
                 raise UnserializableError(
