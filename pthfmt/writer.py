@@ -434,7 +434,7 @@ _FLAT: Final = _PLAIN | {tuple, np.ndarray}
 #: MAX_DEPTH goes to the Python pickler (the two count the levels of a reduction differently).
 _DEPTH_MARGIN: Final = 16
 #: LONG1 holds up to 255 bytes of two's complement; the C pickler writes LONG4 beyond.
-_LONG1_BITS: Final = 255 * 8 - 1
+_LONG1_MAX: Final = 1 << (255 * 8 - 1)
 
 
 class _Up:
@@ -449,7 +449,7 @@ def _c_atom(value: Any) -> bool:
     not for ``b""`` (``__builtin__.bytes()``, which torch refuses) or ints beyond LONG1."""
     if type(value) is bytes:
         return bool(value)
-    return bool(value.bit_length() <= _LONG1_BITS)
+    return bool(-_LONG1_MAX <= value < _LONG1_MAX)
 
 
 def _flat_tuple(items: tuple[Any, ...]) -> bool:
