@@ -198,7 +198,7 @@ class _Storage:
         return array_chunks(self.array, self.dtype.swap, self.big)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _View:
     """One tensor: how it views its storage, and what else torch records about it."""
 
@@ -517,6 +517,10 @@ _Member = tuple[int, int, _View]  # (lowest byte address, one past the highest, 
 
 def _make_view(obj: Any, legacy: bool) -> _View:
     """Describe a tensor-like leaf; raises UnserializableError for what torch cannot load."""
+    if type(obj) is np.ndarray:  # the common case: no device, gradients or wrapper
+        info = _torch_dtype(obj.dtype)
+        if info.kind != "quantized" and (info.storage is not None or not legacy):
+            return _View(info, "cpu", False, False, array=obj)
     source = obj.array if isinstance(obj, Tensor) else obj
     if isinstance(source, TensorRef):
         view = _View(
@@ -582,7 +586,8 @@ def _assign_storages(views: list[_View]) -> None:
     """Give every view its storage, offset, shape and stride (see the module docstring)."""
     shared: dict[tuple[Any, ...], _Storage] = {}
     arrays: list[tuple[_View, np.ndarray, Any]] = []
-    owners: Counter[int] = Counter()
+    owners: set[int] = set()  # ids of the owners seen ...
+    shared_owners: set[int] = set()  # ... and of those seen more than once
     foreign = False  # an array whose memory may overlap another's without a common owner
     for view in views:
         ref, array = view.ref, view.array
@@ -597,18 +602,20 @@ def _assign_storages(views: list[_View]) -> None:
             continue
         assert array is not None
         size = array.dtype.itemsize
-        if array.size == 0 or any(s < 0 or s % size for s in array.strides):
+        if array.size == 0 or [s for s in array.strides if s < 0 or s % size]:
             _own_copy(view, array)
             continue
         owner = _owner(array)
         if owner is None or (isinstance(owner, np.ndarray) and not owner.flags.owndata):
             foreign = True
+        elif id(owner) in owners:
+            shared_owners.add(id(owner))
         else:
-            owners[id(owner)] += 1
+            owners.add(id(owner))
         arrays.append((view, array, owner))
     groups: dict[tuple[Any, ...], list[_Member]] = defaultdict(list)
     for view, array, owner in arrays:
-        if not foreign and array.flags.c_contiguous and owners[id(owner)] == 1:
+        if not foreign and array.flags.c_contiguous and id(owner) not in shared_owners:
             _alone(view, array)  # nothing else uses its owner's memory
             continue
         size = array.dtype.itemsize
