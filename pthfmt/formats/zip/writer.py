@@ -274,36 +274,9 @@ class ZipWriter:
             self.add("byteorder", b"little")
         self.add(".data/serialization_id", serialization_id(self.names, self._crc_hash))
         self._finished = True
-        central = bytearray()
-        for full, offset, size, crc in self.entries:
-            big_size, big_offset = size >= _U32_MAX, offset >= _U32_MAX
-            extra = _zip64_extra(
-                ([size, size] if big_size else []) + ([offset] if big_offset else [])
-            )
-            size32 = _U32_MAX if big_size else size
-            flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
-            central += CENTRAL.struct.pack(
-                CENTRAL.signature,
-                0,
-                0,
-                flags,
-                0,
-                0,
-                0,
-                crc,
-                size32,
-                size32,
-                len(full),
-                len(extra),
-                0,
-                0,
-                0,
-                0,
-                _U32_MAX if big_offset else offset,
-            )
-            central += full + extra
+        central = b"".join(map(_central_entry, self.entries))
         cd_offset, count = self.pos, len(self.entries)
-        self._emit(bytes(central))
+        self._emit(central)
         zip64_offset = self.pos
         self._emit(
             ZIP64_EOCD.struct.pack(
@@ -332,6 +305,35 @@ class ZipWriter:
                 0,
             )
         )
+
+
+def _central_entry(entry: _Entry) -> bytes:
+    """One central directory entry, zip64 fields where needed."""
+    full, offset, size, crc = entry
+    big_size, big_offset = size >= _U32_MAX, offset >= _U32_MAX
+    extra = _zip64_extra(([size, size] if big_size else []) + ([offset] if big_offset else []))
+    size32 = _U32_MAX if big_size else size
+    flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
+    head = CENTRAL.struct.pack(
+        CENTRAL.signature,
+        0,
+        0,
+        flags,
+        0,
+        0,
+        0,
+        crc,
+        size32,
+        size32,
+        len(full),
+        len(extra),
+        0,
+        0,
+        0,
+        0,
+        _U32_MAX if big_offset else offset,
+    )
+    return head + full + extra
 
 
 def archive_name_for_path(path: str) -> str:
