@@ -106,19 +106,17 @@ def dump(obj: Any, reducer: Reducer) -> bytes | None:
     """``obj`` pickled as :class:`~pthfmt.pickle.pickler.Pickler` would, or ``None`` when an
     alias cannot be told apart from the object's own bytes.  ``reducer`` is as the Python
     pickler's, and must return a :class:`Reduction` or a reduce tuple (the path argument is
-    ``None``).  Raises
-    whatever the C pickler or ``reducer`` raise: the caller falls back to the Python pickler."""
+    ``None``).  Raises whatever the C pickler or ``reducer`` raise: the caller then falls back
+    to the Python pickler."""
     out = io.BytesIO()
     pickler = _Pickler(out, reducer)
     pickler.dump(obj)
-    data = out.getvalue()
-    written = pickler.globals
-    found = _ALIAS_LINE.findall(data)
-    if sorted(found) != sorted(ref.alias.encode("ascii") for ref in written):
-        return None
     lines = {
         ref.alias.encode("ascii"): b"c%s\n%s\n"
         % (ref.module.encode("ascii"), ref.name.encode("ascii"))
-        for ref in written
+        for ref in pickler.globals
     }
-    return _ALIAS_LINE.sub(lambda m: lines[m.group(1)], data)
+    with out.getbuffer() as data:  # (no copy)
+        if sorted(_ALIAS_LINE.findall(data)) != sorted(lines):
+            return None
+        return _ALIAS_LINE.sub(lambda m: lines[m.group(1)], data)
