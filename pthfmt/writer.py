@@ -33,8 +33,17 @@ share a storage (torch cannot load that).  Big-endian arrays are byte-swapped as
 
 **Streaming.**  The pickle is built in memory (it holds no tensor data); storages are written
 straight from the arrays (or the mapped checkpoint of a ``TensorRef``) in pieces of
-:data:`CHUNK` bytes, so saving costs about that much memory beyond the inputs.  Nothing is
-ever sought: the output may be a pipe.
+:data:`CHUNK` bytes, so saving costs about that much memory beyond the inputs; storages of up
+to :data:`~pthfmt.formats.zip.writer.SMALL` bytes are copied into batches of records that go
+out in one write each.  Nothing is ever sought: the output may be a pipe.
+
+**Speed.**  Two passes over the object: :meth:`_Plan.collect` walks it once to find every
+tensor (and whether the C pickler may write it), storages are planned, and the pickle is
+written by CPython's C pickler (:mod:`pthfmt.pickle.cpickler`, byte for byte what
+:class:`~pthfmt.pickle.pickler.Pickler` writes; SECURITY.md says why that is safe) or, for
+what that one writes differently, by the Python pickler.  Arrays that own their memory alone
+(nothing else in the object has the same owner, and no array sits on foreign memory) get a
+storage each without comparing addresses.
 
 **Refusals.**  Everything is checked before a byte is written: an object the format cannot
 hold, or that torch 2.13 could not load, raises :class:`~pthfmt.errors.UnserializableError`
@@ -58,8 +67,8 @@ import os
 import struct
 import sys
 import types
-from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import IO, Any, Final, Literal, Union
@@ -69,7 +78,7 @@ import numpy as np
 from .atomic import stream_writer, write_atomically
 from .errors import UnserializableError
 from .formats.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
-from .formats.tensordata import CHUNK, array_chunks, c_strides, is_big, little_bytes
+from .formats.tensordata import CHUNK
 from .formats.zip.writer import SMALL, ZipWriter, archive_name_for_path
 from .gcpause import paused_gc
 from .model.device import Device
@@ -79,8 +88,14 @@ from .model.tensor import Tensor, TensorRef
 from .pickle import cpickler
 from .pickle.pickler import MAX_DEPTH, GlobalRef, Path, PersistentId, Pickler, Reduction
 from .writer_kinds import KINDS, KindParts, QuantizedData, qtensor_args
+from .writer_storages import Storage as _Storage
+from .writer_storages import View as _View
+from .writer_storages import assign_storages
 
 __all__ = ["CHUNK", "save"]
+
+#: (The name :mod:`pthfmt.formats.sharding` plans shards with.)
+_assign_storages = assign_storages
 
 Target = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]", IO[bytes]]
 Write = Callable[[Any], None]
@@ -163,58 +178,6 @@ def _save(obj: Any, f: Target, format: str, archive_name: str | None) -> None:
 
 
 # -- the plan: tensors, their storages and the pickle ----------------------------------------
-
-
-@dataclass(eq=False)
-class _Storage:
-    """One storage to write: ``nbytes`` little-endian bytes from :meth:`chunks`: those of
-    ``array`` in C order (byte-swapped when ``big``), or what ``read()`` yields."""
-
-    __slots__ = ("array", "big", "dtype", "key", "nbytes", "read", "tag")
-    dtype: DTypeInfo
-    nbytes: int
-    tag: str
-    array: np.ndarray | None
-    big: bool
-    read: Callable[[], Iterator[Any]] | None
-    key: str | None
-
-    def __init__(
-        self,
-        dtype: DTypeInfo,
-        nbytes: int,
-        tag: str,
-        array: np.ndarray | None = None,
-        big: bool = False,
-        read: Callable[[], Iterator[Any]] | None = None,
-    ) -> None:
-        self.dtype, self.nbytes, self.tag = dtype, nbytes, tag
-        self.array, self.big, self.read, self.key = array, big, read, None
-
-    def chunks(self) -> Iterator[Any]:
-        if self.read is not None:
-            return self.read()
-        assert self.array is not None
-        return array_chunks(self.array, self.dtype.swap, self.big)
-
-
-@dataclass(eq=False, slots=True)
-class _View:
-    """One tensor: how it views its storage, and what else torch records about it."""
-
-    dtype: DTypeInfo
-    tag: str
-    requires_grad: bool
-    parameter: bool
-    array: np.ndarray | None = None  # numpy source
-    ref: TensorRef | None = None  # checkpoint source
-    state: dict[str, Any] | None = None
-    conj: bool = False
-    neg: bool = False
-    storage: _Storage | None = None
-    offset: int = 0
-    shape: tuple[int, ...] = ()
-    stride: tuple[int, ...] = ()
 
 
 class _Inner:
@@ -512,8 +475,6 @@ def _unsupported(obj: Any) -> str:
 
 # -- tensors -----------------------------------------------------------------------------------
 
-_Member = tuple[int, int, _View]  # (lowest byte address, one past the highest, view)
-
 
 def _make_view(obj: Any, legacy: bool) -> _View:
     """Describe a tensor-like leaf; raises UnserializableError for what torch cannot load."""
@@ -580,152 +541,6 @@ def _torch_dtype(dtype: np.dtype) -> DTypeInfo:
     if info is None:
         raise UnserializableError(f"numpy dtype {dtype} has no torch equivalent")
     return info
-
-
-def _assign_storages(views: list[_View]) -> None:
-    """Give every view its storage, offset, shape and stride (see the module docstring)."""
-    shared: dict[tuple[Any, ...], _Storage] = {}
-    arrays: list[tuple[_View, np.ndarray, Any]] = []
-    owners: set[int] = set()  # ids of the owners seen ...
-    shared_owners: set[int] = set()  # ... and of those seen more than once
-    foreign = False  # an array whose memory may overlap another's without a common owner
-    for view in views:
-        ref, array = view.ref, view.array
-        if ref is not None:
-            key = (id(ref.storage), ref.dtype, view.tag)
-            if key not in shared:
-                shared[key] = _Storage(
-                    view.dtype, ref.storage.nbytes, view.tag, read=_buffer_chunks(ref, view.dtype)
-                )
-            view.storage = shared[key]
-            view.offset, view.shape, view.stride = ref.storage_offset, ref.shape, ref.stride
-            continue
-        assert array is not None
-        size = array.dtype.itemsize
-        if array.size == 0 or [s for s in array.strides if s < 0 or s % size]:
-            _own_copy(view, array)
-            continue
-        owner = _owner(array)
-        if owner is None or (isinstance(owner, np.ndarray) and not owner.flags.owndata):
-            foreign = True
-        elif id(owner) in owners:
-            shared_owners.add(id(owner))
-        else:
-            owners.add(id(owner))
-        arrays.append((view, array, owner))
-    groups: dict[tuple[Any, ...], list[_Member]] = defaultdict(list)
-    for view, array, owner in arrays:
-        if not foreign and array.flags.c_contiguous and id(owner) not in shared_owners:
-            _alone(view, array)  # nothing else uses its owner's memory
-            continue
-        size = array.dtype.itemsize
-        lo = array.__array_interface__["data"][0]
-        hi = lo + size + sum((n - 1) * s for n, s in zip(array.shape, array.strides))
-        groups[(view.dtype.name, is_big(array.dtype), view.tag, lo % size)].append((lo, hi, view))
-    for members in groups.values():
-        for component in _sharing_components(members):
-            _share(component)
-
-
-def _alone(view: _View, array: np.ndarray) -> None:
-    """What :func:`_share` makes of a C-contiguous array that shares memory with no other:
-    a storage of exactly its bytes."""
-    size = array.dtype.itemsize
-    view.storage = _Storage(view.dtype, array.nbytes, view.tag, array, is_big(array.dtype))
-    view.offset = 0
-    view.shape = array.shape
-    view.stride = tuple([s // size for s in array.strides])
-
-
-def _own_copy(view: _View, array: np.ndarray) -> None:
-    """A storage holding a C-contiguous copy of ``array`` (made chunk by chunk when written).
-    Empty arrays get contiguous strides too, as ``torch.empty`` has (numpy's are 0)."""
-    view.storage = _Storage(view.dtype, array.nbytes, view.tag, array, is_big(array.dtype))
-    view.offset, view.shape = 0, tuple(int(n) for n in array.shape)
-    view.stride = c_strides(view.shape)
-
-
-def _sharing_components(members: list[_Member]) -> list[list[_Member]]:
-    """Split same-typed arrays into groups that share memory: same owning base, or
-    overlapping byte ranges (union-find)."""
-    parent = list(range(len(members)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        parent[find(i)] = find(j)
-
-    by_owner: dict[int, int] = {}
-    for i, (_, _, view) in enumerate(members):
-        owner = _owner(view.array)
-        if owner is not None:
-            union(i, by_owner.setdefault(id(owner), i))
-    order = sorted(range(len(members)), key=lambda i: members[i][0])
-    reach, last = -1, -1
-    for i in order:
-        lo, hi, _ = members[i]
-        if lo < reach:
-            union(i, last)
-        if hi > reach:
-            reach, last = hi, i
-    components: dict[int, list[_Member]] = defaultdict(list)
-    for i, member in enumerate(members):
-        components[find(i)].append(member)
-    return list(components.values())
-
-
-def _owner(array: Any) -> Any:
-    """The object owning ``array``'s memory when that is one block (an ndarray owning its data,
-    bytes, bytearray), else ``None``."""
-    while isinstance(array, np.ndarray) and array.base is not None:
-        array = array.base
-    if isinstance(array, (np.ndarray, bytes, bytearray)):
-        return array
-    return None
-
-
-def _share(members: list[_Member]) -> None:
-    """One storage spanning every member's bytes; each member views it at its own offset."""
-    lo = min(m[0] for m in members)
-    hi = max(m[1] for m in members)
-    first = next(m[2] for m in members if m[0] == lo)
-    assert first.array is not None
-    array = first.array
-    size, big = array.dtype.itemsize, is_big(array.dtype)
-    if len(members) == 1 and array.flags.c_contiguous:
-        span = array  # the common case: memory order is C order
-    else:
-        # The bytes from lo to hi as uint8, from the first element of the lowest member
-        # (as_strided on the member would go through __array_interface__: no ml_dtypes).
-        element = (
-            array.reshape(1) if array.ndim == 0 else array[(slice(0, 1),) * array.ndim].reshape(-1)
-        )
-        span = np.lib.stride_tricks.as_strided(
-            element.view(np.uint8), shape=(hi - lo,), strides=(1,), writeable=False
-        )
-    storage = _Storage(first.dtype, hi - lo, first.tag, span, big)
-    for start, _, view in members:
-        assert view.array is not None
-        view.storage = storage
-        view.offset = (start - lo) // size
-        view.shape = tuple([int(n) for n in view.array.shape])
-        view.stride = tuple([s // size for s in view.array.strides])
-
-
-def _buffer_chunks(ref: TensorRef, dtype: DTypeInfo) -> Callable[[], Iterator[Any]]:
-    """Chunks of a checkpoint storage: slices of its (memory-mapped where possible) buffer."""
-
-    def chunks() -> Iterator[Any]:
-        buffer = ref.storage.buffer(True)
-        big = sys.byteorder == "big"  # the reader's buffers are in host order
-        for start in range(0, buffer.nbytes, CHUNK):
-            yield little_bytes(buffer[start : start + CHUNK], dtype.swap, big)
-
-    return chunks
 
 
 # -- containers --------------------------------------------------------------------------------

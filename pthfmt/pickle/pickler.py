@@ -2,7 +2,10 @@
 
 ``torch.save`` pickles with CPython's C pickler (``_pickle.c``) at protocol 2.  This module
 reproduces that pickler's output for the values a checkpoint holds, without recursion, so
-that a file written here is the file torch would write for the same objects:
+that a file written here is the file torch would write for the same objects.  (The writer
+hands most objects to that C pickler itself, through :mod:`pthfmt.pickle.cpickler`; this
+module is the reference it is tested against and writes whatever the C pickler would write
+differently.)
 
 ==========================  ===============================================================
 value                       opcodes

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore::UserWarning
 torch = pytest.importorskip("torch")
 
 import pthfmt  # noqa: E402
-from pthfmt import UnserializableError, writer  # noqa: E402
+from pthfmt import UnserializableError, writer, writer_storages  # noqa: E402
 from pthfmt import strategies as pst  # noqa: E402
 from pthfmt.formats.zip import writer as zipwriter  # noqa: E402
 from pthfmt.pickle import cpickler  # noqa: E402
@@ -47,7 +47,7 @@ from tests.support.writer_torch import assert_loaded, assert_sharing, torch_load
 
 
 def old_assign_storages(views: list[Any]) -> None:
-    """writer._assign_storages before the fast path: every array through union-find."""
+    """writer_storages.assign_storages before the fast path: every array through union-find."""
     shared: dict[tuple[Any, ...], Any] = {}
     groups: dict[tuple[Any, ...], list[Any]] = collections.defaultdict(list)
     for view in views:
@@ -55,26 +55,26 @@ def old_assign_storages(views: list[Any]) -> None:
         if ref is not None:
             key = (id(ref.storage), ref.dtype, view.tag)
             if key not in shared:
-                shared[key] = writer._Storage(
+                shared[key] = writer_storages.Storage(
                     view.dtype,
                     ref.storage.nbytes,
                     view.tag,
-                    read=writer._buffer_chunks(ref, view.dtype),
+                    read=writer_storages.buffer_chunks(ref, view.dtype),
                 )
             view.storage = shared[key]
             view.offset, view.shape, view.stride = ref.storage_offset, ref.shape, ref.stride
             continue
         size = array.dtype.itemsize
         if array.size == 0 or any(s < 0 or s % size for s in array.strides):
-            writer._own_copy(view, array)
+            writer_storages.own_copy(view, array)
             continue
         lo = array.__array_interface__["data"][0]
         hi = lo + size + sum((n - 1) * s for n, s in zip(array.shape, array.strides))
-        key = (view.dtype.name, writer.is_big(array.dtype), view.tag, lo % size)
+        key = (view.dtype.name, writer_storages.is_big(array.dtype), view.tag, lo % size)
         groups[key].append((lo, hi, view))
     for members in groups.values():
-        for component in writer._sharing_components(members):
-            writer._share(component)
+        for component in writer_storages.sharing_components(members):
+            writer_storages.share(component)
 
 
 _M64 = (1 << 64) - 1
