@@ -244,14 +244,16 @@ class _Plan:
             seen.add(id(obj))
             if kind is dict or kind is OrderedDict or kind is Counter:
                 # children in pickling order (popped last pushed first): items, then attributes
-                depth += 1
-                stack.append(_UP)
+                levels = _LEVELS[kind]
+                depth += levels
+                stack += (_UP,) * levels
                 if kind is OrderedDict:
                     stack.append(vars(obj))
                 stack += reversed(list(chain.from_iterable(obj.items())))
             elif kind is list or kind is tuple or kind is set:
-                depth += 1
-                stack.append(_UP)
+                levels = _LEVELS[kind]
+                depth += levels
+                stack += (_UP,) * levels
                 stack += reversed(obj) if kind is not set else obj
                 if kind is tuple and fast and not _flat_tuple(obj):
                     fast = False
@@ -261,10 +263,9 @@ class _Plan:
                 except UnserializableError:
                     return False
                 self.keep.append(obj)
-                if view.state:
-                    depth += 1
-                    stack.append(_UP)
-                    stack.append(view.state)
+                if view.state:  # inside the tensor's arguments
+                    depth += 2
+                    stack += (_UP, _UP, view.state)
             elif isinstance(obj, (DType, np.generic)):
                 fast = False  # written as stand-in values: the Python pickler's
             elif not isinstance(obj, Device):
@@ -393,18 +394,22 @@ _SPECIAL_ATOMS: Final = frozenset({int, bytes})
 #: What a tuple may hold for the C pickler: nothing that could lead back to the tuple.
 _FLAT: Final = _PLAIN | {tuple, np.ndarray}
 #: The Python pickler's refusal of deep nesting is kept: the C pickler's own limit is the
-#: interpreter's recursion limit, which a program may raise.  Nesting within this margin of
-#: MAX_DEPTH goes to the Python pickler (the two count the levels of a reduction differently).
+#: interpreter's recursion limit, which a program may raise.  The first pass counts levels as
+#: the Python pickler does (:data:`_LEVELS`; a tensor's state is two levels below it), and
+#: nesting within this margin of MAX_DEPTH goes to the Python pickler, which decides.
 _DEPTH_MARGIN: Final = 16
 #: LONG1 holds up to 255 bytes of two's complement; the C pickler writes LONG4 beyond.
 _LONG1_MAX: Final = 1 << (255 * 8 - 1)
 
 
 class _Up:
-    """Marks the end of a container's children on the first pass's stack."""
+    """Marks the end of one nesting level on the first pass's stack."""
 
 
 _UP: Final = _Up()
+#: Nesting levels the pickler goes down from a container to its items: a ``Counter`` or
+#: ``set`` is a reduction whose argument tuple holds a dict or list of them.
+_LEVELS: Final[dict[type, int]] = {dict: 1, OrderedDict: 1, list: 1, tuple: 1, Counter: 3, set: 3}
 
 
 def _c_atom(value: Any) -> bool:

@@ -357,6 +357,17 @@ def test_deep_nesting_keeps_the_python_picklers_limit() -> None:
             else:
                 with pytest.raises(UnserializableError, match="nested more than 1000"):
                     save_bytes(obj)
+        # a Counter is three levels to the pickler (itself, its argument tuple, the dict)
+        for depth, ok in ((320, True), (340, False)):
+            obj = np.ones(1)
+            for _ in range(depth):
+                obj = collections.Counter({"x": obj})
+            if ok:
+                new, old = both_ways(obj)
+                assert new == old
+            else:
+                with c_pickles(False), pytest.raises(UnserializableError, match="nested more"):
+                    save_bytes(obj)
     finally:
         sys.setrecursionlimit(old_limit)
 
