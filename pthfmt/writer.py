@@ -361,8 +361,8 @@ class _Plan:
         args: tuple[Any, ...] = (
             PersistentId(pid),
             view.offset,
-            tuple(list(view.shape)),  # new tuples: torch shares none between tensors
-            tuple(list(view.stride)),
+            view.shape,  # (tuples of this view alone)
+            view.stride,
             requires_grad,
             OrderedDict(),
         )

@@ -71,7 +71,9 @@ class Storage:
 
 @dataclass(eq=False, slots=True)
 class View:
-    """One tensor: how it views its storage, and what else torch records about it."""
+    """One tensor: how it views its storage, and what else torch records about it.
+    :func:`assign_storages` gives each view a ``shape`` and ``stride`` tuple of its own (the
+    pickle memo shares equal tuples only when they are one object, and torch's never are)."""
 
     dtype: DTypeInfo
     tag: str
@@ -107,7 +109,8 @@ def assign_storages(views: list[View]) -> None:
                     view.dtype, ref.storage.nbytes, view.tag, read=buffer_chunks(ref, view.dtype)
                 )
             view.storage = shared[key]
-            view.offset, view.shape, view.stride = ref.storage_offset, ref.shape, ref.stride
+            view.offset = ref.storage_offset
+            view.shape, view.stride = tuple(list(ref.shape)), tuple(list(ref.stride))
             continue
         assert array is not None
         size = array.dtype.itemsize

@@ -62,7 +62,8 @@ def old_assign_storages(views: list[Any]) -> None:
                     read=writer_storages.buffer_chunks(ref, view.dtype),
                 )
             view.storage = shared[key]
-            view.offset, view.shape, view.stride = ref.storage_offset, ref.shape, ref.stride
+            view.offset = ref.storage_offset
+            view.shape, view.stride = tuple(list(ref.shape)), tuple(list(ref.stride))
             continue
         size = array.dtype.itemsize
         if array.size == 0 or any(s < 0 or s % size for s in array.strides):
