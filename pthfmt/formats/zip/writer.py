@@ -132,6 +132,15 @@ def _crc_pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _local_header(name_length: int, pad: int, data: bool) -> tuple[bytes, bytes]:
+    """A small record's local header before and after its name (the 'FB' padding)."""
+    flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if data else 0)
+    before = LOCAL.struct.pack(
+        LOCAL.signature, 0, flags, 0, 0, 0, 0, 0, 0, name_length, EXTRA_HEADER.size + pad
+    )
+    return before, EXTRA_HEADER.struct.pack(PADDING_TAG, pad) + b"Z" * pad
+
+
 class ZipWriter:
     """Write records to ``write`` (a callable taking a buffer) one after the other."""
 
@@ -154,6 +163,7 @@ class ZipWriter:
         self._finished = False
         self._batch = bytearray()
         self._prefix = self.prefix.encode("utf-8")
+        self._heads: dict[tuple[int, int, bool], tuple[bytes, bytes]] = {}
 
     def _emit(self, data: Buffer) -> None:
         if self._batch:
@@ -185,13 +195,13 @@ class ZipWriter:
         full = self._prefix + name.encode("utf-8")
         offset, size, batch = self.pos, len(data), self._batch
         pad = -(offset + _FIXED + len(full)) % self.alignment
-        flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
-        batch += LOCAL.struct.pack(
-            LOCAL.signature, 0, flags, 0, 0, 0, 0, 0, 0, len(full), EXTRA_HEADER.size + pad
-        )
+        shape = (len(full), pad, size > 0)
+        head = self._heads.get(shape)
+        if head is None:
+            head = self._heads[shape] = _local_header(*shape)
+        batch += head[0]
         batch += full
-        batch += EXTRA_HEADER.struct.pack(PADDING_TAG, pad)
-        batch += b"Z" * pad
+        batch += head[1]
         batch += data
         crc = crc32(data)
         if size:
