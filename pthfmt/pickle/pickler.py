@@ -48,6 +48,7 @@ than :data:`MAX_DEPTH` (``torch.save`` itself fails there with ``RecursionError`
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -175,7 +176,7 @@ class GlobalRef:
         if ref is None:
             ref = super().__new__(cls)
             ref.module, ref.name = module, name
-            ref.alias = f"{ALIAS_PREFIX}{len(cls._interned)}"
+            ref.alias = f"{ALIAS_PREFIX}{next(_ALIAS_NUMBERS)}"  # (unique across threads)
             cls._interned[(module, name)] = ref
             cls.by_alias[ref.alias] = ref
         return ref
@@ -190,6 +191,7 @@ class GlobalRef:
 
 #: Prefix of :attr:`GlobalRef.alias` (the text after it is a decimal index).
 ALIAS_PREFIX: Final = "_global_"
+_ALIAS_NUMBERS: Final = itertools.count()
 
 
 def __getattr__(name: str) -> GlobalRef:
