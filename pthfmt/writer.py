@@ -33,8 +33,17 @@ share a storage (torch cannot load that).  Big-endian arrays are byte-swapped as
 
 **Streaming.**  The pickle is built in memory (it holds no tensor data); storages are written
 straight from the arrays (or the mapped checkpoint of a ``TensorRef``) in pieces of
-:data:`CHUNK` bytes, so saving costs about that much memory beyond the inputs.  Nothing is
-ever sought: the output may be a pipe.
+:data:`CHUNK` bytes, so saving costs about that much memory beyond the inputs; storages of up
+to :data:`~pthfmt.formats.zip.writer.SMALL` bytes are copied into batches of records that go
+out in one write each.  Nothing is ever sought: the output may be a pipe.
+
+**Speed.**  Two passes over the object: :meth:`_Plan.collect` walks it once to find every
+tensor (and whether the C pickler may write it), storages are planned, and the pickle is
+written by CPython's C pickler (:mod:`pthfmt.pickle.cpickler`, byte for byte what
+:class:`~pthfmt.pickle.pickler.Pickler` writes; SECURITY.md says why that is safe) or, for
+what that one writes differently, by the Python pickler.  Arrays that own their memory alone
+(nothing else in the object has the same owner, and no array sits on foreign memory) get a
+storage each without comparing addresses.
 
 **Refusals.**  Everything is checked before a byte is written: an object the format cannot
 hold, or that torch 2.13 could not load, raises :class:`~pthfmt.errors.UnserializableError`
@@ -53,13 +62,15 @@ by SIGKILL can leave the temporary file behind, never a partial file under the t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
 import types
-from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import IO, Any, Final, Literal, Union
 
 import numpy as np
@@ -67,17 +78,24 @@ import numpy as np
 from .atomic import stream_writer, write_atomically
 from .errors import UnserializableError
 from .formats.legacy import MAGIC_NUMBER, PROTOCOL_VERSION
-from .formats.tensordata import CHUNK, array_chunks, c_strides, is_big, little_bytes
-from .formats.zip.writer import ZipWriter, archive_name_for_path
+from .formats.tensordata import CHUNK
+from .formats.zip.writer import SMALL, ZipWriter, archive_name_for_path
 from .gcpause import paused_gc
 from .model.device import Device
 from .model.dtypes import DTYPES, DType, DTypeInfo, from_numpy
 from .model.kinds import NestedArray, QuantizedRef
 from .model.tensor import Tensor, TensorRef
-from .pickle.pickler import GlobalRef, Path, PersistentId, Pickler, Reduction
+from .pickle import cpickler
+from .pickle.pickler import MAX_DEPTH, GlobalRef, Path, PersistentId, Pickler, Reduction
 from .writer_kinds import KINDS, KindParts, QuantizedData, qtensor_args
+from .writer_storages import Storage as _Storage
+from .writer_storages import View as _View
+from .writer_storages import assign_storages
 
 __all__ = ["CHUNK", "save"]
+
+#: (The name :mod:`pthfmt.formats.sharding` plans shards with.)
+_assign_storages = assign_storages
 
 Target = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]", IO[bytes]]
 Write = Callable[[Any], None]
@@ -162,36 +180,6 @@ def _save(obj: Any, f: Target, format: str, archive_name: str | None) -> None:
 # -- the plan: tensors, their storages and the pickle ----------------------------------------
 
 
-@dataclass(eq=False)
-class _Storage:
-    """One storage to write: ``nbytes`` little-endian bytes from ``chunks()``."""
-
-    dtype: DTypeInfo
-    nbytes: int
-    tag: str
-    chunks: Callable[[], Iterator[Any]]
-    key: str | None = None
-
-
-@dataclass(eq=False)
-class _View:
-    """One tensor: how it views its storage, and what else torch records about it."""
-
-    dtype: DTypeInfo
-    tag: str
-    requires_grad: bool
-    parameter: bool
-    array: np.ndarray | None = None  # numpy source
-    ref: TensorRef | None = None  # checkpoint source
-    state: dict[str, Any] | None = None
-    conj: bool = False
-    neg: bool = False
-    storage: _Storage | None = None
-    offset: int = 0
-    shape: tuple[int, ...] = ()
-    stride: tuple[int, ...] = ()
-
-
 class _Inner:
     """The plain tensor inside an ``nn.Parameter`` (a fresh object, as ``Parameter.data``)."""
 
@@ -212,45 +200,79 @@ class _Plan:
     storages: list[_Storage] = field(default_factory=list)
     final: bool = False
     kinds: KindParts = field(default_factory=KindParts)  # quantized, sparse, nested, meta
+    fast: bool = False  # the final pass may use the C pickler (cpickler)
 
     def pickle(self, obj: Any) -> bytes:
         if not self.collect(obj):
+            self.fast = False
             self.views.clear()
             self.keep.clear()
             Pickler(self.reduce).dump(obj)
         _assign_storages(list(self.views.values()))
         self.final = True
+        if self.fast:  # the C pickler's bytes are the Python pickler's for this object
+            with contextlib.suppress(Exception):  # anything unexpected: the Python pickler says
+                fast = cpickler.dump(obj, self.c_reduce)
+                if fast is not None:
+                    return fast
+            for storage in self.storages:
+                storage.key = None
+            self.storages.clear()
         return Pickler(self.reduce).dump(obj)
 
     def collect(self, root: Any) -> bool:
         """The first pass without pickling, for the containers and leaves the pickler knows:
         make every tensor's view.  False when it meets anything else, or a tensor torch
-        cannot load: the pickling first pass then runs, and says where the problem is."""
+        cannot load: the pickling first pass then runs, and says where the problem is.
+        Sets :attr:`fast`: whether the C pickler writes what the Python pickler would."""
         seen: set[int] = set()
         stack = [root]
+        depth = deepest = 0
+        fast = True
         while stack:
             obj = stack.pop()
             kind = type(obj)
-            if kind in _PLAIN or id(obj) in seen:
+            if kind in _PLAIN:
+                if fast and kind in _SPECIAL_ATOMS and not _c_atom(obj):
+                    fast = False
+                continue
+            if obj is _UP:
+                depth -= 1
+                continue
+            if id(obj) in seen:
                 continue
             seen.add(id(obj))
             if kind is dict or kind is OrderedDict or kind is Counter:
-                stack += obj.keys()
-                stack += obj.values()
+                # children in pickling order (popped last pushed first): items, then attributes
+                levels = _LEVELS[kind]
+                depth += levels
+                stack += (_UP,) * levels
                 if kind is OrderedDict:
                     stack.append(vars(obj))
+                stack += reversed(list(chain.from_iterable(obj.items())))
             elif kind is list or kind is tuple or kind is set:
-                stack += obj
+                levels = _LEVELS[kind]
+                depth += levels
+                stack += (_UP,) * levels
+                stack += reversed(obj) if kind is not set else obj
+                if kind is tuple and fast and not _flat_tuple(obj):
+                    fast = False
             elif isinstance(obj, (np.ndarray, TensorRef, Tensor)):
                 try:
                     view = self.views[id(obj)] = _make_view(obj, self.legacy)
                 except UnserializableError:
                     return False
                 self.keep.append(obj)
-                if view.state:
-                    stack.append(view.state)
-            elif not isinstance(obj, (DType, Device, np.generic)):
+                if view.state:  # inside the tensor's arguments
+                    depth += 2
+                    stack += (_UP, _UP, view.state)
+            elif isinstance(obj, (DType, np.generic)):
+                fast = False  # written as stand-in values: the Python pickler's
+            elif not isinstance(obj, Device):
                 return False
+            if depth > deepest:
+                deepest = depth
+        self.fast = fast and deepest < MAX_DEPTH - _DEPTH_MARGIN
         return True
 
     # -- the pickler's reducer -----------------------------------------------------------------
@@ -315,40 +337,95 @@ class _Plan:
         return plain
 
     def _plain_tensor(self, view: _View, requires_grad: bool) -> Reduction:
+        return Reduction(*self._plain_args(view, requires_grad))
+
+    def _plain_args(self, view: _View, requires_grad: bool) -> tuple[GlobalRef, tuple[Any, ...]]:
+        """A plain tensor's rebuild function and arguments (its storage gets the next key
+        when this is its first reference)."""
         info, storage = view.dtype, view.storage
-        typed = info.storage is not None
         assert storage is not None
-        if storage.key is None:
-            storage.key = str(len(self.storages))
+        key = storage.key
+        if key is None:
+            key = storage.key = str(len(self.storages))
             self.storages.append(storage)
-        key, nbytes, tag = storage.key, storage.nbytes, storage.tag
+        typed = info.storage is not None
         pid: tuple[Any, ...] = (
             "storage",
-            GlobalRef("torch", info.storage) if info.storage is not None else _UNTYPED,
+            _storage_class(info),
             key,
-            _location(tag),
-            nbytes // info.itemsize if typed else nbytes,
+            _location(storage.tag),
+            storage.nbytes // info.itemsize if typed else storage.nbytes,
         )
         if self.legacy:
             pid += (None,)  # view_metadata
         args: tuple[Any, ...] = (
             PersistentId(pid),
             view.offset,
-            tuple(list(view.shape)),
-            tuple(list(view.stride)),
+            view.shape,  # (tuples of this view alone)
+            view.stride,
             requires_grad,
             OrderedDict(),
         )
         if not typed:
             args += (GlobalRef("torch", info.name),)
-        metadata = {**({"neg": True} if view.neg else {}), **({"conj": True} if view.conj else {})}
-        if metadata:
-            args += (metadata,)
-        return Reduction(_REBUILD_V2 if typed else _REBUILD_V3, args)
+        if view.neg or view.conj:
+            args += (
+                {**({"neg": True} if view.neg else {}), **({"conj": True} if view.conj else {})},
+            )
+        return (_REBUILD_V2 if typed else _REBUILD_V3), args
+
+    def c_reduce(self, obj: Any, path: Path) -> Any:
+        """:meth:`reduce` for the C pickler: plain tensors straight to a reduce tuple."""
+        view = self.views.get(id(obj))  # (only tensors of this pickle are keys)
+        if view is not None and not view.parameter and not view.state:
+            return self._plain_args(view, view.requires_grad)
+        return self.reduce(obj, path)
+
+
+def _storage_class(info: DTypeInfo) -> GlobalRef:
+    """``torch.<X>Storage`` for a typed storage, ``torch.storage.UntypedStorage`` otherwise."""
+    return GlobalRef("torch", info.storage) if info.storage is not None else _UNTYPED
 
 
 #: Values that hold no tensor (what the pickler writes as is, or reduces to such values).
 _PLAIN: Final = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray})
+#: Of those, the ones the C pickler writes differently for some values (:func:`_c_atom`).
+_SPECIAL_ATOMS: Final = frozenset({int, bytes})
+#: What a tuple may hold for the C pickler: nothing that could lead back to the tuple.
+_FLAT: Final = _PLAIN | {tuple, np.ndarray}
+#: The Python pickler's refusal of deep nesting is kept: the C pickler's own limit is the
+#: interpreter's recursion limit, which a program may raise.  The first pass counts levels as
+#: the Python pickler does (:data:`_LEVELS`; a tensor's state is two levels below it), and
+#: nesting within this margin of MAX_DEPTH goes to the Python pickler, which decides.
+_DEPTH_MARGIN: Final = 16
+#: LONG1 holds up to 255 bytes of two's complement; the C pickler writes LONG4 beyond.
+_LONG1_MAX: Final = 1 << (255 * 8 - 1)
+
+
+class _Up:
+    """Marks the end of one nesting level on the first pass's stack."""
+
+
+_UP: Final = _Up()
+#: Nesting levels the pickler goes down from a container to its items: a ``Counter`` or
+#: ``set`` is a reduction whose argument tuple holds a dict or list of them.
+_LEVELS: Final[dict[type, int]] = {dict: 1, OrderedDict: 1, list: 1, tuple: 1, Counter: 3, set: 3}
+
+
+def _c_atom(value: Any) -> bool:
+    """Whether the C pickler writes ``value`` (an int or bytes) as the Python pickler does:
+    not for ``b""`` (``__builtin__.bytes()``, which torch refuses) or ints beyond LONG1."""
+    if type(value) is bytes:
+        return bool(value)
+    return bool(-_LONG1_MAX <= value < _LONG1_MAX)
+
+
+def _flat_tuple(items: tuple[Any, ...]) -> bool:
+    """A tuple of values that cannot contain the tuple: then the C pickler cannot meet it
+    inside itself (it writes such a tuple as ``POP``s and a ``BINGET``; the Python pickler
+    refuses it, as torch cannot load it)."""
+    flat = _FLAT
+    return all(type(item) in flat for item in items)
 
 
 def _location(tag: str) -> str:
@@ -403,11 +480,13 @@ def _unsupported(obj: Any) -> str:
 
 # -- tensors -----------------------------------------------------------------------------------
 
-_Member = tuple[int, int, _View]  # (lowest byte address, one past the highest, view)
-
 
 def _make_view(obj: Any, legacy: bool) -> _View:
     """Describe a tensor-like leaf; raises UnserializableError for what torch cannot load."""
+    if type(obj) is np.ndarray:  # the common case: no device, gradients or wrapper
+        info = _torch_dtype(obj.dtype)
+        if info.kind != "quantized" and (info.storage is not None or not legacy):
+            return _View(info, "cpu", False, False, array=obj)
     source = obj.array if isinstance(obj, Tensor) else obj
     if isinstance(source, TensorRef):
         view = _View(
@@ -469,130 +548,6 @@ def _torch_dtype(dtype: np.dtype) -> DTypeInfo:
     return info
 
 
-def _assign_storages(views: list[_View]) -> None:
-    """Give every view its storage, offset, shape and stride (see the module docstring)."""
-    shared: dict[tuple[Any, ...], _Storage] = {}
-    groups: dict[tuple[Any, ...], list[_Member]] = defaultdict(list)
-    for view in views:
-        ref, array = view.ref, view.array
-        if ref is not None:
-            key = (id(ref.storage), ref.dtype, view.tag)
-            if key not in shared:
-                shared[key] = _Storage(
-                    view.dtype, ref.storage.nbytes, view.tag, _buffer_chunks(ref, view.dtype)
-                )
-            view.storage = shared[key]
-            view.offset, view.shape, view.stride = ref.storage_offset, ref.shape, ref.stride
-            continue
-        assert array is not None
-        size = array.dtype.itemsize
-        if array.size == 0 or any(s < 0 or s % size for s in array.strides):
-            _own_copy(view, array)
-            continue
-        lo = array.__array_interface__["data"][0]
-        hi = lo + size + sum((n - 1) * s for n, s in zip(array.shape, array.strides))
-        groups[(view.dtype.name, is_big(array.dtype), view.tag, lo % size)].append((lo, hi, view))
-    for members in groups.values():
-        for component in _sharing_components(members):
-            _share(component)
-
-
-def _own_copy(view: _View, array: np.ndarray) -> None:
-    """A storage holding a C-contiguous copy of ``array`` (made chunk by chunk when written).
-    Empty arrays get contiguous strides too, as ``torch.empty`` has (numpy's are 0)."""
-    big = is_big(array.dtype)
-    view.storage = _Storage(
-        view.dtype, array.nbytes, view.tag, lambda: array_chunks(array, view.dtype.swap, big)
-    )
-    view.offset, view.shape = 0, tuple(int(n) for n in array.shape)
-    view.stride = c_strides(view.shape)
-
-
-def _sharing_components(members: list[_Member]) -> list[list[_Member]]:
-    """Split same-typed arrays into groups that share memory: same owning base, or
-    overlapping byte ranges (union-find)."""
-    parent = list(range(len(members)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        parent[find(i)] = find(j)
-
-    by_owner: dict[int, int] = {}
-    for i, (_, _, view) in enumerate(members):
-        owner = _owner(view.array)
-        if owner is not None:
-            union(i, by_owner.setdefault(id(owner), i))
-    order = sorted(range(len(members)), key=lambda i: members[i][0])
-    reach, last = -1, -1
-    for i in order:
-        lo, hi, _ = members[i]
-        if lo < reach:
-            union(i, last)
-        if hi > reach:
-            reach, last = hi, i
-    components: dict[int, list[_Member]] = defaultdict(list)
-    for i, member in enumerate(members):
-        components[find(i)].append(member)
-    return list(components.values())
-
-
-def _owner(array: Any) -> Any:
-    """The object owning ``array``'s memory when that is one block (an ndarray owning its data,
-    bytes, bytearray), else ``None``."""
-    while isinstance(array, np.ndarray) and array.base is not None:
-        array = array.base
-    if isinstance(array, (np.ndarray, bytes, bytearray)):
-        return array
-    return None
-
-
-def _share(members: list[_Member]) -> None:
-    """One storage spanning every member's bytes; each member views it at its own offset."""
-    lo = min(m[0] for m in members)
-    hi = max(m[1] for m in members)
-    first = next(m[2] for m in members if m[0] == lo)
-    assert first.array is not None
-    array = first.array
-    size, big = array.dtype.itemsize, is_big(array.dtype)
-    if len(members) == 1 and array.flags.c_contiguous:
-        span = array  # the common case: memory order is C order
-    else:
-        # The bytes from lo to hi as uint8, from the first element of the lowest member
-        # (as_strided on the member would go through __array_interface__: no ml_dtypes).
-        element = (
-            array.reshape(1) if array.ndim == 0 else array[(slice(0, 1),) * array.ndim].reshape(-1)
-        )
-        span = np.lib.stride_tricks.as_strided(
-            element.view(np.uint8), shape=(hi - lo,), strides=(1,), writeable=False
-        )
-    storage = _Storage(
-        first.dtype, hi - lo, first.tag, lambda: array_chunks(span, first.dtype.swap, big)
-    )
-    for start, _, view in members:
-        assert view.array is not None
-        view.storage = storage
-        view.offset = (start - lo) // size
-        view.shape = tuple([int(n) for n in view.array.shape])
-        view.stride = tuple([s // size for s in view.array.strides])
-
-
-def _buffer_chunks(ref: TensorRef, dtype: DTypeInfo) -> Callable[[], Iterator[Any]]:
-    """Chunks of a checkpoint storage: slices of its (memory-mapped where possible) buffer."""
-
-    def chunks() -> Iterator[Any]:
-        buffer = ref.storage.buffer(True)
-        big = sys.byteorder == "big"  # the reader's buffers are in host order
-        for start in range(0, buffer.nbytes, CHUNK):
-            yield little_bytes(buffer[start : start + CHUNK], dtype.swap, big)
-
-    return chunks
-
-
 # -- containers --------------------------------------------------------------------------------
 
 
@@ -606,7 +561,17 @@ def _write_zip(write: Write, archive_name: str, pickled: bytes, storages: list[_
     archive.add(".storage_alignment", str(archive.alignment).encode("ascii"))
     archive.add("byteorder", b"little")
     for storage in storages:
-        archive.add(f"data/{storage.key}", storage.chunks(), storage.nbytes)
+        name = f"data/{storage.key}"
+        if storage.array is not None and not storage.big and storage.nbytes <= SMALL:
+            data = storage.array.tobytes()  # one copy, into the zip writer's batch
+            if len(data) != storage.nbytes:
+                raise UnserializableError(
+                    f"record {name!r} produced {len(data)} bytes, expected "
+                    f"{storage.nbytes} (was an array resized while saving?)"
+                )
+            archive.add(name, data)
+        else:
+            archive.add(name, storage.chunks(), storage.nbytes)
     archive.finish()
 
 

@@ -2,7 +2,10 @@
 
 ``torch.save`` pickles with CPython's C pickler (``_pickle.c``) at protocol 2.  This module
 reproduces that pickler's output for the values a checkpoint holds, without recursion, so
-that a file written here is the file torch would write for the same objects:
+that a file written here is the file torch would write for the same objects.  (The writer
+hands most objects to that C pickler itself, through :mod:`pthfmt.pickle.cpickler`; this
+module is the reference it is tested against and writes whatever the C pickler would write
+differently.)
 
 ==========================  ===============================================================
 value                       opcodes
@@ -45,6 +48,7 @@ than :data:`MAX_DEPTH` (``torch.save`` itself fails there with ``RecursionError`
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -65,6 +69,8 @@ __all__ = [
     "ARGS",
     "KEY",
     "encode_long",
+    "builtin_reduction",
+    "ALIAS_PREFIX",
 ]
 
 #: Deepest container nesting written (CPython's default recursion limit, where torch.save fails).
@@ -152,24 +158,48 @@ class GlobalRef:
     """A module-level name written as ``GLOBAL module name``.
 
     There is one object per name (like the class or function torch pickles), so the memo
-    turns every repeat into a ``BINGET``.
+    turns every repeat into a ``BINGET``.  Each also has an ``alias``, a name of this module
+    that resolves to it (module ``__getattr__``): CPython's C pickler, which
+    :mod:`pthfmt.pickle.cpickler` drives, writes a global only after finding it by module
+    and name, and finds this one without importing anything else.
     """
 
-    __slots__ = ("module", "name")
+    __slots__ = ("alias", "module", "name")
     _interned: ClassVar[dict[tuple[str, str], GlobalRef]] = {}
+    by_alias: ClassVar[dict[str, GlobalRef]] = {}
     module: str
     name: str
+    alias: str
 
     def __new__(cls, module: str, name: str) -> GlobalRef:
         ref = cls._interned.get((module, name))
         if ref is None:
             ref = super().__new__(cls)
             ref.module, ref.name = module, name
+            ref.alias = f"{ALIAS_PREFIX}{next(_ALIAS_NUMBERS)}"  # (unique across threads)
             cls._interned[(module, name)] = ref
+            cls.by_alias[ref.alias] = ref
         return ref
+
+    def __call__(self, *args: Any) -> Any:
+        """Never called: a reduce tuple's function must be callable for the C pickler."""
+        raise TypeError(f"{self!r} only names a global for pickling")
 
     def __repr__(self) -> str:
         return f"GlobalRef({self.module!r}, {self.name!r})"
+
+
+#: Prefix of :attr:`GlobalRef.alias` (the text after it is a decimal index).
+ALIAS_PREFIX: Final = "_global_"
+_ALIAS_NUMBERS: Final = itertools.count()
+
+
+def __getattr__(name: str) -> GlobalRef:
+    """``pthfmt.pickle.pickler._global_<n>``: the :class:`GlobalRef` with that alias."""
+    ref = GlobalRef.by_alias.get(name)
+    if ref is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return ref
 
 
 class PersistentId:
@@ -397,7 +427,7 @@ class Pickler:
         elif kind is tuple:
             self._save_tuple(obj, path, depth)
         else:
-            reduction = _builtin_reduction(obj, kind)
+            reduction = builtin_reduction(obj, kind)
             if reduction is None:
                 reduction = self.reducer(obj, path)
                 if not isinstance(reduction, Reduction):
@@ -497,7 +527,7 @@ class Pickler:
         self._push(work)
 
 
-def _builtin_reduction(obj: Any, kind: type) -> Reduction | None:
+def builtin_reduction(obj: Any, kind: type) -> Reduction | None:
     """How CPython reduces the builtin and ``collections`` types torch's loader accepts."""
     if kind is OrderedDict:
         state = vars(obj) or None

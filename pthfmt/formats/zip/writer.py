@@ -33,11 +33,13 @@ the data descriptor, so the output may be a pipe.  Record data is streamed chunk
 from __future__ import annotations
 
 import struct
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Final
 from zlib import crc32
+
+import numpy as np
 
 from ...errors import UnserializableError
 from .structs import (
@@ -61,9 +63,14 @@ from .structs import (
 
 __all__ = [
     "ZipWriter",
+    "SMALL",
     "data_offset",
     "serialization_id",
     "archive_name_for_path",
+    "std_hash",
+    "std_hashes",
+    "unordered_set_order",
+    "hash_combine",
     "DEFAULT_ALIGNMENT",
     "FILE_FORMAT_VERSION",
 ]
@@ -105,16 +112,17 @@ def _zip64_extra(fields: list[int]) -> bytes:
     )
 
 
-@dataclass
-class _Entry:
-    name: bytes
-    offset: int
-    size: int
-    crc: int
-
+#: A written record: full name, header offset, size, CRC-32.
+_Entry = tuple[bytes, int, int, int]
 
 _PARALLEL_CRC = 1 << 20
 _POOL: ThreadPoolExecutor | None = None
+#: Records up to this size, handed over as one ``bytes``, are copied into a batch ...
+SMALL: Final = 1 << 16
+#: ... which goes to ``write`` once it holds this much (and before any other write).
+_BATCH: Final = 1 << 18
+#: A record's bytes besides its name, padding and data (and descriptor).
+_FIXED: Final = LOCAL.size + EXTRA_HEADER.size
 
 
 def _crc_pool() -> ThreadPoolExecutor:
@@ -122,6 +130,15 @@ def _crc_pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pthfmt-crc")
     return _POOL
+
+
+def _local_header(name_length: int, pad: int, data: bool) -> tuple[bytes, bytes]:
+    """A small record's local header before and after its name (the 'FB' padding)."""
+    flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if data else 0)
+    before = LOCAL.struct.pack(
+        LOCAL.signature, 0, flags, 0, 0, 0, 0, 0, 0, name_length, EXTRA_HEADER.size + pad
+    )
+    return before, EXTRA_HEADER.struct.pack(PADDING_TAG, pad) + b"Z" * pad
 
 
 class ZipWriter:
@@ -144,10 +161,19 @@ class ZipWriter:
         self._written: set[str] = set()
         self._crc_hash = 0
         self._finished = False
+        self._batch = bytearray()
+        self._prefix = self.prefix.encode("utf-8")
+        self._heads: dict[tuple[int, int, bool], tuple[bytes, bytes]] = {}
 
     def _emit(self, data: Buffer) -> None:
+        if self._batch:
+            self._flush()
         self._write(data)
         self.pos += memoryview(data).nbytes
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, bytearray()
+        self._write(batch)
 
     # -- records -------------------------------------------------------------------------------
     def add(self, name: str, data: Buffer | Iterable[Buffer], size: int | None = None) -> None:
@@ -156,6 +182,42 @@ class ZipWriter:
             raise ValueError("the archive is already finished")
         if name in self._written:
             raise ValueError(f"record {name!r} written twice")
+        if type(data) is bytes and len(data) <= SMALL and self.pos < _U32_MAX:
+            self._add_small(name, data)
+        else:
+            self._add_chunks(name, data, size)
+        self.names.append(name)
+        self._written.add(name)
+
+    def _add_small(self, name: str, data: bytes) -> None:
+        """A small record (no zip64 field: its size and header offset are below 4 GiB),
+        appended to the batch: header, name, padding, data, descriptor."""
+        full = self._prefix + name.encode("utf-8")
+        offset, size, batch = self.pos, len(data), self._batch
+        pad = -(offset + _FIXED + len(full)) % self.alignment
+        shape = (len(full), pad, size > 0)
+        head = self._heads.get(shape)
+        if head is None:
+            head = self._heads[shape] = _local_header(*shape)
+        batch += head[0]
+        batch += full
+        batch += head[1]
+        batch += data
+        crc = crc32(data)
+        if size:
+            if size >= 8 and data[:4] == _DESCRIPTOR_SIG:  # see _add_chunks
+                self._crc_hash = hash_combine(self._crc_hash, int.from_bytes(data[4:8], "little"))
+            seed = self._crc_hash  # hash_combine, inline
+            self._crc_hash = seed ^ ((crc + 0x9E3779B9 + (seed << 6) + (seed >> 2)) & _M64)
+            batch += DESCRIPTOR32.struct.pack(DESCRIPTOR32.signature, crc, size, size)
+        self.pos = offset + _FIXED + len(full) + pad + size + (DESCRIPTOR32.size if size else 0)
+        self.entries.append((full, offset, size, crc))
+        if len(batch) >= _BATCH:
+            self._flush()
+
+    def _add_chunks(
+        self, name: str, data: Buffer | Iterable[Buffer], size: int | None = None
+    ) -> None:
         if size is None:
             size = memoryview(data).nbytes  # type: ignore[arg-type]
             data = (data,)
@@ -210,9 +272,7 @@ class ZipWriter:
             self._crc_hash = hash_combine(self._crc_hash, crc)
             descriptor = DESCRIPTOR64 if zip64 else DESCRIPTOR32
             self._emit(descriptor.struct.pack(descriptor.signature, crc, size, size))
-        self.entries.append(_Entry(full, offset, size, crc))
-        self.names.append(name)
-        self._written.add(name)
+        self.entries.append((full, offset, size, crc))
 
     # -- end of archive ------------------------------------------------------------------------
     def finish(self) -> None:
@@ -224,36 +284,9 @@ class ZipWriter:
             self.add("byteorder", b"little")
         self.add(".data/serialization_id", serialization_id(self.names, self._crc_hash))
         self._finished = True
-        central = bytearray()
-        for e in self.entries:
-            big_size, big_offset = e.size >= _U32_MAX, e.offset >= _U32_MAX
-            extra = _zip64_extra(
-                ([e.size, e.size] if big_size else []) + ([e.offset] if big_offset else [])
-            )
-            size32 = _U32_MAX if big_size else e.size
-            flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if e.size else 0)
-            central += CENTRAL.struct.pack(
-                CENTRAL.signature,
-                0,
-                0,
-                flags,
-                0,
-                0,
-                0,
-                e.crc,
-                size32,
-                size32,
-                len(e.name),
-                len(extra),
-                0,
-                0,
-                0,
-                0,
-                _U32_MAX if big_offset else e.offset,
-            )
-            central += e.name + extra
+        central = b"".join(map(_central_entry, self.entries))
         cd_offset, count = self.pos, len(self.entries)
-        self._emit(bytes(central))
+        self._emit(central)
         zip64_offset = self.pos
         self._emit(
             ZIP64_EOCD.struct.pack(
@@ -282,6 +315,35 @@ class ZipWriter:
                 0,
             )
         )
+
+
+def _central_entry(entry: _Entry) -> bytes:
+    """One central directory entry, zip64 fields where needed."""
+    full, offset, size, crc = entry
+    big_size, big_offset = size >= _U32_MAX, offset >= _U32_MAX
+    extra = _zip64_extra(([size, size] if big_size else []) + ([offset] if big_offset else []))
+    size32 = _U32_MAX if big_size else size
+    flags = _FLAG_UTF8 | (_FLAG_DESCRIPTOR if size else 0)
+    head = CENTRAL.struct.pack(
+        CENTRAL.signature,
+        0,
+        0,
+        flags,
+        0,
+        0,
+        0,
+        crc,
+        size32,
+        size32,
+        len(full),
+        len(extra),
+        0,
+        0,
+        0,
+        0,
+        _U32_MAX if big_offset else offset,
+    )
+    return head + full + extra
 
 
 def archive_name_for_path(path: str) -> str:
@@ -367,53 +429,85 @@ def std_hash(data: bytes) -> int:
     return _shift_mix((_shift_mix(h) * _MUL) & _M64)
 
 
+def std_hashes(names: list[bytes]) -> list[int]:
+    """:func:`std_hash` of every name, with numpy: the names of each length at once."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, name in enumerate(names):
+        by_length[len(name)].append(i)
+    out = [0] * len(names)
+    for n, where in by_length.items():
+        rows = np.frombuffer(b"".join([names[i] for i in where]), np.uint8)
+        for i, h in zip(where, _hash_rows(rows.reshape(len(where), n)).tolist()):
+            out[i] = h
+    return out
+
+
+def _hash_rows(rows: np.ndarray) -> np.ndarray:
+    """:func:`std_hash` of each row of a ``(k, n)`` uint8 array (uint64 arithmetic wraps
+    as ``size_t`` does)."""
+    k, n = rows.shape
+    whole = n & ~7
+    mul, shift = np.uint64(_MUL), np.uint64(47)
+    h = np.full(k, (_SEED ^ (n * _MUL)) & _M64, np.uint64)
+    if whole:
+        words = np.ascontiguousarray(rows[:, :whole]).view("<u8").astype(np.uint64)
+        for j in range(whole // 8):
+            w = words[:, j] * mul
+            w ^= w >> shift
+            w *= mul
+            h ^= w
+            h *= mul
+    if n & 7:
+        tail = np.zeros((k, 8), np.uint8)
+        tail[:, : n & 7] = rows[:, whole:]
+        h ^= tail.view("<u8")[:, 0].astype(np.uint64)
+        h *= mul
+    h ^= h >> shift
+    h *= mul
+    h ^= h >> shift
+    return h
+
+
 def unordered_set_order(names: list[str], hashes: dict[str, int] | None = None) -> list[str]:
     """The iteration order of a ``std::unordered_set<std::string>`` filled with ``names``
     (``hashes``: each name's :func:`std_hash`, when the caller has them)."""
     if hashes is None:
-        hashes = {name: std_hash(name.encode("utf-8")) for name in names}
-    head: list[str | None] = [None]  # head[0]: the first node
-    after: dict[str, str | None] = {}  # node -> next node
-    before: dict[int, str | None] = {}  # bucket -> node before its first (None: head)
-    buckets, grow = 1, 0
-
-    def link(node: str, bucket: int) -> None:
-        if bucket in before:
-            prev = before[bucket]
-            if prev is None:
-                after[node], head[0] = head[0], node
-            else:
-                after[node], after[prev] = after[prev], node
-            return
-        after[node], head[0] = head[0], node
-        nxt = after[node]
-        if nxt is not None:
-            before[hashes[nxt] % buckets] = node
-        before[bucket] = None
-
-    for count, name in enumerate(names):
-        if count + 1 > (buckets if count else 0):  # _M_need_rehash
-            if grow >= len(_BUCKETS):
-                raise ValueError("too many records for the serialization id")
-            old = list(_walk(head[0], after))
-            buckets, grow = _BUCKETS[grow], grow + 1
-            head[0], after, before = None, {}, {}
-            for node in old:  # _M_rehash_aux (unique keys)
-                link(node, hashes[node] % buckets)
-        link(name, hashes[name] % buckets)
-    return list(_walk(head[0], after))
+        hashes = dict(zip(names, std_hashes([name.encode("utf-8") for name in names])))
+    order = _set_order(np.array([hashes[name] for name in names], np.uint64))
+    return [names[i] for i in order.tolist()]
 
 
-def _walk(node: str | None, after: dict[str, str | None]) -> Iterable[str]:
-    while node is not None:
-        yield node
-        node = after[node]
+def _set_order(hashes: np.ndarray) -> np.ndarray:
+    """Indices of ``hashes`` (inserted in order) in the set's iteration order.
+
+    The list is a run of nodes per non-empty bucket.  A bucket's run starts at the head of
+    the list when the bucket gets its first node, and a node joins its bucket's run at the
+    front; a rehash (when the count would pass the bucket count) re-inserts the nodes in list
+    order the same way.  So between two rehashes the order is: buckets by when they got
+    their first node, latest first; within a bucket, nodes latest first, where the nodes of
+    the rehash arrive in their old list order and new nodes after them.
+    """
+    order = np.empty(0, np.intp)
+    count, grow = 0, 0
+    while count < len(hashes):
+        if grow >= len(_BUCKETS):
+            raise ValueError("too many records for the serialization id")
+        buckets, grow = _BUCKETS[grow], grow + 1
+        end = min(len(hashes), buckets)  # inserted before the next rehash
+        nodes = np.concatenate([order, np.arange(count, end)])
+        _, first, inverse = np.unique(
+            hashes[nodes] % np.uint64(buckets), return_index=True, return_inverse=True
+        )
+        arrival = np.arange(len(nodes))
+        order = nodes[np.lexsort((-arrival, -first[inverse.reshape(-1)]))]
+        count = end
+    return order
 
 
 def serialization_id(names: list[str], crc_hash: int) -> bytes:
     """The 40 ASCII digits of ``.data/serialization_id`` for records ``names`` (in write order)."""
-    hashes = {name: std_hash(name.encode("utf-8")) for name in names}
+    hashes = np.array(std_hashes([name.encode("utf-8") for name in names]), np.uint64)
     name_hash = 0
-    for name in unordered_set_order(names, hashes):
-        name_hash = hash_combine(name_hash, hashes[name])
+    for h in hashes[_set_order(hashes)].tolist():  # hash_combine, inline
+        name_hash ^= (h + 0x9E3779B9 + (name_hash << 6) + (name_hash >> 2)) & _M64
     return f"{name_hash:020d}{crc_hash:020d}".encode("ascii")
