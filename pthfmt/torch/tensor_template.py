@@ -110,16 +110,14 @@ _PATTERN: Final = re.compile(
 )
 _U4 = struct.Struct("<I").unpack_from
 _NEWTRUE = BY_NAME["NEWTRUE"].code
-_LONG_BINPUT = bytes([BY_NAME["LONG_BINPUT"].code])
-#: Seven ``LONG_BINPUT i`` tokens, and the first index whose six next do not fit in one.
-_SEVEN_LONG = struct.Struct("<" + "cI" * 7)
-_LAST_SEVEN = (1 << 32) - 6
-
-
-def _interleave(n: int) -> tuple[Any, ...]:
-    """``_SEVEN_LONG``'s values for the indices ``n`` to ``n + 6``."""
-    p = _LONG_BINPUT
-    return (p, n, p, n + 1, p, n + 2, p, n + 3, p, n + 4, p, n + 5, p, n + 6)
+#: Seven ``LONG_BINPUT`` tokens of the indices ``n`` to ``n + 6`` (5 bytes each, the index
+#: little-endian after the opcode), read as one little-endian int, are ``_SEVEN_BASE + n *
+#: _SEVEN_STEP`` (no carries while ``n < _LAST_SEVEN``).
+_SEVEN_BASE: Final = sum(
+    (BY_NAME["LONG_BINPUT"].code << 40 * i) + (i << (40 * i + 8)) for i in range(7)
+)
+_SEVEN_STEP: Final = sum(1 << (40 * i + 8) for i in range(7))
+_LAST_SEVEN: Final = (1 << 32) - 6
 
 
 _ORDERED_DICT: Final = "collections.OrderedDict"
@@ -157,8 +155,8 @@ def _stored(
     match (those and the last three) is to the next memo index from ``n``; else ``None``."""
     if g[5] is not None and size_put is not None and stride_put is not None:
         joined = b"".join((g[5], g[8], size_put, stride_put, g[32], g[33], g[34]))
-        if len(joined) == _SEVEN_LONG.size and n < _LAST_SEVEN:  # seven LONG_BINPUTs
-            if joined != _SEVEN_LONG.pack(*_interleave(n)):
+        if len(joined) == 35 and n < _LAST_SEVEN:  # seven LONG_BINPUTs
+            if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
                 return None
             return [key, pid, size, stride]
     puts: list[bytes] = []
