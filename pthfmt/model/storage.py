@@ -260,13 +260,10 @@ def stored_reader(src: Source, big_endian: bool) -> Reader:
     (one per container): zero copy when ``mmap``."""
 
     def read(info: StorageInfo, mmap: bool) -> np.ndarray:
-        offset, nbytes = info.offset, info.nbytes
-        assert offset is not None
+        assert info.offset is not None
         if mmap and not big_endian:
-            return src.array(offset, nbytes)
-        if nbytes < 4096 and 0 <= offset <= src.size - nbytes and not big_endian:
-            return src.whole[offset : offset + nbytes].copy()  # (Source.copy's, minus calls)
-        buf = src.copy(offset, nbytes)
+            return src.array(info.offset, info.nbytes)
+        buf = src.copy(info.offset, info.nbytes)
         if big_endian:
             swap_to_native(buf, info.dtype, info.key)
         return buf

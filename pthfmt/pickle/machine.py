@@ -217,19 +217,26 @@ class Unpickler:
                         sparse[idx] = value
                     if isinstance(value, pending):
                         value.memo_keys.append(idx)
-                elif code == 0x68:  # BINGET
-                    if pos + 2 > end:
-                        raise CorruptError("pickle truncated in an opcode argument")
-                    idx = data[pos + 1]
+                elif code == 0x68 or code == 0x6A:  # BINGET, LONG_BINGET
+                    if code == 0x68:
+                        if pos + 2 > end:
+                            raise CorruptError("pickle truncated in an opcode argument")
+                        idx = data[pos + 1]
+                        after = pos + 2
+                    else:
+                        if pos + 5 > end:
+                            raise CorruptError("pickle truncated in an opcode argument")
+                        idx = u4(data, pos + 1)[0]
+                        after = pos + 5
                     value = memo[idx] if idx < len(memo) else self._sparse_get(idx)
                     if type(value) is Global and value.fast is not None and fast:
-                        done = value.fast(data, pos + 2, end, memo, sparse)
+                        done = value.fast(data, after, end, memo, sparse)
                         if done is not None:  # (else: the loop runs the same opcodes)
                             value, pos = done
                             stack.append(value)
                             continue
                     stack.append(value)
-                    pos += 2
+                    pos = after
                 elif code == 0x4B:  # BININT1
                     if pos + 2 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
@@ -285,19 +292,6 @@ class Unpickler:
                         raise CorruptError("pickle truncated in an opcode argument")
                     stack.append(data[pos + 1] | data[pos + 2] << 8)
                     pos += 3
-                elif code == 0x6A:  # LONG_BINGET
-                    if pos + 5 > end:
-                        raise CorruptError("pickle truncated in an opcode argument")
-                    idx = u4(data, pos + 1)[0]
-                    value = memo[idx] if idx < len(memo) else self._sparse_get(idx)
-                    if type(value) is Global and value.fast is not None and fast:
-                        done = value.fast(data, pos + 5, end, memo, sparse)
-                        if done is not None:  # (else: the loop runs the same opcodes)
-                            value, pos = done
-                            stack.append(value)
-                            continue
-                    stack.append(value)
-                    pos += 5
                 elif code == 0x86:  # TUPLE2
                     second = stack.pop()
                     stack[-1] = (stack[-1], second)

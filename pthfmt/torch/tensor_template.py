@@ -207,7 +207,8 @@ class TensorTemplate:
         g = m.groups()
         n = len(memo)
         u4 = _U4
-        # the memo gets: what torch puts there, stored before this tensor
+        # the memo gets: what torch puts there, stored before this tensor (written out: a
+        # comprehension or a helper costs 2-4% of a many-small load here)
         t = g[0]
         i = t[1] if len(t) == 2 else u4(t, 1)[0]
         tag = memo[i] if i < n else None

@@ -719,3 +719,17 @@ def test_index_url_shard_names_stay_beside_the_index(tmp_path: Path, shard: str)
         assert str(info.value) == f"{url}: shard name '{shard}' is a path"
     else:
         assert str(info.value) == f"{url}: shard name '{shard}' is not a plain name"
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy"])
+def test_each_small_storage_read_alone_is_fetched(
+    server: StaticServer, files: dict[str, Path], kind: str
+):
+    """Every storage read first thing after open, in a fresh open each: its bytes are fetched
+    then (a reader that took them from the temporary file unasked would read zeros)."""
+    sd = state_dict()
+    del sd["head.weight"]  # (embed.weight's tensor: tensors() yields it once)
+    for key, t in sd.items():
+        with pthfmt.open(server.url(files[kind].name)) as ck:
+            got = dict(ck.tensors())[key].numpy()
+        assert raw(got) == torch_raw(t), key

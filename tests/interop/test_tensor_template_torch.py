@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import pthfmt
-from pthfmt.torch import tensor_template
+from tests.support.fastpath import count_fast_path
 
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
@@ -17,15 +16,7 @@ from tests.support.torch_helpers import assert_same_tree  # noqa: E402  (imports
 
 
 def test_torch_files_take_the_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    counts = [0, 0]
-    run = tensor_template.TensorTemplate.run
-
-    def counted(self: Any, *args: Any) -> Any:
-        done = run(self, *args)
-        counts[done is None] += 1
-        return done
-
-    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    counts = count_fast_path(monkeypatch)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     state = {f"block{i}.{k}": v for i in range(60) for k, v in model.state_dict().items()}
     state["shared"] = state["block0.0.weight"][1:]

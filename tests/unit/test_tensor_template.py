@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ import pthfmt
 from pthfmt.errors import PthError
 from pthfmt.pickle.machine import Unpickler
 from pthfmt.strategies import state_dicts
-from pthfmt.torch import tensor_template
+from tests.support.fastpath import count_fast_path
 
 SETTINGS = settings(
     max_examples=300,
@@ -107,18 +106,9 @@ def assert_same(data: bytes) -> Any:
 
 
 @pytest.fixture
-def hits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def hits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """[taken, declined] counts of the fast path."""
-    counts = [0, 0]
-    run = tensor_template.TensorTemplate.run
-
-    def counted(self: Any, *args: Any) -> Any:
-        done = run(self, *args)
-        counts[done is None] += 1
-        return done
-
-    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
-    yield counts
+    return count_fast_path(monkeypatch)
 
 
 def saved(obj: Any) -> bytes:
