@@ -49,8 +49,8 @@ def main() -> int:
     args = ap.parse_args()
     rows, broken = [], []
     for case in cases():
-        t_load, err = best(lambda: load_error(case.data), args.reps)
-        t_val, report = best(lambda: validate(io.BytesIO(case.data)), args.reps)
+        t_load, err = best(lambda data=case.data: load_error(data), args.reps)
+        t_val, report = best(lambda data=case.data: validate(io.BytesIO(data)), args.reps)
         row = (case.name, t_load, t_val, t_val / max(t_load, 1e-6), err, report.codes)
         rows.append(row)
         if t_val > 2 * t_load + 0.5 or report.ok:
@@ -62,7 +62,7 @@ def main() -> int:
         print(f"{name:<40} {tl:8.3f} {tv:10.3f} {ratio:6.1f}  {err} / {','.join(codes)}")
     total_l, total_v = sum(r[1] for r in rows), sum(r[2] for r in rows)
     print(f"total: load {total_l:.2f} s, validate {total_v:.2f} s")
-    for name, tl, tv, _, err, codes in broken:
+    for name, tl, tv, _, _error, codes in broken:
         print(f"BOUND BROKEN or ok verdict: {name}: load {tl:.3f} s, validate {tv:.3f} s, {codes}")
     return 1 if broken else 0
 

@@ -46,10 +46,10 @@ VECTORS = SPEC_DIR / "vectors"
 sys.path.insert(0, str(SPEC_DIR.parent))
 
 from pthfmt.model.dtypes import DTYPES, UNSAVABLE, DType  # noqa: E402
+from pthfmt.model.storage import StorageType  # noqa: E402
+from pthfmt.pickle.opcodes import OPCODES  # noqa: E402
 from pthfmt.torch import allowlist as _allowlist  # noqa: E402
 from pthfmt.torch.handlers import TorchHandlers  # noqa: E402
-from pthfmt.pickle.opcodes import OPCODES  # noqa: E402
-from pthfmt.model.storage import StorageType  # noqa: E402
 
 _REGION = re.compile(r"(<!-- BEGIN ([a-z0-9-]+) -->\n)(.*?)(<!-- END \2 -->)", re.S)
 
