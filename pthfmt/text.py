@@ -20,6 +20,7 @@ All three cost time in proportion to ``limit``, never to the size of the value.
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 __all__ = ["escape", "short_repr", "int_text", "LIMIT"]
@@ -61,12 +62,44 @@ def int_text(value: int) -> str:
     return str(value) if bits <= _INT_BITS else f"<a {bits}-bit int>"
 
 
+#: Sets of items that do not compare are sorted by their reprs up to this size.
+_SET_SORT = 1000
+
+
 class _Repr(reprlib.Repr):
     def repr_int(self, x: int, level: int) -> str:
         return int_text(x)
 
     def repr_str(self, x: str, level: int) -> str:
         return super().repr_str(x[: self.maxstring + 2], level)
+
+    # Sets in a stable order: reprlib sorts items that compare and otherwise shows them in
+    # iteration order, which for objects hashed by identity changes from run to run (the
+    # same file would give different messages).  Items that do not compare are ordered by
+    # type and repr, up to _SET_SORT items; a larger such set is only counted.
+    def repr_set(self, x: set[Any], level: int) -> str:
+        return self._set(x, level, "{", "}", "set()", self.maxset)
+
+    def repr_frozenset(self, x: frozenset[Any], level: int) -> str:
+        return self._set(x, level, "frozenset({", "})", "frozenset()", self.maxfrozenset)
+
+    def _set(
+        self, x: AbstractSet[Any], level: int, left: str, right: str, empty: str, most: int
+    ) -> str:
+        if not x:
+            return empty
+        try:
+            items = sorted(x)
+        except Exception:
+            if len(x) > _SET_SORT:
+                return f"{empty[:-1]}<{len(x)} items>)"
+            items = sorted(x, key=lambda v: (type(v).__qualname__, self.repr1(v, level - 1)))
+        if level <= 0:
+            return f"{left}...{right}"
+        shown = [self.repr1(v, level - 1) for v in items[:most]]
+        if len(items) > most:
+            shown.append("...")
+        return left + ", ".join(shown) + right
 
 
 _REPR = _Repr()
