@@ -148,34 +148,29 @@ def walk(
     key: Any = None
     value: Any = root
     while True:
+        visit, items = True, None
         if isinstance(value, shared):
-            if id(value) not in seen:
+            visit = id(value) not in seen
+            if visit:
                 seen.add(id(value))
-                wanted = want is None or want(value)
-                items = _items(value)
-                if items is None:  # a leaf of ``leaves``
-                    if wanted:
-                        path = parent.path(key) if parent is not None else ""
-                        budget -= len(path)
-                        if budget < 0:
-                            _too_long()
-                        yield path, value
+                items = _items(value)  # (None: an instance of ``leaves``)
+        if visit:
+            node = None
+            if items is not None:
+                node = _ROOT if parent is None else _Node(parent, key, parent.depth + 1)
+                budget += PATH_CHARS_PER_ITEM * len(items[1])
+            if want is None or want(value):
+                if node is not None:
+                    path = node.path()
                 else:
-                    node = _ROOT if parent is None else _Node(parent, key, parent.depth + 1)
-                    budget += PATH_CHARS_PER_ITEM * len(items[1])
-                    if wanted:
-                        path = node.path()
-                        budget -= len(path)
-                        if budget < 0:
-                            _too_long()
-                        yield path, value
-                    frames.append(_Frame(node, items[0], items[1]))
-        elif want is None or want(value):
-            path = parent.path(key) if parent is not None else ""
-            budget -= len(path)
-            if budget < 0:
-                _too_long()
-            yield path, value
+                    path = parent.path(key) if parent is not None else ""
+                budget -= len(path)
+                if budget < 0:
+                    _too_long()
+                yield path, value
+            if items is not None:
+                assert node is not None
+                frames.append(_Frame(node, items[0], items[1]))
         # the next item: of the innermost container that has one left
         while frames:
             frame = frames[-1]

@@ -192,13 +192,21 @@ class TorchHandlers:
             return Global(qualname, _unsupported(name))
         if isinstance(entry, str) and entry.startswith("kind_"):
             return Global(qualname, kind_handler(self, entry))
-        if entry == "rebuild_tensor_v2" and self.pid_length == 5:
+        if entry == "rebuild_tensor_v2" and self._standard_ids:
             template = TensorTemplate(self.storages.declare, self.make_tensor)
             return Global(qualname, self.rebuild_tensor_v2, template.run)
         if isinstance(entry, str):
             return Global(qualname, getattr(self, entry))
         self._globals[key] = entry
         return entry
+
+    @property
+    def _standard_ids(self) -> bool:
+        """Whether persistent ids are zip storage ids read by :meth:`persistent_load` itself:
+        the tensor fast path calls ``storages.declare`` as that method does, so it is
+        attached only then (not for legacy 6-item ids, nor for handlers that read ids their
+        own way, as the tar format's)."""
+        return self.pid_length == 5 and type(self).persistent_load is TorchHandlers.persistent_load
 
     def _stub_type(self, module: str, name: str) -> StubType:
         script = self.script_classes is not None and module.split(".", 1)[0] == "__torch__"

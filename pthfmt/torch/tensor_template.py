@@ -11,7 +11,7 @@ requires_grad, OrderedDict())``::
 (``LONG_BINGET``/``LONG_BINPUT`` from memo index 256, ``BININT2`` for ints from 256; sizes
 and strides of 0 to 3 dimensions as ``EMPTY_TUPLE`` or ``TUPLE1/2/3`` + put).  When the
 pickle machine meets the memo get of the rebuild handler, :meth:`TensorTemplate.run` matches
-that sequence with two compiled patterns (C speed) and does exactly what the loop would do
+that sequence with one compiled pattern (C speed) and does exactly what the loop would do
 with it: the same handler calls with the same arguments in the same order, the same memo
 entries under the same indices, the tensor pushed.  Anything else — another opcode, an int
 that is not a plain int opcode, a memo index that is not the next one, a memo get of something
@@ -21,7 +21,7 @@ any memo or stack change*, and the loop runs the same bytes opcode by opcode, so
 error message and error offset is the loop's own.  Handler calls repeated that way are
 idempotent (a storage declared again is the same storage).
 
-The patterns are built from the opcode table, so they cannot name an opcode the table does
+The pattern is built from the opcode table, so it cannot name an opcode the table does
 not hold; ``Unpickler.fast_paths = False`` turns this path off (the tests' oracle).
 """
 

@@ -18,9 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pthfmt
-from pthfmt.errors import PthError
+from pthfmt.errors import PthError, UnsafePickleError
+from pthfmt.model.device import location_mapper
+from pthfmt.model.storage import StorageTable
 from pthfmt.pickle.machine import Unpickler
 from pthfmt.strategies import state_dicts
+from pthfmt.torch.handlers import TorchHandlers
 from tests.support.fastpath import count_fast_path
 
 SETTINGS = settings(
@@ -237,3 +240,20 @@ def test_storage_records_in_any_order_or_case_load_the_same(order: str) -> None:
             dst.writestr(name, src.read(info))
     out = pthfmt.load(io.BytesIO(buf.getvalue()))
     assert canonical(out) == canonical(pthfmt.load(io.BytesIO(data)))
+
+
+def test_handlers_that_read_persistent_ids_their_own_way_get_no_fast_path() -> None:
+    """The fast path declares storages as ``TorchHandlers.persistent_load`` does: handlers
+    that override it (the tar format's) must see every id, as the loop shows them."""
+
+    class Picky(TorchHandlers):
+        def persistent_load(self, pid: Any) -> Any:
+            if pid[2] != "0":
+                raise UnsafePickleError(f"storage {pid[2]} refused")
+            return super().persistent_load(pid)
+
+    table = StorageTable(location_mapper(None), lambda info: None)
+    handlers = Picky(table, eager=False, mmap=False)
+    pkl = _pickle_region(saved({"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)}))[1]
+    with pytest.raises(UnsafePickleError, match="storage 1 refused"):
+        Unpickler(pkl, handlers, record="data.pkl").load()
