@@ -193,7 +193,14 @@ class TorchHandlers:
         if isinstance(entry, str) and entry.startswith("kind_"):
             return Global(qualname, kind_handler(self, entry))
         if entry == "rebuild_tensor_v2" and self._standard_ids:
-            template = TensorTemplate(self.storages.declare, self.make_tensor)
+            template = TensorTemplate(
+                self.storages.declare,
+                self.make_tensor,
+                eager=self.eager
+                and self.on_tensor is None
+                and type(self).make_tensor is TorchHandlers.make_tensor,
+                mmap=self.mmap,
+            )
             return Global(qualname, self.rebuild_tensor_v2, template.run)
         if isinstance(entry, str):
             return Global(qualname, getattr(self, entry))

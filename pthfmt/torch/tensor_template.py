@@ -35,7 +35,8 @@ from typing import Any, Final
 
 from ..errors import PthError
 from ..model.globals import Global
-from ..model.storage import StorageType
+from ..model.storage import StorageInfo, StorageType
+from ..model.tensor import view_of
 from ..pickle.opcodes import BY_NAME
 
 __all__ = ["TensorTemplate"]
@@ -187,11 +188,19 @@ class TensorTemplate:
     ``_rebuild_tensor_v2`` calls with its six arguments).
     """
 
-    __slots__ = ("declare", "make_tensor", "tuples")
+    __slots__ = ("declare", "eager", "make_tensor", "mmap", "tuples")
 
-    def __init__(self, declare: Callable[..., Any], make_tensor: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        declare: Callable[..., Any],
+        make_tensor: Callable[..., Any],
+        eager: bool = False,
+        mmap: bool = False,
+    ) -> None:
         self.declare = declare
         self.make_tensor = make_tensor
+        self.eager = eager
+        self.mmap = mmap
         #: Each distinct size or stride tuple once: a million tensors of a few shapes hold a
         #: few tuples, not two million (each one memory, and work for every full collection).
         self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -257,7 +266,26 @@ class TensorTemplate:
         try:
             storage = self.declare(key, storage_class, location, numel)
             hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)
-            tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
+            dtype = storage.dtype
+            if self.eager and dtype is not None and type(storage) is StorageInfo:
+                item = dtype.itemsize
+                last = offset
+                for n, s in zip(size, stride):
+                    if not n:
+                        last = -1
+                        break
+                    last += (n - 1) * s
+                if (last + 1) * item > storage.nbytes:
+                    return None
+                buffer = storage._buffer
+                if buffer is None:
+                    buffer = storage.buffer(self.mmap)
+                if stride == (1,) and offset == 0 and 0 < size[0] * item == buffer.nbytes:
+                    tensor = buffer.view(dtype.numpy)
+                else:
+                    tensor = view_of(buffer, dtype, offset, size, stride)
+            else:
+                tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
         except PthError:
             return None  # the loop runs the same opcodes and raises it where it belongs
         memo += values

@@ -179,3 +179,44 @@ def test_zip64_offsets_past_the_file_are_corrupt_records_not_overflows():
     assert archive.read(archive.entries[0]) == b"abc"  # the batch scan copes
     with pytest.raises(CorruptError, match="runs past the end"):
         archive.data_offset(archive.entries[2])
+
+
+_OFFSETS = st.one_of(st.integers(0, 3000), st.integers(0, 2**32 - 2))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_OFFSETS, st.integers(0, 300)), min_size=1, max_size=30))
+def test_the_overlap_check_by_columns_is_the_entry_by_entry_one(spans):
+    """``check_disjoint`` over the directory's offset and size columns (numpy) names the same
+    first overlapping pair as the loop over sorted entries."""
+    raw = bytearray(_build([(f"a/{i}", b"", b"", False) for i in range(len(spans))]))
+    archive = ZipArchive(Source(io.BytesIO(bytes(raw))))
+    for entry, (lho, csize) in zip(archive.entries, spans):
+        struct.pack_into("<I", raw, entry.central_offset + 20, csize)
+        struct.pack_into("<I", raw, entry.central_offset + 42, lho)
+
+    def outcome(columns: bool) -> tuple | None:
+        archive = ZipArchive(Source(io.BytesIO(bytes(raw))))
+        assert archive._spans is not None
+        if not columns:
+            archive._spans = None
+        try:
+            archive.check_disjoint()
+        except CorruptError as exc:
+            return (exc.message, exc.record, exc.offset)
+        return None
+
+    assert outcome(True) == outcome(False)
+
+
+def test_zip64_offsets_past_the_file_leave_the_columns_to_the_entries():
+    members = [(f"a/{i}", b"abc", b"", False) for i in range(10)]
+    extra = struct.pack("<HHQ", 1, 8, 1 << 40)  # a header offset far past the file
+    members[3] = ("a/3", b"abc", extra, False)
+    raw = bytearray(_build(members))
+    archive = ZipArchive(Source(io.BytesIO(bytes(raw))))
+    struct.pack_into("<I", raw, archive.entries[3].central_offset + 42, 0xFFFFFFFF)
+    archive = ZipArchive(Source(io.BytesIO(bytes(raw))))
+    assert archive.entries[3].header_offset == 1 << 40
+    assert archive._spans is None
+    archive.check_disjoint()

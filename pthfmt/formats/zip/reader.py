@@ -132,6 +132,9 @@ class ZipArchive:
         self.zip64_offset: int | None = None
         self.zip64_record: tuple[Any, ...] | None = None
         self.eocd_offset, self.cd_offset, self.cd_size, count = self._find_directory()
+        #: every entry's local header offset and compressed size as arrays, when the whole
+        #: directory was read at once and all of them lie within the file (else ``None``)
+        self._spans: tuple[np.ndarray, np.ndarray] | None = None
         self.entries = self._read_central(count)
         self._scanned = False
         self._on_demand = hasattr(src, "ensure")  # a remote source (pthfmt.remote)
@@ -228,9 +231,15 @@ class ZipArchive:
             | (rows["compressed_size"] == U32_MAX)
             | (rows["header_offset"] == U32_MAX)
         )
-        for i in np.flatnonzero(wide).tolist():
+        widened = np.flatnonzero(wide).tolist()
+        for i in widened:
             extra = text[ends[i] : ends[i] + rows["extra_length"][i]]
             usize[i], csize[i], lho[i] = _zip64(extra, usize[i], csize[i], lho[i], i, central[i])
+        spans = rows["header_offset"].astype(np.int64), rows["compressed_size"].astype(np.int64)
+        if all(lho[i] <= self.src.size and csize[i] <= self.src.size for i in widened):
+            for i in widened:
+                spans[0][i], spans[1][i] = lho[i], csize[i]
+            self._spans = spans
         return list(
             map(
                 ZipEntry,
@@ -295,10 +304,14 @@ class ZipArchive:
             return
         # (zip64 fields go up to 2**64 - 1: anything past the file is -1 before numpy sees it)
         last = size - LOCAL.size
-        lho = np.fromiter(
-            (e.header_offset if e.header_offset <= last else -1 for e in entries), np.int64, n
-        )
-        csize = np.fromiter((min(e.csize, size) for e in entries), np.int64, n)
+        if self._spans is not None:
+            lho = np.where(self._spans[0] <= last, self._spans[0], -1)
+            csize = np.minimum(self._spans[1], size)
+        else:
+            lho = np.fromiter(
+                (e.header_offset if e.header_offset <= last else -1 for e in entries), np.int64, n
+            )
+            csize = np.fromiter((min(e.csize, size) for e in entries), np.int64, n)
         heads = np.lib.stride_tricks.sliding_window_view(self.src.whole, LOCAL.size)[lho]
         heads = heads.view(LOCAL.dtype)[:, 0]
         start = lho + LOCAL.size + heads["name_length"] + heads["extra_length"]
@@ -400,7 +413,18 @@ class ZipArchive:
         """Refuse records whose bytes overlap (a local header and data at least, each): two
         directory entries aliasing one record would be read, and copied, once per entry, so
         a small file could cost memory quadratic in its size."""
-        order = sorted(self.entries, key=lambda e: e.header_offset)
+        entries = self.entries
+        if self._spans is not None:  # (offsets and sizes within the file: no overflow)
+            lho, csize = self._spans
+            at = np.argsort(lho, kind="stable")
+            starts = lho[at]
+            clash = np.flatnonzero(starts[:-1] + LOCAL.size + csize[at[:-1]] > starts[1:])
+            if not len(clash):
+                return
+            first = int(clash[0])
+            order = [entries[int(at[first])], entries[int(at[first + 1])]]
+        else:
+            order = sorted(entries, key=lambda e: e.header_offset)
         for a, b in pairwise(order):
             if a.header_offset + LOCAL.size + a.csize > b.header_offset:
                 raise CorruptError(
