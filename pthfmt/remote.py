@@ -115,7 +115,7 @@ def _need_fsspec() -> Any:
     try:
         import fsspec  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
-        raise PthError(f"reading remote files needs fsspec: {_INSTALL}") from None
+        raise RemoteError(f"reading remote files needs fsspec: {_INSTALL}") from None
     return fsspec
 
 
@@ -148,7 +148,7 @@ class FsspecFetcher:
         except FileNotFoundError as exc:
             raise FileNotFoundError(errno.ENOENT, _not_found(exc), url) from None
         except ImportError as exc:  # a protocol whose own package is missing (s3fs, gcsfs)
-            raise PthError(f"{escape(url, 300)}: {escape(str(exc), 300)}") from None
+            raise RemoteError(f"{escape(url, 300)}: {escape(str(exc), 300)}") from None
         except Exception as exc:
             raise _failed("opening", url, exc) from None
         size = info.get("size")

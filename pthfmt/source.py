@@ -155,10 +155,12 @@ class Source:
     def copy(self, offset: int, nbytes: int) -> np.ndarray:
         """A private, writable copy of ``nbytes`` at ``offset`` (its own base array, so that
         sharing between arrays means sharing a torch storage)."""
-        self.check(offset, nbytes, "data")
-        if self._fd is None or nbytes < _PREAD_FROM or not _HAVE_PREADV:
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            self.check(offset, nbytes, "data")  # (raises)
+        if nbytes < _PREAD_FROM or self._fd is None or not _HAVE_PREADV:
+            whole = self._whole if self._whole is not None else self.whole
             try:
-                return self.whole[offset : offset + nbytes].copy()
+                return whole[offset : offset + nbytes].copy()
             except MemoryError:
                 pass
             raise out_of_memory(f"copying {nbytes} bytes at file offset {offset}")

@@ -125,7 +125,11 @@ def validate_one(path: str, checks: Checks) -> dict[str, Any]:
     except Exception as exc:  # a validator bug: one entry, never a traceback
         message = f"validation stopped: {type(exc).__name__}: {escape(str(exc), 200)}"
         return _entry(path, None, [_problem("internal.error", message)], strict, message)
-    return _entry(path, report["format"], report["problems"], strict, report.get("load_error"))
+    problems = report["problems"]
+    unreadable = [p["code"] for p in problems] == ["file.unreadable"]  # (a URL not fetched)
+    return _entry(
+        path, report["format"], problems, strict, report.get("load_error"), unreadable=unreadable
+    )
 
 
 def _batch(paths: list[str], checks: Checks) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ import os
 import re
 
 from .. import reader
-from ..errors import FormatError, PthError, UnsafePickleError, UnsupportedError
+from ..errors import FormatError, PthError, RemoteError, UnsafePickleError, UnsupportedError
 from ..formats.contract import Options
 from ..formats.sharding import index_document
 from ..model.device import location_mapper
@@ -201,7 +201,15 @@ def validate(f: PathOrFile, *, strict: bool = False, data: bool = True) -> Repor
         src = _source(f, data)
     except PthError as exc:
         path = f if isinstance(f, str) else getattr(f, "name", None)
-        code = "file.empty" if isinstance(exc, FormatError) else "load.failed"
+        # (a URL that cannot be fetched, or not without a missing package, is a file that
+        # cannot be read here, as a local file that cannot be opened: nothing was checked)
+        code = (
+            "file.empty"
+            if isinstance(exc, FormatError)
+            else "file.unreadable"
+            if isinstance(exc, RemoteError)
+            else "load.failed"
+        )
         problem = Problem(code, "error", exc.message)
         return Report(
             str(path) if path is not None else None, None, False, [problem], strict, exc.message

@@ -64,7 +64,8 @@ CHECKS: Final[tuple[Check, ...]] = (
     _c(
         "file.unreadable",
         E,
-        "the file cannot be read (missing, no permission, or an I/O error); not checked",
+        "the file cannot be read (missing, no permission, an I/O error, a URL that cannot be "
+        "fetched); not checked",
         "fails",
     ),
     _c(

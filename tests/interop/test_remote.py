@@ -36,6 +36,7 @@ pytest.importorskip("fsspec")
 pytest.importorskip("aiohttp")
 
 import pthfmt  # noqa: E402
+from pthfmt.cli import main as cli_main  # noqa: E402
 from pthfmt.errors import PthError  # noqa: E402
 from pthfmt.remote import RemoteError, RemoteSource  # noqa: E402
 from tests.support.http_server import FileServer, serve  # noqa: E402
@@ -305,11 +306,23 @@ def test_cli_validate_and_diff_urls(server: StaticServer, files: dict[str, Path]
     )
 
 
-def test_fsspec_missing_names_the_extra(server: StaticServer, monkeypatch: pytest.MonkeyPatch):
+def test_fsspec_missing_names_the_extra(
+    server: StaticServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
     monkeypatch.setitem(sys.modules, "fsspec", None)
     with pytest.raises(PthError) as info:
         pthfmt.open(server.url("model.pt"))
     assert str(info.value) == "reading remote files needs fsspec: pip install 'pthfmt[remote]'"
+    assert isinstance(info.value, RemoteError)
+    # validate: a file that cannot be read here, not a broken file (exit status 2, not 1)
+    report = pthfmt.validate(server.url("model.pt"))
+    assert report.codes == ["file.unreadable"] and not report.ok
+    assert cli_main(["validate", server.url("model.pt")]) == 2
+    assert capsys.readouterr().out == (
+        f"{server.url('model.pt')}: unreadable\n"
+        "  error    file.unreadable  reading remote files needs fsspec: "
+        "pip install 'pthfmt[remote]'\n"
+    )
 
 
 # -- validate, other URLs, file objects --------------------------------------------------------
