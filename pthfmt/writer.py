@@ -90,12 +90,9 @@ from .pickle.pickler import MAX_DEPTH, GlobalRef, Path, PersistentId, Pickler, R
 from .writer_kinds import KINDS, KindParts, QuantizedData, qtensor_args
 from .writer_storages import Storage as _Storage
 from .writer_storages import View as _View
-from .writer_storages import assign_storages
+from .writer_storages import assign_storages, make_view
 
 __all__ = ["CHUNK", "save"]
-
-#: (The name :mod:`pthfmt.formats.sharding` plans shards with.)
-_assign_storages = assign_storages
 
 Target = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]", IO[bytes]]
 Write = Callable[[Any], None]
@@ -208,7 +205,7 @@ class _Plan:
             self.views.clear()
             self.keep.clear()
             Pickler(self.reduce).dump(obj)
-        _assign_storages(list(self.views.values()))
+        assign_storages(list(self.views.values()))
         self.final = True
         if self.fast:  # the C pickler's bytes are the Python pickler's for this object
             with contextlib.suppress(Exception):  # anything unexpected: the Python pickler says
@@ -259,7 +256,7 @@ class _Plan:
                     fast = False
             elif isinstance(obj, (np.ndarray, TensorRef, Tensor)):
                 try:
-                    view = self.views[id(obj)] = _make_view(obj, self.legacy)
+                    view = self.views[id(obj)] = make_view(obj, self.legacy)
                 except UnserializableError:
                     return False
                 self.keep.append(obj)
@@ -284,7 +281,7 @@ class _Plan:
             if view is None:
                 if self.final:
                     raise UnserializableError("the object changed while it was being saved")
-                view = self.views[id(obj)] = _make_view(obj, self.legacy)
+                view = self.views[id(obj)] = make_view(obj, self.legacy)
                 self.keep.append(obj)
             if not self.final:  # first pass: only the tensor's own Python state
                 return Reduction(_REBUILD_V2, (view.state,) if view.state else ())
@@ -479,73 +476,6 @@ def _unsupported(obj: Any) -> str:
 
 
 # -- tensors -----------------------------------------------------------------------------------
-
-
-def _make_view(obj: Any, legacy: bool) -> _View:
-    """Describe a tensor-like leaf; raises UnserializableError for what torch cannot load."""
-    if type(obj) is np.ndarray:  # the common case: no device, gradients or wrapper
-        info = _torch_dtype(obj.dtype)
-        if info.kind != "quantized" and (info.storage is not None or not legacy):
-            return _View(info, "cpu", False, False, array=obj)
-    source = obj.array if isinstance(obj, Tensor) else obj
-    if isinstance(source, TensorRef):
-        view = _View(
-            source.dtype_info,
-            str(source.device),
-            source.requires_grad,
-            source.is_parameter,
-            ref=source,
-            state=source.state,
-            conj=source.conj,
-            neg=source.neg,
-        )
-    else:
-        if isinstance(source, np.ma.MaskedArray):
-            raise UnserializableError(
-                "a masked array would lose its mask; save .data and .mask separately"
-            )
-        array = np.asarray(source)
-        view = _View(_torch_dtype(array.dtype), "cpu", False, False, array=array)
-    if isinstance(obj, Tensor):
-        view.tag, view.requires_grad, view.parameter = (
-            str(obj.device),
-            obj.requires_grad,
-            obj.parameter,
-        )
-    info = view.dtype
-    if info.kind == "quantized":
-        raise UnserializableError(
-            f"{info.name} tensors need quantization parameters: save a "
-            "pthfmt.QuantizedArray (scale, zero_point, axis) instead of a plain array"
-        )
-    if legacy and info.storage is None:
-        raise UnserializableError(
-            f"torch cannot load {info.name} tensors from the legacy "
-            "format (it has no typed storage for them); use format='zip'"
-        )
-    if view.requires_grad and info.kind not in ("float", "complex"):
-        raise UnserializableError(
-            f"a {info.name} tensor cannot require gradients (only "
-            "floating point and complex tensors can)"
-        )
-    if view.requires_grad and not view.parameter and info.storage is None:
-        # _rebuild_tensor_v3 makes the tensor with requires_grad, then calls set_() on it:
-        # torch 2.13 fails to load such a file (even one torch.save wrote).
-        raise UnserializableError(
-            f"torch cannot load a {info.name} tensor that requires "
-            "gradients (_rebuild_tensor_v3 fails); save it as a "
-            "Parameter or without requires_grad"
-        )
-    return view
-
-
-def _torch_dtype(dtype: np.dtype) -> DTypeInfo:
-    if dtype.hasobject:
-        raise UnserializableError("numpy object arrays cannot be saved: tensors hold numbers")
-    info = from_numpy(dtype)
-    if info is None:
-        raise UnserializableError(f"numpy dtype {dtype} has no torch equivalent")
-    return info
 
 
 # -- containers --------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """Storage planning for :func:`pthfmt.save`: which tensors share a storage, and the views.
 
 A :class:`View` describes one tensor to write (its dtype, device, flags and source: a numpy
-array or a :class:`~pthfmt.TensorRef`); :func:`assign_storages` gives every view its
-:class:`Storage` (the bytes of one ``data/<key>`` record), element offset, shape and stride,
-by the rules in :mod:`pthfmt.writer`'s docstring: checkpoint storages stay as they are;
-arrays share a storage when they have the same owning base or overlapping bytes
-(union-find over address ranges), except that arrays owning their memory alone get one each
-without any address arithmetic; arrays torch cannot view get a contiguous copy.
+array or a :class:`~pthfmt.TensorRef`), made by :func:`make_view`, which refuses what torch
+cannot load; :func:`assign_storages` gives every view its :class:`Storage` (the bytes of one
+``data/<key>`` record), element offset, shape and stride, by the rules in
+:mod:`pthfmt.writer`'s docstring: checkpoint storages stay as they are; arrays share a
+storage when they have the same owning base or overlapping bytes (union-find over address
+ranges), except that arrays owning their memory alone get one each without any address
+arithmetic; arrays torch cannot view get a contiguous copy.  (:mod:`pthfmt.formats.sharding`
+plans shards with the same two functions.)
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UnserializableError
 from .formats.tensordata import CHUNK, array_chunks, c_strides, is_big, little_bytes
-from .model.dtypes import DTypeInfo
-from .model.tensor import TensorRef
+from .model.dtypes import DTypeInfo, from_numpy
+from .model.tensor import Tensor, TensorRef
 
 __all__ = [
     "Member",
@@ -29,6 +32,8 @@ __all__ = [
     "View",
     "alone",
     "assign_storages",
+    "make_view",
+    "torch_dtype",
     "buffer_chunks",
     "own_copy",
     "owner_of",
@@ -238,3 +243,70 @@ def buffer_chunks(ref: TensorRef, dtype: DTypeInfo) -> Callable[[], Iterator[Any
             yield little_bytes(buffer[start : start + CHUNK], dtype.swap, big)
 
     return chunks
+
+
+def make_view(obj: Any, legacy: bool) -> View:
+    """Describe a tensor-like leaf; raises UnserializableError for what torch cannot load."""
+    if type(obj) is np.ndarray:  # the common case: no device, gradients or wrapper
+        info = torch_dtype(obj.dtype)
+        if info.kind != "quantized" and (info.storage is not None or not legacy):
+            return View(info, "cpu", False, False, array=obj)
+    source = obj.array if isinstance(obj, Tensor) else obj
+    if isinstance(source, TensorRef):
+        view = View(
+            source.dtype_info,
+            str(source.device),
+            source.requires_grad,
+            source.is_parameter,
+            ref=source,
+            state=source.state,
+            conj=source.conj,
+            neg=source.neg,
+        )
+    else:
+        if isinstance(source, np.ma.MaskedArray):
+            raise UnserializableError(
+                "a masked array would lose its mask; save .data and .mask separately"
+            )
+        array = np.asarray(source)
+        view = View(torch_dtype(array.dtype), "cpu", False, False, array=array)
+    if isinstance(obj, Tensor):
+        view.tag, view.requires_grad, view.parameter = (
+            str(obj.device),
+            obj.requires_grad,
+            obj.parameter,
+        )
+    info = view.dtype
+    if info.kind == "quantized":
+        raise UnserializableError(
+            f"{info.name} tensors need quantization parameters: save a "
+            "pthfmt.QuantizedArray (scale, zero_point, axis) instead of a plain array"
+        )
+    if legacy and info.storage is None:
+        raise UnserializableError(
+            f"torch cannot load {info.name} tensors from the legacy "
+            "format (it has no typed storage for them); use format='zip'"
+        )
+    if view.requires_grad and info.kind not in ("float", "complex"):
+        raise UnserializableError(
+            f"a {info.name} tensor cannot require gradients (only "
+            "floating point and complex tensors can)"
+        )
+    if view.requires_grad and not view.parameter and info.storage is None:
+        # _rebuild_tensor_v3 makes the tensor with requires_grad, then calls set_() on it:
+        # torch 2.13 fails to load such a file (even one torch.save wrote).
+        raise UnserializableError(
+            f"torch cannot load a {info.name} tensor that requires "
+            "gradients (_rebuild_tensor_v3 fails); save it as a "
+            "Parameter or without requires_grad"
+        )
+    return view
+
+
+def torch_dtype(dtype: np.dtype) -> DTypeInfo:
+    if dtype.hasobject:
+        raise UnserializableError("numpy object arrays cannot be saved: tensors hold numbers")
+    info = from_numpy(dtype)
+    if info is None:
+        raise UnserializableError(f"numpy dtype {dtype} has no torch equivalent")
+    return info

@@ -317,7 +317,7 @@ def _views(state: Mapping[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from ..model.tensor import Tensor, TensorRef
-    from ..writer import _assign_storages, _make_view
+    from ..writer_storages import assign_storages, make_view
 
     views: dict[str, Any] = {}
     for key, value in state.items():
@@ -329,10 +329,10 @@ def _views(state: Mapping[str, Any]) -> dict[str, Any]:
                 key_path=escape(key),
             )
         try:
-            views[key] = _make_view(value, False)
+            views[key] = make_view(value, False)
         except UnserializableError as exc:
             raise exc.locate(key_path=escape(key)) from None
-    _assign_storages(list(views.values()))
+    assign_storages(list(views.values()))
     return views
 
 

@@ -144,7 +144,7 @@ def old_serialization_id(names: list[str], crc_hash: int) -> bytes:
 def previous_writer() -> Iterator[None]:
     with (
         mock.patch.object(writer.cpickler, "dump", return_value=None),
-        mock.patch.object(writer, "_assign_storages", old_assign_storages),
+        mock.patch.object(writer, "assign_storages", old_assign_storages),
         mock.patch.object(writer, "SMALL", -1),
         mock.patch.object(zipwriter, "SMALL", -1),
         mock.patch.object(zipwriter, "serialization_id", old_serialization_id),
