@@ -12,6 +12,7 @@ import tomllib
 project = tomllib.loads(Path(__file__).parent.with_name("pyproject.toml").read_text())
 pins = []
 
+
 def applies(marker: str) -> bool:
     """A ``python_version <op> 'X.Y'`` marker (the only kind pyproject.toml uses) here."""
     if not marker.strip():
@@ -20,8 +21,13 @@ def applies(marker: str) -> bool:
     if found is None:
         sys.exit(f"unsupported marker {marker!r}")
     here, there = sys.version_info[:2], (int(found[2]), int(found[3]))
-    return {"<": here < there, "<=": here <= there, ">": here > there, ">=": here >= there,
-            "==": here == there}[found[1]]
+    return {
+        "<": here < there,
+        "<=": here <= there,
+        ">": here > there,
+        ">=": here >= there,
+        "==": here == there,
+    }[found[1]]
 
 
 for entry in project["project"]["dependencies"]:

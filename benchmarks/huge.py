@@ -65,7 +65,7 @@ MiB = 1 << 20
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ALIGN = 64
-DATA_LIMIT = 1 * GiB          # RLIMIT_DATA of the child
+DATA_LIMIT = 1 * GiB  # RLIMIT_DATA of the child
 PASS_HWM = 256 * MiB
 
 # --------------------------------------------------------------------------------------------
@@ -87,14 +87,14 @@ def _multmodp(a: int, b: int) -> int:
     return p
 
 
-_X2N = [1 << 30]                              # x^1, then x^(2^k)
+_X2N = [1 << 30]  # x^1, then x^(2^k)
 for _ in range(31):
     _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
 
 
 def _x2nmodp(n: int, k: int) -> int:
     """x^(n * 2^k) modulo the CRC polynomial."""
-    p = 1 << 31                               # x^0
+    p = 1 << 31  # x^0
     while n:
         if n & 1:
             p = _multmodp(_X2N[k & 31], p)
@@ -110,7 +110,7 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
 
 def crc32_zeros(n: int) -> int:
     """``zlib.crc32(bytes(n))`` without the bytes."""
-    crc, block, size = 0, zlib.crc32(b"\0"), 1       # block = crc of `size` zeros
+    crc, block, size = 0, zlib.crc32(b"\0"), 1  # block = crc of `size` zeros
     while n:
         if n & 1:
             crc = crc32_combine(crc, block, size)
@@ -129,23 +129,23 @@ def _self_test_crc() -> None:
 # A torch-shaped protocol-2 pickle, opcode by opcode.
 def _p_str(s: str) -> bytes:
     raw = s.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw              # BINUNICODE
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
 
 
 def _p_int(v: int) -> bytes:
     if 0 <= v < 256:
-        return b"K" + bytes([v])                                   # BININT1
+        return b"K" + bytes([v])  # BININT1
     if -(1 << 31) <= v < (1 << 31):
-        return b"J" + struct.pack("<i", v)                         # BININT
+        return b"J" + struct.pack("<i", v)  # BININT
     raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
-    return b"\x8a" + bytes([len(raw)]) + raw                       # LONG1
+    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
 
 
 def _p_tuple(values: tuple[int, ...]) -> bytes:
     return b"(" + b"".join(_p_int(v) for v in values) + b"t"
 
 
-_ORDERED_DICT = b"ccollections\nOrderedDict\n)R"                   # GLOBAL, EMPTY_TUPLE, REDUCE
+_ORDERED_DICT = b"ccollections\nOrderedDict\n)R"  # GLOBAL, EMPTY_TUPLE, REDUCE
 
 
 def torch_pickle(tensors: list[tuple[str, str, tuple[int, ...]]]) -> bytes:
@@ -159,14 +159,24 @@ def torch_pickle(tensors: list[tuple[str, str, tuple[int, ...]]]) -> bytes:
         out += [
             _p_str(name),
             b"ctorch._utils\n_rebuild_tensor_v2\n",
-            b"(",                                                    # args of the rebuild
-            b"(", _p_str("storage"), b"ctorch\nBFloat16Storage\n", _p_str(key), _p_str("cpu"),
-            _p_int(numel), b"t", b"Q",                              # BINPERSID
-            _p_int(0), _p_tuple(shape), _p_tuple(stride), b"\x89",  # offset, size, stride, False
-            _ORDERED_DICT,                                           # backward hooks
-            b"t", b"R",
+            b"(",  # args of the rebuild
+            b"(",
+            _p_str("storage"),
+            b"ctorch\nBFloat16Storage\n",
+            _p_str(key),
+            _p_str("cpu"),
+            _p_int(numel),
+            b"t",
+            b"Q",  # BINPERSID
+            _p_int(0),
+            _p_tuple(shape),
+            _p_tuple(stride),
+            b"\x89",  # offset, size, stride, False
+            _ORDERED_DICT,  # backward hooks
+            b"t",
+            b"R",
         ]
-    out += [b"u", b"."]                                              # SETITEMS, STOP
+    out += [b"u", b"."]  # SETITEMS, STOP
     return b"".join(out)
 
 
@@ -194,18 +204,32 @@ class SparseZip:
         offset = self.f.tell()
         big = size >= 0xFFFFFFFF
         extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
-        start = offset + 30 + len(name) + len(extra) + 4      # after an FB field's own header
+        start = offset + 30 + len(name) + len(extra) + 4  # after an FB field's own header
         pad = -start % ALIGN
         extra += struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # "FB": torch's alignment padding
         small = 0xFFFFFFFF if big else size
-        self.f.write(struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45 if big else 20, 0, 0, 0,
-                                 0x21, crc, small, small, len(name), len(extra)))
+        self.f.write(
+            struct.pack(
+                "<4sHHHHHIIIHH",
+                b"PK\x03\x04",
+                45 if big else 20,
+                0,
+                0,
+                0,
+                0x21,
+                crc,
+                small,
+                small,
+                len(name),
+                len(extra),
+            )
+        )
         self.f.write(name + extra)
         assert self.f.tell() % ALIGN == 0
         if data is not None:
             self.f.write(data)
         else:
-            self.f.seek(hole, os.SEEK_CUR)                      # the hole
+            self.f.seek(hole, os.SEEK_CUR)  # the hole
         z64 = b""
         usize = csize = size
         lho = offset
@@ -217,9 +241,29 @@ class SparseZip:
             lho = 0xFFFFFFFF
         cextra = struct.pack("<HH", 1, len(z64)) + z64 if z64 else b""
         self.central.append(
-            struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45 if z64 else 20, 0, 0, 0,
-                        0x21, crc, csize, usize, len(name), len(cextra), 0, 0, 0, 0, lho)
-            + name + cextra)
+            struct.pack(
+                "<4sHHHHHHIIIHHHHHII",
+                b"PK\x01\x02",
+                45,
+                45 if z64 else 20,
+                0,
+                0,
+                0,
+                0x21,
+                crc,
+                csize,
+                usize,
+                len(name),
+                len(cextra),
+                0,
+                0,
+                0,
+                0,
+                lho,
+            )
+            + name
+            + cextra
+        )
 
     def close(self) -> None:
         cd_offset = self.f.tell()
@@ -228,23 +272,34 @@ class SparseZip:
         cd_size = self.f.tell() - cd_offset
         n = len(self.central)
         z64_offset = self.f.tell()
-        self.f.write(struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n,
-                                 cd_size, cd_offset))
+        self.f.write(
+            struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, cd_size, cd_offset)
+        )
         self.f.write(struct.pack("<4sIQI", b"PK\x06\x07", 0, z64_offset, 1))
-        self.f.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, min(n, 0xFFFF),
-                                 min(n, 0xFFFF), min(cd_size, 0xFFFFFFFF),
-                                 min(cd_offset, 0xFFFFFFFF), 0))
+        self.f.write(
+            struct.pack(
+                "<4sHHHHIIH",
+                b"PK\x05\x06",
+                0,
+                0,
+                min(n, 0xFFFF),
+                min(n, 0xFFFF),
+                min(cd_size, 0xFFFFFFFF),
+                min(cd_offset, 0xFFFFFFFF),
+                0,
+            )
+        )
         self.f.close()
 
 
-PROBE_SHAPE = (4096, 4096)        # bfloat16: 32 MiB of real bytes at the end of the file
+PROBE_SHAPE = (4096, 4096)  # bfloat16: 32 MiB of real bytes at the end of the file
 
 
 def build(path: Path, size_gib: int) -> dict:
     """Write the sparse checkpoint; return what the reader should find."""
     _self_test_crc()
-    embed = (131072, 16384)                      # 4 GiB of bfloat16: a zip64-sized record
-    layer = (16384, 32768)                       # 1 GiB each
+    embed = (131072, 16384)  # 4 GiB of bfloat16: a zip64-sized record
+    layer = (16384, 32768)  # 1 GiB each
     n_layers = max(1, size_gib - 4)
     tensors = [("embed.weight", "0", embed)]
     tensors += [(f"layers.{i}.weight", str(i + 1), layer) for i in range(n_layers)]
@@ -316,14 +371,20 @@ print(len(sd), ok, float(sd["embed.weight"][-1, -1]) == 0.0, flush=True)
 
 def _limit_data() -> None:
     import resource
+
     resource.setrlimit(resource.RLIMIT_DATA, (DATA_LIMIT, DATA_LIMIT))
 
 
 def measure(info: dict) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, info["path"], info["probe_sha256"]],
-                          capture_output=True, text=True, env=child_env(),
-                          preexec_fn=_limit_data, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, info["path"], info["probe_sha256"]],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        preexec_fn=_limit_data,
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"ok": False, "error": proc.stderr.strip()[-2000:], "wall_s": wall}
@@ -334,8 +395,12 @@ def measure(info: dict) -> dict:
 
 
 def verify_torch(info: dict) -> str:
-    proc = subprocess.run([sys.executable, "-c", _TORCH_CHILD, info["path"],
-                           info["probe_sha256"]], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TORCH_CHILD, info["path"], info["probe_sha256"]],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if proc.returncode != 0:
         return "torch failed: " + proc.stderr.strip()[-500:]
     return "torch.load(mmap=True): " + proc.stdout.strip()
@@ -349,22 +414,29 @@ def _default_size_gib() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size-gib", type=int, default=None,
-                    help="apparent file size (default: max(32, 1.3 x RAM))")
+    ap.add_argument(
+        "--size-gib",
+        type=int,
+        default=None,
+        help="apparent file size (default: max(32, 1.3 x RAM))",
+    )
     ap.add_argument("--dir", default=str(HERE / "out"))
     ap.add_argument("--keep", action="store_true", help="keep the file")
     ap.add_argument("--json", default=None, help="write the result here")
-    ap.add_argument("--verify-torch", action="store_true",
-                    help="also check the file with torch.load(mmap=True)")
+    ap.add_argument(
+        "--verify-torch", action="store_true", help="also check the file with torch.load(mmap=True)"
+    )
     args = ap.parse_args(argv)
     size = args.size_gib or _default_size_gib()
     os.makedirs(args.dir, exist_ok=True)
     path = Path(args.dir) / f"huge-{size}GiB.pt"
     try:
         info = build(path, size)
-        print(f"built {path}: {info['apparent_bytes'] / GiB:.1f} GiB apparent, "
-              f"{info['allocated_bytes'] / MiB:.1f} MiB on disk, {info['tensors']} tensors, "
-              f"in {info['build_s']:.2f} s")
+        print(
+            f"built {path}: {info['apparent_bytes'] / GiB:.1f} GiB apparent, "
+            f"{info['allocated_bytes'] / MiB:.1f} MiB on disk, {info['tensors']} tensors, "
+            f"in {info['build_s']:.2f} s"
+        )
         if info["allocated_bytes"] > 4 * GiB:
             print("warning: the file system did not keep the holes sparse", file=sys.stderr)
         res = measure(info)
@@ -380,14 +452,18 @@ def main(argv: list[str] | None = None) -> int:
     if res.get("ok"):
         hwm = res["end"]["VmHWM"]
         res["pass"] = hwm < PASS_HWM
-        print(f"open + metadata of {res['tensors']} tensors: {res['open_meta_s'] * 1e3:.1f} ms; "
-              f"read + touch 32 MiB probe: {res['read_touch_s'] * 1e3:.1f} ms; "
-              f"whole process {res['wall_s']:.2f} s")
-        print(f"peak RSS (VmHWM) {hwm / MiB:.1f} MiB, RssAnon {res['end']['RssAnon'] / MiB:.1f} "
-              f"MiB, RssFile {res['end']['RssFile'] / MiB:.1f} MiB, mapped "
-              f"{res['end']['VmSize'] / GiB:.1f} GiB of address space, RLIMIT_DATA "
-              f"{DATA_LIMIT // MiB} MiB; file {info['apparent_bytes'] / GiB:.1f} GiB vs RAM "
-              f"{res['mem_total'] / GiB:.1f} GiB")
+        print(
+            f"open + metadata of {res['tensors']} tensors: {res['open_meta_s'] * 1e3:.1f} ms; "
+            f"read + touch 32 MiB probe: {res['read_touch_s'] * 1e3:.1f} ms; "
+            f"whole process {res['wall_s']:.2f} s"
+        )
+        print(
+            f"peak RSS (VmHWM) {hwm / MiB:.1f} MiB, RssAnon {res['end']['RssAnon'] / MiB:.1f} "
+            f"MiB, RssFile {res['end']['RssFile'] / MiB:.1f} MiB, mapped "
+            f"{res['end']['VmSize'] / GiB:.1f} GiB of address space, RLIMIT_DATA "
+            f"{DATA_LIMIT // MiB} MiB; file {info['apparent_bytes'] / GiB:.1f} GiB vs RAM "
+            f"{res['mem_total'] / GiB:.1f} GiB"
+        )
         print("scale:", "PASS" if res["pass"] else f"FAIL (VmHWM >= {PASS_HWM // MiB} MiB)")
     else:
         res["pass"] = False

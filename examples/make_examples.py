@@ -41,9 +41,15 @@ def main(out: Path = Path(__file__).parent) -> None:
     loss.backward()
     opt.step()
     torch.save(net.state_dict(), out / "civilnet.pth")
-    torch.save({"epoch": 5, "model_state_dict": net.state_dict(),
-                "optimizer_state_dict": opt.state_dict(), "loss": loss.item()},
-               out / "civilnet_checkpoint.pth")
+    torch.save(
+        {
+            "epoch": 5,
+            "model_state_dict": net.state_dict(),
+            "optimizer_state_dict": opt.state_dict(),
+            "loss": loss.item(),
+        },
+        out / "civilnet_checkpoint.pth",
+    )
     print(f"wrote {out}/civilnet.pth and civilnet_checkpoint.pth with torch {torch.__version__}")
 
 

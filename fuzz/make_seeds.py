@@ -17,16 +17,28 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     torch.manual_seed(0)
     base = torch.arange(12, dtype=torch.float32)
-    sd = OrderedDict(w=base.view(3, 4), t=base.view(3, 4).t(),
-                     b=torch.tensor([1, 2], dtype=torch.int16),
-                     h=torch.ones(2, dtype=torch.bfloat16),
-                     u=torch.tensor([3], dtype=torch.uint16),
-                     p=torch.nn.Parameter(torch.zeros(2)), e=torch.empty(0, 2),
-                     s=torch.tensor(2.5))
+    sd = OrderedDict(
+        w=base.view(3, 4),
+        t=base.view(3, 4).t(),
+        b=torch.tensor([1, 2], dtype=torch.int16),
+        h=torch.ones(2, dtype=torch.bfloat16),
+        u=torch.tensor([3], dtype=torch.uint16),
+        p=torch.nn.Parameter(torch.zeros(2)),
+        e=torch.empty(0, 2),
+        s=torch.tensor(2.5),
+    )
     sd._metadata = OrderedDict({"": {"version": 1}})
-    ckpt = {"epoch": 3, "model": sd, "opt": {"state": {0: {"step": torch.tensor(1.0)}},
-                                             "param_groups": [{"lr": 0.1, "params": [0]}]},
-            "loss": 0.25, "names": ["a", "b"], "flags": (True, None)}
+    ckpt = {
+        "epoch": 3,
+        "model": sd,
+        "opt": {
+            "state": {0: {"step": torch.tensor(1.0)}},
+            "param_groups": [{"lr": 0.1, "params": [0]}],
+        },
+        "loss": 0.25,
+        "names": ["a", "b"],
+        "flags": (True, None),
+    }
     torch.save(sd, OUT / "state_dict.pt")
     torch.save(ckpt, OUT / "checkpoint.pt")
     torch.save(ckpt, OUT / "protocol4.pt", pickle_protocol=4)

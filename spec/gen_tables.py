@@ -69,17 +69,24 @@ _REGION = re.compile(r"(<!-- BEGIN ([a-z0-9-]+) -->\n)(.*?)(<!-- END \2 -->)", r
 #:   extension registry, out-of-band buffers).
 OPCODE_CLASSES: dict[str, str] = {
     **dict.fromkeys(
-        "PROTO STOP GLOBAL REDUCE BUILD MARK BINPERSID EMPTY_DICT SETITEM SETITEMS EMPTY_LIST "
-        "APPEND APPENDS EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 NONE NEWTRUE NEWFALSE BININT "
-        "BININT1 BININT2 LONG1 BINFLOAT BINUNICODE BINPUT LONG_BINPUT BINGET LONG_BINGET NEWOBJ"
-        .split(), "emit"),
+        (
+            "PROTO STOP GLOBAL REDUCE BUILD MARK BINPERSID EMPTY_DICT SETITEM SETITEMS "
+            "EMPTY_LIST APPEND APPENDS EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 NONE NEWTRUE "
+            "NEWFALSE BININT BININT1 BININT2 LONG1 BINFLOAT BINUNICODE BINPUT LONG_BINPUT "
+            "BINGET LONG_BINGET NEWOBJ"
+        ).split(),
+        "emit",
+    ),
     **dict.fromkeys(
         "EMPTY_SET SHORT_BINSTRING BINSTRING FRAME SHORT_BINUNICODE BINUNICODE8 "
         "STACK_GLOBAL MEMOIZE SHORT_BINBYTES BINBYTES BINBYTES8 BYTEARRAY8 LONG4 ADDITEMS "
-        "FROZENSET NEWOBJ_EX".split(), "accept"),
+        "FROZENSET NEWOBJ_EX".split(),
+        "accept",
+    ),
     **dict.fromkeys(
-        "INT LONG STRING UNICODE FLOAT LIST DICT POP DUP POP_MARK GET PUT INST OBJ PERSID"
-        .split(), "may"),
+        "INT LONG STRING UNICODE FLOAT LIST DICT POP DUP POP_MARK GET PUT INST OBJ PERSID".split(),
+        "may",
+    ),
     **dict.fromkeys("EXT1 EXT2 EXT4 NEXT_BUFFER READONLY_BUFFER".split(), "refuse"),
 }
 
@@ -97,8 +104,10 @@ def opcode_classes() -> dict[str, str]:
     missing = names - OPCODE_CLASSES.keys()
     extra = OPCODE_CLASSES.keys() - names
     if missing or extra:
-        raise SystemExit(f"gen_tables.OPCODE_CLASSES is out of step with pthfmt's opcode table:"
-                         f" unclassified {sorted(missing)}, unknown {sorted(extra)}")
+        raise SystemExit(
+            f"gen_tables.OPCODE_CLASSES is out of step with pthfmt's opcode table:"
+            f" unclassified {sorted(missing)}, unknown {sorted(extra)}"
+        )
     return dict(OPCODE_CLASSES)
 
 
@@ -112,8 +121,7 @@ def _byte(code: int) -> str:
 
 def opcode_table(cls: str) -> str:
     classes = opcode_classes()
-    rows = ["| opcode | byte | inline argument | protocol | effect |",
-            "|---|---|---|---|---|"]
+    rows = ["| opcode | byte | inline argument | protocol | effect |", "|---|---|---|---|---|"]
     for op in OPCODES:
         if classes[op.name] != cls:
             continue
@@ -124,11 +132,15 @@ def opcode_table(cls: str) -> str:
 
 # -- dtypes -------------------------------------------------------------------------------------
 
+
 def _numpy_name(info: object) -> str:
     dt = info.numpy  # type: ignore[attr-defined]
     meta = dt.metadata or {}
-    module = "numpy" if type(dt).__module__.startswith("numpy") and \
-        dt.type.__module__ == "numpy" else "ml_dtypes"
+    module = (
+        "numpy"
+        if type(dt).__module__.startswith("numpy") and dt.type.__module__ == "numpy"
+        else "ml_dtypes"
+    )
     name = f"`{module}.{dt.type.__name__}`"
     if "torch" in meta:
         return f"{name}, raw (tagged `{meta['torch']}`)"
@@ -136,9 +148,11 @@ def _numpy_name(info: object) -> str:
 
 
 def dtype_table() -> str:
-    rows = ["| torch dtype | aliases | pickle: storage GLOBAL | rebuild function | pid `numel` "
-            "counts | element size | swap unit (big-endian) | numpy equivalent | notes |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| torch dtype | aliases | pickle: storage GLOBAL | rebuild function | pid `numel` "
+        "counts | element size | swap unit (big-endian) | numpy equivalent | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for info in DTYPES:
         aliases = ", ".join(f"`{a}`" for a in info.aliases) or ""
         if info.storage:
@@ -148,25 +162,32 @@ def dtype_table() -> str:
             storage = "`torch.storage UntypedStorage` + `torch " + info.name + "`"
             counts = "bytes"
         swap = "none" if info.swap <= 1 else f"{info.swap} bytes"
-        rows.append(f"| `torch.{info.name}` | {aliases} | {storage} | `{info.rebuild}` | "
-                    f"{counts} | {info.itemsize} | {swap} | {_numpy_name(info)} | "
-                    f"{info.note} |")
+        rows.append(
+            f"| `torch.{info.name}` | {aliases} | {storage} | `{info.rebuild}` | "
+            f"{counts} | {info.itemsize} | {swap} | {_numpy_name(info)} | "
+            f"{info.note} |"
+        )
     return "\n".join(rows)
 
 
 def unsavable() -> str:
     names = sorted(UNSAVABLE, key=lambda n: (n.rstrip("0123456789"), len(n), n))
-    return ("torch 2.13 knows these dtypes but cannot save tensors of them "
-            "(`KeyError: 'dtype torch.uint4 is not recognized'`); a reader MUST accept their "
-            "names as `torch.<name>` globals and MAY refuse tensors of them: " +
-            ", ".join(f"`torch.{n}`" for n in names) + ".")
+    return (
+        "torch 2.13 knows these dtypes but cannot save tensors of them "
+        "(`KeyError: 'dtype torch.uint4 is not recognized'`); a reader MUST accept their "
+        "names as `torch.<name>` globals and MAY refuse tensors of them: "
+        + ", ".join(f"`torch.{n}`" for n in names)
+        + "."
+    )
 
 
 # -- the allowlist ------------------------------------------------------------------------------
 
+
 def _handler(handler: str) -> Any:
     """A handler method, or a kinds handler (its first parameter is the handlers object)."""
     from pthfmt.torch.kinds import KIND_HANDLERS
+
     return KIND_HANDLERS.get(handler) or getattr(TorchHandlers, handler)
 
 
@@ -210,29 +231,49 @@ def allowlist_tables() -> str:
             dtypes.append(name)
         else:
             inert.append(name)
-    out = [f"{len(table)} names in all.", "",
-           "**Callables** (the only globals `REDUCE`, `NEWOBJ`, `INST` and `OBJ` may call). "
-           "The argument list is pthfmt's handler signature, which accepts exactly the "
-           "argument tuples torch writes:", "",
-           "| global | arguments | handler |", "|---|---|---|"]
+    out = [
+        f"{len(table)} names in all.",
+        "",
+        "**Callables** (the only globals `REDUCE`, `NEWOBJ`, `INST` and `OBJ` may call). "
+        "The argument list is pthfmt's handler signature, which accepts exactly the "
+        "argument tuples torch writes:",
+        "",
+        "| global | arguments | handler |",
+        "|---|---|---|",
+    ]
     for name, handler in sorted(calls):
         out.append(f"| `{name}` | `{_signature(handler)}` | `{handler}` |")
-    out += ["", "**Recognised, not required** (a reader MAY decode them and MUST otherwise "
-            "refuse them as unsupported, naming the feature):", "",
-            "| global | content |", "|---|---|"]
+    out += [
+        "",
+        "**Recognised, not required** (a reader MAY decode them and MUST otherwise "
+        "refuse them as unsupported, naming the feature):",
+        "",
+        "| global | content |",
+        "|---|---|",
+    ]
     for name in sorted(unsup):
         short = name.rsplit(".", 1)[1]
         out.append(f"| `{name}` | {unsupported.get(short, '')} |")
-    out += ["", "**Storage classes** (values, used as the 2nd element of a persistent id):",
-            "", "| dtype | globals |", "|---|---|"]
+    out += [
+        "",
+        "**Storage classes** (values, used as the 2nd element of a persistent id):",
+        "",
+        "| dtype | globals |",
+        "|---|---|",
+    ]
     for key, names in storages.items():
         shown = key if key.startswith("(") else f"`torch.{key}`"
         out.append(f"| {shown} | {', '.join(f'`{n}`' for n in sorted(names))} |")
-    out += ["", "**dtype objects** (values; the 7th argument of `_rebuild_tensor_v3`, or "
-            "plain values): " + ", ".join(f"`{n}`" for n in sorted(dtypes)) + ".", "",
-            "**Inert names** (values a file may name but never call: legacy tensor classes, "
-            "quantization schemes, numpy's array class): "
-            + ", ".join(f"`{n}`" for n in sorted(inert)) + "."]
+    out += [
+        "",
+        "**dtype objects** (values; the 7th argument of `_rebuild_tensor_v3`, or "
+        "plain values): " + ", ".join(f"`{n}`" for n in sorted(dtypes)) + ".",
+        "",
+        "**Inert names** (values a file may name but never call: legacy tensor classes, "
+        "quantization schemes, numpy's array class): "
+        + ", ".join(f"`{n}`" for n in sorted(inert))
+        + ".",
+    ]
     return "\n".join(out)
 
 
@@ -245,10 +286,11 @@ def module_aliases() -> str:
 
 # -- worked examples from the vectors -----------------------------------------------------------
 
+
 def hexdump(data: bytes, start: int = 0, width: int = 16) -> str:
     lines = []
     for i in range(0, len(data), width):
-        chunk = data[i:i + width]
+        chunk = data[i : i + width]
         hexes = " ".join(f"{b:02x}" for b in chunk).ljust(width * 3 - 1)
         text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
         lines.append(f"{start + i:08x}  {hexes}  |{text}|")
@@ -261,31 +303,45 @@ def _zip_layout(data: bytes) -> list[dict[str, object]]:
     for info in zf.infolist():
         lho = info.header_offset
         nlen, xlen = struct.unpack_from("<HH", data, lho + 26)
-        extra = data[lho + 30 + nlen:lho + 30 + nlen + xlen]
+        extra = data[lho + 30 + nlen : lho + 30 + nlen + xlen]
         fields, i = [], 0
         while i + 4 <= len(extra):
             tag, n = struct.unpack_from("<2sH", extra, i)
             fields.append(f"{tag.decode('latin-1')}:{n}")
             i += 4 + n
         start = lho + 30 + nlen + xlen
-        rows.append({"name": info.filename, "lho": lho, "data": start, "size": info.file_size,
-                     "method": info.compress_type, "crc": info.CRC, "flags": info.flag_bits,
-                     "extra": " ".join(fields), "nlen": nlen, "xlen": xlen})
+        rows.append(
+            {
+                "name": info.filename,
+                "lho": lho,
+                "data": start,
+                "size": info.file_size,
+                "method": info.compress_type,
+                "crc": info.CRC,
+                "flags": info.flag_bits,
+                "extra": " ".join(fields),
+                "nlen": nlen,
+                "xlen": xlen,
+            }
+        )
     return rows
 
 
 def example_zip_records() -> str:
     data = (VECTORS / "zip_minimal.pt").read_bytes()
-    rows = ["| record | local header at | data at | data % 64 | size | method | flags | "
-            "CRC-32 | local extra fields | content |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| record | local header at | data at | data % 64 | size | method | flags | "
+        "CRC-32 | local extra fields | content |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in _zip_layout(data):
-        raw = data[int(r["data"]):int(r["data"]) + int(r["size"])]  # type: ignore[call-overload]
-        content = repr(raw) if not r["name"].endswith(("data.pkl", "/0")) else \
-            f"{r['size']} bytes"  # type: ignore[union-attr]
-        rows.append(f"| `{r['name']}` | {r['lho']} | {r['data']} | {int(r['data']) % 64} | "
-                    f"{r['size']} | {r['method']} | `0x{int(r['flags']):04x}` | "
-                    f"`{int(r['crc']):08x}` | `{r['extra']}` | `{content}` |")
+        raw = data[int(r["data"]) : int(r["data"]) + int(r["size"])]  # type: ignore[call-overload]
+        content = repr(raw) if not r["name"].endswith(("data.pkl", "/0")) else f"{r['size']} bytes"  # type: ignore[union-attr]
+        rows.append(
+            f"| `{r['name']}` | {r['lho']} | {r['data']} | {int(r['data']) % 64} | "
+            f"{r['size']} | {r['method']} | `0x{int(r['flags']):04x}` | "
+            f"`{int(r['crc']):08x}` | `{r['extra']}` | `{content}` |"
+        )
     return f"`zip_minimal.pt` ({len(data)} bytes):\n\n" + "\n".join(rows)
 
 
@@ -296,17 +352,19 @@ def example_zip_bytes() -> str:
     lho, start, size = int(rec["lho"]), int(rec["data"]), int(rec["size"])  # type: ignore
     end = start + size + 16
     z64 = data.rindex(b"PK\x06\x06")
-    return "\n".join([
-        "```",
-        f"# local header of zip_minimal/data/0, its data and its data descriptor: bytes {lho} to "
-        f"{end - 1} (0x{lho:x} to 0x{end - 1:x})",
-        hexdump(data[lho:end], lho),
-        "",
-        f"# zip64 end of central directory, zip64 locator, end of central directory: from byte "
-        f"{z64} (0x{z64:x})",
-        hexdump(data[z64:], z64),
-        "```",
-    ])
+    return "\n".join(
+        [
+            "```",
+            "# local header of zip_minimal/data/0, its data and its data descriptor: "
+            f"bytes {lho} to {end - 1} (0x{lho:x} to 0x{end - 1:x})",
+            hexdump(data[lho:end], lho),
+            "",
+            f"# zip64 end of central directory, zip64 locator, end of central directory: from byte "
+            f"{z64} (0x{z64:x})",
+            hexdump(data[z64:], z64),
+            "```",
+        ]
+    )
 
 
 def example_data_pkl() -> str:
@@ -329,10 +387,12 @@ def example_legacy() -> str:
     lines = ["```"]
     for name, a, b in parts:
         lines.append(f"# {name} pickle: bytes {a} to {b - 1}")
-        lines.append(hexdump(data[a:b], a) if name != "object" else
-                     hexdump(data[a:a + 32], a) + "\n  ...")
-    lines.append(f"# storage '0': int64 little-endian element count, then the elements: from "
-                 f"byte {pos}")
+        lines.append(
+            hexdump(data[a:b], a) if name != "object" else hexdump(data[a : a + 32], a) + "\n  ..."
+        )
+    lines.append(
+        f"# storage '0': int64 little-endian element count, then the elements: from byte {pos}"
+    )
     lines.append(hexdump(data[pos:], pos))
     lines.append("```")
     out = io.StringIO()
@@ -348,17 +408,20 @@ def example_metadata() -> str:
     out = io.StringIO()
     pickletools.dis(pkl, out)
     lines = out.getvalue().splitlines()
-    first = next(i for i, line in enumerate(lines)
-                 if re.match(r"^\s*\d+: \}    EMPTY_DICT", line))
-    shown = [*lines[:6], "  ...  (the 7 tensors, SETITEMS)", *lines[first - 1:]]
+    first = next(i for i, line in enumerate(lines) if re.match(r"^\s*\d+: \}    EMPTY_DICT", line))
+    shown = [*lines[:6], "  ...  (the 7 tensors, SETITEMS)", *lines[first - 1 :]]
     return "```\n" + "\n".join(shown) + "\n```"
 
 
 def vector_list() -> str:
     import json
+
     rows = ["| vector | expected | origin | container | what it holds |", "|---|---|---|---|---|"]
-    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(VECTORS.glob("*.json"))
-            if p.name != "MANIFEST.json"]
+    docs = [
+        json.loads(p.read_text(encoding="utf-8"))
+        for p in sorted(VECTORS.glob("*.json"))
+        if p.name != "MANIFEST.json"
+    ]
     docs.sort(key=lambda d: (not d["valid"], d["format"] == "unknown", d["name"]))
     for d in docs:
         if d["valid"]:
@@ -370,8 +433,9 @@ def vector_list() -> str:
         else:
             expected = f"`{d['error']}`"
         description = d["description"].replace("|", "\\|")
-        rows.append(f"| `{d['file']}` | {expected} | {d['origin']} | {d['format']} | "
-                    f"{description} |")
+        rows.append(
+            f"| `{d['file']}` | {expected} | {d['origin']} | {d['format']} | {description} |"
+        )
     return "\n".join(rows)
 
 
