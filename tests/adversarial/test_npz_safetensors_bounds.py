@@ -149,14 +149,14 @@ HEADERS: dict[str, tuple[bytes, type[PthError], str, int | None, str | None]] = 
 @pytest.mark.parametrize("case", list(HEADERS))
 def test_header_rule(case: str) -> None:
     data, error, message, offset, key = HEADERS[case]
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(PthError) as info:
         read_safetensors_header(data, len(data))
     exc = info.value
     assert type(exc) is error
     assert (exc.message, exc.offset, exc.key_path) == (message, offset, key)
     assert exc.code is not None and exc.code.startswith("safetensors.")
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
 
 
 @pytest.mark.parametrize("case", [c for c in HEADERS if HEADERS[c][0][8:9] == b"{"])
@@ -309,10 +309,10 @@ def _bomb_npz(tmp: Path, count: int, n: int) -> str:
 
 def test_one_npz_deflate_bomb_is_a_limit(tmp_path: Path) -> None:
     path = _bomb_npz(tmp_path, 1, 64 << 20)  # 64 MiB from ~64 KiB
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(LimitError) as info:
         read_npz(path, Content())
-    assert time.perf_counter() - start < 2
+    assert time.process_time() - start < 2
     assert info.value.message.startswith("npz member 'w0.npy' inflates ")
     assert info.value.message.endswith(", over pthfmt's 256:1 bound (a decompression bomb?)")
 

@@ -29,9 +29,9 @@ def _archive(code: dict[str, bytes]) -> bytes:
 def test_unclosed_lines_are_scanned_in_linear_time(line: bytes) -> None:
     text = (line + b"\n") * (1 << 17)  # ~1 MiB of code, 2 KiB deflated
     data = _archive({"m.py": text})
-    start = time.perf_counter()
+    start = time.process_time()
     assert pthfmt.load(io.BytesIO(data)) == {}
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
 
 
 def test_many_inflating_code_records_are_a_limit() -> None:

@@ -141,10 +141,10 @@ def test_prefix_hint_is_linear_in_key_length():
     from pthfmt.engines.diff import _prefix_hint
 
     long_key = ".".join(["a"] * 200_000)
-    start = time.perf_counter()
+    start = time.process_time()
     hint = _prefix_hint([long_key[2:]], [long_key, "x"], "b", None)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert hint == "B's keys match under the prefix 'a.': try --strip-b a."
-    start = time.perf_counter()
+    start = time.process_time()
     assert _prefix_hint(["zzz"], [long_key] * 20, "b", None) is None
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0

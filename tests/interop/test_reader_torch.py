@@ -999,10 +999,10 @@ def test_tensors_walk_is_linear(tmp_path):
     for _ in range(40):
         node = [node, node]
     path = save({"deep": node, "after": torch.zeros(1)}, tmp_path)
-    start = time.perf_counter()
+    start = time.process_time()
     with pthfmt.open(path) as ck:
         got = list(ck.tensors())
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
     assert [k for k, _ in got] == ["deep" + ".0" * 40 + ".leaf", "after"]
     ours = pthfmt.load(path)
     inner = ours["deep"]

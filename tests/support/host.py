@@ -7,6 +7,9 @@
   ``VmSize``, read after its imports), never absolute: numpy, ml_dtypes and their BLAS map
   very different amounts on different machines (one thread buffer per core, for one).
 * Tests that write large files check the free space first and skip with the reason.
+* Time bounds ("never time the file's size does not justify") are CPU seconds of the process
+  doing the work (``time.process_time()``), never wall-clock time: a CI machine busy with
+  other jobs stretches the wall clock, not the work.
 * A child's peak memory is its own (``VmHWM``), not ``ru_maxrss``, which Linux carries over
   ``exec`` from the forked copy of the parent: a test runner grown to 1 GiB would make every
   child report 1 GiB.
