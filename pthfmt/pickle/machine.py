@@ -230,10 +230,9 @@ class Unpickler:
                         after = pos + 5
                     value = memo[idx] if idx < len(memo) else self._sparse_get(idx)
                     if type(value) is Global and value.fast is not None and fast:
-                        done = value.fast(data, after, end, memo, sparse)
+                        done = value.fast(data, after, end, memo, sparse, stack, value)
                         if done is not None:  # (else: the loop runs the same opcodes)
-                            value, pos = done
-                            stack.append(value)
+                            pos = done
                             continue
                     stack.append(value)
                     pos = after

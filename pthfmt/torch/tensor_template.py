@@ -21,6 +21,12 @@ any memo or stack change*, and the loop runs the same bytes opcode by opcode, so
 error message and error offset is the loop's own.  Handler calls repeated that way are
 idempotent (a storage declared again is the same storage).
 
+After a tensor the path goes on by itself (*run continuation*) while the next item of the
+dict or list being built is another such tensor, keyed by a new ``BINUNICODE`` string put to
+the next memo index or by a memo get (torch's state dicts and optimizer state): it pushes and
+memoizes exactly what the loop would, item by item, and hands the loop the first item it
+does not take, untouched.
+
 The pattern is built from the opcode table, so it cannot name an opcode the table does
 not hold; ``Unpickler.fast_paths = False`` turns this path off (the tests' oracle).
 """
@@ -206,13 +212,118 @@ class TensorTemplate:
         self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def run(
-        self, data: Any, pos: int, end: int, memo: list[Any], sparse: dict[int, Any]
-    ) -> tuple[Any, int] | None:
-        """From ``pos`` (just after the memo get of the rebuild global): the tensor and the
-        position after its put, or ``None`` with nothing changed."""
-        m = _PATTERN.match(data, pos, end)
-        if m is None or sparse:
+        self,
+        data: Any,
+        pos: int,
+        end: int,
+        memo: list[Any],
+        sparse: dict[int, Any],
+        stack: list[Any],
+        rebuild: Any,
+    ) -> int | None:
+        """From ``pos`` (just after the memo get of the ``rebuild`` global): push the tensor,
+        and those of the dict items that follow it (see :meth:`_items`), onto ``stack``; the
+        position after them, or ``None`` with nothing changed."""
+        if sparse:
             return None
+        pos = self._tensor(data, pos, end, memo, stack)
+        if pos < 0:
+            return None
+        return self._items(data, pos, end, memo, stack, rebuild)
+
+    def _items(
+        self, data: Any, pos: int, end: int, memo: list[Any], stack: list[Any], rebuild: Any
+    ) -> int:
+        """Run continuation: while the next item of the dict or list being built is
+        ``[key]  GET rebuild  <tensor>``, a memo get of the very global this path was taken
+        for, with a key that is either ``BINUNICODE`` + a put to the next memo index or a
+        memo get of anything but a global, what the loop would do with those bytes: the key
+        pushed (and memoized), then the tensor.  At anything else (or a key the loop would
+        decode differently or refuse), the position of that item's first opcode, with that
+        item untouched: the loop runs it."""
+        u4 = _U4
+        while pos + 2 <= end:
+            code = data[pos]
+            key: Any = None
+            keyed = new = False  # a key first; a new one (memoized), not one read back
+            at = pos
+            if code == 0x58:  # BINUNICODE: a new key
+                start = pos + 5
+                if start > end:
+                    break
+                stop = start + u4(data, pos + 1)[0]
+                if stop + 4 > end:  # (a put and a get at least)
+                    break
+                code = data[stop]
+                if code == 0x71:  # BINPUT
+                    idx = data[stop + 1]
+                    at = stop + 2
+                elif code == 0x72 and stop + 5 <= end:  # LONG_BINPUT
+                    idx = u4(data, stop + 1)[0]
+                    at = stop + 5
+                else:
+                    break
+                if idx != len(memo) or at + 2 > end:
+                    break
+                try:
+                    key = str(data[start:stop], "utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    break
+                keyed = new = True
+            elif code == 0x68 or code == 0x6A:  # a key read back, or the tensor's own get
+                if code == 0x68:
+                    idx = data[pos + 1]
+                    at = pos + 2
+                elif pos + 5 <= end:
+                    idx = u4(data, pos + 1)[0]
+                    at = pos + 5
+                else:
+                    break
+                if idx >= len(memo):
+                    break
+                key = memo[idx]
+                if key is rebuild:
+                    at = pos
+                elif type(key) is Global or at + 2 > end:
+                    break
+                else:
+                    keyed = True
+            else:
+                break
+            code = data[at]
+            if code == 0x68:  # BINGET
+                idx = data[at + 1]
+                at += 2
+            elif code == 0x6A and at + 5 <= end:  # LONG_BINGET
+                idx = u4(data, at + 1)[0]
+                at += 5
+            else:
+                break
+            if idx >= len(memo) or memo[idx] is not rebuild:
+                break
+            if not keyed:
+                done = self._tensor(data, at, end, memo, stack)
+                if done < 0:
+                    break
+            else:
+                if new:
+                    memo.append(key)
+                stack.append(key)
+                done = self._tensor(data, at, end, memo, stack)
+                if done < 0:
+                    if new:
+                        memo.pop()
+                    stack.pop()
+                    break
+            pos = done
+        return pos
+
+    def _tensor(self, data: Any, pos: int, end: int, memo: list[Any], stack: list[Any]) -> int:
+        """From ``pos`` (just after the memo get of the rebuild global): the tensor pushed and
+        memoized, and the position after its put; or -1 with nothing changed."""
+        m = _PATTERN.match(data, pos, end)
+        if m is None:
+            return -1
         g = m.groups()
         n = len(memo)
         u4 = _U4
@@ -238,18 +349,18 @@ class TensorTemplate:
             or type(hooks) is not Global
             or hooks.qualname != _ORDERED_DICT
         ):
-            return None
+            return -1
         if g[3] is not None:  # a new storage key
             digits = g[3]
             if len(digits) != g[2][0]:
-                return None
+                return -1
             key = str(digits, "ascii")
         else:
             t = g[4]
             i = t[1] if len(t) == 2 else u4(t, 1)[0]
             seen = memo[i] if i < n else None
             if type(seen) is not str:
-                return None
+                return -1
             key = seen
         numel = _int(g[7])
         size, size_put = _ints(g, 10)
@@ -260,7 +371,7 @@ class TensorTemplate:
         pid = (tag, storage_class, key, location, numel)
         values = _stored(g, n, key, pid, size, size_put, stride, stride_put)
         if values is None:
-            return None
+            return -1
         offset = _int(g[9])
         requires_grad = g[30][0] == _NEWTRUE
         try:
@@ -276,7 +387,7 @@ class TensorTemplate:
                         break
                     last += (n - 1) * s
                 if (last + 1) * item > storage.nbytes:
-                    return None
+                    return -1
                 buffer = storage._buffer
                 if buffer is None:
                     buffer = storage.buffer(self.mmap)
@@ -287,7 +398,8 @@ class TensorTemplate:
             else:
                 tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
         except PthError:
-            return None  # the loop runs the same opcodes and raises it where it belongs
+            return -1  # the loop runs the same opcodes and raises it where it belongs
         memo += values
         memo += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
-        return tensor, m.end()
+        stack.append(tensor)
+        return m.end()
