@@ -54,26 +54,29 @@ def _op(name: str) -> bytes:
 
 _GET: Final = b"(" + _op("BINGET") + b".|" + _op("LONG_BINGET") + b"....)"
 _PUT: Final = b"(" + _op("BINPUT") + b".|" + _op("LONG_BINPUT") + b"....)"
+_GET_: Final = b"(?:" + _op("BINGET") + b".|" + _op("LONG_BINGET") + b"....)"  # (no group)
 #: Ints below 65,536 only: sizes, strides and offsets of small tensors, and never a hash
 #: flood of the size and stride tuples kept once each (``TensorTemplate.tuples``).
 _INT: Final = b"(" + _op("BININT1") + b".|" + _op("BININT2") + b"..)"
+_INT_: Final = b"(?:" + _op("BININT1") + b".|" + _op("BININT2") + b"..)"  # (no group)
+#: A size or stride tuple: ``EMPTY_TUPLE``, or its ints and tuple opcode as one group (the
+#: key of ``TensorTemplate.shapes``) and its put.
 _TUPLE: Final = (
-    b"(?:("
+    b"(?:"
     + _op("EMPTY_TUPLE")
-    + b")|"
-    + _INT
+    + b"|("
+    + _INT_
     + _op("TUPLE1")
-    + _PUT
     + b"|"
-    + _INT
-    + _INT
+    + _INT_
+    + _INT_
     + _op("TUPLE2")
-    + _PUT
     + b"|"
-    + _INT
-    + _INT
-    + _INT
+    + _INT_
+    + _INT_
+    + _INT_
     + _op("TUPLE3")
+    + b")"
     + _PUT
     + b")"
 )
@@ -83,9 +86,10 @@ _TUPLE: Final = (
 _PATTERN: Final = re.compile(
     _op("MARK")
     + _op("MARK")
-    + _GET
-    + _GET
-    + b"(?:"
+    + b"("
+    + _GET_
+    + _GET_
+    + b")(?:"
     + _op("BINUNICODE")
     + b"([\x01-\x09])\x00\x00\x00([0-9]{1,9})|"
     + _GET
@@ -117,6 +121,8 @@ _PATTERN: Final = re.compile(
 )
 _U4 = struct.Struct("<I").unpack_from
 _NEWTRUE = BY_NAME["NEWTRUE"].code
+_BININT1 = BY_NAME["BININT1"].code
+_BINGET = BY_NAME["BINGET"].code
 #: Seven ``LONG_BINPUT`` tokens of the indices ``n`` to ``n + 6`` (5 bytes each, the index
 #: little-endian after the opcode), read as one little-endian int, are ``_SEVEN_BASE + n *
 #: _SEVEN_STEP`` (no carries while ``n < _LAST_SEVEN``).
@@ -130,22 +136,19 @@ _LAST_SEVEN: Final = (1 << 32) - 6
 _ORDERED_DICT: Final = "collections.OrderedDict"
 
 
-def _int(tok: bytes) -> int:
-    """The value of an int token (``BININT1`` or ``BININT2``)."""
-    return tok[1] if len(tok) == 2 else tok[1] | tok[2] << 8
-
-
-def _ints(groups: tuple[Any, ...], at: int) -> tuple[tuple[int, ...], bytes | None]:
-    """The size or stride tuple of the ten groups from ``at`` (``_TUPLE``): its value and its
-    put (``None`` for the empty tuple, which the pickler does not memoize)."""
-    if groups[at] is not None:
-        return (), None
-    if groups[at + 1] is not None:
-        return (_int(groups[at + 1]),), groups[at + 2]
-    if groups[at + 3] is not None:
-        return (_int(groups[at + 3]), _int(groups[at + 4])), groups[at + 5]
-    three = (_int(groups[at + 6]), _int(groups[at + 7]), _int(groups[at + 8]))
-    return three, groups[at + 9]
+def _shape(tok: bytes) -> tuple[int, ...]:
+    """The value of a size or stride token (``BININT1``/``BININT2`` ints, then the tuple
+    opcode)."""
+    values = []
+    at, last = 0, len(tok) - 1
+    while at < last:
+        if tok[at] == _BININT1:
+            values.append(tok[at + 1])
+            at += 2
+        else:
+            values.append(tok[at + 1] | tok[at + 2] << 8)
+            at += 3
+    return tuple(values)
 
 
 def _stored(
@@ -160,18 +163,18 @@ def _stored(
 ) -> list[Any] | None:
     """What the puts before the tensor's last three store, in order, when every put of the
     match (those and the last three) is to the next memo index from ``n``; else ``None``."""
-    if g[5] is not None and size_put is not None and stride_put is not None:
-        joined = b"".join((g[5], g[8], size_put, stride_put, g[32], g[33], g[34]))
+    if g[4] is not None and size_put is not None and stride_put is not None:
+        joined = b"".join((g[4], g[7], size_put, stride_put, g[15], g[16], g[17]))
         if len(joined) == 35 and n < _LAST_SEVEN:  # seven LONG_BINPUTs
             if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
                 return None
             return [key, pid, size, stride]
     puts: list[bytes] = []
     values: list[Any] = []
-    if g[5] is not None:  # the new key's put
-        puts.append(g[5])
+    if g[4] is not None:  # the new key's put
+        puts.append(g[4])
         values.append(key)
-    puts.append(g[8])
+    puts.append(g[7])
     values.append(pid)
     if size_put is not None:
         puts.append(size_put)
@@ -179,7 +182,7 @@ def _stored(
     if stride_put is not None:
         puts.append(stride_put)
         values.append(stride)
-    puts += (g[32], g[33], g[34])
+    puts += (g[15], g[16], g[17])
     for k, t in enumerate(puts, n):
         if (t[1] if len(t) == 2 else _U4(t, 1)[0]) != k:
             return None
@@ -194,7 +197,7 @@ class TensorTemplate:
     ``_rebuild_tensor_v2`` calls with its six arguments).
     """
 
-    __slots__ = ("declare", "eager", "make_tensor", "mmap", "tuples")
+    __slots__ = ("declare", "eager", "gets", "make_tensor", "mmap", "shapes", "tuples")
 
     def __init__(
         self,
@@ -210,6 +213,12 @@ class TensorTemplate:
         #: Each distinct size or stride tuple once: a million tensors of a few shapes hold a
         #: few tuples, not two million (each one memory, and work for every full collection).
         self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
+        #: size and stride tokens (``_TUPLE``'s ints and tuple opcode) -> their tuple
+        self.shapes: dict[bytes, tuple[int, ...]] = {}
+        #: the memo get tokens of a tensor's tag, storage class, location and hooks -> their
+        #: memo indices, the largest of them, and the objects found there when they passed
+        #: the checks: while those very objects are there, they pass again
+        self.gets: dict[tuple[bytes, bytes, bytes], tuple[Any, ...]] = {}
 
     def run(
         self,
@@ -230,6 +239,40 @@ class TensorTemplate:
         if pos < 0:
             return None
         return self._items(data, pos, end, memo, stack, rebuild)
+
+    def _shape(self, tok: bytes) -> tuple[int, ...]:
+        """The tuple of a size or stride token, decoded once (each distinct tuple kept once)."""
+        value = _shape(tok)
+        value = self.tuples.setdefault(value, value)
+        self.shapes[tok] = value
+        return value
+
+    def _gets(self, gets: tuple[bytes, bytes, bytes], memo: list[Any]) -> tuple[Any, ...] | None:
+        """The memo gets of a tensor's tag and storage class (one token: ``_PATTERN``'s first
+        group), location and hooks: their entry of ``gets`` (made anew), or ``None`` when what
+        they read is not what torch puts there."""
+        n = len(memo)
+        u4 = _U4
+        pair = gets[0]
+        cut = 2 if pair[0] == _BINGET else 5
+        found = []
+        for t in (pair[:cut], pair[cut:], gets[1], gets[2]):
+            found.append(t[1] if len(t) == 2 else u4(t, 1)[0])
+        if max(found) >= n:
+            return None
+        tag, storage_class, location, hooks = (memo[i] for i in found)
+        if (
+            type(tag) is not str
+            or tag != "storage"
+            or type(storage_class) is not StorageType
+            or type(location) is not str
+            or type(hooks) is not Global
+            or hooks.qualname != _ORDERED_DICT
+        ):
+            return None
+        hit = (*found, max(found), tag, storage_class, location, hooks)
+        self.gets[gets] = hit
+        return hit
 
     def _items(
         self, data: Any, pos: int, end: int, memo: list[Any], stack: list[Any], rebuild: Any
@@ -326,54 +369,55 @@ class TensorTemplate:
             return -1
         g = m.groups()
         n = len(memo)
-        u4 = _U4
-        # the memo gets: what torch puts there, stored before this tensor (written out: a
-        # comprehension or a helper costs 2-4% of a many-small load here)
-        t = g[0]
-        i = t[1] if len(t) == 2 else u4(t, 1)[0]
-        tag = memo[i] if i < n else None
-        t = g[1]
-        i = t[1] if len(t) == 2 else u4(t, 1)[0]
-        storage_class = memo[i] if i < n else None
-        t = g[6]
-        i = t[1] if len(t) == 2 else u4(t, 1)[0]
-        location = memo[i] if i < n else None
-        t = g[31]
-        i = t[1] if len(t) == 2 else u4(t, 1)[0]
-        hooks = memo[i] if i < n else None
-        if (
-            type(tag) is not str
-            or tag != "storage"
-            or type(storage_class) is not StorageType
-            or type(location) is not str
-            or type(hooks) is not Global
-            or hooks.qualname != _ORDERED_DICT
-        ):
-            return -1
-        if g[3] is not None:  # a new storage key
-            digits = g[3]
-            if len(digits) != g[2][0]:
+        # the memo gets of the tag, storage class, location and hooks: the objects torch puts
+        # there, stored before this tensor (the same few tokens every tensor: cached)
+        gets = (g[0], g[5], g[14])
+        hit = self.gets.get(gets)
+        if hit is None or hit[4] >= n or memo[hit[0]] is not hit[5]:
+            hit = self._gets(gets, memo)
+            if hit is None:
+                return -1
+        elif memo[hit[1]] is not hit[6] or memo[hit[2]] is not hit[7]:
+            hit = self._gets(gets, memo)
+            if hit is None:
+                return -1
+        elif memo[hit[3]] is not hit[8]:
+            hit = self._gets(gets, memo)
+            if hit is None:
+                return -1
+        tag, storage_class, location = hit[5], hit[6], hit[7]
+        if g[2] is not None:  # a new storage key
+            digits = g[2]
+            if len(digits) != g[1][0]:
                 return -1
             key = str(digits, "ascii")
         else:
-            t = g[4]
-            i = t[1] if len(t) == 2 else u4(t, 1)[0]
+            t = g[3]
+            i = t[1] if len(t) == 2 else _U4(t, 1)[0]
             seen = memo[i] if i < n else None
             if type(seen) is not str:
                 return -1
             key = seen
-        numel = _int(g[7])
-        size, size_put = _ints(g, 10)
-        stride, stride_put = _ints(g, 20)
-        tuples = self.tuples
-        size = tuples.setdefault(size, size)
-        stride = tuples.setdefault(stride, stride)
+        t = g[6]
+        numel = t[1] if len(t) == 2 else t[1] | t[2] << 8
+        shapes = self.shapes
+        t = g[9]
+        if t is None:
+            size: tuple[int, ...] = ()
+        else:
+            size = shapes.get(t) or self._shape(t)
+        t = g[11]
+        if t is None:
+            stride: tuple[int, ...] = ()
+        else:
+            stride = shapes.get(t) or self._shape(t)
         pid = (tag, storage_class, key, location, numel)
-        values = _stored(g, n, key, pid, size, size_put, stride, stride_put)
+        values = _stored(g, n, key, pid, size, g[10], stride, g[12])
         if values is None:
             return -1
-        offset = _int(g[9])
-        requires_grad = g[30][0] == _NEWTRUE
+        t = g[8]
+        offset = t[1] if len(t) == 2 else t[1] | t[2] << 8
+        requires_grad = g[13][0] == _NEWTRUE
         try:
             storage = self.declare(key, storage_class, location, numel)
             hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)

@@ -67,6 +67,8 @@ def canonical(obj: Any) -> Any:
                 ident(x.storage, roots),
                 x.storage.key,
                 x.storage.nbytes,
+                x.storage.tag,
+                str(x.storage.location),
                 str(x.dtype),
                 x.shape,
                 x.stride,
@@ -420,3 +422,58 @@ def test_a_none_key_read_back_from_the_memo_is_pushed_as_the_loop_does() -> None
     d = pthfmt.load(io.BytesIO(_with_pickle(RUN, RUN_NAME, pkl)))["d"]
     assert list(d)[:2] == ["w0", None] and len(d) == 5  # w1 and w2 both under None
     assert (d[None] == np.full(3, 2, np.float32)).all()
+
+
+def _overwritten(slot: int, value: bytes) -> bytes:
+    """``RUN`` with ``value`` put over the memo slot that the dict's tensors read their tag
+    (0), storage class (1), location (2) or hooks (3) from, between the third and fourth
+    items (after the fast path has read and checked that slot for three tensors)."""
+    import pickletools
+
+    w1 = _item(b"w1")
+    gets = [
+        (at, arg)
+        for op, arg, at in pickletools.genops(RUN_PICKLE)
+        if at > w1 and op.name == "BINGET"
+    ]
+    # the item's own get of the rebuild global, then tag, class, (key put), location...
+    tag, cls = gets[1][1], gets[2][1]
+    location = gets[3][1]
+    hooks = next(arg for at, arg in gets if RUN_PICKLE[at + 2 : at + 4] == b")R")
+    idx = (tag, cls, location, hooks)[slot]
+    at = _item(b"w3")
+    pkl = RUN_PICKLE[:at] + value + b"q" + bytes([idx]) + b"0" + RUN_PICKLE[at:]
+    return _with_pickle(RUN, RUN_NAME, pkl)
+
+
+def _unicode(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw
+
+
+@pytest.mark.parametrize(
+    "slot, value, expect",
+    [
+        (0, _unicode("storage"), "tree"),  # the same value, another object: checked again
+        (0, _unicode("storagE"), "error"),
+        (1, b"ctorch\nIntStorage\n", "int32"),  # another storage class of the same size
+        (1, b"ctorch\nLongStorage\n", "error"),
+        (2, _unicode("cpu"), "tree"),
+        (2, _unicode("meta"), "tree"),
+        (3, b"ccollections\nOrderedDict\n", "tree"),  # the same global, resolved again
+        (3, b"ctorch._utils\n_rebuild_tensor_v2\n", "error"),
+    ],
+)
+def test_a_put_over_a_checked_memo_slot_is_seen(slot: int, value: bytes, expect: str) -> None:
+    """The fast path keeps what it checked in the memo slots every tensor reads (tag, storage
+    class, location, hooks): a put over one of them, of anything, is what the next tensor
+    reads, as in the loop."""
+    data = _overwritten(slot, value)
+    fast = assert_same(data)
+    if expect == "error":
+        assert fast[0] == "error"
+    else:
+        assert fast[0] == "tree"
+        d = pthfmt.load(io.BytesIO(data))["d"]
+        dtype = np.int32 if expect == "int32" else np.float32
+        assert [d[f"w{i}"].dtype for i in range(6)] == [np.float32] * 3 + [dtype] * 3
