@@ -269,17 +269,18 @@ def _unpickle(
                 f"record holds {entry.usize} bytes but storage {info.key!r} needs {info.nbytes}",
                 record=entry.name,
             )
-        if entry.method != STORED or entry.flags & 1 or entry.csize != entry.usize:
+        method = entry.method
+        if method != STORED or entry.flags & 1 or entry.csize != entry.usize:
             archive.zip.check_readable(entry)
-        if entry.method == STORED and lazy and entry.data_offset < 0:
+        start = entry.data_offset
+        if method == STORED and lazy and start < 0:
             info.attach(located_on_read(archive.zip, entry, stored))
             return
-        start = entry.data_offset
         if start < 0:
             start = archive.zip.data_offset(entry)
-        if entry.method == STORED:
+        if method == STORED:
             info.offset = start
-            info.attach(stored)
+            info._reader = stored  # (info.attach(stored), written out: once per storage)
         else:
             info.compressed = True
             info.attach(chunked_reader(lambda: archive.zip.inflate(entry), big))

@@ -125,6 +125,7 @@ INLINED: Final[frozenset[str]] = frozenset(
 
 
 _U4 = struct.Struct("<I").unpack_from
+_STR: Final = frozenset([str])
 
 
 class _Stop(Exception):
@@ -526,6 +527,11 @@ class Unpickler:
             return
         if len(items) % 2:
             raise CorruptError("SETITEMS with an odd number of items")
+        if type(target) is dict:
+            names = items[::2]
+            if set(map(type, names)) <= _STR:  # (the loop below, at C speed)
+                target.update(zip(names, items[1::2]))
+                return
         keys = self.handlers.keys
         for i in range(0, len(items), 2):
             key = items[i]

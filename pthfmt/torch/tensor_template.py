@@ -192,12 +192,13 @@ def _stored(
 class TensorTemplate:
     """The fast path of one ``_rebuild_tensor_v2`` global of one run (see the module doc).
 
-    ``declare`` is the storage table's (what ``persistent_load`` calls for a well-typed
-    5-item storage id: the pattern guarantees one) and ``make_tensor`` the handlers' (what
-    ``_rebuild_tensor_v2`` calls with its six arguments).
+    ``declare`` is the storage table's ``declare_typed`` (what ``persistent_load`` calls for
+    a well-typed 5-item storage id: the pattern and the checks of ``_gets`` guarantee one)
+    and ``make_tensor`` the handlers' (what ``_rebuild_tensor_v2`` calls with its six
+    arguments).
     """
 
-    __slots__ = ("declare", "eager", "gets", "make_tensor", "mmap", "shapes", "tuples")
+    __slots__ = ("declare", "eager", "gets", "make_tensor", "mmap", "shapes", "spans", "tuples")
 
     def __init__(
         self,
@@ -219,6 +220,9 @@ class TensorTemplate:
         #: memo indices, the largest of them, and the objects found there when they passed
         #: the checks: while those very objects are there, they pass again
         self.gets: dict[tuple[bytes, bytes, bytes], tuple[Any, ...]] = {}
+        #: (size, stride) -> the element offset of the last element from the first (-1: no
+        #: elements)
+        self.spans: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
 
     def run(
         self,
@@ -246,6 +250,17 @@ class TensorTemplate:
         value = self.tuples.setdefault(value, value)
         self.shapes[tok] = value
         return value
+
+    def _span(self, size: tuple[int, ...], stride: tuple[int, ...]) -> int:
+        """The last element's offset from the first, in elements (-1: no elements), kept."""
+        span = 0
+        for n, step in zip(size, stride):
+            if not n:
+                span = -1
+                break
+            span += (n - 1) * step
+        self.spans[size, stride] = span
+        return span
 
     def _gets(self, gets: tuple[bytes, bytes, bytes], memo: list[Any]) -> tuple[Any, ...] | None:
         """The memo gets of a tensor's tag and storage class (one token: ``_PATTERN``'s first
@@ -424,12 +439,10 @@ class TensorTemplate:
             dtype = storage.dtype
             if self.eager and dtype is not None and type(storage) is StorageInfo:
                 item = dtype.itemsize
-                last = offset
-                for n, s in zip(size, stride):
-                    if not n:
-                        last = -1
-                        break
-                    last += (n - 1) * s
+                span = self.spans.get((size, stride))
+                if span is None:
+                    span = self._span(size, stride)
+                last = offset + span if span >= 0 else -1
                 if (last + 1) * item > storage.nbytes:
                     return -1
                 buffer = storage._buffer
