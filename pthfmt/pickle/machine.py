@@ -25,8 +25,11 @@ test_machine_dispatch.py`` checks both, and that the table covers every opcode o
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
+from itertools import repeat
+from operator import add, mul
 from typing import Any, Final, Protocol
 
 from ..errors import (
@@ -290,6 +293,9 @@ class Unpickler:
                 elif code == 0x4D:  # BININT2
                     if pos + 3 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
+                    if pos + 12 <= end and data[pos + 3] == data[pos + 6] == data[pos + 9] == 0x4D:
+                        pos = _push_ints2(data, pos, end, stack)  # a run of them (a list)
+                        continue
                     stack.append(data[pos + 1] | data[pos + 2] << 8)
                     pos += 3
                 elif code == 0x86:  # TUPLE2
@@ -737,6 +743,22 @@ class Unpickler:
             raise CorruptError("STOP on an empty stack")
         self._result = self.stack.pop()
         raise _Stop
+
+
+#: Whole ``BININT2`` opcodes, one after another (the ints of a list such as an optimizer's
+#: parameter ids).
+_INTS2: Final = re.compile(b"(?:M..)+", re.S)
+
+
+def _push_ints2(data: Any, pos: int, end: int, stack: list[Any]) -> int:
+    """What the loop does with the run of whole ``BININT2`` opcodes from ``pos`` (each one's
+    little-endian value pushed), at C speed; the position after the run."""
+    run = _INTS2.match(data, pos, end)
+    assert run is not None  # (the caller saw the first opcode whole)
+    stop = run.end()
+    highs = map(mul, data[pos + 2 : stop : 3], repeat(256))
+    stack += map(add, data[pos + 1 : stop : 3], highs)
+    return stop
 
 
 def _raised_here(exc: BaseException) -> bool:
