@@ -185,7 +185,7 @@ def _check_checkpoint(archive: TorchZip) -> None:
     """A precise FormatError for zip archives that are not checkpoints (torch.package
     archives, .npz files, documents): they have no ``data.pkl``."""
     names = list(archive.exact)
-    package = any(n.endswith(".data/extern_modules") for n in names)
+    package = any(map(str.endswith, names, repeat(".data/extern_modules")))
     if package or archive.find("data.pkl") is None:
         raise _other_zip(names, f"record {archive.prefix}/data.pkl is missing")
 

@@ -388,19 +388,22 @@ class TensorTemplate:
         # there, stored before this tensor (the same few tokens every tensor: cached)
         gets = (g[0], g[5], g[14])
         hit = self.gets.get(gets)
-        if hit is None or hit[4] >= n or memo[hit[0]] is not hit[5]:
+        if hit is None:
             hit = self._gets(gets, memo)
             if hit is None:
                 return -1
-        elif memo[hit[1]] is not hit[6] or memo[hit[2]] is not hit[7]:
+        i, j, k, h, top, tag, storage_class, location, hooks = hit
+        if (
+            top >= n
+            or memo[i] is not tag
+            or memo[j] is not storage_class
+            or memo[k] is not location
+            or memo[h] is not hooks
+        ):  # a put over a slot since (rare): check what is there now
             hit = self._gets(gets, memo)
             if hit is None:
                 return -1
-        elif memo[hit[3]] is not hit[8]:
-            hit = self._gets(gets, memo)
-            if hit is None:
-                return -1
-        tag, storage_class, location = hit[5], hit[6], hit[7]
+            tag, storage_class, location = hit[5], hit[6], hit[7]
         if g[2] is not None:  # a new storage key
             digits = g[2]
             if len(digits) != g[1][0]:
