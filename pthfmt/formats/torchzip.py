@@ -9,7 +9,6 @@ TorchScript archive.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from itertools import repeat
 from typing import Any, Final
@@ -30,7 +29,6 @@ from .zip.reader import STORED, ZipArchive, ZipEntry
 __all__ = ["read_zip", "TorchZip", "MAX_VERSION", "fold_case", "not_checkpoint"]
 
 MAX_VERSION = 10  # caffe2::serialize::kMaxSupportedFileFormatVersion
-_CAPITAL = re.compile("[A-Z]")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -99,7 +97,9 @@ class TorchZip:
         #: folded name -> entry, for the names folding changes (only those can be found
         #: under another case than their own, or clash with another name); ``islower()``
         #: is true of every name without an ASCII capital, so few names are folded
-        capitals = _CAPITAL.search("/".join(relative)) is not None  # (one scan, C speed)
+        # (one pass at memory speed: bytes.lower() changes ASCII capitals only)
+        joined = "/".join(relative).encode("utf-8", "surrogatepass")
+        capitals = joined.lower() != joined
         changed = [rel for rel in relative if fold_case(rel) != rel] if capitals else []
         self.lower = {fold_case(rel): self.exact[rel] for rel in changed}
         self.clashes = (

@@ -60,7 +60,7 @@ _GET_: Final = b"(?:" + _op("BINGET") + b".|" + _op("LONG_BINGET") + b"....)"  #
 _INT: Final = b"(" + _op("BININT1") + b".|" + _op("BININT2") + b"..)"
 _INT_: Final = b"(?:" + _op("BININT1") + b".|" + _op("BININT2") + b"..)"  # (no group)
 #: A size or stride tuple: ``EMPTY_TUPLE``, or its ints and tuple opcode as one group (the
-#: key of ``TensorTemplate.shapes``) and its put.
+#: key of ``TensorTemplate.views``) and its put.
 _TUPLE: Final = (
     b"(?:"
     + _op("EMPTY_TUPLE")
@@ -198,7 +198,7 @@ class TensorTemplate:
     arguments).
     """
 
-    __slots__ = ("declare", "eager", "gets", "make_tensor", "mmap", "shapes", "spans", "tuples")
+    __slots__ = ("declare", "eager", "gets", "make_tensor", "mmap", "tuples", "views")
 
     def __init__(
         self,
@@ -214,15 +214,14 @@ class TensorTemplate:
         #: Each distinct size or stride tuple once: a million tensors of a few shapes hold a
         #: few tuples, not two million (each one memory, and work for every full collection).
         self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
-        #: size and stride tokens (``_TUPLE``'s ints and tuple opcode) -> their tuple
-        self.shapes: dict[bytes, tuple[int, ...]] = {}
+        #: (size token, stride token) (``_TUPLE``'s ints and tuple opcode; ``None`` for an
+        #: empty tuple) -> the size, the stride, and the offset of the last element from the
+        #: first in elements (-1: no elements)
+        self.views: dict[tuple[bytes | None, bytes | None], tuple[Any, Any, int]] = {}
         #: the memo get tokens of a tensor's tag, storage class, location and hooks -> their
         #: memo indices, the largest of them, and the objects found there when they passed
         #: the checks: while those very objects are there, they pass again
         self.gets: dict[tuple[bytes, bytes, bytes], tuple[Any, ...]] = {}
-        #: (size, stride) -> the element offset of the last element from the first (-1: no
-        #: elements)
-        self.spans: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
 
     def run(
         self,
@@ -244,23 +243,21 @@ class TensorTemplate:
             return None
         return self._items(data, pos, end, memo, stack, rebuild)
 
-    def _shape(self, tok: bytes) -> tuple[int, ...]:
-        """The tuple of a size or stride token, decoded once (each distinct tuple kept once)."""
-        value = _shape(tok)
-        value = self.tuples.setdefault(value, value)
-        self.shapes[tok] = value
-        return value
-
-    def _span(self, size: tuple[int, ...], stride: tuple[int, ...]) -> int:
-        """The last element's offset from the first, in elements (-1: no elements), kept."""
+    def _view(self, size_tok: bytes | None, stride_tok: bytes | None) -> tuple[Any, Any, int]:
+        """The entry of ``views`` for these tokens, made (each distinct tuple kept once)."""
+        tuples = self.tuples
+        size = () if size_tok is None else _shape(size_tok)
+        size = tuples.setdefault(size, size)
+        stride = () if stride_tok is None else _shape(stride_tok)
+        stride = tuples.setdefault(stride, stride)
         span = 0
         for n, step in zip(size, stride):
             if not n:
                 span = -1
                 break
             span += (n - 1) * step
-        self.spans[size, stride] = span
-        return span
+        view = self.views[size_tok, stride_tok] = (size, stride, span)
+        return view
 
     def _gets(self, gets: tuple[bytes, bytes, bytes], memo: list[Any]) -> tuple[Any, ...] | None:
         """The memo gets of a tensor's tag and storage class (one token: ``_PATTERN``'s first
@@ -418,17 +415,11 @@ class TensorTemplate:
             key = seen
         t = g[6]
         numel = t[1] if len(t) == 2 else t[1] | t[2] << 8
-        shapes = self.shapes
-        t = g[9]
-        if t is None:
-            size: tuple[int, ...] = ()
-        else:
-            size = shapes.get(t) or self._shape(t)
-        t = g[11]
-        if t is None:
-            stride: tuple[int, ...] = ()
-        else:
-            stride = shapes.get(t) or self._shape(t)
+        toks = (g[9], g[11])
+        view = self.views.get(toks)
+        if view is None:
+            view = self._view(*toks)
+        size, stride, span = view
         pid = (tag, storage_class, key, location, numel)
         values = _stored(g, n, key, pid, size, g[10], stride, g[12])
         if values is None:
@@ -442,9 +433,6 @@ class TensorTemplate:
             dtype = storage.dtype
             if self.eager and dtype is not None and type(storage) is StorageInfo:
                 item = dtype.itemsize
-                span = self.spans.get((size, stride))
-                if span is None:
-                    span = self._span(size, stride)
                 last = offset + span if span >= 0 else -1
                 if (last + 1) * item > storage.nbytes:
                     return -1
