@@ -162,13 +162,8 @@ def _stored(
     stride_put: bytes | None,
 ) -> list[Any] | None:
     """What the puts before the tensor's last three store, in order, when every put of the
-    match (those and the last three) is to the next memo index from ``n``; else ``None``."""
-    if g[4] is not None and size_put is not None and stride_put is not None:
-        joined = b"".join((g[4], g[7], size_put, stride_put, g[15], g[16], g[17]))
-        if len(joined) == 35 and n < _LAST_SEVEN:  # seven LONG_BINPUTs
-            if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
-                return None
-            return [key, pid, size, stride]
+    match (those and the last three) is to the next memo index from ``n``; else ``None``.
+    (Seven long puts, the commonest case, are checked at once by the caller.)"""
     puts: list[bytes] = []
     values: list[Any] = []
     if g[4] is not None:  # the new key's put
@@ -421,9 +416,17 @@ class TensorTemplate:
             view = self._view(*toks)
         size, stride, span = view
         pid = (tag, storage_class, key, location, numel)
-        values = _stored(g, n, key, pid, size, g[10], stride, g[12])
-        if values is None:
-            return -1
+        puts = (g[4], g[7], g[10], g[12], g[15], g[16], g[17])
+        if None not in puts and len(joined := b"".join(puts)) == 35 and n < _LAST_SEVEN:
+            # seven LONG_BINPUTs (``_stored``'s first case, written out: most tensors)
+            if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
+                return -1
+            values = [key, pid, size, stride]
+        else:
+            stored = _stored(g, n, key, pid, size, g[10], stride, g[12])
+            if stored is None:
+                return -1
+            values = stored
         t = g[8]
         offset = t[1] if len(t) == 2 else t[1] | t[2] << 8
         requires_grad = g[13][0] == _NEWTRUE
