@@ -416,9 +416,15 @@ class TensorTemplate:
             view = self._view(*toks)
         size, stride, span = view
         pid = (tag, storage_class, key, location, numel)
-        puts = (g[4], g[7], g[10], g[12], g[15], g[16], g[17])
-        if None not in puts and len(joined := b"".join(puts)) == 35 and n < _LAST_SEVEN:
-            # seven LONG_BINPUTs (``_stored``'s first case, written out: most tensors)
+        key_put, size_put, stride_put = g[4], g[10], g[12]
+        if (
+            key_put is not None
+            and size_put is not None
+            and stride_put is not None
+            and n < _LAST_SEVEN
+            and len(joined := b"".join((key_put, g[7], size_put, stride_put, g[15], g[16], g[17])))
+            == 35
+        ):  # seven LONG_BINPUTs (written out: most tensors; ``_stored`` does the others)
             if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
                 return -1
             values = [key, pid, size, stride]
