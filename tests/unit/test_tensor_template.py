@@ -477,3 +477,29 @@ def test_a_put_over_a_checked_memo_slot_is_seen(slot: int, value: bytes, expect:
         d = pthfmt.load(io.BytesIO(data))["d"]
         dtype = np.int32 if expect == "int32" else np.float32
         assert [d[f"w{i}"].dtype for i in range(6)] == [np.float32] * 3 + [dtype] * 3
+
+
+def test_a_run_goes_on_when_the_rebuild_global_is_a_long_memo_get(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rebuild global memoized after index 255: its gets are ``LONG_BINGET``\\ s."""
+    from pthfmt.torch import tensor_template
+
+    calls: list[int] = []
+    run = tensor_template.TensorTemplate.run
+
+    def counted(self: Any, *args: Any) -> Any:
+        calls.append(args[1])
+        return run(self, *args)
+
+    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    obj = {
+        "names": [f"n{i}" for i in range(300)],
+        "d": OrderedDict((f"k{i}", np.full(i % 3 + 1, i, np.float32)) for i in range(20)),
+    }
+    data = saved(obj)
+    assert canonical(pthfmt.load(io.BytesIO(data))) == canonical(obj)
+    assert len(calls) == 1
+    pkl = _pickle_region(data)[1]
+    assert pkl[calls[0] - 5] == 0x6A  # LONG_BINGET
+    assert assert_same(data)[0] == "tree"
