@@ -9,7 +9,6 @@ TorchScript archive.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from itertools import repeat
 from typing import Any, Final
@@ -30,7 +29,6 @@ from .zip.reader import STORED, ZipArchive, ZipEntry
 __all__ = ["read_zip", "TorchZip", "MAX_VERSION", "fold_case", "not_checkpoint"]
 
 MAX_VERSION = 10  # caffe2::serialize::kMaxSupportedFileFormatVersion
-_CAPITAL = re.compile("[A-Z]")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -99,7 +97,9 @@ class TorchZip:
         #: folded name -> entry, for the names folding changes (only those can be found
         #: under another case than their own, or clash with another name); ``islower()``
         #: is true of every name without an ASCII capital, so few names are folded
-        capitals = _CAPITAL.search("/".join(relative)) is not None  # (one scan, C speed)
+        # (one pass at memory speed: bytes.lower() changes ASCII capitals only)
+        joined = "/".join(relative).encode("utf-8", "surrogatepass")
+        capitals = joined.lower() != joined
         changed = [rel for rel in relative if fold_case(rel) != rel] if capitals else []
         self.lower = {fold_case(rel): self.exact[rel] for rel in changed}
         self.clashes = (
@@ -185,7 +185,7 @@ def _check_checkpoint(archive: TorchZip) -> None:
     """A precise FormatError for zip archives that are not checkpoints (torch.package
     archives, .npz files, documents): they have no ``data.pkl``."""
     names = list(archive.exact)
-    package = any(n.endswith(".data/extern_modules") for n in names)
+    package = any(map(str.endswith, names, repeat(".data/extern_modules")))
     if package or archive.find("data.pkl") is None:
         raise _other_zip(names, f"record {archive.prefix}/data.pkl is missing")
 
@@ -269,17 +269,18 @@ def _unpickle(
                 f"record holds {entry.usize} bytes but storage {info.key!r} needs {info.nbytes}",
                 record=entry.name,
             )
-        if entry.method != STORED or entry.flags & 1 or entry.csize != entry.usize:
+        method = entry.method
+        if method != STORED or entry.flags & 1 or entry.csize != entry.usize:
             archive.zip.check_readable(entry)
-        if entry.method == STORED and lazy and entry.data_offset < 0:
+        start = entry.data_offset
+        if method == STORED and lazy and start < 0:
             info.attach(located_on_read(archive.zip, entry, stored))
             return
-        start = entry.data_offset
         if start < 0:
             start = archive.zip.data_offset(entry)
-        if entry.method == STORED:
+        if method == STORED:
             info.offset = start
-            info.attach(stored)
+            info._reader = stored  # (info.attach(stored), written out: once per storage)
         else:
             info.compressed = True
             info.attach(chunked_reader(lambda: archive.zip.inflate(entry), big))

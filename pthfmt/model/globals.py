@@ -17,9 +17,11 @@ from ..text import escape
 __all__ = ["Global", "FastPath"]
 
 
-#: ``fast(data, pos, end, memo, sparse)``: a global's own way through the opcodes that
-#: follow a memo get of it (``(value, next_pos)``), or ``None`` to let the loop run them.
-FastPath = Callable[[Any, int, int, list[Any], dict[int, Any]], "tuple[Any, int] | None"]
+#: ``fast(data, pos, end, memo, sparse, stack, glob)``: a global's own way through the
+#: opcodes that follow a memo get of it (``glob``, the global itself): it pushes what they
+#: build onto ``stack`` and returns the position after them, or returns ``None`` with nothing
+#: changed to let the loop run them.
+FastPath = Callable[[Any, int, int, list[Any], dict[int, Any], list[Any], "Global"], "int | None"]
 
 
 class Global:

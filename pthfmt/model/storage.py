@@ -168,6 +168,10 @@ class StorageTable:
             or numel < 0
         ):
             self._check(key, stype, tag, numel)
+        return self.declare_typed(key, stype, tag, numel)
+
+    def declare_typed(self, key: str, stype: StorageType, tag: str, numel: int) -> StorageInfo:
+        """:meth:`declare` of fields whose types are already checked (``numel >= 0``)."""
         seen = self.infos.get(key)
         if seen is not None:
             if (

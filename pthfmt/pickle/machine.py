@@ -25,8 +25,11 @@ test_machine_dispatch.py`` checks both, and that the table covers every opcode o
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
+from itertools import repeat
+from operator import add, mul
 from typing import Any, Final, Protocol
 
 from ..errors import (
@@ -125,6 +128,7 @@ INLINED: Final[frozenset[str]] = frozenset(
 
 
 _U4 = struct.Struct("<I").unpack_from
+_STR: Final = frozenset([str])
 
 
 class _Stop(Exception):
@@ -230,10 +234,9 @@ class Unpickler:
                         after = pos + 5
                     value = memo[idx] if idx < len(memo) else self._sparse_get(idx)
                     if type(value) is Global and value.fast is not None and fast:
-                        done = value.fast(data, after, end, memo, sparse)
+                        done = value.fast(data, after, end, memo, sparse, stack, value)
                         if done is not None:  # (else: the loop runs the same opcodes)
-                            value, pos = done
-                            stack.append(value)
+                            pos = done
                             continue
                     stack.append(value)
                     pos = after
@@ -290,6 +293,9 @@ class Unpickler:
                 elif code == 0x4D:  # BININT2
                     if pos + 3 > end:
                         raise CorruptError("pickle truncated in an opcode argument")
+                    if pos + 12 <= end and data[pos + 3] == data[pos + 6] == data[pos + 9] == 0x4D:
+                        pos = _push_ints2(data, pos, end, stack)  # a run of them (a list)
+                        continue
                     stack.append(data[pos + 1] | data[pos + 2] << 8)
                     pos += 3
                 elif code == 0x86:  # TUPLE2
@@ -527,6 +533,11 @@ class Unpickler:
             return
         if len(items) % 2:
             raise CorruptError("SETITEMS with an odd number of items")
+        if type(target) is dict:
+            names = items[::2]
+            if set(map(type, names)) <= _STR:  # (the loop below, at C speed)
+                target.update(zip(names, items[1::2]))
+                return
         keys = self.handlers.keys
         for i in range(0, len(items), 2):
             key = items[i]
@@ -732,6 +743,22 @@ class Unpickler:
             raise CorruptError("STOP on an empty stack")
         self._result = self.stack.pop()
         raise _Stop
+
+
+#: Whole ``BININT2`` opcodes, one after another (the ints of a list such as an optimizer's
+#: parameter ids).
+_INTS2: Final = re.compile(b"(?:M..)+", re.S)
+
+
+def _push_ints2(data: Any, pos: int, end: int, stack: list[Any]) -> int:
+    """What the loop does with the run of whole ``BININT2`` opcodes from ``pos`` (each one's
+    little-endian value pushed), at C speed; the position after the run."""
+    run = _INTS2.match(data, pos, end)
+    assert run is not None  # (the caller saw the first opcode whole)
+    stop = run.end()
+    highs = map(mul, data[pos + 2 : stop : 3], repeat(256))
+    stack += map(add, data[pos + 1 : stop : 3], highs)
+    return stop
 
 
 def _raised_here(exc: BaseException) -> bool:

@@ -194,7 +194,7 @@ class TorchHandlers:
             return Global(qualname, kind_handler(self, entry))
         if entry == "rebuild_tensor_v2" and self._standard_ids:
             template = TensorTemplate(
-                self.storages.declare,
+                self.storages.declare_typed,
                 self.make_tensor,
                 eager=self.eager
                 and self.on_tensor is None

@@ -21,6 +21,12 @@ any memo or stack change*, and the loop runs the same bytes opcode by opcode, so
 error message and error offset is the loop's own.  Handler calls repeated that way are
 idempotent (a storage declared again is the same storage).
 
+After a tensor the path goes on by itself (*run continuation*) while the next item of the
+dict or list being built is another such tensor, keyed by a new ``BINUNICODE`` string put to
+the next memo index or by a memo get (torch's state dicts and optimizer state): it pushes and
+memoizes exactly what the loop would, item by item, and hands the loop the first item it
+does not take, untouched.
+
 The pattern is built from the opcode table, so it cannot name an opcode the table does
 not hold; ``Unpickler.fast_paths = False`` turns this path off (the tests' oracle).
 """
@@ -48,26 +54,29 @@ def _op(name: str) -> bytes:
 
 _GET: Final = b"(" + _op("BINGET") + b".|" + _op("LONG_BINGET") + b"....)"
 _PUT: Final = b"(" + _op("BINPUT") + b".|" + _op("LONG_BINPUT") + b"....)"
+_GET_: Final = b"(?:" + _op("BINGET") + b".|" + _op("LONG_BINGET") + b"....)"  # (no group)
 #: Ints below 65,536 only: sizes, strides and offsets of small tensors, and never a hash
 #: flood of the size and stride tuples kept once each (``TensorTemplate.tuples``).
 _INT: Final = b"(" + _op("BININT1") + b".|" + _op("BININT2") + b"..)"
+_INT_: Final = b"(?:" + _op("BININT1") + b".|" + _op("BININT2") + b"..)"  # (no group)
+#: A size or stride tuple: ``EMPTY_TUPLE``, or its ints and tuple opcode as one group (the
+#: key of ``TensorTemplate.views``) and its put.
 _TUPLE: Final = (
-    b"(?:("
+    b"(?:"
     + _op("EMPTY_TUPLE")
-    + b")|"
-    + _INT
+    + b"|("
+    + _INT_
     + _op("TUPLE1")
-    + _PUT
     + b"|"
-    + _INT
-    + _INT
+    + _INT_
+    + _INT_
     + _op("TUPLE2")
-    + _PUT
     + b"|"
-    + _INT
-    + _INT
-    + _INT
+    + _INT_
+    + _INT_
+    + _INT_
     + _op("TUPLE3")
+    + b")"
     + _PUT
     + b")"
 )
@@ -77,9 +86,10 @@ _TUPLE: Final = (
 _PATTERN: Final = re.compile(
     _op("MARK")
     + _op("MARK")
-    + _GET
-    + _GET
-    + b"(?:"
+    + b"("
+    + _GET_
+    + _GET_
+    + b")(?:"
     + _op("BINUNICODE")
     + b"([\x01-\x09])\x00\x00\x00([0-9]{1,9})|"
     + _GET
@@ -111,6 +121,8 @@ _PATTERN: Final = re.compile(
 )
 _U4 = struct.Struct("<I").unpack_from
 _NEWTRUE = BY_NAME["NEWTRUE"].code
+_BININT1 = BY_NAME["BININT1"].code
+_BINGET = BY_NAME["BINGET"].code
 #: Seven ``LONG_BINPUT`` tokens of the indices ``n`` to ``n + 6`` (5 bytes each, the index
 #: little-endian after the opcode), read as one little-endian int, are ``_SEVEN_BASE + n *
 #: _SEVEN_STEP`` (no carries while ``n < _LAST_SEVEN``).
@@ -124,22 +136,19 @@ _LAST_SEVEN: Final = (1 << 32) - 6
 _ORDERED_DICT: Final = "collections.OrderedDict"
 
 
-def _int(tok: bytes) -> int:
-    """The value of an int token (``BININT1`` or ``BININT2``)."""
-    return tok[1] if len(tok) == 2 else tok[1] | tok[2] << 8
-
-
-def _ints(groups: tuple[Any, ...], at: int) -> tuple[tuple[int, ...], bytes | None]:
-    """The size or stride tuple of the ten groups from ``at`` (``_TUPLE``): its value and its
-    put (``None`` for the empty tuple, which the pickler does not memoize)."""
-    if groups[at] is not None:
-        return (), None
-    if groups[at + 1] is not None:
-        return (_int(groups[at + 1]),), groups[at + 2]
-    if groups[at + 3] is not None:
-        return (_int(groups[at + 3]), _int(groups[at + 4])), groups[at + 5]
-    three = (_int(groups[at + 6]), _int(groups[at + 7]), _int(groups[at + 8]))
-    return three, groups[at + 9]
+def _shape(tok: bytes) -> tuple[int, ...]:
+    """The value of a size or stride token (``BININT1``/``BININT2`` ints, then the tuple
+    opcode)."""
+    values = []
+    at, last = 0, len(tok) - 1
+    while at < last:
+        if tok[at] == _BININT1:
+            values.append(tok[at + 1])
+            at += 2
+        else:
+            values.append(tok[at + 1] | tok[at + 2] << 8)
+            at += 3
+    return tuple(values)
 
 
 def _stored(
@@ -153,19 +162,14 @@ def _stored(
     stride_put: bytes | None,
 ) -> list[Any] | None:
     """What the puts before the tensor's last three store, in order, when every put of the
-    match (those and the last three) is to the next memo index from ``n``; else ``None``."""
-    if g[5] is not None and size_put is not None and stride_put is not None:
-        joined = b"".join((g[5], g[8], size_put, stride_put, g[32], g[33], g[34]))
-        if len(joined) == 35 and n < _LAST_SEVEN:  # seven LONG_BINPUTs
-            if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
-                return None
-            return [key, pid, size, stride]
+    match (those and the last three) is to the next memo index from ``n``; else ``None``.
+    (Seven long puts, the commonest case, are checked at once by the caller.)"""
     puts: list[bytes] = []
     values: list[Any] = []
-    if g[5] is not None:  # the new key's put
-        puts.append(g[5])
+    if g[4] is not None:  # the new key's put
+        puts.append(g[4])
         values.append(key)
-    puts.append(g[8])
+    puts.append(g[7])
     values.append(pid)
     if size_put is not None:
         puts.append(size_put)
@@ -173,7 +177,7 @@ def _stored(
     if stride_put is not None:
         puts.append(stride_put)
         values.append(stride)
-    puts += (g[32], g[33], g[34])
+    puts += (g[15], g[16], g[17])
     for k, t in enumerate(puts, n):
         if (t[1] if len(t) == 2 else _U4(t, 1)[0]) != k:
             return None
@@ -183,12 +187,13 @@ def _stored(
 class TensorTemplate:
     """The fast path of one ``_rebuild_tensor_v2`` global of one run (see the module doc).
 
-    ``declare`` is the storage table's (what ``persistent_load`` calls for a well-typed
-    5-item storage id: the pattern guarantees one) and ``make_tensor`` the handlers' (what
-    ``_rebuild_tensor_v2`` calls with its six arguments).
+    ``declare`` is the storage table's ``declare_typed`` (what ``persistent_load`` calls for
+    a well-typed 5-item storage id: the pattern and the checks of ``_gets`` guarantee one)
+    and ``make_tensor`` the handlers' (what ``_rebuild_tensor_v2`` calls with its six
+    arguments).
     """
 
-    __slots__ = ("declare", "eager", "make_tensor", "mmap", "tuples")
+    __slots__ = ("declare", "eager", "gets", "make_tensor", "mmap", "tuples", "views")
 
     def __init__(
         self,
@@ -204,32 +209,65 @@ class TensorTemplate:
         #: Each distinct size or stride tuple once: a million tensors of a few shapes hold a
         #: few tuples, not two million (each one memory, and work for every full collection).
         self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
+        #: (size token, stride token) (``_TUPLE``'s ints and tuple opcode; ``None`` for an
+        #: empty tuple) -> the size, the stride, and the offset of the last element from the
+        #: first in elements (-1: no elements)
+        self.views: dict[tuple[bytes | None, bytes | None], tuple[Any, Any, int]] = {}
+        #: the memo get tokens of a tensor's tag, storage class, location and hooks -> their
+        #: memo indices, the largest of them, and the objects found there when they passed
+        #: the checks: while those very objects are there, they pass again
+        self.gets: dict[tuple[bytes, bytes, bytes], tuple[Any, ...]] = {}
 
     def run(
-        self, data: Any, pos: int, end: int, memo: list[Any], sparse: dict[int, Any]
-    ) -> tuple[Any, int] | None:
-        """From ``pos`` (just after the memo get of the rebuild global): the tensor and the
-        position after its put, or ``None`` with nothing changed."""
-        m = _PATTERN.match(data, pos, end)
-        if m is None or sparse:
+        self,
+        data: Any,
+        pos: int,
+        end: int,
+        memo: list[Any],
+        sparse: dict[int, Any],
+        stack: list[Any],
+        rebuild: Any,
+    ) -> int | None:
+        """From ``pos`` (just after the memo get of the ``rebuild`` global): push the tensor,
+        and those of the dict items that follow it (see :meth:`_items`), onto ``stack``; the
+        position after them, or ``None`` with nothing changed."""
+        if sparse:
             return None
-        g = m.groups()
+        pos = self._tensor(data, pos, end, memo, stack)
+        if pos < 0:
+            return None
+        return self._items(data, pos, end, memo, stack, rebuild)
+
+    def _view(self, size_tok: bytes | None, stride_tok: bytes | None) -> tuple[Any, Any, int]:
+        """The entry of ``views`` for these tokens, made (each distinct tuple kept once)."""
+        tuples = self.tuples
+        size = () if size_tok is None else _shape(size_tok)
+        size = tuples.setdefault(size, size)
+        stride = () if stride_tok is None else _shape(stride_tok)
+        stride = tuples.setdefault(stride, stride)
+        span = 0
+        for n, step in zip(size, stride):
+            if not n:
+                span = -1
+                break
+            span += (n - 1) * step
+        view = self.views[size_tok, stride_tok] = (size, stride, span)
+        return view
+
+    def _gets(self, gets: tuple[bytes, bytes, bytes], memo: list[Any]) -> tuple[Any, ...] | None:
+        """The memo gets of a tensor's tag and storage class (one token: ``_PATTERN``'s first
+        group), location and hooks: their entry of ``gets`` (made anew), or ``None`` when what
+        they read is not what torch puts there."""
         n = len(memo)
         u4 = _U4
-        # the memo gets: what torch puts there, stored before this tensor (written out: a
-        # comprehension or a helper costs 2-4% of a many-small load here)
-        t = g[0]
-        i = t[1] if len(t) == 2 else u4(t, 1)[0]
-        tag = memo[i] if i < n else None
-        t = g[1]
-        i = t[1] if len(t) == 2 else u4(t, 1)[0]
-        storage_class = memo[i] if i < n else None
-        t = g[6]
-        i = t[1] if len(t) == 2 else u4(t, 1)[0]
-        location = memo[i] if i < n else None
-        t = g[31]
-        i = t[1] if len(t) == 2 else u4(t, 1)[0]
-        hooks = memo[i] if i < n else None
+        pair = gets[0]
+        cut = 2 if pair[0] == _BINGET else 5
+        found = []
+        for t in (pair[:cut], pair[cut:], gets[1], gets[2]):
+            found.append(t[1] if len(t) == 2 else u4(t, 1)[0])
+        if max(found) >= n:
+            return None
+        tag, storage_class, location, hooks = (memo[i] for i in found)
         if (
             type(tag) is not str
             or tag != "storage"
@@ -239,44 +277,174 @@ class TensorTemplate:
             or hooks.qualname != _ORDERED_DICT
         ):
             return None
-        if g[3] is not None:  # a new storage key
-            digits = g[3]
-            if len(digits) != g[2][0]:
-                return None
+        hit = (*found, max(found), tag, storage_class, location, hooks)
+        self.gets[gets] = hit
+        return hit
+
+    def _items(
+        self, data: Any, pos: int, end: int, memo: list[Any], stack: list[Any], rebuild: Any
+    ) -> int:
+        """Run continuation: while the next item of the dict or list being built is
+        ``[key]  GET rebuild  <tensor>``, a memo get of the very global this path was taken
+        for, with a key that is either ``BINUNICODE`` + a put to the next memo index or a
+        memo get of anything but a global, what the loop would do with those bytes: the key
+        pushed (and memoized), then the tensor.  At anything else (or a key the loop would
+        decode differently or refuse), the position of that item's first opcode, with that
+        item untouched: the loop runs it."""
+        u4 = _U4
+        while pos + 2 <= end:
+            code = data[pos]
+            key: Any = None
+            keyed = new = False  # a key first; a new one (memoized), not one read back
+            at = pos
+            if code == 0x58:  # BINUNICODE: a new key
+                start = pos + 5
+                if start > end:
+                    break
+                stop = start + u4(data, pos + 1)[0]
+                if stop + 4 > end:  # (a put and a get at least)
+                    break
+                code = data[stop]
+                if code == 0x71:  # BINPUT
+                    idx = data[stop + 1]
+                    at = stop + 2
+                elif code == 0x72 and stop + 5 <= end:  # LONG_BINPUT
+                    idx = u4(data, stop + 1)[0]
+                    at = stop + 5
+                else:
+                    break
+                if idx != len(memo) or at + 2 > end:
+                    break
+                try:
+                    key = str(data[start:stop], "utf-8", "surrogatepass")
+                except UnicodeDecodeError:
+                    break
+                keyed = new = True
+            elif code == 0x68 or code == 0x6A:  # a key read back, or the tensor's own get
+                if code == 0x68:
+                    idx = data[pos + 1]
+                    at = pos + 2
+                elif pos + 5 <= end:
+                    idx = u4(data, pos + 1)[0]
+                    at = pos + 5
+                else:
+                    break
+                if idx >= len(memo):
+                    break
+                key = memo[idx]
+                if key is rebuild:
+                    at = pos
+                elif type(key) is Global or at + 2 > end:
+                    break
+                else:
+                    keyed = True
+            else:
+                break
+            code = data[at]
+            if code == 0x68:  # BINGET
+                idx = data[at + 1]
+                at += 2
+            elif code == 0x6A and at + 5 <= end:  # LONG_BINGET
+                idx = u4(data, at + 1)[0]
+                at += 5
+            else:
+                break
+            if idx >= len(memo) or memo[idx] is not rebuild:
+                break
+            if not keyed:
+                done = self._tensor(data, at, end, memo, stack)
+                if done < 0:
+                    break
+            else:
+                if new:
+                    memo.append(key)
+                stack.append(key)
+                done = self._tensor(data, at, end, memo, stack)
+                if done < 0:
+                    if new:
+                        memo.pop()
+                    stack.pop()
+                    break
+            pos = done
+        return pos
+
+    def _tensor(self, data: Any, pos: int, end: int, memo: list[Any], stack: list[Any]) -> int:
+        """From ``pos`` (just after the memo get of the rebuild global): the tensor pushed and
+        memoized, and the position after its put; or -1 with nothing changed."""
+        m = _PATTERN.match(data, pos, end)
+        if m is None:
+            return -1
+        g = m.groups()
+        n = len(memo)
+        # the memo gets of the tag, storage class, location and hooks: the objects torch puts
+        # there, stored before this tensor (the same few tokens every tensor: cached)
+        gets = (g[0], g[5], g[14])
+        hit = self.gets.get(gets)
+        if hit is None:
+            hit = self._gets(gets, memo)
+            if hit is None:
+                return -1
+        i, j, k, h, top, tag, storage_class, location, hooks = hit
+        if (
+            top >= n
+            or memo[i] is not tag
+            or memo[j] is not storage_class
+            or memo[k] is not location
+            or memo[h] is not hooks
+        ):  # a put over a slot since (rare): check what is there now
+            hit = self._gets(gets, memo)
+            if hit is None:
+                return -1
+            tag, storage_class, location = hit[5], hit[6], hit[7]
+        if g[2] is not None:  # a new storage key
+            digits = g[2]
+            if len(digits) != g[1][0]:
+                return -1
             key = str(digits, "ascii")
         else:
-            t = g[4]
-            i = t[1] if len(t) == 2 else u4(t, 1)[0]
+            t = g[3]
+            i = t[1] if len(t) == 2 else _U4(t, 1)[0]
             seen = memo[i] if i < n else None
             if type(seen) is not str:
-                return None
+                return -1
             key = seen
-        numel = _int(g[7])
-        size, size_put = _ints(g, 10)
-        stride, stride_put = _ints(g, 20)
-        tuples = self.tuples
-        size = tuples.setdefault(size, size)
-        stride = tuples.setdefault(stride, stride)
+        t = g[6]
+        numel = t[1] if len(t) == 2 else t[1] | t[2] << 8
+        toks = (g[9], g[11])
+        view = self.views.get(toks)
+        if view is None:
+            view = self._view(*toks)
+        size, stride, span = view
         pid = (tag, storage_class, key, location, numel)
-        values = _stored(g, n, key, pid, size, size_put, stride, stride_put)
-        if values is None:
-            return None
-        offset = _int(g[9])
-        requires_grad = g[30][0] == _NEWTRUE
+        key_put, size_put, stride_put = g[4], g[10], g[12]
+        if (
+            key_put is not None
+            and size_put is not None
+            and stride_put is not None
+            and n < _LAST_SEVEN
+            and len(joined := b"".join((key_put, g[7], size_put, stride_put, g[15], g[16], g[17])))
+            == 35
+        ):  # seven LONG_BINPUTs (written out: most tensors; ``_stored`` does the others)
+            if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
+                return -1
+            values = [key, pid, size, stride]
+        else:
+            stored = _stored(g, n, key, pid, size, g[10], stride, g[12])
+            if stored is None:
+                return -1
+            values = stored
+        t = g[8]
+        offset = t[1] if len(t) == 2 else t[1] | t[2] << 8
+        requires_grad = g[13][0] == _NEWTRUE
         try:
             storage = self.declare(key, storage_class, location, numel)
             hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)
             dtype = storage.dtype
             if self.eager and dtype is not None and type(storage) is StorageInfo:
                 item = dtype.itemsize
-                last = offset
-                for n, s in zip(size, stride):
-                    if not n:
-                        last = -1
-                        break
-                    last += (n - 1) * s
+                last = offset + span if span >= 0 else -1
                 if (last + 1) * item > storage.nbytes:
-                    return None
+                    return -1
                 buffer = storage._buffer
                 if buffer is None:
                     buffer = storage.buffer(self.mmap)
@@ -287,7 +455,8 @@ class TensorTemplate:
             else:
                 tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
         except PthError:
-            return None  # the loop runs the same opcodes and raises it where it belongs
+            return -1  # the loop runs the same opcodes and raises it where it belongs
         memo += values
         memo += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
-        return tensor, m.end()
+        stack.append(tensor)
+        return m.end()

@@ -67,6 +67,8 @@ def canonical(obj: Any) -> Any:
                 ident(x.storage, roots),
                 x.storage.key,
                 x.storage.nbytes,
+                x.storage.tag,
+                str(x.storage.location),
                 str(x.dtype),
                 x.shape,
                 x.stride,
@@ -76,7 +78,7 @@ def canonical(obj: Any) -> Any:
                 walk(x.numpy()),
             )
         if isinstance(x, dict):
-            items = tuple((k, walk(v)) for k, v in x.items())
+            items = tuple((walk(k), walk(v)) for k, v in x.items())  # (a key: any object)
             return (type(x).__name__, ident(x, ids), items, walk(vars(x)) if vars_of(x) else None)
         if isinstance(x, (list, tuple)):
             return (type(x).__name__, tuple(walk(v) for v in x))
@@ -257,3 +259,247 @@ def test_handlers_that_read_persistent_ids_their_own_way_get_no_fast_path() -> N
     pkl = _pickle_region(saved({"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)}))[1]
     with pytest.raises(UnsafePickleError, match="storage 1 refused"):
         Unpickler(pkl, handlers, record="data.pkl").load()
+
+
+# -- run continuation: the items after a tensor, run without returning to the loop ------------
+
+#: Six small tensors in a dict (items: key, put, memo get of the rebuild global, tensor), the
+#: same in a list (no keys), then dicts whose keys are read back from the memo (optimizer
+#: state).
+RUN = saved(
+    {
+        "d": OrderedDict((f"w{i}", np.full(i % 3 + 1, i, np.float32)) for i in range(6)),
+        "l": [np.full(i % 2 + 1, i, np.int16) for i in range(6)],
+        "o": {
+            i: {"step": np.full((), i, np.float32), "avg": np.full(2, i, np.float32)}
+            for i in range(3)
+        },
+    }
+)
+RUN_NAME, RUN_PICKLE = _pickle_region(RUN)
+
+
+def _item(key: bytes) -> int:
+    """Where the dict item of ``key`` starts in ``RUN_PICKLE``."""
+    at = RUN_PICKLE.index(b"X" + len(key).to_bytes(4, "little") + key)
+    return at
+
+
+def test_a_run_takes_every_following_item_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pthfmt.torch import tensor_template
+
+    calls: list[int] = []
+    run = tensor_template.TensorTemplate.run
+
+    def counted(self: Any, *args: Any) -> Any:
+        calls.append(len(args[5]))
+        return run(self, *args)
+
+    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    sd = OrderedDict((f"k{i}", np.full(i % 3 + 1, i, np.float32)) for i in range(50))
+    obj = {"a": sd, "b": [v.copy() for v in sd.values()]}
+    out = pthfmt.load(io.BytesIO(saved(obj)))
+    assert len(calls) == 2  # the second dict item, and the list's first item
+    assert canonical(out) == canonical(obj)
+
+
+#: Every byte from the end of the first dict item's tensor to the end of the fourth's, the
+#: list's first three items and the last inner dicts of the optimizer state: set to what
+#: the continuation tests for (an opcode, a memo index one off, a length byte, an invalid
+#: UTF-8 byte), or deleted.
+_SPAN = (
+    list(range(_item(b"w1") - 4, _item(b"w4")))
+    + list(range(RUN_PICKLE.index(b"]"), RUN_PICKLE.index(b"]") + 160))
+    + list(range(len(RUN_PICKLE) - 240, len(RUN_PICKLE)))
+)
+
+
+@pytest.mark.parametrize("pos", _SPAN)
+def test_a_run_broken_at_every_position_agrees_with_the_loop(pos: int) -> None:
+    byte = RUN_PICKLE[pos]
+    for value in {byte ^ 1, byte + 1 & 255, 0x58, 0x68, 0x71, 0x72, 0xFF, None}:
+        if value == byte:
+            continue
+        pkl = bytearray(RUN_PICKLE)
+        if value is None:
+            del pkl[pos]
+        else:
+            pkl[pos] = value
+        assert_same(_with_pickle(RUN, RUN_NAME, bytes(pkl)))
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        # a key that is a lone surrogate (the loop decodes it with surrogatepass)
+        (b"X\x02\x00\x00\x00w2", b"X\x03\x00\x00\x00\xed\xa0\x80"),
+        # a key that is not UTF-8: the loop's error, at the loop's offset
+        (b"X\x02\x00\x00\x00w2", b"X\x02\x00\x00\x00\xc3w"),
+        # a key whose length runs past the end of the pickle
+        (b"X\x02\x00\x00\x00w5", b"X\xff\xff\x00\x00w5"),
+    ],
+)
+def test_odd_keys_in_a_run_agree_with_the_loop(old: bytes, new: bytes) -> None:
+    assert old in RUN_PICKLE
+    assert_same(_with_pickle(RUN, RUN_NAME, RUN_PICKLE.replace(old, new, 1)))
+
+
+def test_a_tensor_reading_its_own_key_back_from_the_memo_agrees_with_the_loop() -> None:
+    """The key ``storage`` put just before the tensor, and the tensor's persistent id reading
+    its tag back from that memo slot: valid for the loop, so for the continuation."""
+    at = _item(b"w2")
+    put = RUN_PICKLE[at + 7 : at + 9]  # BINPUT n of the key
+    assert put[:1] == b"q"
+    pkl = bytearray(RUN_PICKLE)
+    tag_get = RUN_PICKLE.index(b"((h", at) + 2
+    pkl[tag_get : tag_get + 2] = b"h" + put[1:]
+    pkl[at : at + 7] = b"X\x07\x00\x00\x00st"  # (the key grows by five bytes below)
+    pkl[at + 7 : at + 7] = b"orage"
+    fast = assert_same(_with_pickle(RUN, RUN_NAME, bytes(pkl)))
+    assert fast[0] == "tree"
+
+
+def test_keys_read_back_from_the_memo_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optimizer state: every inner dict's keys (``step``, ``exp_avg``) are memo gets after
+    the first dict; tuple keys likewise; one run call per dict."""
+    from pthfmt.torch import tensor_template
+
+    calls: list[int] = []
+    run = tensor_template.TensorTemplate.run
+
+    def counted(self: Any, *args: Any) -> Any:
+        calls.append(len(args[5]))
+        return run(self, *args)
+
+    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    key = (1, 2)
+    state = {
+        i: {"step": np.full((), i, np.float32), "exp_avg": np.full(3, i, np.float32)}
+        for i in range(20)
+    }
+    obj = {"state": state, "t": [{key: np.ones(2, np.int8), "x": np.ones(1)} for _ in range(5)]}
+    data = saved(obj)
+    assert canonical(pthfmt.load(io.BytesIO(data))) == canonical(obj)
+    assert len(calls) == 20 + 5 + 1  # each dict's second item on (and the very first dict's)
+    assert assert_same(data)[0] == "tree"
+
+
+def _renumbered(pkl: bytes, replace: dict[int, bytes], dropped: int) -> bytes:
+    """``pkl`` with the opcodes at the offsets in ``replace`` replaced by those bytes, and
+    every one-byte memo index above ``dropped`` lowered by one (the put of ``dropped`` is
+    gone)."""
+    import pickletools
+
+    out = bytearray()
+    ops = list(pickletools.genops(pkl))
+    for k, (op, arg, at) in enumerate(ops):
+        stop = ops[k + 1][2] if k + 1 < len(ops) else len(pkl)
+        if at in replace:
+            out += replace[at]
+        elif op.name in ("BINPUT", "BINGET") and arg > dropped:
+            out += bytes([pkl[at], arg - 1])
+        else:
+            out += pkl[at:stop]
+    return bytes(out)
+
+
+def test_a_none_key_read_back_from_the_memo_is_pushed_as_the_loop_does() -> None:
+    """``NONE PUT`` as one item's key, ``GET`` of it as the next item's: the run pushes that
+    ``None`` as the key (not as 'no key'), as the loop does."""
+    import pickletools
+
+    ops = {at: (op.name, arg) for op, arg, at in pickletools.genops(RUN_PICKLE)}
+    w1, w2 = _item(b"w1"), _item(b"w2")
+    w1_put = ops[w1 + 7][1]
+    w2_put = ops[w2 + 7][1]
+    pkl = _renumbered(
+        RUN_PICKLE,
+        {w1: b"N", w2: b"h" + bytes([w1_put]), w2 + 7: b""},
+        dropped=w2_put,
+    )
+    fast = assert_same(_with_pickle(RUN, RUN_NAME, pkl))
+    assert fast[0] == "tree"
+    d = pthfmt.load(io.BytesIO(_with_pickle(RUN, RUN_NAME, pkl)))["d"]
+    assert list(d)[:2] == ["w0", None] and len(d) == 5  # w1 and w2 both under None
+    assert (d[None] == np.full(3, 2, np.float32)).all()
+
+
+def _overwritten(slot: int, value: bytes) -> bytes:
+    """``RUN`` with ``value`` put over the memo slot that the dict's tensors read their tag
+    (0), storage class (1), location (2) or hooks (3) from, between the third and fourth
+    items (after the fast path has read and checked that slot for three tensors)."""
+    import pickletools
+
+    w1 = _item(b"w1")
+    gets = [
+        (at, arg)
+        for op, arg, at in pickletools.genops(RUN_PICKLE)
+        if at > w1 and op.name == "BINGET"
+    ]
+    # the item's own get of the rebuild global, then tag, class, (key put), location...
+    tag, cls = gets[1][1], gets[2][1]
+    location = gets[3][1]
+    hooks = next(arg for at, arg in gets if RUN_PICKLE[at + 2 : at + 4] == b")R")
+    idx = (tag, cls, location, hooks)[slot]
+    at = _item(b"w3")
+    pkl = RUN_PICKLE[:at] + value + b"q" + bytes([idx]) + b"0" + RUN_PICKLE[at:]
+    return _with_pickle(RUN, RUN_NAME, pkl)
+
+
+def _unicode(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw
+
+
+@pytest.mark.parametrize(
+    "slot, value, expect",
+    [
+        (0, _unicode("storage"), "tree"),  # the same value, another object: checked again
+        (0, _unicode("storagE"), "error"),
+        (1, b"ctorch\nIntStorage\n", "int32"),  # another storage class of the same size
+        (1, b"ctorch\nLongStorage\n", "error"),
+        (2, _unicode("cpu"), "tree"),
+        (2, _unicode("meta"), "tree"),
+        (3, b"ccollections\nOrderedDict\n", "tree"),  # the same global, resolved again
+        (3, b"ctorch._utils\n_rebuild_tensor_v2\n", "error"),
+    ],
+)
+def test_a_put_over_a_checked_memo_slot_is_seen(slot: int, value: bytes, expect: str) -> None:
+    """The fast path keeps what it checked in the memo slots every tensor reads (tag, storage
+    class, location, hooks): a put over one of them, of anything, is what the next tensor
+    reads, as in the loop."""
+    data = _overwritten(slot, value)
+    fast = assert_same(data)
+    if expect == "error":
+        assert fast[0] == "error"
+    else:
+        assert fast[0] == "tree"
+        d = pthfmt.load(io.BytesIO(data))["d"]
+        dtype = np.int32 if expect == "int32" else np.float32
+        assert [d[f"w{i}"].dtype for i in range(6)] == [np.float32] * 3 + [dtype] * 3
+
+
+def test_a_run_goes_on_when_the_rebuild_global_is_a_long_memo_get(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rebuild global memoized after index 255: its gets are ``LONG_BINGET``\\ s."""
+    from pthfmt.torch import tensor_template
+
+    calls: list[int] = []
+    run = tensor_template.TensorTemplate.run
+
+    def counted(self: Any, *args: Any) -> Any:
+        calls.append(args[1])
+        return run(self, *args)
+
+    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    obj = {
+        "names": [f"n{i}" for i in range(300)],
+        "d": OrderedDict((f"k{i}", np.full(i % 3 + 1, i, np.float32)) for i in range(20)),
+    }
+    data = saved(obj)
+    assert canonical(pthfmt.load(io.BytesIO(data))) == canonical(obj)
+    assert len(calls) == 1
+    pkl = _pickle_region(data)[1]
+    assert pkl[calls[0] - 5] == 0x6A  # LONG_BINGET
+    assert assert_same(data)[0] == "tree"

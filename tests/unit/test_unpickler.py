@@ -363,3 +363,42 @@ def test_huge_ints_in_shapes_are_refused_before_any_arithmetic():
         _PendingArray(h).build((1, (big,) * 30, np.dtype("u1"), False, b""))
     with pytest.raises(FormatError, match=r"at most 64 ints"):
         h.np_frombuffer(b"", np.dtype("u1"), (1,) * 65)
+
+
+def _outcome(data: bytes) -> object:
+    try:
+        return ("value", run(data))
+    except PthError as exc:
+        return ("error", type(exc).__name__, str(exc), exc.offset, exc.key_path)
+
+
+def _one_int2(data: bytes, pos: int, end: int, stack: list) -> int:
+    """The loop's own ``BININT2``, one opcode at a time (the oracle of the run path)."""
+    stack.append(data[pos + 1] | data[pos + 2] << 8)
+    return pos + 3
+
+
+@pytest.mark.parametrize("count", [1, 3, 4, 5, 12, 1000, 1001])
+def test_runs_of_binint2_read_as_pickle_does(count: int) -> None:
+    values = [*range(300, 300 + count), 7, 70000, 65535]
+    data = pickle.dumps(values, protocol=2)
+    assert run(data) == values
+    assert run(pickle.dumps(tuple(values[:5]), protocol=2)) == tuple(values[:5])
+
+
+def test_a_run_of_binint2_cut_or_broken_anywhere_agrees_with_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut at every byte, or with one byte changed, a run of ``BININT2`` gives what running
+    its opcodes one at a time gives: the same list, or the same error at the same offset."""
+    import pthfmt.pickle.machine as machine
+
+    data = pickle.dumps([*range(250, 262), "x", (300, 301, 302, 303)], protocol=2)
+    cases = [data[:k] for k in range(len(data))]
+    for k in range(len(data)):
+        for value in (0x4D, 0x4B, 0x65, 0x00):
+            cases.append(data[:k] + bytes([value]) + data[k + 1 :])
+    fast = [_outcome(case) for case in cases]
+    monkeypatch.setattr(machine, "_push_ints2", _one_int2)
+    slow = [_outcome(case) for case in cases]
+    assert fast == slow
