@@ -107,7 +107,7 @@ class _Validator(LegacyChecks):
         return Report(self.src.path, self.format, ok, self.problems, self.strict, self.load_error)
 
     def run(self) -> None:
-        kind = detect_format(bytes(self.buf[:512]))
+        kind = detect_format(bytes(self.buf[:512]), self.src.size)
         if kind == "zip":
             self.format = "zip"
             self.check_zip()
@@ -123,7 +123,7 @@ class _Validator(LegacyChecks):
         elif kind == "tar":
             self.format = "tar"
             self.check_tar()
-        elif is_safetensors(self.src):
+        elif kind == "safetensors" or is_safetensors(self.src):
             self.format = "safetensors"
             for p in check_safetensors(self.src):
                 self.add(p.code, p.message, offset=p.offset, key_path=p.key_path)
