@@ -29,3 +29,38 @@ def test_safetensors_whose_header_length_starts_with_a_pickle_proto_byte(tmp_pat
         assert ck.format == "safetensors"
     report = pthfmt.validate(str(path))
     assert (report.format, report.ok, report.problems) == ("safetensors", True, [])
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from pthfmt.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_inspect_of_an_index_with_no_tensors(tmp_path):
+    # `pthfmt inspect` of an index whose weight_map is empty was an internal error
+    # (KeyError: 'parameters'): the merged totals of zero shards had no counts.
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text('{"metadata": {}, "weight_map": {}}')
+    status, out, err = _cli("inspect", str(index))
+    assert (status, err) == (0, "")
+    assert out.splitlines()[-1] == "0 tensors, 0 elements; 0 storages, 0 B"
+    status, out, err = _cli("inspect", "--json", str(index))
+    import json
+
+    totals = json.loads(out)["totals"]
+    assert totals == {
+        "tensors": 0,
+        "parameters": 0,
+        "elements": 0,
+        "parameter_elements": 0,
+        "storages": 0,
+        "storage_bytes": 0,
+        "bytes_per_dtype": {},
+    }
