@@ -45,10 +45,10 @@ def guard(path: str | None, func: Callable[[], int]) -> int:
     try:
         return func()
     except Failure as exc:
-        err(f"{where}{exc}")
+        err(_located(where, str(exc)))
         return USAGE if exc.usage else PROBLEM
     except PthError as exc:
-        err(f"{where}{exc}")
+        err(_located(where, str(exc)))
         return PROBLEM
     except (BrokenPipeError, Usage):
         raise
@@ -61,6 +61,14 @@ def guard(path: str | None, func: Callable[[], int]) -> int:
     except Exception as exc:  # a pthfmt bug: one line, never a traceback
         err(f"{where}internal error: {type(exc).__name__}: {escape(str(exc), 300)} (a pthfmt bug)")
         return PROBLEM
+
+
+def _located(where: str, message: str) -> str:
+    """``message`` after ``where`` (the file), unless it already starts with the file
+    (errors about an index or a folder name it themselves)."""
+    if not where or message.startswith((where, escape(where, None))):
+        return message
+    return where + message
 
 
 def wrap(text: str) -> str:

@@ -36,6 +36,7 @@ from ..errors import CorruptError, FormatError, LimitError, PthError, Unsupporte
 from ..model.device import Device
 from ..model.dtypes import DTypeInfo, by_name, from_numpy
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
+from ..source import open_regular
 from ..text import escape, short_repr
 from . import strictjson
 from .tensordata import (
@@ -80,7 +81,7 @@ _Header = tuple[tuple[int, ...], bool, np.dtype[Any], int]
 
 def read_npz(path: str, content: Content) -> None:
     """Add the arrays of an npz (and its sidecar's values and metadata) to ``content``."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         if fh.read(4) != b"PK\x03\x04":
             raise FormatError("not an npz file (no zip signature)")
     try:

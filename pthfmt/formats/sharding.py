@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..errors import FormatError, LimitError, UnserializableError
+from ..source import open_regular
 from ..text import escape, short_repr
 from . import strictjson
 
@@ -140,7 +141,7 @@ def shard_layout(path: str | os.PathLike[str]) -> ShardLayout:
 
 def index_document(path: str) -> Any:
     """The index's JSON document, read within bounds."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         return parse_index_document(fh.read(MAX_INDEX + 1), path)
 
 

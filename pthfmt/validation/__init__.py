@@ -204,7 +204,9 @@ def validate(f: PathOrFile, *, strict: bool = False, data: bool = True) -> Repor
         # (a URL that cannot be fetched, or not without a missing package, is a file that
         # cannot be read here, as a local file that cannot be opened: nothing was checked)
         code = (
-            "file.empty"
+            exc.code
+            if exc.code == "file.not_regular"
+            else "file.empty"
             if isinstance(exc, FormatError)
             else "file.unreadable"
             if isinstance(exc, RemoteError)

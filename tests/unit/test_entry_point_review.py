@@ -64,3 +64,71 @@ def test_inspect_of_an_index_with_no_tensors(tmp_path):
         "storage_bytes": 0,
         "bytes_per_dtype": {},
     }
+
+
+def _index(folder, shard: str = "model-00001-of-00001.safetensors") -> None:
+    save_sharded({"w": np.zeros(2, np.float32)}, folder, format="safetensors")
+    (folder / "model.safetensors").rename(folder / shard)
+    (folder / "model.safetensors.index.json").write_text(f'{{"weight_map": {{"w": "{shard}"}}}}')
+
+
+FIFO_INDEX = "model.safetensors.index.json: a FIFO, not a regular file: never read"
+
+
+def test_an_index_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    # A model folder whose index is a FIFO (from an archive, say): load_sharded, validate,
+    # inspect, diff and convert of the folder opened it and blocked forever.
+    import os
+
+    from pthfmt.engines.convert import convert
+    from pthfmt.engines.diff import diff_summary
+    from pthfmt.engines.inspect import inspect_summary
+    from pthfmt.engines.tree import Failure
+    from pthfmt.errors import FormatError
+
+    os.mkfifo(tmp_path / "model.safetensors.index.json")
+    expected = f"{tmp_path}/{FIFO_INDEX}"
+    for call in (
+        lambda: pthfmt.load_sharded(tmp_path),
+        lambda: pthfmt.load_sharded(tmp_path / "model.safetensors.index.json"),
+        lambda: inspect_summary(str(tmp_path)),
+        lambda: convert(tmp_path, tmp_path / "out.safetensors"),
+    ):
+        try:
+            call()
+        except FormatError as exc:
+            assert (exc.message, exc.code) == (expected, "file.not_regular")
+        else:
+            raise AssertionError("no error")
+    try:
+        diff_summary(str(tmp_path), str(tmp_path))
+    except Failure as exc:
+        assert str(exc) == f"{tmp_path}: {expected}"
+    else:
+        raise AssertionError("no error")
+    report = pthfmt.validate(str(tmp_path))
+    assert [(p.code, p.message) for p in report.problems] == [("index.inconsistent", expected)]
+    status, out, err = _cli("inspect", str(tmp_path))
+    assert (status, out, err) == (1, "", f"pthfmt: {tmp_path}: {expected}\n")
+
+
+def test_a_checkpoint_path_that_is_a_fifo_or_device_is_refused_without_blocking(tmp_path):
+    import os
+
+    from pthfmt.errors import FormatError
+
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a FIFO"), ("/dev/zero", "a device")):
+        for call in (pthfmt.load, pthfmt.open):
+            try:
+                call(path)
+            except FormatError as exc:
+                assert exc.message == f"{path}: {what}, not a regular file: never read"
+            else:
+                raise AssertionError("no error")
+        report = pthfmt.validate(str(path))
+        assert [p.code for p in report.problems] == ["file.not_regular"]
+    status, out, err = _cli("convert", str(fifo), str(tmp_path / "o.npz"))
+    message = f"pthfmt: {fifo}: a FIFO, not a regular file: never read\n"
+    assert (status, out, err) == (1, "", message)
