@@ -23,7 +23,7 @@ import reprlib
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-__all__ = ["escape", "short_repr", "int_text", "LIMIT"]
+__all__ = ["escape", "short_repr", "int_text", "is_unicode", "LIMIT"]
 
 #: The default cap on a rendered value, in characters.
 LIMIT = 80
@@ -45,6 +45,18 @@ def escape(text: str, limit: int | None = LIMIT) -> str:
         if limit is not None and len(text) > limit:
             text, cut = text[: max(limit - 3, 0)], True
     return text + "..." if cut else text
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: encodable as UTF-8, so no lone surrogate (which a
+    pickle's strings and JSON's ``\\udc80`` escapes can hold)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _escape_char(ch: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..engines.tree import Failure, plain
 from ..errors import PthError
-from ..text import escape, short_repr
+from ..text import escape, is_unicode, short_repr
 
 __all__ = [
     "OK",
@@ -109,20 +109,12 @@ def json_safe(doc: Any) -> Any:
     """``doc`` with every string (and key) that is not valid Unicode -- a lone surrogate from
     a file -- escaped by :func:`pthfmt.text.escape`, so that the JSON is valid UTF-8."""
     if isinstance(doc, str):
-        return doc if doc.isascii() or _encodes(doc) else escape(doc, None)
+        return doc if is_unicode(doc) else escape(doc, None)
     if isinstance(doc, dict):
         return {json_safe(k): json_safe(v) for k, v in doc.items()}
     if isinstance(doc, (list, tuple)):
         return [json_safe(v) for v in doc]
     return doc
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def emit_json(doc: Any) -> None:

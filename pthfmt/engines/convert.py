@@ -70,7 +70,7 @@ from ..model.kinds import QuantizedRef
 from ..model.stub import Stub
 from ..model.tensor import StorageInfo, TensorRef
 from ..remote import is_url
-from ..text import escape
+from ..text import escape, is_unicode
 from .kinds import kind_name
 from .tree import Gadget, Survey, leaves
 
@@ -161,6 +161,7 @@ class _Plan:
         self.duplicate: list[str] = []
         self.no_dtype: list[str] = []
         self.reserved: list[str] = []
+        self.bad_name: list[str] = []
         self.lost: list[str] = []
 
     def take(self, content: Content) -> None:
@@ -178,13 +179,17 @@ class _Plan:
             names.add(entry.name)
             if isinstance(entry, Value):
                 ok, plain = carry(entry.value)
-                if ok:
-                    self.entries.append(Value(entry.name, plain))
-                else:
+                if not ok:
                     self.lost.append(f"{entry.name or '<root>'} ({_kind(entry.value)})")
+                elif not name_fits(entry.name, self.fmt):
+                    self.bad_name.append(entry.name)
+                else:
+                    self.entries.append(Value(entry.name, plain))
                 continue
             why = _unwritable(entry, self.fmt)
-            if why is None:
+            if why is None and not name_fits(entry.name, self.fmt):
+                self.bad_name.append(entry.name)
+            elif why is None:
                 self.entries.append(entry)
             elif why == "reserved":
                 self.reserved.append(entry.name)
@@ -197,6 +202,14 @@ class _Plan:
             warn(
                 f"left out {count(self.duplicate, 'entry', 'entries')} whose flattened key an "
                 f"earlier entry already has: {listing(self.duplicate)}"
+            )
+        if self.bad_name:
+            why = "not valid Unicode" + (
+                f", or longer than {NPZ_NAME_MAX:,} bytes" if fmt == "npz" else ""
+            )
+            warn(
+                f"left out {count(self.bad_name, 'entry', 'entries')} whose name {fmt} cannot "
+                f"hold ({why}): {listing(self.bad_name)}"
             )
         if self.reserved:
             warn(
@@ -323,6 +336,11 @@ class Conversion(Closing):
                     f"left out file metadata a torch checkpoint has no place for: {listing(extra)}"
                 )
             self.metadata = {}
+        bad = [k for k, v in self.metadata.items() if not (is_unicode(k) and is_unicode(v))]
+        if bad:
+            warn(f"left out file metadata that is not valid Unicode: {listing(bad)}")
+            for k in bad:
+                del self.metadata[k]
 
     @property
     def warnings(self) -> list[str]:
@@ -400,6 +418,20 @@ class Conversion(Closing):
                 pass
 
 
+#: Bytes of a member name a zip (so an npz) can hold, less the ``.npy`` suffix.
+NPZ_NAME_MAX: Final = 0xFFFF - len(".npy")
+
+
+def name_fits(name: str, fmt: str) -> bool:
+    """Whether ``fmt`` can hold the key ``name``: safetensors (JSON in UTF-8) and npz (zip
+    names in UTF-8, at most 65,535 bytes) need valid Unicode; a pickle holds any string."""
+    if fmt == "pth":
+        return True
+    if not is_unicode(name):
+        return False
+    return fmt != "npz" or len(name) * 4 <= NPZ_NAME_MAX or len(name.encode()) <= NPZ_NAME_MAX
+
+
 def _unwritable(item: TensorItem, fmt: str) -> str | None:
     """Why ``item`` cannot be written in ``fmt`` (``"reserved"`` for its name), else None."""
     if fmt == "pth":  # a quantized tensor read from a torch file carries its qparams
@@ -434,7 +466,9 @@ _JSON_INT_BITS = 14_000
 def _json_scalar(value: Any) -> bool:
     if isinstance(value, int) and not isinstance(value, bool):
         return value.bit_length() <= _JSON_INT_BITS
-    return value is None or isinstance(value, (bool, float, str))
+    if isinstance(value, str):
+        return is_unicode(value)
+    return value is None or isinstance(value, (bool, float))
 
 
 def _json_value(value: Any) -> tuple[bool, Any]:

@@ -82,7 +82,7 @@ _Header = tuple[tuple[int, ...], bool, np.dtype[Any], int]
 def read_npz(path: str, content: Content) -> None:
     """Add the arrays of an npz (and its sidecar's values and metadata) to ``content``."""
     with open_regular(path) as fh:
-        if fh.read(4) != b"PK\x03\x04":
+        if fh.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # (an empty npz: no members)
             raise FormatError("not an npz file (no zip signature)")
     try:
         npz = np.load(path, allow_pickle=False)

@@ -132,3 +132,56 @@ def test_a_checkpoint_path_that_is_a_fifo_or_device_is_refused_without_blocking(
     status, out, err = _cli("convert", str(fifo), str(tmp_path / "o.npz"))
     message = f"pthfmt: {fifo}: a FIFO, not a regular file: never read\n"
     assert (status, out, err) == (1, "", message)
+
+
+def test_convert_leaves_out_names_the_output_cannot_hold(tmp_path):
+    # A pickle's keys may hold lone surrogates, a safetensors name may be megabytes long.
+    # convert to npz raised a raw UnicodeEncodeError (zip names are UTF-8) or struct.error (a
+    # name over 65,535 bytes); to safetensors it wrote a header that no reader (pthfmt's
+    # included) accepts.
+    from pthfmt.engines.convert import convert
+
+    src = tmp_path / "in.pth"
+    pthfmt.save(
+        {
+            "ok": np.ones(2, np.float32),
+            "x\udc80y": np.ones(1, np.float32),
+            "v\ud800": "value",
+            "plain": "bad \udfff value",
+        },
+        src,
+    )
+    for fmt, where in (("npz", "the npz sidecar"), ("safetensors", "safetensors metadata")):
+        out = tmp_path / f"out.{fmt}"
+        why = (
+            "not valid Unicode, or longer than 65,531 bytes"
+            if fmt == "npz"
+            else "not valid Unicode"
+        )
+        assert convert(src, out) == [
+            f"left out 2 entries whose name {fmt} cannot hold ({why}): x\\udc80y, v\\ud800",
+            f"left out 1 value that {where} cannot carry: plain (str)",
+        ]
+        assert convert(out, tmp_path / f"back-{fmt}.pth") == []
+        assert list(pthfmt.load(tmp_path / f"back-{fmt}.pth")) == ["ok"]
+    long = "k" * 70_000
+    save_sharded(
+        {long: np.ones(1, np.float32), "ok": np.ones(1, np.float32)},
+        tmp_path / "st",
+        format="safetensors",
+    )
+    assert convert(tmp_path / "st" / "model.safetensors", tmp_path / "long.npz") == [
+        "left out 1 entry whose name npz cannot hold (not valid Unicode, or longer than "
+        f"65,531 bytes): {long}"
+    ]
+    assert list(pthfmt.load(tmp_path / "st" / "model.safetensors")) == [long, "ok"]
+
+
+def test_an_npz_of_no_arrays_converts(tmp_path):
+    # np.savez() of nothing (and a conversion that leaves every entry out) is a zip of no
+    # members, which starts with the end record: convert refused it as "not an npz file".
+    from pthfmt.engines.convert import convert
+
+    np.savez(tmp_path / "empty.npz")
+    assert convert(tmp_path / "empty.npz", tmp_path / "out.pth") == []
+    assert pthfmt.load(tmp_path / "out.pth") == {}
