@@ -185,3 +185,20 @@ def test_an_npz_of_no_arrays_converts(tmp_path):
     np.savez(tmp_path / "empty.npz")
     assert convert(tmp_path / "empty.npz", tmp_path / "out.pth") == []
     assert pthfmt.load(tmp_path / "out.pth") == {}
+
+
+def test_a_stub_repr_escapes_its_field_names_and_bounds_its_ints():
+    # repr() of a stub (what a REPL shows for pthfmt.load(f, unknown="stub")) raised
+    # ValueError for an int field over 4,300 digits, and wrote field names raw (ESC, bidi).
+    import io
+    import struct
+
+    from tests.support.adversarial import checkpoint, glob, uint, ustr
+
+    big = 10**5000
+    raw = big.to_bytes((big.bit_length() + 8) // 8, "little", signed=True)
+    long4 = b"\x8b" + struct.pack("<i", len(raw)) + raw
+    fields = ustr("\x1b[2Jk\u202e") + uint(1) + ustr("n") + long4
+    pkl = b"\x80\x02" + glob("mymod", "Net") + b")\x81}(" + fields + b"ub."
+    stub = pthfmt.load(io.BytesIO(checkpoint(pkl, {})), unknown="stub")
+    assert repr(stub) == "Stub(mymod.Net: \\x1b[2Jk\\u202e=1, n=<a 16610-bit int>)"
