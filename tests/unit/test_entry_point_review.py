@@ -202,3 +202,18 @@ def test_a_stub_repr_escapes_its_field_names_and_bounds_its_ints():
     pkl = b"\x80\x02" + glob("mymod", "Net") + b")\x81}(" + fields + b"ub."
     stub = pthfmt.load(io.BytesIO(checkpoint(pkl, {})), unknown="stub")
     assert repr(stub) == "Stub(mymod.Net: \\x1b[2Jk\\u202e=1, n=<a 16610-bit int>)"
+
+
+def test_convert_prints_its_paths_escaped(tmp_path):
+    # The summary line of `pthfmt convert` (and its progress bar's label) wrote IN and OUT
+    # raw: a file name's ESC, BEL and bidi override reached the terminal.
+    src = tmp_path / "in\x1b[2J\u202e\udcff.pth"
+    dst = tmp_path / "out\x07.npz"
+    pthfmt.save({"w": np.ones(2, np.float32)}, src)
+    status, out, err = _cli("convert", str(src), str(dst))
+    assert (status, err) == (0, "")
+    size = dst.stat().st_size
+    assert out == (
+        f"{tmp_path}/in\\x1b[2J\\u202e\\udcff.pth -> {tmp_path}/out\\x07.npz (npz): "
+        f"1 tensor ({size} B)\n"
+    )
