@@ -22,7 +22,13 @@ import numpy as np
 from . import reader
 from .closing import Closing
 from .errors import FormatError, LimitError
-from .formats.sharding import ShardLayout, open_shards, prefer_safetensors, shard_layout
+from .formats.sharding import (
+    ShardLayout,
+    open_shard,
+    open_shards,
+    prefer_safetensors,
+    shard_layout,
+)
 from .model.device import MapLocation
 from .model.tensor import TensorRef
 from .remote import is_url
@@ -48,7 +54,8 @@ def find_index(path: str | os.PathLike[str], suffixes: tuple[str, ...] = _INDEX_
     found = prefer_safetensors(sorted(n for n in os.listdir(path) if n.endswith(suffixes)))
     if len(found) != 1:
         raise FormatError(
-            f"{path}: expected one *{suffixes[0]}, found {', '.join(found) or 'none'}"
+            f"{escape(path, None)}: expected one *{suffixes[0]}, found "
+            f"{', '.join(escape(n) for n in found) or 'none'}"
         )
     return os.path.join(path, found[0])
 
@@ -124,7 +131,7 @@ class ShardedCheckpoint(Mapping[str, np.ndarray], Closing):
         """Open one shard of a remote index and check its keys against the index."""
         assert self._base is not None
         url = self._base + shard
-        ckpt = self.shards[shard] = reader.open(url, map_location=self._location)
+        ckpt = self.shards[shard] = open_shard(url, shard, self._location)
         for key, ref in ckpt.tensors():
             owner = self.weight_map.get(key)
             if owner is None:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ..errors import FormatError, LimitError, UnserializableError
+from ..errors import FormatError, LimitError, PthError, UnserializableError
 from ..source import open_regular
 from ..text import escape, short_repr
 from . import strictjson
@@ -57,6 +57,7 @@ __all__ = [
     "shard_layout",
     "read_index",
     "open_shards",
+    "open_shard",
     "parse_size",
     "split_shards",
     "save_sharded",
@@ -187,6 +188,17 @@ def checked_index(doc: Any, path: str) -> tuple[dict[str, str], dict[str, Any]]:
     return weight_map, metadata
 
 
+def open_shard(path: str, shard: str, map_location: MapLocation = None) -> Checkpoint:
+    """One shard, opened; its errors name it (``shard 'x.bin': ...``)."""
+    from .. import reader
+
+    try:
+        return reader.open(path, map_location=map_location)
+    except PthError as exc:
+        exc.message = f"shard '{escape(shard)}': {exc.message}"
+        raise exc.locate() from None
+
+
 def open_shards(
     layout: ShardLayout, map_location: MapLocation = None
 ) -> tuple[dict[str, Checkpoint], dict[str, TensorRef], dict[str, str]]:
@@ -206,7 +218,7 @@ def open_shards(
         path = os.path.join(layout.folder, shard)
         if not os.path.isfile(path):
             raise FormatError(f"shard '{escape(shard)}' named by the index is missing")
-        ckpt = shards[shard] = reader.open(path, map_location=map_location)
+        ckpt = shards[shard] = open_shard(path, shard, map_location)
         for key, ref in ckpt.tensors():
             owner = weight_map.get(key)
             if owner is None:

@@ -267,7 +267,11 @@ def _validate_index(path: str, strict: bool, data: bool) -> Report:
     (a shard's problems carry ``<shard>/`` before their record)."""
     if is_url(path):
         return _validate_remote_index(path, strict, data)
-    index = find_index(path)
+    try:
+        index = find_index(path)
+    except PthError as exc:  # a folder of several indexes: which one is meant is unknown
+        problem = Problem("index.inconsistent", "error", exc.message)
+        return Report(path, "sharded", False, [problem], strict, exc.message)
     problems: list[Problem] = []
     try:
         ShardedCheckpoint(index)

@@ -217,3 +217,37 @@ def test_convert_prints_its_paths_escaped(tmp_path):
         f"{tmp_path}/in\\x1b[2J\\u202e\\udcff.pth -> {tmp_path}/out\\x07.npz (npz): "
         f"1 tensor ({size} B)\n"
     )
+
+
+def test_a_broken_shard_is_named_in_the_error(tmp_path):
+    # load_sharded of an index whose shard is not a checkpoint said "not a torch checkpoint:
+    # ..." without saying which of the shards it was.
+    from pthfmt.errors import FormatError
+
+    _index(tmp_path)
+    (tmp_path / "model-00001-of-00001.safetensors").write_bytes(b"\x1b[2J not a checkpoint")
+    try:
+        pthfmt.load_sharded(tmp_path)
+    except FormatError as exc:
+        assert str(exc) == (
+            "shard 'model-00001-of-00001.safetensors': not a torch checkpoint: no zip, legacy "
+            "pickle, tar or safetensors signature at the start of the 21-byte file"
+        )
+    else:
+        raise AssertionError("no error")
+
+
+def test_validate_of_a_folder_of_two_indexes_reports_them_escaped(tmp_path):
+    # validate() raised a FormatError (it never raises on content) with the folder and the
+    # index names raw.
+    folder = tmp_path / "m\x1b"
+    folder.mkdir()
+    for name in ("a\x07.bin.index.json", "b.bin.index.json"):
+        (folder / name).write_text('{"weight_map": {}}')
+    report = pthfmt.validate(str(folder))
+    message = (
+        f"{tmp_path}/m\\x1b: expected one *.bin.index.json, found a\\x07.bin.index.json, "
+        "b.bin.index.json"
+    )
+    assert (report.ok, report.format) == (False, "sharded")
+    assert [(p.code, p.message) for p in report.problems] == [("index.inconsistent", message)]
