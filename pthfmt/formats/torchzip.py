@@ -21,7 +21,7 @@ from ..model.storage import Reader, StorageTable, chunked_reader, stored_reader
 from ..model.tensor import StorageInfo
 from ..pickle.machine import Unpickler
 from ..source import Source
-from ..text import escape
+from ..text import escape, short_repr
 from ..torch.handlers import ScriptClasses, TorchHandlers
 from .contract import Options, Parsed, copy_budget
 from .torchscript import read_sources, script_classes
@@ -261,12 +261,14 @@ def _unpickle(
             entry = archive.find(name)
         if entry is None:
             raise FormatError(
-                f"storage {info.key!r} has no record {archive.prefix}/{folder}{info.key}"
+                f"storage {short_repr(info.key)} has no record "
+                f"{archive.prefix}/{folder}{escape(info.key)}"
             )
         info.record = entry.name
         if entry.usize != info.nbytes:
             raise CorruptError(
-                f"record holds {entry.usize} bytes but storage {info.key!r} needs {info.nbytes}",
+                f"record holds {entry.usize} bytes but storage {short_repr(info.key)} needs "
+                f"{info.nbytes}",
                 record=entry.name,
             )
         if entry.method != STORED or entry.flags & 1 or entry.csize != entry.usize:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptError, FormatError, LimitError, UnsupportedError
+from ..text import short_repr
 from .device import Device
 from .dtypes import DTypeInfo
 from .storage import StorageInfo
@@ -114,7 +115,7 @@ def check_view(
 
 
 def _what(key: str) -> str:
-    return f"tensor on storage {key!r}"
+    return f"tensor on storage {short_repr(key)}"
 
 
 def _too_many(key: str, shape: tuple[int, ...]) -> None:
@@ -300,7 +301,9 @@ def _apply_bits(arr: np.ndarray, conj: bool, neg: bool, key: str) -> np.ndarray:
         return arr
     except MemoryError:
         pass
-    raise LimitError(f"out of memory applying the conj/neg bit of a tensor of storage {key!r}")
+    raise LimitError(
+        f"out of memory applying the conj/neg bit of a tensor of storage {short_repr(key)}"
+    )
 
 
 class Tensor:

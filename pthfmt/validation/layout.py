@@ -12,6 +12,7 @@ from ..formats.zip.structs import DESCRIPTOR32, DESCRIPTOR64, U32_MAX
 from ..formats.zip.writer import data_offset as miniz_data_offset
 from ..model.storage import StorageInfo
 from ..pickle.scan import scan_pickle
+from ..text import short_repr
 from .audit import Audit, Note
 from .base import Rec, count_text, short
 from .pickles import PickleChecks
@@ -264,7 +265,7 @@ class LayoutChecks(PickleChecks):
                 return [
                     Note(
                         "storage.missing_record",
-                        f"storage {info.key!r} has no record {folder}/{info.key}",
+                        f"storage {short_repr(info.key)} has no record {folder}/{info.key}",
                         at,
                     )
                 ]
@@ -275,7 +276,7 @@ class LayoutChecks(PickleChecks):
                     Note(
                         "storage.size_mismatch",
                         f"record holds {r.entry.usize} bytes but "
-                        f"storage {info.key!r} needs {info.nbytes}",
+                        f"storage {short_repr(info.key)} needs {info.nbytes}",
                         at,
                         record=r.entry.name,
                         no_offset=True,
@@ -317,7 +318,7 @@ class LayoutChecks(PickleChecks):
                 if key != "0":
                     self.add(
                         "record.format_version",
-                        f"the first storage loaded is {key!r}, "
+                        f"the first storage loaded is {short_repr(key)}, "
                         "not '0': torch's offset calculation asserts",
                         record=r.entry.name,
                     )

@@ -251,3 +251,30 @@ def test_validate_of_a_folder_of_two_indexes_reports_them_escaped(tmp_path):
     )
     assert (report.ok, report.format) == (False, "sharded")
     assert [(p.code, p.message) for p in report.problems] == [("index.inconsistent", message)]
+
+
+def test_a_huge_storage_key_is_shown_bounded(tmp_path):
+    # Storage keys were shown with repr(): a legacy file listing a 5 MB key printed a 5 MB
+    # error line (validate's text, load's message).
+    from tests.support.adversarial import glob, legacy, state, tensor, tup, uint, ustr
+
+    key = "k" * 5_000_000 + "\x1b"
+    pid = tup(ustr("storage"), glob("torch", "FloatStorage"), ustr("0"), ustr("cpu"), uint(4), b"N")
+    path = tmp_path / "keys.pt"
+    path.write_bytes(legacy(state(tensor(storage=pid + b"Q")), ["0", key], [bytes(16), bytes(4)]))
+    shown = "'" + "k" * 37 + "..." + "k" * 38 + "'"  # 80 characters (reprlib's cut)
+    message = f"storage {shown} is listed but no object uses it"
+    try:
+        pthfmt.load(path)
+    except pthfmt.FormatError as exc:
+        assert exc.message == message
+    else:
+        raise AssertionError("no error")
+    report = pthfmt.validate(str(path))
+    keys = [p.message for p in report.problems if p.code == "legacy.keys"]
+    assert keys == [f"{message} (torch: AssertionError)"]
+    status, out, err = _cli("validate", str(path))
+    [line] = [line for line in out.splitlines() if "legacy.keys" in line]
+    assert (status, err) == (1, "")
+    where = "  error    legacy.keys           legacy storage keys @182"
+    assert line == f"{where}: {message} (torch: AssertionError)"
