@@ -32,7 +32,7 @@ from .formats.sharding import (
 from .model.device import MapLocation
 from .model.tensor import TensorRef
 from .remote import is_url
-from .text import escape
+from .text import escape, is_unicode
 
 __all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index"]
 
@@ -71,7 +71,8 @@ def is_index(path: str | os.PathLike[str]) -> bool:
 def _remote_index(url: str) -> tuple[dict[str, str], dict[str, Any]]:
     """A remote index's weight map and metadata, read within the local index's bound and
     checked by the same rules; a shard name must also read as itself in a URL (no ``%``,
-    ``?``, ``#`` or backslash), so that shards come from beside the index only."""
+    ``?``, ``#`` or backslash, and valid Unicode: a URL drops a lone surrogate), so that
+    shards come from beside the index only."""
     from .formats.sharding import MAX_INDEX, checked_index, parse_index_document
     from .remote import RemoteSource
 
@@ -80,7 +81,7 @@ def _remote_index(url: str) -> tuple[dict[str, str], dict[str, Any]]:
         raise LimitError(f"{escape(url)}: a shard index larger than {MAX_INDEX} bytes")
     weight_map, metadata = checked_index(parse_index_document(src.bytes(0, src.size), url), url)
     for shard in dict.fromkeys(weight_map.values()):
-        if any(c in shard for c in "%?#\\"):
+        if any(c in shard for c in "%?#\\") or not is_unicode(shard):
             raise FormatError(f"{escape(url)}: shard name '{escape(shard)}' is not a plain name")
     return weight_map, metadata
 

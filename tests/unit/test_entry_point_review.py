@@ -278,3 +278,26 @@ def test_a_huge_storage_key_is_shown_bounded(tmp_path):
     assert (status, err) == (1, "")
     where = "  error    legacy.keys           legacy storage keys @182"
     assert line == f"{where}: {message} (torch: AssertionError)"
+
+
+def test_a_remote_shard_name_that_is_not_unicode_is_refused(tmp_path):
+    # A remote index's shard name with a lone surrogate was fetched under another name (the
+    # URL drops the surrogate: '\ud800.safetensors' fetched '/.safetensors').
+    import json
+
+    import pytest
+
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    from tests.support.static_server import serve_static
+
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "\ud800.safetensors"}}))
+    save_sharded({"w": np.zeros(2, np.float32)}, tmp_path / "st", format="safetensors")
+    with serve_static() as s:
+        s.put(index.name, index)
+        s.put(".safetensors", tmp_path / "st" / "model.safetensors")
+        url = s.url(index.name)
+        with pytest.raises(pthfmt.FormatError) as info:
+            pthfmt.load_sharded(url)
+    assert str(info.value) == f"{url}: shard name '\\ud800.safetensors' is not a plain name"
