@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ..errors import FormatError, LimitError, PthError, UnserializableError
+from ..errors import FormatError, LimitError, PthError, RemoteError, UnserializableError
 from ..source import open_regular
 from ..text import escape, short_repr
 from . import strictjson
@@ -189,14 +189,24 @@ def checked_index(doc: Any, path: str) -> tuple[dict[str, str], dict[str, Any]]:
 
 
 def open_shard(path: str, shard: str, map_location: MapLocation = None) -> Checkpoint:
-    """One shard, opened; its errors name it (``shard 'x.bin': ...``)."""
+    """One shard, opened; its errors name it (``shard 'x.bin': ...``).  A shard of a remote
+    index that cannot be fetched is a :class:`~pthfmt.errors.RemoteError` (as a local index's
+    missing shard is a ``FormatError``: the index names a file that is not there)."""
     from .. import reader
+    from ..remote import is_url
 
     try:
         return reader.open(path, map_location=map_location)
     except PthError as exc:
         exc.message = f"shard '{escape(shard)}': {exc.message}"
         raise exc.locate() from None
+    except FileNotFoundError as exc:
+        if not is_url(path):
+            raise
+        raise RemoteError(
+            f"shard '{escape(shard)}' named by the index cannot be fetched "
+            f"({escape(str(exc.strerror), 300)})"
+        ) from None
 
 
 def open_shards(

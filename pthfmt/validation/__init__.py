@@ -311,7 +311,13 @@ def _validate_remote_index(url: str, strict: bool, data: bool) -> Report:
             sharded.open_all()  # every shard's keys against the index
     except PthError as exc:
         problems.append(Problem("index.inconsistent", "error", exc.message, _base_name(url)))
-    reports = [(_base_name(s), validate(s, strict=strict, data=data)) for s in shards]
+    reports: list[tuple[str, Report]] = []
+    for shard in shards:
+        try:
+            reports.append((_base_name(shard), validate(shard, strict=strict, data=data)))
+        except FileNotFoundError:  # a shard the server does not have: index.inconsistent
+            if not problems:
+                raise
     return _index_report(url, problems, reports, strict)
 
 

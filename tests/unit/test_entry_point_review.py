@@ -301,3 +301,31 @@ def test_a_remote_shard_name_that_is_not_unicode_is_refused(tmp_path):
         with pytest.raises(pthfmt.FormatError) as info:
             pthfmt.load_sharded(url)
     assert str(info.value) == f"{url}: shard name '\\ud800.safetensors' is not a plain name"
+
+
+def test_a_remote_index_naming_a_missing_shard(tmp_path):
+    # A remote index naming a shard the server does not have: load_sharded and validate()
+    # (which never raises on content) raised a raw FileNotFoundError; a local index's missing
+    # shard is a FormatError reported as index.inconsistent.
+    import json
+
+    import pytest
+
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    from pthfmt.errors import RemoteError
+    from tests.support.static_server import serve_static
+
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "gone.safetensors"}}))
+    with serve_static() as s:
+        s.put(index.name, index)
+        url = s.url(index.name)
+        with pytest.raises(RemoteError) as info:
+            pthfmt.load_sharded(url)["w"]
+        report = pthfmt.validate(url)
+    assert str(info.value).startswith(
+        "shard 'gone.safetensors' named by the index cannot be fetched (not found or unreachable"
+    )
+    assert [p.code for p in report.problems] == ["index.inconsistent"]
+    assert report.problems[0].message == str(info.value)
