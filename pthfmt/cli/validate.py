@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from ..remote import is_url
-from ..text import escape
+from ..text import NAME_LIMIT, escape
 from .output import OK, PROBLEM, USAGE, Usage, command_parser, emit_json, err
 
 __all__ = [
@@ -204,8 +204,8 @@ def _headline(r: dict[str, Any]) -> str:
 
 def _problem_line(p: dict[str, Any], code_width: int) -> str:
     where = []
-    if p["record"] is not None:
-        where.append(_s(p["record"]))
+    if p["record"] is not None:  # (a member's name may be 64 KiB: shown cut, as in messages)
+        where.append(escape(p["record"], NAME_LIMIT))
     if p["offset"] is not None:
         where.append(f"@{p['offset']}")
     if p["key_path"] is not None:

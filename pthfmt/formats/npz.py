@@ -37,7 +37,7 @@ from ..model.device import Device
 from ..model.dtypes import DTypeInfo, by_name, from_numpy
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
 from ..source import open_regular
-from ..text import escape, short_repr
+from ..text import escape, quoted, short_repr
 from . import strictjson
 from .tensordata import (
     Content,
@@ -109,7 +109,7 @@ def read_npz(path: str, content: Content) -> None:
         except PthError:
             raise
         except (ValueError, *ZIP_ERRORS) as exc:  # numpy's header parser, zipfile
-            raise FormatError(f"member {info.filename!r}: {exc}") from None
+            raise FormatError(f"member {quoted(info.filename)}: {exc}") from None
         if isinstance(item, str):
             skipped.append(f"{name} ({item})")
         else:
@@ -218,7 +218,7 @@ def _npy_header(npz: Any, info: zipfile.ZipInfo) -> _Header | str:
     nbytes = math.prod(shape) * dtype.itemsize
     if header + nbytes > info.file_size:
         raise CorruptError(
-            f"member {info.filename!r}: {nbytes} bytes of {shape} {dtype} "
+            f"member {quoted(info.filename)}: {nbytes} bytes of {shape} {dtype} "
             f"do not fit its {info.file_size} bytes"
         )
     return shape, bool(fortran), dtype, header
@@ -237,7 +237,7 @@ def _read_sidecar(npz: Any, content: Content) -> dict[str, Any]:
             raise ValueError("not a JSON object")
         return doc
     except ZIP_ERRORS as exc:
-        raise CorruptError(f"member {info.filename!r}: {exc}") from None
+        raise CorruptError(f"member {quoted(info.filename)}: {exc}") from None
     except ValueError as exc:  # strict JSON refused it (a FormatError): not our sidecar
         content.warnings.append(
             f"the {SIDECAR!r} member is not pthfmt's sidecar ({exc}): "
@@ -277,7 +277,7 @@ def _stored_begin(info: zipfile.ZipInfo, header: int, nbytes: int, mm: Any, size
     off = info.header_offset
     local = bytes(mm[off : off + 30]) if off + 30 <= size else b""
     if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise CorruptError(f"member {info.filename!r}: no local header at {off}")
+        raise CorruptError(f"member {quoted(info.filename)}: no local header at {off}")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     return int(off + 30 + name_len + extra_len + header)
 
@@ -301,7 +301,7 @@ def _npz_item(
         begin = _stored_begin(info, header, nbytes, mm, size)
         if begin + nbytes > size:
             raise CorruptError(
-                f"member {info.filename!r}: {nbytes} bytes of {shape} "
+                f"member {quoted(info.filename)}: {nbytes} bytes of {shape} "
                 f"{dtype} run past the end of the file"
             )
 
@@ -317,9 +317,9 @@ def _npz_item(
             with npz.zip.open(info) as fp:  # this member (not another of the same name)
                 array = np.lib.format.read_array(fp, allow_pickle=False)
         except (ValueError, *ZIP_ERRORS) as exc:
-            raise CorruptError(f"member {info.filename!r}: {exc}") from None
+            raise CorruptError(f"member {quoted(info.filename)}: {exc}") from None
         if array.shape != shape or array.dtype != dtype:
-            raise CorruptError(f"member {info.filename!r} changed while read")
+            raise CorruptError(f"member {quoted(info.filename)} changed while read")
         return restore(array)
 
     row = info_row

@@ -21,7 +21,7 @@ from ..model.storage import Reader, StorageTable, chunked_reader, stored_reader
 from ..model.tensor import StorageInfo
 from ..pickle.machine import Unpickler
 from ..source import Source
-from ..text import escape, short_repr
+from ..text import NAME_LIMIT, escape, quoted, short_repr
 from ..torch.handlers import ScriptClasses, TorchHandlers
 from .contract import Options, Parsed, copy_budget
 from .torchscript import read_sources, script_classes
@@ -91,7 +91,9 @@ class TorchZip:
         names = [entry.name for entry in self.zip.entries]
         if not all(map(str.startswith, names, repeat(head))):
             name = next(name for name in names if not name.startswith(head))
-            raise FormatError(f"zip record {name!r} is outside the archive folder {head!r}")
+            raise FormatError(
+                f"zip record {quoted(name)} is outside the archive folder {quoted(head)}"
+            )
         #: every entry's name relative to the folder, in directory order
         self.relative = relative = [name[cut:] for name in names]
         self.exact: dict[str, ZipEntry] = dict(zip(relative, self.zip.entries))
@@ -187,7 +189,7 @@ def _check_checkpoint(archive: TorchZip) -> None:
     names = list(archive.exact)
     package = any(n.endswith(".data/extern_modules") for n in names)
     if package or archive.find("data.pkl") is None:
-        raise _other_zip(names, f"record {archive.prefix}/data.pkl is missing")
+        raise _other_zip(names, f"record {escape(archive.prefix, NAME_LIMIT)}/data.pkl is missing")
 
 
 def read_zip(src: Source, opts: Options) -> Parsed:
@@ -262,7 +264,7 @@ def _unpickle(
         if entry is None:
             raise FormatError(
                 f"storage {short_repr(info.key)} has no record "
-                f"{archive.prefix}/{folder}{escape(info.key)}"
+                f"{escape(archive.prefix, NAME_LIMIT)}/{folder}{escape(info.key)}"
             )
         info.record = entry.name
         if entry.usize != info.nbytes:

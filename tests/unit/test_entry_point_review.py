@@ -329,3 +329,25 @@ def test_a_remote_index_naming_a_missing_shard(tmp_path):
     )
     assert [p.code for p in report.problems] == ["index.inconsistent"]
     assert report.problems[0].message == str(info.value)
+
+
+def test_a_64_kib_member_name_is_shown_cut(tmp_path):
+    # A zip's member names may be 64 KiB: messages quoted them whole (repr), so an archive
+    # folder of 60,000 characters made load's error and each line of validate 60 KB long.
+    from tests.support.adversarial import state, tensor, zip_file
+
+    folder = "a" * 60_000 + "\x1b[2J"
+    cut = "'" + "a" * 1024 + "'..."
+    records = {folder + "/data.pkl": state(tensor()), "archive/version": b"3\n"}
+    path = tmp_path / "long.pt"
+    path.write_bytes(zip_file(records, prefix=""))
+    try:
+        pthfmt.load(path)
+    except pthfmt.FormatError as exc:
+        assert str(exc) == f"zip record 'archive/version' is outside the archive folder {cut}"
+    else:
+        raise AssertionError("no error")
+    status, out, err = _cli("validate", str(path))
+    assert status == 1 and err == ""
+    assert max(len(line) for line in out.splitlines()) < 2300
+    assert f"  error    record.missing          record {'a' * 1021}.../version is missing" in out
