@@ -53,7 +53,7 @@ import numpy as np
 
 from ..atomic import Sink, Write, write_atomically
 from ..closing import Closing
-from ..errors import FormatError, UnsafePickleError
+from ..errors import FormatError, LimitError, UnsafePickleError
 from ..formats.detect import FORMATS, Format, UnknownFormatError, input_format, output_format
 from ..formats.npz import NPZ_RAW_DTYPES, SIDECAR, read_npz, write_npz
 from ..formats.safetensors import (
@@ -68,7 +68,7 @@ from ..model.device import Device
 from ..model.dtypes import DType
 from ..model.kinds import QuantizedRef
 from ..model.stub import Stub
-from ..model.tensor import StorageInfo, TensorRef
+from ..model.tensor import StorageInfo, TensorRef, check_expansion
 from ..remote import is_url
 from ..text import escape, is_unicode
 from .kinds import kind_name
@@ -325,6 +325,8 @@ class Conversion(Closing):
         self.entries: list[TensorItem | Value] = plan.entries
         self.items = [e for e in self.entries if isinstance(e, TensorItem)]
         self.values = [e for e in self.entries if isinstance(e, Value)]
+        if fmt != "pth":  # (pth keeps views: a stride-0 one stays its storage)
+            _check_expansions(self.items)
         warn = content.warnings.append
         plan.warn_left_out(warn)
         _warn_lossy(fmt, self.items, warn)
@@ -542,6 +544,19 @@ def _read_torch(path: str, content: Content, salvage: bool = False) -> None:
             content.entries.append(_ref_item(name, value))
         else:
             content.entries.append(Value(name, value))
+
+
+def _check_expansions(items: list[TensorItem]) -> None:
+    """Refuse, before anything is written, a view that writing out whole would make far
+    larger than its storage (a stride-0 view of a few bytes may declare terabytes)."""
+    for item in items:
+        if isinstance(item.storage, StorageInfo):  # a torch file's view (for_save: the ref)
+            ref = item.for_save()
+            if isinstance(ref, TensorRef):
+                try:
+                    check_expansion(ref)
+                except LimitError as exc:
+                    raise exc.locate(key_path=escape(item.name)) from None
 
 
 def _ref_item(name: str, ref: TensorRef) -> TensorItem:

@@ -31,11 +31,20 @@ __all__ = [
     "Tensor",
     "c_strides",
     "check_view",
+    "check_expansion",
     "view_of",
+    "EXPANSION_RATIO",
+    "EXPANSION_ALLOWANCE",
 ]  # StorageInfo: re-export
 
 #: numpy's limits: dimensions, and elements, bytes, sizes and strides (its intp).
 MAX_NDIM = 64
+#: What reads every element of a view (convert's writers, diff's comparison) may read at most
+#: this many times its storage's bytes, plus :data:`EXPANSION_ALLOWANCE`: a view with stride 0
+#: (or overlapping strides) may repeat a few bytes 2**40 times, and copying or comparing it
+#: would take hours and terabytes that the file's size does not justify.
+EXPANSION_RATIO = 256
+EXPANSION_ALLOWANCE = 1 << 30
 #: The validation code of every error :func:`check_view` raises.
 _VIEW = "tensor.view"
 INTP_MAX = int(np.iinfo(np.intp).max)
@@ -195,6 +204,19 @@ def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= max(n, 1)
     return tuple(reversed(strides))
+
+
+def check_expansion(ref: TensorRef) -> None:
+    """Refuse to read every element of ``ref`` when that is more than
+    :data:`EXPANSION_RATIO` times its storage's bytes (plus :data:`EXPANSION_ALLOWANCE`):
+    a :class:`LimitError` (``load``, which makes a view, is not concerned)."""
+    limit = EXPANSION_RATIO * ref.storage.nbytes + EXPANSION_ALLOWANCE
+    if ref.nbytes > limit:
+        raise LimitError(
+            f"a view of {ref.numel} elements ({ref.nbytes} bytes) over a storage of "
+            f"{ref.storage.nbytes} bytes (stride {ref.stride}): reading every element is more "
+            f"than {EXPANSION_RATIO} times the storage"
+        )
 
 
 class TensorRef:

@@ -351,3 +351,48 @@ def test_a_64_kib_member_name_is_shown_cut(tmp_path):
     assert status == 1 and err == ""
     assert max(len(line) for line in out.splitlines()) < 2300
     assert f"  error    record.missing          record {'a' * 1021}.../version is missing" in out
+
+
+def test_a_stride_0_view_of_terabytes_is_a_limit_for_what_reads_every_element(tmp_path):
+    # A 600-byte file holding a view of 2**40 float32 with stride 0 over a 16-byte storage:
+    # load, open and validate make views (fine), but diff compared 2**40 elements (hours) and
+    # convert to safetensors or npz wrote 4 TiB.  A pth output keeps the view.
+    from pthfmt.engines.convert import convert
+    from pthfmt.engines.diff import diff_summary
+    from pthfmt.engines.tree import Failure
+    from pthfmt.errors import LimitError
+    from tests.support.adversarial import checkpoint, state, tensor
+
+    path = tmp_path / "expand.pt"
+    path.write_bytes(checkpoint(state(tensor(size=(2**40,), stride=(0,)))))
+    assert pthfmt.load(path)["w"].strides == (0,)
+    message = (
+        "a view of 1099511627776 elements (4398046511104 bytes) over a storage of 16 bytes "
+        "(stride (0,)): reading every element is more than 256 times the storage (key 'w')"
+    )
+    for out in ("out.safetensors", "out.npz"):
+        try:
+            convert(path, tmp_path / out)
+        except LimitError as exc:
+            assert str(exc) == message
+        else:
+            raise AssertionError("no error")
+        assert not (tmp_path / out).exists()
+    assert convert(path, tmp_path / "out.pth") == []
+    try:
+        diff_summary(str(path), str(path))
+    except Failure as exc:
+        assert str(exc) == f"{path} / {path}: {message}"
+    else:
+        raise AssertionError("no error")
+    try:
+        pthfmt.diff(path, path)
+    except LimitError as exc:
+        assert str(exc) == message
+    else:
+        raise AssertionError("no error")
+    # a view within the bound still converts and compares
+    small = tmp_path / "small.pt"
+    small.write_bytes(checkpoint(state(tensor(size=(1000,), stride=(0,)))))
+    assert convert(small, tmp_path / "small.safetensors") == []
+    assert pthfmt.load(tmp_path / "small.safetensors")["w"].shape == (1000,)
