@@ -38,29 +38,36 @@ class Usage(Exception):
     """A usage error: ``main`` prints the usage line and the message, exit status 2."""
 
 
-def guard(path: str | None, func: Callable[[], int]) -> int:
+def guard(
+    path: str | None, func: Callable[[], int], json_error: dict[str, Any] | None = None
+) -> int:
     """Run ``func``; a bad file becomes one line on stderr and exit code 1 (2 if unreadable).
-    ``path`` prefixes the message (``None``: the message names its file itself)."""
+    ``path`` prefixes the message (``None``: the message names its file itself).  With
+    ``json_error`` (``--json``), stdout gets that document with the ``error`` message too, so
+    that it is JSON whatever happened."""
     where = f"{path}: " if path else ""
     try:
         return func()
     except Failure as exc:
-        err(_located(where, str(exc)))
-        return USAGE if exc.usage else PROBLEM
+        status, message = USAGE if exc.usage else PROBLEM, _located(where, str(exc))
     except PthError as exc:
-        err(_located(where, str(exc)))
-        return PROBLEM
+        status, message = PROBLEM, _located(where, str(exc))
     except (BrokenPipeError, Usage):
         raise
     except OSError as exc:
-        err(f"{where}{exc.strerror or exc}")
-        return USAGE
+        status, message = USAGE, f"{where}{exc.strerror or exc}"
     except (RecursionError, MemoryError) as exc:
-        err(f"{where}the file is too large or too deeply nested ({type(exc).__name__})")
-        return PROBLEM
+        status = PROBLEM
+        message = f"{where}the file is too large or too deeply nested ({type(exc).__name__})"
     except Exception as exc:  # a pthfmt bug: one line, never a traceback
-        err(f"{where}internal error: {type(exc).__name__}: {escape(str(exc), 300)} (a pthfmt bug)")
-        return PROBLEM
+        status = PROBLEM
+        message = (
+            f"{where}internal error: {type(exc).__name__}: {escape(str(exc), 300)} (a pthfmt bug)"
+        )
+    err(message)
+    if json_error is not None:
+        emit_json({**json_error, "ok": False, "error": escape(message, None)})
+    return status
 
 
 def _located(where: str, message: str) -> str:

@@ -396,3 +396,27 @@ def test_a_stride_0_view_of_terabytes_is_a_limit_for_what_reads_every_element(tm
     small.write_bytes(checkpoint(state(tensor(size=(1000,), stride=(0,)))))
     assert convert(small, tmp_path / "small.safetensors") == []
     assert pthfmt.load(tmp_path / "small.safetensors")["w"].shape == (1000,)
+
+
+def test_json_output_is_json_when_the_file_is_bad(tmp_path):
+    # `inspect --json` and `diff --json` of a broken file wrote nothing on stdout (the error
+    # went to stderr only): a JSON consumer got an empty, invalid document.
+    import json
+
+    bad = tmp_path / "bad\x1b.pt"
+    bad.write_bytes(b"garbage!")
+    message = (
+        f"{tmp_path}/bad\\x1b.pt: not a torch checkpoint: no zip, legacy pickle, tar or "
+        "safetensors signature at the start of the 8-byte file"
+    )
+    status, out, err = _cli("inspect", "--json", str(bad))
+    assert (status, err) == (1, f"pthfmt: {message}\n")
+    assert out.isascii() and json.loads(out) == {"file": str(bad), "ok": False, "error": message}
+    status, out, err = _cli("diff", "--json", str(bad), str(tmp_path / "other.pt"))
+    assert (status, err) == (1, f"pthfmt: {message}\n")
+    doc = json.loads(out)
+    assert doc == {"a": str(bad), "b": str(tmp_path / "other.pt"), "ok": False, "error": message}
+    status, out, err = _cli("inspect", "--json", str(tmp_path / "missing.pt"))
+    assert status == 2 and json.loads(out)["error"].endswith(
+        "missing.pt: No such file or directory"
+    )
