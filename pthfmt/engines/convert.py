@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -69,6 +70,7 @@ from ..model.dtypes import DType
 from ..model.kinds import QuantizedRef
 from ..model.stub import Stub
 from ..model.tensor import StorageInfo, TensorRef, check_expansion
+from ..model.tree import MAX_PART_CHARS, MAX_PATH_PARTS
 from ..remote import is_url
 from ..text import escape, is_unicode
 from .kinds import kind_name
@@ -162,6 +164,7 @@ class _Plan:
         self.no_dtype: list[str] = []
         self.reserved: list[str] = []
         self.bad_name: list[str] = []
+        self.shortened: list[str] = []
         self.lost: list[str] = []
 
     def take(self, content: Content) -> None:
@@ -173,6 +176,9 @@ class _Plan:
                 content.warnings.append(
                     "the input is a single tensor: written under the key 'tensor'"
                 )
+            if _SHORTENED.search(entry.name):  # not the file's key: never written under it
+                self.shortened.append(entry.name)
+                continue
             if entry.name in names:
                 self.duplicate.append(entry.name)
                 continue
@@ -202,6 +208,12 @@ class _Plan:
             warn(
                 f"left out {count(self.duplicate, 'entry', 'entries')} whose flattened key an "
                 f"earlier entry already has: {listing(self.duplicate)}"
+            )
+        if self.shortened:
+            warn(
+                f"left out {count(self.shortened, 'entry', 'entries')} whose key path is too "
+                f"long or deep to keep whole (a key over {MAX_PART_CHARS:,} characters, or more "
+                f"than {MAX_PATH_PARTS} levels, is shortened): {listing(self.shortened)}"
             )
         if self.bad_name:
             why = "not valid Unicode" + (
@@ -420,6 +432,8 @@ class Conversion(Closing):
                 pass
 
 
+#: A key path :mod:`pthfmt.model.tree` shortened (``aaa...<+5000 chars>``, ``<70 levels>.a``).
+_SHORTENED: Final = re.compile(r"\.\.\.<\+\d+ chars>(?:\.|$)|^<\d+ levels>(?:\.|$)")
 #: Bytes of a member name a zip (so an npz) can hold, less the ``.npy`` suffix.
 NPZ_NAME_MAX: Final = 0xFFFF - len(".npy")
 

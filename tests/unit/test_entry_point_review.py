@@ -420,3 +420,26 @@ def test_json_output_is_json_when_the_file_is_bad(tmp_path):
     assert status == 2 and json.loads(out)["error"].endswith(
         "missing.pt: No such file or directory"
     )
+
+
+def test_convert_never_writes_a_shortened_key_path(tmp_path):
+    # Key paths are shortened for display (a key over 1,024 characters keeps its first 992
+    # and says how long it was; a path over 64 levels keeps its innermost parts): convert
+    # wrote tensors under those shortened names, silently renaming them.
+    from pthfmt.engines.convert import convert
+
+    deep: dict[str, object] = {"w": np.zeros(1, np.float32)}
+    for _ in range(70):
+        deep = {"d": deep}
+    long = "k" * 2000
+    src = tmp_path / "in.pth"
+    pthfmt.save({long: np.ones(1, np.float32), "deep": deep, "ok": np.ones(2, np.float32)}, src)
+    shown_long = "k" * 992 + "...<+1008 chars>"
+    shown_deep = "<8 levels>." + ".".join(["d"] * 63) + ".w"
+    for out in ("out.pth", "out.safetensors", "out.npz"):
+        assert convert(src, tmp_path / out) == [
+            "left out 2 entries whose key path is too long or deep to keep whole (a key over "
+            f"1,024 characters, or more than 64 levels, is shortened): {shown_long}, {shown_deep}"
+        ]
+        written = np.load(tmp_path / out) if out.endswith("npz") else pthfmt.load(tmp_path / out)
+        assert [k.removesuffix(".npy") for k in written] == ["ok"]
