@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import sys
 import zipfile
@@ -79,6 +80,17 @@ ZIP_ERRORS: Final = (
 _Header = tuple[tuple[int, ...], bool, np.dtype[Any], int]
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _reason(exc: BaseException) -> str:
+    """What numpy's or zipfile's error says, as a message may hold it: escaped and bounded
+    (numpy quotes the member's header, which the file controls), without object addresses
+    (numpy's header parser names ``<ast.Call object at 0x...>``: the same file would give
+    a different message on every run)."""
+    return escape(_ADDRESS.sub("", str(exc)), 300)
+
+
 def read_npz(path: str, content: Content) -> None:
     """Add the arrays of an npz (and its sidecar's values and metadata) to ``content``."""
     with open_regular(path) as fh:
@@ -87,7 +99,7 @@ def read_npz(path: str, content: Content) -> None:
     try:
         npz = np.load(path, allow_pickle=False)
     except ZIP_ERRORS as exc:
-        raise FormatError(f"not an npz file ({exc})") from None
+        raise FormatError(f"not an npz file ({_reason(exc)})") from None
     content.closers.append(npz.close)
     mm, size = map_file(path, content)
     members = [i for i in npz.zip.infolist() if not i.filename.endswith("/")]  # (not is_dir)
@@ -109,7 +121,7 @@ def read_npz(path: str, content: Content) -> None:
         except PthError:
             raise
         except (ValueError, *ZIP_ERRORS) as exc:  # numpy's header parser, zipfile
-            raise FormatError(f"member {quoted(info.filename)}: {exc}") from None
+            raise FormatError(f"member {quoted(info.filename)}: {_reason(exc)}") from None
         if isinstance(item, str):
             skipped.append(f"{name} ({item})")
         else:
@@ -237,10 +249,10 @@ def _read_sidecar(npz: Any, content: Content) -> dict[str, Any]:
             raise ValueError("not a JSON object")
         return doc
     except ZIP_ERRORS as exc:
-        raise CorruptError(f"member {quoted(info.filename)}: {exc}") from None
+        raise CorruptError(f"member {quoted(info.filename)}: {_reason(exc)}") from None
     except ValueError as exc:  # strict JSON refused it (a FormatError): not our sidecar
         content.warnings.append(
-            f"the {SIDECAR!r} member is not pthfmt's sidecar ({exc}): "
+            f"the {SIDECAR!r} member is not pthfmt's sidecar ({_reason(exc)}): "
             "ignored, so raw-bit dtypes and values are not restored"
         )
         return {}
@@ -317,7 +329,7 @@ def _npz_item(
             with npz.zip.open(info) as fp:  # this member (not another of the same name)
                 array = np.lib.format.read_array(fp, allow_pickle=False)
         except (ValueError, *ZIP_ERRORS) as exc:
-            raise CorruptError(f"member {quoted(info.filename)}: {exc}") from None
+            raise CorruptError(f"member {quoted(info.filename)}: {_reason(exc)}") from None
         if array.shape != shape or array.dtype != dtype:
             raise CorruptError(f"member {quoted(info.filename)} changed while read")
         return restore(array)

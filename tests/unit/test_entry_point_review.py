@@ -443,3 +443,31 @@ def test_convert_never_writes_a_shortened_key_path(tmp_path):
         ]
         written = np.load(tmp_path / out) if out.endswith("npz") else pthfmt.load(tmp_path / out)
         assert [k.removesuffix(".npy") for k in written] == ["ok"]
+
+
+def test_an_npy_header_that_is_code_gives_the_same_message_every_run(tmp_path):
+    # numpy's header parser refuses a header that is not a literal (nothing runs), and its
+    # message named "<ast.Call object at 0x7f...>": a different error text on every run.
+    import io
+    import struct
+    import zipfile
+
+    from pthfmt.engines.convert import convert
+    from pthfmt.errors import FormatError
+
+    header = b"{'descr': __import__('os').system('true'), 'fortran_order': False, 'shape': (1,), }"
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(8)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.npy", npy)
+    (tmp_path / "in.npz").write_bytes(buf.getvalue())
+    messages = set()
+    for _ in range(2):
+        try:
+            convert(tmp_path / "in.npz", tmp_path / "out.pth")
+        except FormatError as exc:
+            messages.add(str(exc))
+        else:
+            raise AssertionError("no error")
+    assert messages == {"member 'a.npy': malformed node or string on line 1: <ast.Call object>"}
