@@ -14,7 +14,15 @@ import numpy as np
 from .errors import CorruptError, FormatError, LimitError
 from .text import escape
 
-__all__ = ["Source", "PathOrFile", "fresh_buffer", "is_remote", "out_of_memory", "open_regular"]
+__all__ = [
+    "Source",
+    "PathOrFile",
+    "fresh_buffer",
+    "is_remote",
+    "out_of_memory",
+    "open_regular",
+    "file_kind",
+]
 
 _PREAD_FROM = 1 << 20  # smaller copies come from the mapping (one call is cheaper)
 _PREAD_CHUNK = 1 << 30
@@ -243,7 +251,7 @@ def open_regular(path: str) -> IO[bytes]:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         if not stat.S_ISREG(mode):
             raise FormatError(
-                f"{escape(path, None)}: {_kind(mode)}, not a regular file: never read",
+                f"{escape(path, None)}: {file_kind(mode)}, not a regular file: never read",
                 code="file.not_regular",
             )
         if _NONBLOCK:
@@ -254,11 +262,14 @@ def open_regular(path: str) -> IO[bytes]:
         raise
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is (``a FIFO``...), from its ``st_mode``."""
     if stat.S_ISFIFO(mode):
         return "a FIFO"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "not a file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"

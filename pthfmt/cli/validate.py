@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from ..remote import is_url
+from ..source import file_kind
 from ..text import NAME_LIMIT, escape
 from .output import OK, PROBLEM, USAGE, Usage, command_parser, emit_json, err
 
@@ -91,18 +92,6 @@ def _unreadable(path: str, code: str, message: str, strict: bool) -> dict[str, A
     return _entry(path, None, [_problem(code, message)], strict, message, unreadable=True)
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "not a regular file"
-
-
 def validate_one(path: str, checks: Checks) -> dict[str, Any]:
     """One file's entry (see :func:`_entry`); never raises for anything the file holds."""
     from ..validation import validate
@@ -113,7 +102,7 @@ def validate_one(path: str, checks: Checks) -> dict[str, Any]:
     except OSError as exc:
         return _unreadable(path, "file.unreadable", str(exc.strerror or exc), strict)
     if not stat.S_ISREG(mode):
-        what = _kind(mode)
+        what = file_kind(mode)
         return _unreadable(path, "file.not_regular", f"{what}: skipped, not opened", strict)
     try:
         report = validate(path, strict=strict, data=checks.data).to_dict()
