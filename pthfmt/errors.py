@@ -8,6 +8,8 @@ object being built (``model_state_dict.fc1.weight``).
 
 from __future__ import annotations
 
+from .text import quoted
+
 __all__ = [
     "PthError",
     "FormatError",
@@ -46,11 +48,11 @@ class PthError(ValueError):
     def _render(self) -> str:
         where = []
         if self.record is not None:
-            where.append(f"record {self.record!r}")
+            where.append(f"record {quoted(self.record)}")
         if self.offset is not None:
             where.append(f"offset {self.offset}")
         if self.key_path is not None:
-            where.append(f"key {self.key_path!r}")
+            where.append(f"key {quoted(self.key_path)}")
         return f"{self.message} ({', '.join(where)})" if where else self.message
 
     def locate(

@@ -18,15 +18,22 @@ from .model.tensor import StorageInfo, TensorRef
 from .model.tree import walk
 from .source import PathOrFile, Source, is_remote
 
-__all__ = ["Checkpoint", "open", "load", "detect_format", "walk"]
+__all__ = ["Checkpoint", "open", "load", "detect_format", "is_safetensors_head", "walk"]
 
 _LEGACY_PREFIX = bytes.fromhex("8a0a6cfc9c46f9206aa85019")  # LONG1 10 <magic number>
 
 
-def detect_format(head: bytes) -> str:
-    """``zip``, ``tar``, ``legacy`` or ``unknown`` from a file's first 512 bytes."""
+def detect_format(head: bytes, size: int | None = None) -> str:
+    """``zip``, ``safetensors``, ``tar``, ``legacy`` or ``unknown`` from a file's first 512
+    bytes and (for safetensors) its ``size``.
+
+    safetensors is told before legacy: its first byte is the low byte of the header length,
+    which is ``0x80`` (a pickle's ``PROTO``) for one header length in 32 (they are multiples
+    of 8), and a torch legacy file never has ``{`` at byte 8 (its magic number is there)."""
     if head[:4] == b"PK\x03\x04":
         return "zip"
+    if size is not None and is_safetensors_head(head, size):
+        return "safetensors"
     legacy = head[:1] == b"\x80" and len(head) > 2
     if len(head) >= 262 and head[257:262] == b"ustar" and (not legacy or _tar_header(head)):
         return "tar"
@@ -59,21 +66,26 @@ def _parse(src: Source, opts: Options) -> Parsed:
 
 
 def _parse_format(src: Source, opts: Options) -> Parsed:
-    kind = detect_format(bytes(src.buf[:512]))
+    kind = detect_format(bytes(src.buf[:512]), src.size)
     if kind == "zip":
         return read_zip(src, opts)
+    if kind == "safetensors":
+        from .formats.safetensors import read_safetensors_source
+
+        return read_safetensors_source(src, opts)
     if kind == "legacy":
         return read_legacy(src, opts)
     if kind == "tar":
         from .formats.tar import read_tar
 
         return read_tar(src, opts)
-    head = bytes(src.buf[:8])
-    if len(head) == 8 and int.from_bytes(head, "little") < src.size and bytes(src.buf[8:9]) == b"{":
-        from .formats.safetensors import read_safetensors_source
-
-        return read_safetensors_source(src, opts)
     raise FormatError(not_a_checkpoint(src.size))
+
+
+def is_safetensors_head(head: bytes, size: int) -> bool:
+    """Whether a ``size``-byte file starting with ``head`` opens like safetensors: an 8-byte
+    header length below the file's size, then ``{``."""
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size
 
 
 class Checkpoint(Closing):

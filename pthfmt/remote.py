@@ -578,18 +578,20 @@ def plan(src: RemoteSource, all_headers: bool = False) -> list[tuple[int, int]]:
     ``all_headers``.  Returns the ``(offset, nbytes)`` of the tensor data it knows it left out
     (see :func:`all_but_data`)."""
     src.ensure([(0, HEAD)])
+    from .reader import detect_format
+
     head = bytes(src.buf[:HEAD])
-    if head[:4] == b"PK\x03\x04":
+    kind = detect_format(head, src.size)
+    if kind == "zip":
         src.ensure([(src.size - TAIL, TAIL)])
         return _plan_zip(src, all_headers)
-    if head[:1] == b"\x80" and src.size > 2:
-        return _plan_legacy(src)
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        src.ensure([(0, src.size)])
-    elif len(head) >= 9 and head[8:9] == b"{":
+    if kind == "safetensors":
         (n,) = struct.unpack_from("<Q", head)
-        if n < src.size:
-            src.ensure([(0, 8 + n)])
+        src.ensure([(0, 8 + n)])
+    elif head[:1] == b"\x80" and src.size > 2:
+        return _plan_legacy(src)
+    elif len(head) >= 262 and head[257:262] == b"ustar":
+        src.ensure([(0, src.size)])
     return []
 
 

@@ -22,11 +22,17 @@ import numpy as np
 from . import reader
 from .closing import Closing
 from .errors import FormatError, LimitError
-from .formats.sharding import ShardLayout, open_shards, prefer_safetensors, shard_layout
+from .formats.sharding import (
+    ShardLayout,
+    open_shard,
+    open_shards,
+    prefer_safetensors,
+    shard_layout,
+)
 from .model.device import MapLocation
 from .model.tensor import TensorRef
 from .remote import is_url
-from .text import escape
+from .text import escape, is_unicode
 
 __all__ = ["ShardedCheckpoint", "load_sharded", "find_index", "is_index"]
 
@@ -48,7 +54,8 @@ def find_index(path: str | os.PathLike[str], suffixes: tuple[str, ...] = _INDEX_
     found = prefer_safetensors(sorted(n for n in os.listdir(path) if n.endswith(suffixes)))
     if len(found) != 1:
         raise FormatError(
-            f"{path}: expected one *{suffixes[0]}, found {', '.join(found) or 'none'}"
+            f"{escape(path, None)}: expected one *{suffixes[0]}, found "
+            f"{', '.join(escape(n) for n in found) or 'none'}"
         )
     return os.path.join(path, found[0])
 
@@ -64,7 +71,8 @@ def is_index(path: str | os.PathLike[str]) -> bool:
 def _remote_index(url: str) -> tuple[dict[str, str], dict[str, Any]]:
     """A remote index's weight map and metadata, read within the local index's bound and
     checked by the same rules; a shard name must also read as itself in a URL (no ``%``,
-    ``?``, ``#`` or backslash), so that shards come from beside the index only."""
+    ``?``, ``#`` or backslash, and valid Unicode: a URL drops a lone surrogate), so that
+    shards come from beside the index only."""
     from .formats.sharding import MAX_INDEX, checked_index, parse_index_document
     from .remote import RemoteSource
 
@@ -73,7 +81,7 @@ def _remote_index(url: str) -> tuple[dict[str, str], dict[str, Any]]:
         raise LimitError(f"{escape(url)}: a shard index larger than {MAX_INDEX} bytes")
     weight_map, metadata = checked_index(parse_index_document(src.bytes(0, src.size), url), url)
     for shard in dict.fromkeys(weight_map.values()):
-        if any(c in shard for c in "%?#\\"):
+        if any(c in shard for c in "%?#\\") or not is_unicode(shard):
             raise FormatError(f"{escape(url)}: shard name '{escape(shard)}' is not a plain name")
     return weight_map, metadata
 
@@ -124,7 +132,7 @@ class ShardedCheckpoint(Mapping[str, np.ndarray], Closing):
         """Open one shard of a remote index and check its keys against the index."""
         assert self._base is not None
         url = self._base + shard
-        ckpt = self.shards[shard] = reader.open(url, map_location=self._location)
+        ckpt = self.shards[shard] = open_shard(url, shard, self._location)
         for key, ref in ckpt.tensors():
             owner = self.weight_map.get(key)
             if owner is None:

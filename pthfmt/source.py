@@ -6,13 +6,23 @@ import errno
 import io
 import mmap as _mmap
 import os
+import stat
 from typing import IO, Any, Union
 
 import numpy as np
 
 from .errors import CorruptError, FormatError, LimitError
+from .text import escape
 
-__all__ = ["Source", "PathOrFile", "fresh_buffer", "is_remote", "out_of_memory"]
+__all__ = [
+    "Source",
+    "PathOrFile",
+    "fresh_buffer",
+    "is_remote",
+    "out_of_memory",
+    "open_regular",
+    "file_kind",
+]
 
 _PREAD_FROM = 1 << 20  # smaller copies come from the mapping (one call is cheaper)
 _PREAD_CHUNK = 1 << 30
@@ -82,7 +92,7 @@ class Source:
             f = f[len("file://") :]
         if isinstance(f, (str, bytes, os.PathLike)):
             self.path = os.fspath(f) if not isinstance(f, bytes) else os.fsdecode(f)
-            with open(self.path, "rb") as fh:
+            with open_regular(self.path) as fh:
                 self.buf = self._map(fh)
         elif hasattr(f, "read"):
             self.buf = self._from_stream(f)
@@ -219,6 +229,47 @@ class _Descriptor:
 
 
 def _is_regular(fileno: int) -> bool:
-    import stat
-
     return stat.S_ISREG(os.fstat(fileno).st_mode)
+
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def open_regular(path: str) -> IO[bytes]:
+    """``path`` opened for reading, refusing what is not a regular file.
+
+    Every local file pthfmt reads is opened here.  A FIFO (opening one blocks until a
+    writer comes, forever if none does), a device (``/dev/zero`` never ends) or a socket is
+    a :class:`FormatError` (``file.not_regular``), told without blocking: the file is opened
+    non-blocking and looked at before a byte is read.  A directory stays the
+    ``IsADirectoryError`` that ``open`` gives.
+    """
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(mode):
+            raise FormatError(
+                f"{escape(path, None)}: {file_kind(mode)}, not a regular file: never read",
+                code="file.not_regular",
+            )
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is (``a FIFO``...), from its ``st_mode``."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"

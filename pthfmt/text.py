@@ -23,10 +23,12 @@ import reprlib
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-__all__ = ["escape", "short_repr", "int_text", "LIMIT"]
+__all__ = ["escape", "short_repr", "quoted", "int_text", "is_unicode", "LIMIT", "NAME_LIMIT"]
 
 #: The default cap on a rendered value, in characters.
 LIMIT = 80
+#: A name a file controls (a record, a member, a key) is quoted whole up to this many characters.
+NAME_LIMIT = 1024
 #: Ints up to this many bits print in full (2**256 has 78 digits).
 _INT_BITS = 256
 
@@ -45,6 +47,27 @@ def escape(text: str, limit: int | None = LIMIT) -> str:
         if limit is not None and len(text) > limit:
             text, cut = text[: max(limit - 3, 0)], True
     return text + "..." if cut else text
+
+
+def quoted(text: str, limit: int = NAME_LIMIT) -> str:
+    """``repr(text)`` -- quoted, every non-printable character escaped -- of a name a file
+    controls, cut to its first ``limit`` characters (then ``...`` after the quote): a zip or
+    tar member's name may be 64 KiB or more, which no message should repeat."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + "..."
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: encodable as UTF-8, so no lone surrogate (which a
+    pickle's strings and JSON's ``\\udc80`` escapes can hold)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _escape_char(ch: str) -> str:

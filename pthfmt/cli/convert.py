@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..engines.tree import Failure
 from ..errors import PthError
+from ..text import escape
 from .output import OK, PROBLEM, command_parser, err, guard, human_size
 
 if TYPE_CHECKING:
@@ -119,7 +120,8 @@ def _count(n: int, noun: str) -> str:
 
 def _write(conv: Conversion, args: argparse.Namespace) -> int:
     """Write OUT with a progress bar where it helps; warnings and the summary line."""
-    bar = ProgressBar(f"{args.input} -> {args.output}")
+    paths = f"{escape(args.input, None)} -> {escape(args.output, None)}"
+    bar = ProgressBar(paths)
     show = not args.quiet and conv.nbytes >= PROGRESS_MIN and sys.stderr.isatty()
     try:
         conv.write(bar if show else None)
@@ -141,10 +143,7 @@ def _write(conv: Conversion, args: argparse.Namespace) -> int:
                 " + index" if len(conv.written) > 1 else ""
             )
             size = sum(os.path.getsize(os.path.join(args.output, n)) for n in conv.written)
-        print(
-            f"{args.input} -> {args.output} ({what}): "
-            f"{_count(len(conv.items), 'tensor')} ({human_size(size)}){values}"
-        )
+        print(f"{paths} ({what}): {_count(len(conv.items), 'tensor')} ({human_size(size)}){values}")
     return OK
 
 

@@ -198,4 +198,4 @@ def run(args: argparse.Namespace) -> int:
             print_diff(d)
         return OK if d["ok"] else PROBLEM
 
-    return guard(None, job)
+    return guard(None, job, {"a": args.a, "b": args.b} if args.json else None)

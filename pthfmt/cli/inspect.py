@@ -144,4 +144,4 @@ def run(args: argparse.Namespace) -> int:
             print_summary(summary)
         return PROBLEM if summary["gadgets"] else OK
 
-    return guard(args.file, job)
+    return guard(args.file, job, {"file": args.file} if args.json else None)

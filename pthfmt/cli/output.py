@@ -12,7 +12,7 @@ from typing import Any
 
 from ..engines.tree import Failure, plain
 from ..errors import PthError
-from ..text import escape, short_repr
+from ..text import escape, is_unicode, short_repr
 
 __all__ = [
     "OK",
@@ -38,29 +38,44 @@ class Usage(Exception):
     """A usage error: ``main`` prints the usage line and the message, exit status 2."""
 
 
-def guard(path: str | None, func: Callable[[], int]) -> int:
+def guard(
+    path: str | None, func: Callable[[], int], json_error: dict[str, Any] | None = None
+) -> int:
     """Run ``func``; a bad file becomes one line on stderr and exit code 1 (2 if unreadable).
-    ``path`` prefixes the message (``None``: the message names its file itself)."""
+    ``path`` prefixes the message (``None``: the message names its file itself).  With
+    ``json_error`` (``--json``), stdout gets that document with the ``error`` message too, so
+    that it is JSON whatever happened."""
     where = f"{path}: " if path else ""
     try:
         return func()
     except Failure as exc:
-        err(f"{where}{exc}")
-        return USAGE if exc.usage else PROBLEM
+        status, message = USAGE if exc.usage else PROBLEM, _located(where, str(exc))
     except PthError as exc:
-        err(f"{where}{exc}")
-        return PROBLEM
+        status, message = PROBLEM, _located(where, str(exc))
     except (BrokenPipeError, Usage):
         raise
     except OSError as exc:
-        err(f"{where}{exc.strerror or exc}")
-        return USAGE
+        status, message = USAGE, f"{where}{exc.strerror or exc}"
     except (RecursionError, MemoryError) as exc:
-        err(f"{where}the file is too large or too deeply nested ({type(exc).__name__})")
-        return PROBLEM
+        status = PROBLEM
+        message = f"{where}the file is too large or too deeply nested ({type(exc).__name__})"
     except Exception as exc:  # a pthfmt bug: one line, never a traceback
-        err(f"{where}internal error: {type(exc).__name__}: {escape(str(exc), 300)} (a pthfmt bug)")
-        return PROBLEM
+        status = PROBLEM
+        message = (
+            f"{where}internal error: {type(exc).__name__}: {escape(str(exc), 300)} (a pthfmt bug)"
+        )
+    err(message)
+    if json_error is not None:
+        emit_json({**json_error, "ok": False, "error": escape(message, None)})
+    return status
+
+
+def _located(where: str, message: str) -> str:
+    """``message`` after ``where`` (the file), unless it already starts with the file
+    (errors about an index or a folder name it themselves)."""
+    if not where or message.startswith((where, escape(where, None))):
+        return message
+    return where + message
 
 
 def wrap(text: str) -> str:
@@ -101,20 +116,12 @@ def json_safe(doc: Any) -> Any:
     """``doc`` with every string (and key) that is not valid Unicode -- a lone surrogate from
     a file -- escaped by :func:`pthfmt.text.escape`, so that the JSON is valid UTF-8."""
     if isinstance(doc, str):
-        return doc if doc.isascii() or _encodes(doc) else escape(doc, None)
+        return doc if is_unicode(doc) else escape(doc, None)
     if isinstance(doc, dict):
         return {json_safe(k): json_safe(v) for k, v in doc.items()}
     if isinstance(doc, (list, tuple)):
         return [json_safe(v) for v in doc]
     return doc
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def emit_json(doc: Any) -> None:

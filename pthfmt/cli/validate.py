@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from ..remote import is_url
-from ..text import escape
+from ..source import file_kind
+from ..text import NAME_LIMIT, escape
 from .output import OK, PROBLEM, USAGE, Usage, command_parser, emit_json, err
 
 __all__ = [
@@ -91,18 +92,6 @@ def _unreadable(path: str, code: str, message: str, strict: bool) -> dict[str, A
     return _entry(path, None, [_problem(code, message)], strict, message, unreadable=True)
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "not a regular file"
-
-
 def validate_one(path: str, checks: Checks) -> dict[str, Any]:
     """One file's entry (see :func:`_entry`); never raises for anything the file holds."""
     from ..validation import validate
@@ -113,7 +102,7 @@ def validate_one(path: str, checks: Checks) -> dict[str, Any]:
     except OSError as exc:
         return _unreadable(path, "file.unreadable", str(exc.strerror or exc), strict)
     if not stat.S_ISREG(mode):
-        what = _kind(mode)
+        what = file_kind(mode)
         return _unreadable(path, "file.not_regular", f"{what}: skipped, not opened", strict)
     try:
         report = validate(path, strict=strict, data=checks.data).to_dict()
@@ -204,8 +193,8 @@ def _headline(r: dict[str, Any]) -> str:
 
 def _problem_line(p: dict[str, Any], code_width: int) -> str:
     where = []
-    if p["record"] is not None:
-        where.append(_s(p["record"]))
+    if p["record"] is not None:  # (a member's name may be 64 KiB: shown cut, as in messages)
+        where.append(escape(p["record"], NAME_LIMIT))
     if p["offset"] is not None:
         where.append(f"@{p['offset']}")
     if p["key_path"] is not None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -53,7 +54,7 @@ import numpy as np
 
 from ..atomic import Sink, Write, write_atomically
 from ..closing import Closing
-from ..errors import FormatError, UnsafePickleError
+from ..errors import FormatError, LimitError, UnsafePickleError
 from ..formats.detect import FORMATS, Format, UnknownFormatError, input_format, output_format
 from ..formats.npz import NPZ_RAW_DTYPES, SIDECAR, read_npz, write_npz
 from ..formats.safetensors import (
@@ -68,9 +69,10 @@ from ..model.device import Device
 from ..model.dtypes import DType
 from ..model.kinds import QuantizedRef
 from ..model.stub import Stub
-from ..model.tensor import StorageInfo, TensorRef
+from ..model.tensor import StorageInfo, TensorRef, check_expansion
+from ..model.tree import MAX_PART_CHARS, MAX_PATH_PARTS
 from ..remote import is_url
-from ..text import escape
+from ..text import escape, is_unicode
 from .kinds import kind_name
 from .tree import Gadget, Survey, leaves
 
@@ -161,6 +163,8 @@ class _Plan:
         self.duplicate: list[str] = []
         self.no_dtype: list[str] = []
         self.reserved: list[str] = []
+        self.bad_name: list[str] = []
+        self.shortened: list[str] = []
         self.lost: list[str] = []
 
     def take(self, content: Content) -> None:
@@ -172,19 +176,26 @@ class _Plan:
                 content.warnings.append(
                     "the input is a single tensor: written under the key 'tensor'"
                 )
+            if _SHORTENED.search(entry.name):  # not the file's key: never written under it
+                self.shortened.append(entry.name)
+                continue
             if entry.name in names:
                 self.duplicate.append(entry.name)
                 continue
             names.add(entry.name)
             if isinstance(entry, Value):
                 ok, plain = carry(entry.value)
-                if ok:
-                    self.entries.append(Value(entry.name, plain))
-                else:
+                if not ok:
                     self.lost.append(f"{entry.name or '<root>'} ({_kind(entry.value)})")
+                elif not name_fits(entry.name, self.fmt):
+                    self.bad_name.append(entry.name)
+                else:
+                    self.entries.append(Value(entry.name, plain))
                 continue
             why = _unwritable(entry, self.fmt)
-            if why is None:
+            if why is None and not name_fits(entry.name, self.fmt):
+                self.bad_name.append(entry.name)
+            elif why is None:
                 self.entries.append(entry)
             elif why == "reserved":
                 self.reserved.append(entry.name)
@@ -197,6 +208,20 @@ class _Plan:
             warn(
                 f"left out {count(self.duplicate, 'entry', 'entries')} whose flattened key an "
                 f"earlier entry already has: {listing(self.duplicate)}"
+            )
+        if self.shortened:
+            warn(
+                f"left out {count(self.shortened, 'entry', 'entries')} whose key path is too "
+                f"long or deep to keep whole (a key over {MAX_PART_CHARS:,} characters, or more "
+                f"than {MAX_PATH_PARTS} levels, is shortened): {listing(self.shortened)}"
+            )
+        if self.bad_name:
+            why = "not valid Unicode" + (
+                f", or longer than {NPZ_NAME_MAX:,} bytes" if fmt == "npz" else ""
+            )
+            warn(
+                f"left out {count(self.bad_name, 'entry', 'entries')} whose name {fmt} cannot "
+                f"hold ({why}): {listing(self.bad_name)}"
             )
         if self.reserved:
             warn(
@@ -312,6 +337,8 @@ class Conversion(Closing):
         self.entries: list[TensorItem | Value] = plan.entries
         self.items = [e for e in self.entries if isinstance(e, TensorItem)]
         self.values = [e for e in self.entries if isinstance(e, Value)]
+        if fmt != "pth":  # (pth keeps views: a stride-0 one stays its storage)
+            _check_expansions(self.items)
         warn = content.warnings.append
         plan.warn_left_out(warn)
         _warn_lossy(fmt, self.items, warn)
@@ -323,6 +350,11 @@ class Conversion(Closing):
                     f"left out file metadata a torch checkpoint has no place for: {listing(extra)}"
                 )
             self.metadata = {}
+        bad = [k for k, v in self.metadata.items() if not (is_unicode(k) and is_unicode(v))]
+        if bad:
+            warn(f"left out file metadata that is not valid Unicode: {listing(bad)}")
+            for k in bad:
+                del self.metadata[k]
 
     @property
     def warnings(self) -> list[str]:
@@ -400,6 +432,22 @@ class Conversion(Closing):
                 pass
 
 
+#: A key path :mod:`pthfmt.model.tree` shortened (``aaa...<+5000 chars>``, ``<70 levels>.a``).
+_SHORTENED: Final = re.compile(r"\.\.\.<\+\d+ chars>(?:\.|$)|^<\d+ levels>(?:\.|$)")
+#: Bytes of a member name a zip (so an npz) can hold, less the ``.npy`` suffix.
+NPZ_NAME_MAX: Final = 0xFFFF - len(".npy")
+
+
+def name_fits(name: str, fmt: str) -> bool:
+    """Whether ``fmt`` can hold the key ``name``: safetensors (JSON in UTF-8) and npz (zip
+    names in UTF-8, at most 65,535 bytes) need valid Unicode; a pickle holds any string."""
+    if fmt == "pth":
+        return True
+    if not is_unicode(name):
+        return False
+    return fmt != "npz" or len(name) * 4 <= NPZ_NAME_MAX or len(name.encode()) <= NPZ_NAME_MAX
+
+
 def _unwritable(item: TensorItem, fmt: str) -> str | None:
     """Why ``item`` cannot be written in ``fmt`` (``"reserved"`` for its name), else None."""
     if fmt == "pth":  # a quantized tensor read from a torch file carries its qparams
@@ -434,7 +482,9 @@ _JSON_INT_BITS = 14_000
 def _json_scalar(value: Any) -> bool:
     if isinstance(value, int) and not isinstance(value, bool):
         return value.bit_length() <= _JSON_INT_BITS
-    return value is None or isinstance(value, (bool, float, str))
+    if isinstance(value, str):
+        return is_unicode(value)
+    return value is None or isinstance(value, (bool, float))
 
 
 def _json_value(value: Any) -> tuple[bool, Any]:
@@ -508,6 +558,19 @@ def _read_torch(path: str, content: Content, salvage: bool = False) -> None:
             content.entries.append(_ref_item(name, value))
         else:
             content.entries.append(Value(name, value))
+
+
+def _check_expansions(items: list[TensorItem]) -> None:
+    """Refuse, before anything is written, a view that writing out whole would make far
+    larger than its storage (a stride-0 view of a few bytes may declare terabytes)."""
+    for item in items:
+        if isinstance(item.storage, StorageInfo):  # a torch file's view (for_save: the ref)
+            ref = item.for_save()
+            if isinstance(ref, TensorRef):
+                try:
+                    check_expansion(ref)
+                except LimitError as exc:
+                    raise exc.locate(key_path=escape(item.name)) from None
 
 
 def _ref_item(name: str, ref: TensorRef) -> TensorItem:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import PthError
 from ..model.kinds import as_array
-from ..model.tensor import TensorRef
+from ..model.tensor import TensorRef, check_expansion
 from .kinds import EXACT_PARTS, describe, kind_name, parts
 from .tree import Failure, leaves, open_stubbed, plain, subtree
 
@@ -99,7 +99,11 @@ def compare_values(
     a: TensorRef, b: TensorRef, *, atol: float = 0.0, rtol: float = 0.0
 ) -> Closeness:
     """Compare two equal-shaped tensors chunk by chunk (bounded memory), with numpy
-    ``isclose`` semantics (``|a - b| <= atol + rtol * |b|``, equal NaNs equal)."""
+    ``isclose`` semantics (``|a - b| <= atol + rtol * |b|``, equal NaNs equal).  A view that
+    repeats its storage (stride 0) beyond :func:`~pthfmt.model.tensor.check_expansion`'s bound
+    is a ``LimitError``."""
+    check_expansion(a)
+    check_expansion(b)
     x, y = a.numpy(mmap=True), b.numpy(mmap=True)
     out = Closeness()
     if x.dtype.metadata or y.dtype.metadata:  # packed and bits dtypes: the bits only

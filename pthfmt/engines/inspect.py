@@ -136,6 +136,17 @@ def _file_summary(path: str, filter: str | None) -> dict[str, Any]:
         }
 
 
+#: The counts of a summary's ``totals`` (beside ``bytes_per_dtype``).
+_TOTALS = (
+    "tensors",
+    "parameters",
+    "elements",
+    "parameter_elements",
+    "storages",
+    "storage_bytes",
+)
+
+
 def _sharded_summary(path: str, filter: str | None) -> dict[str, Any]:
     """``inspect`` of a sharded checkpoint: the shards' summaries merged, in index order."""
     from ..sharded import ShardedCheckpoint
@@ -143,7 +154,8 @@ def _sharded_summary(path: str, filter: str | None) -> dict[str, Any]:
     merged = ShardedCheckpoint(path)  # checks the index against the shards
     parts = [_file_summary(shard, filter) for shard in merged.shard_paths()]
     rows = [dict(r, shard=os.path.basename(p["file"])) for p in parts for r in p["tensors"]]
-    totals: dict[str, Any] = {"bytes_per_dtype": Counter()}
+    totals: dict[str, Any] = dict.fromkeys(_TOTALS, 0)  # (an index of no tensors: zeros)
+    totals["bytes_per_dtype"] = Counter()
     for p in parts:
         for k, v in p["totals"].items():
             if k == "bytes_per_dtype":

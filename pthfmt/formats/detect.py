@@ -15,6 +15,7 @@ from typing import IO, Final, Literal, get_args
 from ..errors import PthError
 from ..reader import detect_format
 from ..sharded import find_index
+from ..source import open_regular
 from .sharding import resolve_folder
 
 __all__ = [
@@ -99,7 +100,7 @@ def input_format(path: str) -> InputFormat:
     path = resolve_folder(path)
     if path.endswith(".index.json"):
         return "sharded-safetensors" if path.endswith(".safetensors.index.json") else "sharded"
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         head = fh.read(512)
         size = os.fstat(fh.fileno()).st_size
         kind = detect_format(head)

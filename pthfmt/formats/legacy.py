@@ -26,6 +26,7 @@ from ..model.storage import StorageTable, stored_reader
 from ..model.tensor import StorageInfo
 from ..pickle.machine import Unpickler
 from ..source import Source
+from ..text import short_repr
 from ..torch.handlers import TorchHandlers
 from .contract import Options, Parsed, copy_budget
 
@@ -52,7 +53,7 @@ def _unpickle_main(
         budget[0] -= info.nbytes
         if budget[0] < 0:
             raise CorruptError(
-                f"storage {info.key!r} of {info.nbytes} bytes: the storages "
+                f"storage {short_repr(info.key)} of {info.nbytes} bytes: the storages "
                 f"declared so far need more than the file holds"
             )
         info.record = f"storage {info.key}"
@@ -96,21 +97,24 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
         info = table.infos.get(key)
         if info is None:
             raise FormatError(
-                f"storage {key!r} is listed but no object uses it", record="legacy storage keys"
+                f"storage {short_repr(key)} is listed but no object uses it",
+                record="legacy storage keys",
             )
         if key in offsets:
-            raise FormatError(f"storage {key!r} is listed twice", record="legacy storage keys")
-        src.check(pos, 8, f"count of storage {key!r}", info.record)
+            raise FormatError(
+                f"storage {short_repr(key)} is listed twice", record="legacy storage keys"
+            )
+        src.check(pos, 8, f"count of storage {short_repr(key)}", info.record)
         (count,) = _COUNT.unpack_from(src.buf, pos)
         if count < 0 or count * table.count_unit(key) != info.nbytes:
             raise CorruptError(
-                f"storage {key!r} holds {count} elements in the file but "
+                f"storage {short_repr(key)} holds {count} elements in the file but "
                 f"{info.nbytes} bytes are declared",
                 record=info.record,
                 offset=pos,
             )
         offsets[key] = pos + 8
-        src.check(pos + 8, info.nbytes, f"storage {key!r}", info.record)
+        src.check(pos + 8, info.nbytes, f"storage {short_repr(key)}", info.record)
         pos += 8 + info.nbytes
     missing = [k for k in table.infos if k not in offsets]
     if missing:

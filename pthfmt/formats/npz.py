@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import sys
 import zipfile
@@ -36,7 +37,8 @@ from ..errors import CorruptError, FormatError, LimitError, PthError, Unsupporte
 from ..model.device import Device
 from ..model.dtypes import DTypeInfo, by_name, from_numpy
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
-from ..text import escape, short_repr
+from ..source import open_regular
+from ..text import escape, quoted, short_repr
 from . import strictjson
 from .tensordata import (
     Content,
@@ -78,15 +80,26 @@ ZIP_ERRORS: Final = (
 _Header = tuple[tuple[int, ...], bool, np.dtype[Any], int]
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _reason(exc: BaseException) -> str:
+    """What numpy's or zipfile's error says, as a message may hold it: escaped and bounded
+    (numpy quotes the member's header, which the file controls), without object addresses
+    (numpy's header parser names ``<ast.Call object at 0x...>``: the same file would give
+    a different message on every run)."""
+    return escape(_ADDRESS.sub("", str(exc)), 300)
+
+
 def read_npz(path: str, content: Content) -> None:
     """Add the arrays of an npz (and its sidecar's values and metadata) to ``content``."""
-    with open(path, "rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":
+    with open_regular(path) as fh:
+        if fh.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # (an empty npz: no members)
             raise FormatError("not an npz file (no zip signature)")
     try:
         npz = np.load(path, allow_pickle=False)
     except ZIP_ERRORS as exc:
-        raise FormatError(f"not an npz file ({exc})") from None
+        raise FormatError(f"not an npz file ({_reason(exc)})") from None
     content.closers.append(npz.close)
     mm, size = map_file(path, content)
     members = [i for i in npz.zip.infolist() if not i.filename.endswith("/")]  # (not is_dir)
@@ -108,7 +121,7 @@ def read_npz(path: str, content: Content) -> None:
         except PthError:
             raise
         except (ValueError, *ZIP_ERRORS) as exc:  # numpy's header parser, zipfile
-            raise FormatError(f"member {info.filename!r}: {exc}") from None
+            raise FormatError(f"member {quoted(info.filename)}: {_reason(exc)}") from None
         if isinstance(item, str):
             skipped.append(f"{name} ({item})")
         else:
@@ -217,7 +230,7 @@ def _npy_header(npz: Any, info: zipfile.ZipInfo) -> _Header | str:
     nbytes = math.prod(shape) * dtype.itemsize
     if header + nbytes > info.file_size:
         raise CorruptError(
-            f"member {info.filename!r}: {nbytes} bytes of {shape} {dtype} "
+            f"member {quoted(info.filename)}: {nbytes} bytes of {shape} {dtype} "
             f"do not fit its {info.file_size} bytes"
         )
     return shape, bool(fortran), dtype, header
@@ -236,10 +249,10 @@ def _read_sidecar(npz: Any, content: Content) -> dict[str, Any]:
             raise ValueError("not a JSON object")
         return doc
     except ZIP_ERRORS as exc:
-        raise CorruptError(f"member {info.filename!r}: {exc}") from None
+        raise CorruptError(f"member {quoted(info.filename)}: {_reason(exc)}") from None
     except ValueError as exc:  # strict JSON refused it (a FormatError): not our sidecar
         content.warnings.append(
-            f"the {SIDECAR!r} member is not pthfmt's sidecar ({exc}): "
+            f"the {SIDECAR!r} member is not pthfmt's sidecar ({_reason(exc)}): "
             "ignored, so raw-bit dtypes and values are not restored"
         )
         return {}
@@ -276,7 +289,7 @@ def _stored_begin(info: zipfile.ZipInfo, header: int, nbytes: int, mm: Any, size
     off = info.header_offset
     local = bytes(mm[off : off + 30]) if off + 30 <= size else b""
     if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise CorruptError(f"member {info.filename!r}: no local header at {off}")
+        raise CorruptError(f"member {quoted(info.filename)}: no local header at {off}")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     return int(off + 30 + name_len + extra_len + header)
 
@@ -300,7 +313,7 @@ def _npz_item(
         begin = _stored_begin(info, header, nbytes, mm, size)
         if begin + nbytes > size:
             raise CorruptError(
-                f"member {info.filename!r}: {nbytes} bytes of {shape} "
+                f"member {quoted(info.filename)}: {nbytes} bytes of {shape} "
                 f"{dtype} run past the end of the file"
             )
 
@@ -316,9 +329,9 @@ def _npz_item(
             with npz.zip.open(info) as fp:  # this member (not another of the same name)
                 array = np.lib.format.read_array(fp, allow_pickle=False)
         except (ValueError, *ZIP_ERRORS) as exc:
-            raise CorruptError(f"member {info.filename!r}: {exc}") from None
+            raise CorruptError(f"member {quoted(info.filename)}: {_reason(exc)}") from None
         if array.shape != shape or array.dtype != dtype:
-            raise CorruptError(f"member {info.filename!r} changed while read")
+            raise CorruptError(f"member {quoted(info.filename)} changed while read")
         return restore(array)
 
     row = info_row

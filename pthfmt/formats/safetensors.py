@@ -41,7 +41,7 @@ from ..model.dtypes import DTypeInfo, by_name
 from ..model.storage import StorageInfo, stored_reader
 from ..model.tensor import INTP_MAX, MAX_NDIM, TensorRef, c_strides
 from ..source import Source
-from ..text import escape, short_repr
+from ..text import escape, is_unicode, short_repr
 from . import strictjson
 from .contract import Options, Parsed
 from .strictjson import MAX_DIGITS, Rule, decoder_for
@@ -229,15 +229,7 @@ def _members(text: str) -> Iterator[tuple[str, int, Any, int]]:
 # -- the rules -----------------------------------------------------------------------------------
 
 
-def _unicode(text: str) -> bool:
-    """Whether ``text`` is valid Unicode (JSON escapes can make lone surrogates)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+_unicode = is_unicode
 
 
 def _header_text(buf: Any, size: int, report: Report) -> tuple[str, int] | None:

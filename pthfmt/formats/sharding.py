@@ -34,7 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ..errors import FormatError, LimitError, UnserializableError
+from ..errors import FormatError, LimitError, PthError, RemoteError, UnserializableError
+from ..source import open_regular
 from ..text import escape, short_repr
 from . import strictjson
 
@@ -56,6 +57,7 @@ __all__ = [
     "shard_layout",
     "read_index",
     "open_shards",
+    "open_shard",
     "parse_size",
     "split_shards",
     "save_sharded",
@@ -140,7 +142,7 @@ def shard_layout(path: str | os.PathLike[str]) -> ShardLayout:
 
 def index_document(path: str) -> Any:
     """The index's JSON document, read within bounds."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         return parse_index_document(fh.read(MAX_INDEX + 1), path)
 
 
@@ -186,6 +188,27 @@ def checked_index(doc: Any, path: str) -> tuple[dict[str, str], dict[str, Any]]:
     return weight_map, metadata
 
 
+def open_shard(path: str, shard: str, map_location: MapLocation = None) -> Checkpoint:
+    """One shard, opened; its errors name it (``shard 'x.bin': ...``).  A shard of a remote
+    index that cannot be fetched is a :class:`~pthfmt.errors.RemoteError` (as a local index's
+    missing shard is a ``FormatError``: the index names a file that is not there)."""
+    from .. import reader
+    from ..remote import is_url
+
+    try:
+        return reader.open(path, map_location=map_location)
+    except PthError as exc:
+        exc.message = f"shard '{escape(shard)}': {exc.message}"
+        raise exc.locate() from None
+    except FileNotFoundError as exc:
+        if not is_url(path):
+            raise
+        raise RemoteError(
+            f"shard '{escape(shard)}' named by the index cannot be fetched "
+            f"({escape(str(exc.strerror), 300)})"
+        ) from None
+
+
 def open_shards(
     layout: ShardLayout, map_location: MapLocation = None
 ) -> tuple[dict[str, Checkpoint], dict[str, TensorRef], dict[str, str]]:
@@ -205,7 +228,7 @@ def open_shards(
         path = os.path.join(layout.folder, shard)
         if not os.path.isfile(path):
             raise FormatError(f"shard '{escape(shard)}' named by the index is missing")
-        ckpt = shards[shard] = reader.open(path, map_location=map_location)
+        ckpt = shards[shard] = open_shard(path, shard, map_location)
         for key, ref in ckpt.tensors():
             owner = weight_map.get(key)
             if owner is None:

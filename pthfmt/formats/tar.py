@@ -44,6 +44,7 @@ from ..model.stub import StubType
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
 from ..pickle.machine import Unpickler
 from ..source import Source
+from ..text import quoted
 from ..torch.handlers import TorchHandlers
 from .contract import Options, Parsed, Unknown
 
@@ -208,14 +209,14 @@ def tar_members(src: Source) -> list[TarMember]:
         if "size" in pax:
             if not pax["size"].isdigit():
                 raise CorruptError(
-                    f"tar member {name!r}: PAX size {pax['size']!r} is not a number",
+                    f"tar member {quoted(name)}: PAX size {pax['size']!r} is not a number",
                     record=name,
                     offset=pos,
                 )
             length = int(pax["size"])
         local_pax, long_name = {}, None
         if flag == b"S" or any(k.startswith("GNU.sparse.") for k in pax):
-            raise UnsupportedError(f"tar member {name!r} is a sparse file", record=name)
+            raise UnsupportedError(f"tar member {quoted(name)} is a sparse file", record=name)
         member = TarMember(name, flag, pos, data, length)
         members.append(member)
         if not member.regular and flag in (*_NO_DATA, b"\0"):
@@ -223,7 +224,7 @@ def tar_members(src: Source) -> list[TarMember]:
             continue
         if length > size - data:
             raise CorruptError(
-                f"tar member {name!r} of {length} bytes at offset {data} runs "
+                f"tar member {quoted(name)} of {length} bytes at offset {data} runs "
                 f"past the end of the {size}-byte file",
                 record=name,
                 offset=data,
@@ -231,7 +232,7 @@ def tar_members(src: Source) -> list[TarMember]:
         pos = data + -(-length // BLOCK) * BLOCK
         if pos > size:
             raise CorruptError(
-                f"tar member {name!r}: the file ends inside its padding (truncated archive)",
+                f"tar member {quoted(name)}: the file ends inside its padding (truncated archive)",
                 record=name,
                 offset=size,
             )
@@ -244,17 +245,17 @@ def _index(members: list[TarMember]) -> dict[str, TarMember]:
         if member.name not in (*_REQUIRED, "sys_info"):
             continue
         if member.name in found:
-            raise FormatError(f"tar member {member.name!r} occurs twice", record=member.name)
+            raise FormatError(f"tar member {quoted(member.name)} occurs twice", record=member.name)
         if not member.regular:
             raise FormatError(
-                f"tar member {member.name!r} is not a regular file (type {member.type!r})",
+                f"tar member {quoted(member.name)} is not a regular file (type {member.type!r})",
                 record=member.name,
             )
         found[member.name] = member
     for name in _REQUIRED:
         if name not in found:
             raise FormatError(
-                f"tar member {name!r} is missing: not a torch tar checkpoint", record=name
+                f"tar member {quoted(name)} is missing: not a torch tar checkpoint", record=name
             )
     return found
 
@@ -345,7 +346,7 @@ def _short(value: Any) -> str:
 def _count(value: Any, what: str, member: TarMember, pos: int) -> int:
     if type(value) is not int or value < 0:
         raise FormatError(
-            f"member {member.name!r}: {what} {_short(value)} is not a non-negative int",
+            f"member {quoted(member.name)}: {what} {_short(value)} is not a non-negative int",
             record=member.name,
             offset=pos,
         )
@@ -355,7 +356,7 @@ def _count(value: Any, what: str, member: TarMember, pos: int) -> int:
 def _entry(value: Any, n: int, what: str, member: TarMember, pos: int) -> tuple[Any, ...]:
     if not isinstance(value, (tuple, list)) or len(value) != n:
         raise FormatError(
-            f"member {member.name!r}: {what} {_short(value)} is not a {n}-tuple",
+            f"member {quoted(member.name)}: {what} {_short(value)} is not a {n}-tuple",
             record=member.name,
             offset=pos,
         )
@@ -388,7 +389,7 @@ class _Reader:
     def need(self, nbytes: int, what: str) -> int:
         if nbytes > self.left:
             raise CorruptError(
-                f"member {self.member.name!r}: {what} ({nbytes} bytes) runs "
+                f"member {quoted(self.member.name)}: {what} ({nbytes} bytes) runs "
                 f"past the end of the member ({self.left} bytes left)",
                 record=self.member.name,
                 offset=self.pos,
@@ -400,7 +401,8 @@ class _Reader:
     def ran_out(self, done: int, total: int, what: str) -> None:
         if self.left <= 0:
             raise CorruptError(
-                f"member {self.member.name!r} ends after {done} of the {total} {what} it declares",
+                f"member {quoted(self.member.name)} ends after {done} of the {total} {what} "
+                "it declares",
                 record=self.member.name,
                 offset=self.pos,
             )
@@ -408,7 +410,7 @@ class _Reader:
     def finish(self, what: str) -> None:
         if self.left:
             raise CorruptError(
-                f"member {self.member.name!r} has {self.left} bytes after "
+                f"member {quoted(self.member.name)} has {self.left} bytes after "
                 f"{what} (does a count disagree with the data?)",
                 record=self.member.name,
                 offset=self.pos,
@@ -426,19 +428,19 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
         key = _key(key, "storage key")
         if key in objects:
             raise FormatError(
-                f"member {name!r}: storage key {key} occurs twice", record=name, offset=at
+                f"member {quoted(name)}: storage key {key} occurs twice", record=name, offset=at
             )
         if isinstance(tag, bytes):
             tag = tag.decode("ascii", "replace")
         if not isinstance(stype, StorageType):
             raise FormatError(
-                f"member {name!r}: storage {key}: {_short(stype)} is not a storage class",
+                f"member {quoted(name)}: storage {key}: {_short(stype)} is not a storage class",
                 record=name,
                 offset=at,
             )
         if stype.dtype is None:
             raise FormatError(
-                f"member {name!r}: storage {key} is an {stype.name}, which has "
+                f"member {quoted(name)}: storage {key} is an {stype.name}, which has "
                 f"no element type (torch cannot load it either)",
                 record=name,
                 offset=at,
@@ -446,7 +448,7 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
         (count,) = _COUNT.unpack_from(r.src.buf, r.need(8, f"element count of storage {key}"))
         if count < 0:
             raise CorruptError(
-                f"member {name!r}: storage {key} has a negative element count {count}",
+                f"member {quoted(name)}: storage {key} has a negative element count {count}",
                 record=name,
                 offset=r.pos - 8,
             )
@@ -465,7 +467,7 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
     views = r.pickle()
     if not isinstance(views, (list, tuple)):
         raise FormatError(
-            f"member {name!r}: the storage view list is a {type(views).__name__}, not a list",
+            f"member {quoted(name)}: the storage view list is a {type(views).__name__}, not a list",
             record=name,
             offset=at,
         )
@@ -476,14 +478,14 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
         root = objects.get(root_key)
         if not isinstance(root, (StorageInfo, StorageSlice)):
             raise FormatError(
-                f"member {name!r}: storage view {view_key} is a slice of "
+                f"member {quoted(name)}: storage view {view_key} is a slice of "
                 f"storage {root_key}, which the member does not hold",
                 record=name,
                 offset=at,
             )
         if view_key in objects:
             raise FormatError(
-                f"member {name!r}: storage view key {view_key} is also the key of a storage",
+                f"member {quoted(name)}: storage view key {view_key} is also the key of a storage",
                 record=name,
                 offset=at,
             )
@@ -499,7 +501,7 @@ def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> 
             or start + numel > limit
         ):
             raise CorruptError(
-                f"member {name!r}: storage view {view_key} "
+                f"member {quoted(name)}: storage view {view_key} "
                 f"[{_short(start)}:+{_short(numel)}] does not fit the "
                 f"{limit} elements of storage {root_key}",
                 record=name,
@@ -530,7 +532,7 @@ def _check_empty_view(
         abs(s) * itemsize > INTP_MAX for s in stride
     ):
         raise CorruptError(
-            f"member {name!r}: empty tensor {key} has sizes {shape} and strides "
+            f"member {quoted(name)}: empty tensor {key} has sizes {shape} and strides "
             f"{stride} that no array can have",
             record=name,
             offset=at,
@@ -548,13 +550,13 @@ def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -
         key = _key(key, "tensor key")
         if key in objects:
             raise FormatError(
-                f"member {name!r}: tensor key {key} occurs twice or is also a storage key",
+                f"member {quoted(name)}: tensor key {key} occurs twice or is also a storage key",
                 record=name,
                 offset=at,
             )
         if storage_key is None:
             raise FormatError(
-                f"member {name!r}: tensor {key} has no storage (torch cannot load it either)",
+                f"member {quoted(name)}: tensor {key} has no storage (torch cannot load it either)",
                 record=name,
                 offset=at,
             )
@@ -562,7 +564,7 @@ def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -
         storage = objects.get(storage_key)
         if not isinstance(storage, (StorageInfo, StorageSlice)):
             raise FormatError(
-                f"member {name!r}: tensor {key} views storage {storage_key}, "
+                f"member {quoted(name)}: tensor {key} views storage {storage_key}, "
                 f"which member 'storages' does not hold",
                 record=name,
                 offset=at,
@@ -570,7 +572,7 @@ def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -
         (ndim,) = _NDIM.unpack_from(buf, r.need(8, f"dimension count of tensor {key}"))
         if ndim < 0:
             raise CorruptError(
-                f"member {name!r}: tensor {key} has {ndim} dimensions",
+                f"member {quoted(name)}: tensor {key} has {ndim} dimensions",
                 record=name,
                 offset=r.pos - 8,
             )
@@ -579,7 +581,8 @@ def _read_tensors(r: _Reader, handlers: _TarHandlers, objects: dict[str, Any]) -
         )
         if ndim > MAX_NDIM:  # (before any product of sizes: that would be quadratic)
             raise UnsupportedError(
-                f"member {name!r}: tensor {key} has {ndim} dimensions (numpy allows {MAX_NDIM})",
+                f"member {quoted(name)}: tensor {key} has {ndim} dimensions "
+                f"(numpy allows {MAX_NDIM})",
                 record=name,
                 offset=at,
             )

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import CorruptError, FormatError
 from ..model.dtypes import DTypeInfo
 from ..model.tensor import c_strides
+from ..source import open_regular
 
 __all__ = [
     "CHUNK",
@@ -163,7 +164,7 @@ def little(dtype: np.dtype[Any]) -> np.dtype[Any]:
 
 def map_file(path: str, content: Content) -> tuple[Any, int]:
     """A read-only mapping of the whole file and its size (closed with ``content``)."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise FormatError("empty file")

@@ -20,7 +20,7 @@ from ..model.storage import Reader, StorageTable, chunked_reader, stored_reader
 from ..model.tensor import StorageInfo
 from ..pickle.machine import Unpickler
 from ..source import Source
-from ..text import escape
+from ..text import NAME_LIMIT, escape, quoted, short_repr
 from ..torch.handlers import ScriptClasses, TorchHandlers
 from .contract import Options, Parsed, copy_budget
 from .torchscript import read_sources, script_classes
@@ -89,7 +89,9 @@ class TorchZip:
         names = [entry.name for entry in self.zip.entries]
         if not all(map(str.startswith, names, repeat(head))):
             name = next(name for name in names if not name.startswith(head))
-            raise FormatError(f"zip record {name!r} is outside the archive folder {head!r}")
+            raise FormatError(
+                f"zip record {quoted(name)} is outside the archive folder {quoted(head)}"
+            )
         #: every entry's name relative to the folder, in directory order
         self.relative = relative = [name[cut:] for name in names]
         self.exact: dict[str, ZipEntry] = dict(zip(relative, self.zip.entries))
@@ -187,7 +189,7 @@ def _check_checkpoint(archive: TorchZip) -> None:
     names = list(archive.exact)
     package = any(map(str.endswith, names, repeat(".data/extern_modules")))
     if package or archive.find("data.pkl") is None:
-        raise _other_zip(names, f"record {archive.prefix}/data.pkl is missing")
+        raise _other_zip(names, f"record {escape(archive.prefix, NAME_LIMIT)}/data.pkl is missing")
 
 
 def read_zip(src: Source, opts: Options) -> Parsed:
@@ -261,12 +263,14 @@ def _unpickle(
             entry = archive.find(name)
         if entry is None:
             raise FormatError(
-                f"storage {info.key!r} has no record {archive.prefix}/{folder}{info.key}"
+                f"storage {short_repr(info.key)} has no record "
+                f"{escape(archive.prefix, NAME_LIMIT)}/{folder}{escape(info.key)}"
             )
         info.record = entry.name
         if entry.usize != info.nbytes:
             raise CorruptError(
-                f"record holds {entry.usize} bytes but storage {info.key!r} needs {info.nbytes}",
+                f"record holds {entry.usize} bytes but storage {short_repr(info.key)} needs "
+                f"{info.nbytes}",
                 record=entry.name,
             )
         method = entry.method

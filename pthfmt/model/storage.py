@@ -103,7 +103,7 @@ class StorageInfo:
         """The storage's bytes as one flat ``uint8`` array, made once and then shared."""
         if self._buffer is None:
             if self._reader is None:
-                raise FormatError(f"storage {self.key!r} has no data")
+                raise FormatError(f"storage {short_repr(self.key)} has no data")
             buffer = None
             try:
                 buffer = self._reader(self, mmap)
@@ -111,7 +111,7 @@ class StorageInfo:
                 pass
             if buffer is None:
                 raise LimitError(
-                    f"out of memory reading storage {self.key!r} ({self.nbytes} bytes)",
+                    f"out of memory reading storage {short_repr(self.key)} ({self.nbytes} bytes)",
                     record=self.record,
                 )
             if not self._cache:
@@ -122,7 +122,7 @@ class StorageInfo:
     def __repr__(self) -> str:
         dtype = self.dtype.name if self.dtype else "untyped"
         return (
-            f"StorageInfo(key={self.key!r}, dtype={dtype}, numel={self.numel}, "
+            f"StorageInfo(key={short_repr(self.key)}, dtype={dtype}, numel={self.numel}, "
             f"nbytes={self.nbytes}, location={str(self.location)!r}, record={self.record!r})"
         )
 
@@ -180,7 +180,7 @@ class StorageTable:
                 or seen.nbytes != numel * (stype.dtype.itemsize if stype.dtype else 1)
             ):
                 raise FormatError(
-                    f"storage {key!r} is declared twice, as {seen.storage_class}"
+                    f"storage {short_repr(key)} is declared twice, as {seen.storage_class}"
                     f"[{self._declared_numel(seen)}] on {seen.tag!r} and as "
                     f"{stype.name}[{numel}] on {tag!r}",
                     code="storage.redeclared",
@@ -191,7 +191,9 @@ class StorageTable:
             try:
                 location = self._locations[tag] = self.mapper(tag)
             except ValueError as exc:
-                raise FormatError(f"storage {key!r}: {exc}", code="device.invalid") from None
+                raise FormatError(
+                    f"storage {short_repr(key)}: {exc}", code="device.invalid"
+                ) from None
         dtype = stype.dtype
         info = StorageInfo(key, dtype, numel * dtype.itemsize if dtype else numel, tag, location)
         info.storage_class = stype.name
@@ -208,17 +210,17 @@ class StorageTable:
             )
         if not isinstance(stype, StorageType):
             raise FormatError(
-                f"storage {key!r}: {short_repr(stype)} is not a storage class",
+                f"storage {short_repr(key)}: {short_repr(stype)} is not a storage class",
                 code="storage.declaration",
             )
         if not isinstance(tag, str):
             raise FormatError(
-                f"storage {key!r}: location {short_repr(tag)} is not a string",
+                f"storage {short_repr(key)}: location {short_repr(tag)} is not a string",
                 code="storage.declaration",
             )
         if type(numel) is not int or numel < 0:
             raise FormatError(
-                f"storage {key!r}: size {short_repr(numel)} is not a non-negative int",
+                f"storage {short_repr(key)}: size {short_repr(numel)} is not a non-negative int",
                 code="storage.declaration",
             )
 
@@ -241,7 +243,7 @@ class StorageTable:
             info.dtype = dtype
         elif info.dtype is not dtype and info.dtype.name != dtype.name:
             raise FormatError(
-                f"storage {info.key!r} holds {info.dtype.name} but a tensor "
+                f"storage {short_repr(info.key)} holds {info.dtype.name} but a tensor "
                 f"reads it as {dtype.name}",
                 code="storage.dtype_conflict",
             )
@@ -254,7 +256,8 @@ def swap_to_native(buf: np.ndarray, dtype: DTypeInfo | None, key: str) -> None:
         return
     if buf.nbytes % unit:
         raise CorruptError(
-            f"storage {key!r}: {buf.nbytes} bytes is not a whole number of {unit}-byte elements"
+            f"storage {short_repr(key)}: {buf.nbytes} bytes is not a whole number of "
+            f"{unit}-byte elements"
         )
     buf.view(f"u{unit}").byteswap(inplace=True)
 
@@ -285,14 +288,14 @@ def chunked_reader(chunks: Callable[[], Iterable[bytes]], big_endian: bool) -> R
         for chunk in chunks():
             if pos + len(chunk) > info.nbytes:
                 raise CorruptError(
-                    f"storage {info.key!r} decodes to more than {info.nbytes} bytes",
+                    f"storage {short_repr(info.key)} decodes to more than {info.nbytes} bytes",
                     record=info.record,
                 )
             buf[pos : pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
             pos += len(chunk)
         if pos != info.nbytes:
             raise CorruptError(
-                f"storage {info.key!r} decodes to {pos} bytes, expected {info.nbytes}",
+                f"storage {short_repr(info.key)} decodes to {pos} bytes, expected {info.nbytes}",
                 record=info.record,
             )
         if big_endian:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ..text import escape
+from ..text import escape, int_text
 from .globals import Global
 
 __all__ = ["Stub", "StubType", "MODULE_DICTS"]
@@ -191,7 +191,7 @@ class Stub:
         shown = []
         for key, value in list(self.fields().items())[:4]:
             if isinstance(key, str) and not key.startswith("_"):
-                shown.append(f"{key}={_brief(value)}")
+                shown.append(f"{escape(key, 40)}={_brief(value)}")
         more = ", ..." if len(self.fields()) > len(shown) else ""
         inner = f": {', '.join(shown)}{more}" if shown else ""
         return f"Stub({escape(self.type.qualname)}{inner})"
@@ -217,7 +217,7 @@ def _as_fields(state: Any) -> dict[Any, Any] | None:
 def _brief(value: Any) -> str:
     """A value in a stub's repr: scalars and short strings as they are, else their type."""
     if value is None or type(value) in (bool, int, float):
-        text = repr(value)
+        text = int_text(value) if type(value) is int else repr(value)
         return text if len(text) <= 24 else f"<{type(value).__name__}>"
     if type(value) is str:
         return repr(value) if len(value) <= 24 else repr(value[:21] + "...")

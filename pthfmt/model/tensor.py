@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptError, FormatError, LimitError, UnsupportedError
+from ..text import short_repr
 from .device import Device
 from .dtypes import DTypeInfo
 from .storage import StorageInfo
@@ -30,11 +31,20 @@ __all__ = [
     "Tensor",
     "c_strides",
     "check_view",
+    "check_expansion",
     "view_of",
+    "EXPANSION_RATIO",
+    "EXPANSION_ALLOWANCE",
 ]  # StorageInfo: re-export
 
 #: numpy's limits: dimensions, and elements, bytes, sizes and strides (its intp).
 MAX_NDIM = 64
+#: What reads every element of a view (convert's writers, diff's comparison) may read at most
+#: this many times its storage's bytes, plus :data:`EXPANSION_ALLOWANCE`: a view with stride 0
+#: (or overlapping strides) may repeat a few bytes 2**40 times, and copying or comparing it
+#: would take hours and terabytes that the file's size does not justify.
+EXPANSION_RATIO = 256
+EXPANSION_ALLOWANCE = 1 << 30
 #: The validation code of every error :func:`check_view` raises.
 _VIEW = "tensor.view"
 INTP_MAX = int(np.iinfo(np.intp).max)
@@ -114,7 +124,7 @@ def check_view(
 
 
 def _what(key: str) -> str:
-    return f"tensor on storage {key!r}"
+    return f"tensor on storage {short_repr(key)}"
 
 
 def _too_many(key: str, shape: tuple[int, ...]) -> None:
@@ -194,6 +204,19 @@ def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= max(n, 1)
     return tuple(reversed(strides))
+
+
+def check_expansion(ref: TensorRef) -> None:
+    """Refuse to read every element of ``ref`` when that is more than
+    :data:`EXPANSION_RATIO` times its storage's bytes (plus :data:`EXPANSION_ALLOWANCE`):
+    a :class:`LimitError` (``load``, which makes a view, is not concerned)."""
+    limit = EXPANSION_RATIO * ref.storage.nbytes + EXPANSION_ALLOWANCE
+    if ref.nbytes > limit:
+        raise LimitError(
+            f"a view of {ref.numel} elements ({ref.nbytes} bytes) over a storage of "
+            f"{ref.storage.nbytes} bytes (stride {ref.stride}): reading every element is more "
+            f"than {EXPANSION_RATIO} times the storage"
+        )
 
 
 class TensorRef:
@@ -300,7 +323,9 @@ def _apply_bits(arr: np.ndarray, conj: bool, neg: bool, key: str) -> np.ndarray:
         return arr
     except MemoryError:
         pass
-    raise LimitError(f"out of memory applying the conj/neg bit of a tensor of storage {key!r}")
+    raise LimitError(
+        f"out of memory applying the conj/neg bit of a tensor of storage {short_repr(key)}"
+    )
 
 
 class Tensor:

@@ -274,7 +274,7 @@ class TorchHandlers:
     def _legacy_view(self, info: StorageInfo, view: Any) -> StorageSlice:
         if not isinstance(view, tuple) or len(view) != 3:
             raise FormatError(
-                f"storage {info.key!r}: view metadata {_short(view)}", code="tensor.view"
+                f"storage {short_repr(info.key)}: view metadata {_short(view)}", code="tensor.view"
             )
         _view_key, start, numel = view
         if (
@@ -285,7 +285,7 @@ class TorchHandlers:
             or start + numel > info.numel
         ):
             raise CorruptError(
-                f"storage {info.key!r}: view [{start}:{start}+{numel}] of a "
+                f"storage {short_repr(info.key)}: view [{start}:{start}+{numel}] of a "
                 f"{info.numel}-element storage",
                 code="tensor.view",
             )

@@ -107,7 +107,7 @@ class _Validator(LegacyChecks):
         return Report(self.src.path, self.format, ok, self.problems, self.strict, self.load_error)
 
     def run(self) -> None:
-        kind = detect_format(bytes(self.buf[:512]))
+        kind = detect_format(bytes(self.buf[:512]), self.src.size)
         if kind == "zip":
             self.format = "zip"
             self.check_zip()
@@ -123,7 +123,7 @@ class _Validator(LegacyChecks):
         elif kind == "tar":
             self.format = "tar"
             self.check_tar()
-        elif is_safetensors(self.src):
+        elif kind == "safetensors" or is_safetensors(self.src):
             self.format = "safetensors"
             for p in check_safetensors(self.src):
                 self.add(p.code, p.message, offset=p.offset, key_path=p.key_path)
@@ -204,7 +204,9 @@ def validate(f: PathOrFile, *, strict: bool = False, data: bool = True) -> Repor
         # (a URL that cannot be fetched, or not without a missing package, is a file that
         # cannot be read here, as a local file that cannot be opened: nothing was checked)
         code = (
-            "file.empty"
+            exc.code
+            if exc.code == "file.not_regular"
+            else "file.empty"
             if isinstance(exc, FormatError)
             else "file.unreadable"
             if isinstance(exc, RemoteError)
@@ -265,7 +267,11 @@ def _validate_index(path: str, strict: bool, data: bool) -> Report:
     (a shard's problems carry ``<shard>/`` before their record)."""
     if is_url(path):
         return _validate_remote_index(path, strict, data)
-    index = find_index(path)
+    try:
+        index = find_index(path)
+    except PthError as exc:  # a folder of several indexes: which one is meant is unknown
+        problem = Problem("index.inconsistent", "error", exc.message)
+        return Report(path, "sharded", False, [problem], strict, exc.message)
     problems: list[Problem] = []
     try:
         ShardedCheckpoint(index)
@@ -305,7 +311,13 @@ def _validate_remote_index(url: str, strict: bool, data: bool) -> Report:
             sharded.open_all()  # every shard's keys against the index
     except PthError as exc:
         problems.append(Problem("index.inconsistent", "error", exc.message, _base_name(url)))
-    reports = [(_base_name(s), validate(s, strict=strict, data=data)) for s in shards]
+    reports: list[tuple[str, Report]] = []
+    for shard in shards:
+        try:
+            reports.append((_base_name(shard), validate(shard, strict=strict, data=data)))
+        except FileNotFoundError:  # a shard the server does not have: index.inconsistent
+            if not problems:
+                raise
     return _index_report(url, problems, reports, strict)
 
 

@@ -25,6 +25,7 @@ from ..model.globals import Global
 from ..model.storage import StorageInfo, StorageSlice, StorageTable
 from ..model.tensor import TensorRef
 from ..pickle.machine import Poison, Unpickler
+from ..text import short_repr
 from ..torch.allowlist import ALLOWLIST, MODULE_ALIASES, UNSUPPORTED_REBUILDS, gadget
 from ..torch.handlers import TorchHandlers
 
@@ -228,7 +229,7 @@ class Audit(TorchHandlers):
         if self.legacy and info.dtype is None:
             self.note(
                 "legacy.v3_dtype",
-                f"storage {key!r} is an UntypedStorage in a "
+                f"storage {short_repr(key)} is an UntypedStorage in a "
                 "legacy-format file: torch saves it but cannot load it",
                 storage=key,
             )

@@ -12,6 +12,7 @@ from ..formats.zip.structs import DESCRIPTOR32, DESCRIPTOR64, U32_MAX
 from ..formats.zip.writer import data_offset as miniz_data_offset
 from ..model.storage import StorageInfo
 from ..pickle.scan import scan_pickle
+from ..text import NAME_LIMIT, escape, quoted, short_repr
 from .audit import Audit, Note
 from .base import Rec, count_text, short
 from .pickles import PickleChecks
@@ -39,7 +40,7 @@ class LayoutChecks(PickleChecks):
         pkl = find("data.pkl")
         audit: Audit | None = None
         if pkl is None:
-            self.add("record.missing", f"record {folder}/data.pkl is missing")
+            self.add("record.missing", f"record {escape(folder, NAME_LIMIT)}/data.pkl is missing")
         else:
             used.add(pkl.entry.name)
             audit = self.audit_zip_pickle(pkl, "data", find, used, big)
@@ -75,8 +76,8 @@ class LayoutChecks(PickleChecks):
                     warned.add(rel)
                     self.add(
                         "record.case_mismatch",
-                        f"record {folder}/{rel} is found only as "
-                        f"{r.entry.name!r} (torch ignores case, other readers do not)",
+                        f"record {escape(folder, NAME_LIMIT)}/{escape(rel)} is found only as "
+                        f"{quoted(r.entry.name)} (torch ignores case, other readers do not)",
                         record=r.entry.name,
                     )
             return r
@@ -95,7 +96,7 @@ class LayoutChecks(PickleChecks):
         # version
         vrec = find(".data/version") or find("version")
         if vrec is None:
-            self.add("record.missing", f"record {folder}/version is missing")
+            self.add("record.missing", f"record {escape(folder, NAME_LIMIT)}/version is missing")
         else:
             used.add(vrec.entry.name)
             self.check_version(vrec)
@@ -159,12 +160,14 @@ class LayoutChecks(PickleChecks):
                     continue  # a storage reference was refused: already reported
                 self.add(
                     "storage.unreferenced",
-                    f"data record {name!r} is not used by any storage reference",
+                    f"data record {quoted(name)} is not used by any storage reference",
                     record=name,
                 )
             elif not pickled:
                 self.add(
-                    "record.extra", f"record {name!r} is not part of torch's layout", record=name
+                    "record.extra",
+                    f"record {quoted(name)} is not part of torch's layout",
+                    record=name,
                 )
 
     def check_packing(self, recs: list[Rec], alignment: int, torchscript: bool) -> None:
@@ -264,7 +267,8 @@ class LayoutChecks(PickleChecks):
                 return [
                     Note(
                         "storage.missing_record",
-                        f"storage {info.key!r} has no record {folder}/{info.key}",
+                        f"storage {short_repr(info.key)} has no record "
+                        f"{escape(folder, NAME_LIMIT)}/{escape(info.key)}",
                         at,
                     )
                 ]
@@ -275,7 +279,7 @@ class LayoutChecks(PickleChecks):
                     Note(
                         "storage.size_mismatch",
                         f"record holds {r.entry.usize} bytes but "
-                        f"storage {info.key!r} needs {info.nbytes}",
+                        f"storage {short_repr(info.key)} needs {info.nbytes}",
                         at,
                         record=r.entry.name,
                         no_offset=True,
@@ -317,7 +321,7 @@ class LayoutChecks(PickleChecks):
                 if key != "0":
                     self.add(
                         "record.format_version",
-                        f"the first storage loaded is {key!r}, "
+                        f"the first storage loaded is {short_repr(key)}, "
                         "not '0': torch's offset calculation asserts",
                         record=r.entry.name,
                     )

@@ -12,6 +12,7 @@ from ..model.device import location_mapper
 from ..model.storage import StorageInfo, StorageTable
 from ..pickle.machine import Unpickler
 from ..pickle.scan import scan_pickle
+from ..text import short_repr
 from ..torch.handlers import TorchHandlers
 from .audit import Audit, Note
 from .base import short, text_of
@@ -131,7 +132,7 @@ class LegacyChecks(ZipChecks):
                 return [
                     Note(
                         "file.truncated",
-                        f"storage {info.key!r} of {info.nbytes} bytes: "
+                        f"storage {short_repr(info.key)} of {info.nbytes} bytes: "
                         "the storages declared so far need more than the file holds",
                         at,
                     )
@@ -171,7 +172,7 @@ class LegacyChecks(ZipChecks):
             if key in listed:
                 self.add(
                     "legacy.keys",
-                    f"storage {key!r} is listed twice",
+                    f"storage {short_repr(key)} is listed twice",
                     record="legacy storage keys",
                     offset=at_keys,
                 )
@@ -185,7 +186,7 @@ class LegacyChecks(ZipChecks):
             if key not in listed:
                 self.add(
                     "legacy.keys",
-                    f"storage {key!r} is used but not in the key list (torch "
+                    f"storage {short_repr(key)} is used but not in the key list (torch "
                     "leaves it uninitialised)",
                     record="legacy storage keys",
                     offset=at_keys,
@@ -204,7 +205,8 @@ class LegacyChecks(ZipChecks):
         if d is None:
             self.add(
                 "legacy.keys",
-                f"storage {key!r} is listed but no object uses it (torch: AssertionError)",
+                f"storage {short_repr(key)} is listed but no object uses it "
+                "(torch: AssertionError)",
                 record="legacy storage keys",
                 offset=at_keys,
             )
@@ -213,7 +215,7 @@ class LegacyChecks(ZipChecks):
         if pos + 8 > self.size:
             self.add(
                 "file.truncated",
-                f"the file ends before the element count of storage {key!r}",
+                f"the file ends before the element count of storage {short_repr(key)}",
                 record=record,
                 offset=pos,
             )
@@ -222,7 +224,7 @@ class LegacyChecks(ZipChecks):
         if count < 0:
             self.add(
                 "storage.size_mismatch",
-                f"storage {key!r} has a negative element count {count}",
+                f"storage {short_repr(key)} has a negative element count {count}",
                 record=record,
                 offset=pos,
             )
@@ -231,7 +233,7 @@ class LegacyChecks(ZipChecks):
         if d is not None and nbytes != d.info.nbytes:
             self.add(
                 "storage.size_mismatch",
-                f"storage {key!r} holds {count} elements in the "
+                f"storage {short_repr(key)} holds {count} elements in the "
                 f"file but {d.info.nbytes} bytes are declared",
                 record=record,
                 offset=pos,
@@ -239,7 +241,7 @@ class LegacyChecks(ZipChecks):
         if pos + 8 + nbytes > self.size:
             self.add(
                 "file.truncated",
-                f"storage {key!r} of {nbytes} bytes at offset "
+                f"storage {short_repr(key)} of {nbytes} bytes at offset "
                 f"{pos + 8} runs past the end of the {self.size}-byte file",
                 record=record,
                 offset=pos + 8,

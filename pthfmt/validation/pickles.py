@@ -11,6 +11,7 @@ from ..model.storage import StorageInfo
 from ..model.tensor import TensorRef
 from ..model.tree import walk
 from ..pickle.scan import PickleScan, scan_pickle
+from ..text import short_repr
 from .audit import Audit, Poison, allowed, gadget
 from .base import Rec, ValidatorBase
 
@@ -188,7 +189,7 @@ class PickleChecks(ValidatorBase):
                 self.add(
                     "storage.unviewed",
                     f"{d.info.nbytes - covered} of the {d.info.nbytes} "
-                    f"bytes of storage {key!r} are not viewed by any tensor",
+                    f"bytes of storage {short_repr(key)} are not viewed by any tensor",
                     record=d.info.record or record,
                     key_path=users.get(key) or None,
                 )

@@ -27,8 +27,9 @@ MAX_PROBLEMS: Final = 1000
 def is_safetensors(src: Source) -> bool:
     """Whether ``src`` opens like a safetensors file (a header length that fits the file,
     then ``{``): what :func:`pthfmt.reader.open` reads as safetensors."""
-    head = bytes(src.buf[:9])
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < src.size
+    from ..reader import is_safetensors_head
+
+    return is_safetensors_head(bytes(src.buf[:9]), src.size)
 
 
 def check_safetensors(src: Source) -> list[Problem]:

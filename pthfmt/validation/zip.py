@@ -16,6 +16,7 @@ from ..formats.torchzip import fold_case
 from ..formats.zip import structs as zs
 from ..formats.zip.reader import DEFLATED, STORED, ZipArchive, ZipEntry, check_claim
 from ..formats.zip.structs import CENTRAL, EOCD, U32_MAX, ZIP64_EOCD, ZIP64_LOCATOR
+from ..text import quoted
 from .base import Rec
 from .layout import LayoutChecks
 
@@ -151,7 +152,7 @@ class ZipChecks(LayoutChecks):
         if local.name != name:
             self.add(
                 "zip.header_mismatch",
-                f"the local header names it {local.name!r}",
+                f"the local header names it {quoted(local.name)}",
                 record=name,
                 offset=lho,
             )
@@ -331,7 +332,7 @@ class ZipChecks(LayoutChecks):
         spans: list[tuple[int, int, str]] = []
         for r in recs:
             if r.end >= 0:
-                spans.append((r.entry.header_offset, r.end, f"member {r.entry.name!r}"))
+                spans.append((r.entry.header_offset, r.end, f"member {quoted(r.entry.name)}"))
         spans.append((z.cd_offset, z.cd_offset + z.cd_size, "the central directory"))
         last = max(recs, key=lambda r: r.entry.central_offset).entry
         listed_end = last.central_offset + last.central_size
@@ -436,7 +437,8 @@ class ZipChecks(LayoutChecks):
         elif not _FOLDER.match(folder) or not folder.isascii():
             self.add(
                 "zip.archive_name",
-                f"archive folder {folder!r}: torch.save writes the file stem (ASCII) or 'archive'",
+                f"archive folder {quoted(folder)}: torch.save writes the file stem (ASCII) or "
+                "'archive'",
                 record=first,
             )
         seen: dict[str, Rec] = {}
@@ -448,8 +450,8 @@ class ZipChecks(LayoutChecks):
                 if head != folder or not sep:
                     self.add(
                         "zip.outside_folder",
-                        f"{name!r} is outside the archive folder "
-                        f"{folder + '/'!r}: torch refuses the archive",
+                        f"{quoted(name)} is outside the archive folder "
+                        f"{quoted(folder + '/')}: torch refuses the archive",
                         record=name,
                     )
                 else:
@@ -464,13 +466,14 @@ class ZipChecks(LayoutChecks):
             ):
                 self.add(
                     "zip.unsafe_name",
-                    f"member name {name!r} could escape an extraction folder",
+                    f"member name {quoted(name)} could escape an extraction folder",
                     record=name,
                 )
             if name in seen:
                 self.add(
                     "zip.duplicate_name",
-                    f"{name!r} occurs twice (members {seen[name].entry.index} and {r.entry.index})",
+                    f"{quoted(name)} occurs twice (members {seen[name].entry.index} and "
+                    f"{r.entry.index})",
                     record=name,
                 )
             else:
@@ -479,7 +482,7 @@ class ZipChecks(LayoutChecks):
                 if other is not r:
                     self.add(
                         "zip.case_collision",
-                        f"{name!r} and {other.entry.name!r} differ only "
+                        f"{quoted(name)} and {quoted(other.entry.name)} differ only "
                         "in case: torch's lookup may read either",
                         record=name,
                     )
