@@ -29,7 +29,9 @@ def detect_format(head: bytes, size: int | None = None) -> str:
 
     safetensors is told before legacy: its first byte is the low byte of the header length,
     which is ``0x80`` (a pickle's ``PROTO``) for one header length in 32 (they are multiples
-    of 8), and a torch legacy file never has ``{`` at byte 8 (its magic number is there)."""
+    of 8), and a torch legacy file never has ``{`` at byte 8 (its magic number is there).  A
+    safetensors head whose header length runs past the end of the file is told last, so that
+    its reader names the truncation instead of "not a checkpoint"."""
     if head[:4] == b"PK\x03\x04":
         return "zip"
     if size is not None and is_safetensors_head(head, size):
@@ -39,7 +41,18 @@ def detect_format(head: bytes, size: int | None = None) -> str:
         return "tar"
     if legacy:
         return "legacy"
+    if size is not None and _truncated_safetensors(head):
+        return "safetensors"  # (its reader says where the header ends)
     return "unknown"
+
+
+def _truncated_safetensors(head: bytes) -> bool:
+    """A safetensors head whose header runs past the end of the file (a truncated download):
+    ``{`` at byte 8 after a length safetensors would read (text there is not: 8 bytes of
+    text are a length of over 2**56)."""
+    from .formats.safetensors import MAX_HEADER
+
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= MAX_HEADER
 
 
 def _tar_header(head: bytes) -> bool:

@@ -13,7 +13,7 @@ import zipfile
 from typing import IO, Final, Literal, get_args
 
 from ..errors import PthError
-from ..reader import detect_format
+from ..reader import detect_format, is_safetensors_head
 from ..sharded import find_index
 from ..source import open_regular
 from .sharding import resolve_folder
@@ -57,12 +57,6 @@ def find_any_index(path: str) -> str:
     """The index file itself, or the one ``*.index.json`` (torch or safetensors shards) in a
     folder."""
     return find_index(path, (".index.json",))
-
-
-def is_safetensors_head(head: bytes, size: int) -> bool:
-    """Whether a ``size``-byte file starting with ``head`` opens like safetensors (a header
-    length that fits the file, then ``{``)."""
-    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
 
 
 def output_format(path: str, format: Format | None = None) -> Format:

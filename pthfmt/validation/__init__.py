@@ -48,7 +48,7 @@ from ..text import escape
 from .codes import CHECKS, CODES, MAX_PER_CODE, SEVERITIES, Check, Problem, Report, codes_markdown
 from .kinds import check_tree
 from .legacy import LegacyChecks
-from .safetensors import check_safetensors, is_safetensors
+from .safetensors import check_safetensors
 
 __all__ = [
     "CHECKS",
@@ -123,7 +123,7 @@ class _Validator(LegacyChecks):
         elif kind == "tar":
             self.format = "tar"
             self.check_tar()
-        elif kind == "safetensors" or is_safetensors(self.src):
+        elif kind == "safetensors":
             self.format = "safetensors"
             for p in check_safetensors(self.src):
                 self.add(p.code, p.message, offset=p.offset, key_path=p.key_path)

@@ -18,18 +18,10 @@ from ..source import Source
 from ..text import escape
 from .codes import CODES, Problem
 
-__all__ = ["check_safetensors", "is_safetensors", "MAX_PROBLEMS"]
+__all__ = ["check_safetensors", "MAX_PROBLEMS"]
 
 #: Problems collected per file before the rest are counted.
 MAX_PROBLEMS: Final = 1000
-
-
-def is_safetensors(src: Source) -> bool:
-    """Whether ``src`` opens like a safetensors file (a header length that fits the file,
-    then ``{``): what :func:`pthfmt.reader.open` reads as safetensors."""
-    from ..reader import is_safetensors_head
-
-    return is_safetensors_head(bytes(src.buf[:9]), src.size)
 
 
 def check_safetensors(src: Source) -> list[Problem]:

@@ -30,18 +30,6 @@ class ZipChecks(LayoutChecks):
         self.format = "unknown"
         if self.find_directory() is not None:
             return  # check_hidden_zip reports the zip behind other bytes
-        head = bytes(self.buf[:8])
-        if (
-            len(head) == 8
-            and int.from_bytes(head, "little") < self.size
-            and bytes(self.buf[8:9]) == b"{"
-        ):
-            self.add(
-                "file.unknown_format",
-                "this is a safetensors file, not a torch checkpoint",
-                offset=0,
-            )
-            return
         self.add("file.unknown_format", not_a_checkpoint(self.size), offset=0)
 
     def find_directory(self) -> tuple[int, int, int] | None:

@@ -281,11 +281,13 @@ def _pth(tmp: Path, tensors: dict[str, Any]) -> Path:
 
 
 def test_check_safetensors_of_a_package_file_is_clean(written: Written) -> None:
-    from pthfmt.validation.safetensors import check_safetensors, is_safetensors
+    from pthfmt.reader import detect_format
+    from pthfmt.validation.safetensors import check_safetensors
 
     path, _ = written
     src = Source(path)
-    assert is_safetensors(src) and check_safetensors(src) == []
+    assert detect_format(bytes(src.buf[:512]), src.size) == "safetensors"
+    assert check_safetensors(src) == []
 
 
 def test_check_safetensors_reports_every_problem(written: Written, tmp_path: Path) -> None:
@@ -361,3 +363,26 @@ def test_validate_warns_for_f6(tmp_path: Path) -> None:
     assert [(p.code, p.severity) for p in report.problems] == [
         ("safetensors.no_torch_dtype", "warning")
     ]
+
+
+@pytest.mark.parametrize("keep", [9, 40])
+def test_a_truncated_safetensors_file_says_so(written: Written, tmp_path: Path, keep: int) -> None:
+    """A download cut inside the header is a safetensors error naming the header's end, from
+    load and validate alike, not "not a checkpoint"; text with ``{`` at byte 8 is still not
+    a checkpoint."""
+    path, _ = written
+    data = path.read_bytes()
+    header = int.from_bytes(data[:8], "little")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:keep])
+    with pytest.raises(pthfmt.CorruptError) as info:
+        pthfmt.load(cut)
+    assert info.value.message == (
+        f"safetensors header of {header} bytes runs past the end of the {keep}-byte file"
+    )
+    report = pthfmt.validate(cut)
+    assert (report.format, report.codes) == ("safetensors", ["safetensors.header"])
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"abcdefgh{ not a checkpoint }")
+    with pytest.raises(FormatError, match=r"^not a torch checkpoint"):
+        pthfmt.load(text)
