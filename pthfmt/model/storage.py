@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import CorruptError, FormatError, LimitError
 from ..source import Source
-from ..text import short_repr
+from ..text import quoted, short_repr
 from .device import Device
 from .dtypes import DTypeInfo, by_name
 
@@ -123,7 +123,8 @@ class StorageInfo:
         dtype = self.dtype.name if self.dtype else "untyped"
         return (
             f"StorageInfo(key={short_repr(self.key)}, dtype={dtype}, numel={self.numel}, "
-            f"nbytes={self.nbytes}, location={str(self.location)!r}, record={self.record!r})"
+            f"nbytes={self.nbytes}, location={str(self.location)!r}, "
+            f"record={None if self.record is None else quoted(self.record)})"
         )
 
 

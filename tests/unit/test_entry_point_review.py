@@ -471,3 +471,15 @@ def test_an_npy_header_that_is_code_gives_the_same_message_every_run(tmp_path):
         else:
             raise AssertionError("no error")
     assert messages == {"member 'a.npy': malformed node or string on line 1: <ast.Call object>"}
+
+
+def test_a_storage_repr_bounds_its_record_name() -> None:
+    from pthfmt.model.device import Device
+    from pthfmt.model.storage import StorageInfo
+    from pthfmt.text import NAME_LIMIT
+
+    info = StorageInfo("0", None, 4, "cpu", Device("cpu"))
+    info.record = "archive/data/" + "\u202e" * 100_000
+    text = repr(info)
+    assert len(text) < 2 * 6 * NAME_LIMIT and "\u202e" not in text
+    assert text.endswith("...)") and "\\u202e" in text
