@@ -95,12 +95,15 @@ def capped(texts: Iterator[str], depth: int) -> str:
 
 
 class _Node:
-    """A container on the way down: its parent, its key there, and its depth."""
+    """A container on the way down: its parent, its key there, and its depth; and its whole
+    key path once made (``whole``: ``None`` until then, ``""`` also for a path that
+    :func:`capped` would cut)."""
 
-    __slots__ = ("depth", "key", "parent")
+    __slots__ = ("depth", "key", "parent", "whole")
 
     def __init__(self, parent: _Node | None, key: Any, depth: int) -> None:
         self.parent, self.key, self.depth = parent, key, depth
+        self.whole: str | None = None if parent is not None else ""
 
     def keys(self) -> Iterator[str]:
         """The rendered keys from this container up to the root, innermost first."""
@@ -109,11 +112,39 @@ class _Node:
             yield key_text(node.key)
             node = node.parent
 
+    def _whole(self) -> str:
+        """This container's key path when :func:`capped` keeps all of it, else ``""`` (the
+        root's is ``""`` too); made once per container, each from its parent's."""
+        todo: list[_Node] = []
+        node = self
+        while node.whole is None:  # (parents first: no recursion however deep)
+            todo.append(node)
+            node = node.parent  # type: ignore[assignment]  # (the root's whole is "")
+        for node in reversed(todo):
+            up = node.parent
+            assert up is not None
+            whole = ""
+            if node.depth <= MAX_PATH_PARTS and (up.depth == 0 or up.whole):
+                whole = key_text(node.key) if up.depth == 0 else f"{up.whole}.{key_text(node.key)}"
+                if node.depth > 1 and len(whole) > MAX_PATH_CHARS:
+                    whole = ""
+            node.whole = whole
+        return self.whole  # type: ignore[return-value]
+
     def path(self, *last: Any) -> str:
         """This container's key path, or that of its item ``last[0]``."""
+        whole = self.whole if self.whole is not None else self._whole()
         if last:
             first = key_text(last[0])
+            if self.depth == 0:
+                return first
+            if whole and self.depth < MAX_PATH_PARTS:
+                path = f"{whole}.{first}"
+                if len(path) <= MAX_PATH_CHARS:
+                    return path
             return capped(_chain(first, self.keys()), self.depth + 1)
+        if whole or self.depth == 0:
+            return whole
         return capped(self.keys(), self.depth)
 
 

@@ -190,3 +190,35 @@ def test_walk_agrees_with_a_recursive_reference(tree, data):
     want = data.draw(st.sampled_from([None, lambda v: isinstance(v, int)]))
     got = [(p, id(v)) for p, v in walk(root, want=want)]
     assert got == [(p, id(v)) for p, v in _reference_walk(root, want=want)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["", "a", "weight"]),
+            st.integers(0, 10),
+            st.text(min_size=60, max_size=70),
+            st.text(min_size=1000, max_size=1100),
+        ),
+        min_size=1,
+        max_size=70,
+    ),
+    st.one_of(st.just(""), st.text(max_size=5), st.text(min_size=4000, max_size=4100)),
+)
+def test_cached_container_paths_are_what_capped_gives(keys, last):
+    """A container's path is kept once made and its items' paths are built on it; near and
+    past the caps (64 parts, 4,096 characters) and with empty keys, they are exactly what
+    :func:`capped` makes from the keys."""
+    from pthfmt.model.tree import _ROOT, _chain, _Node, capped, key_text
+
+    for deepest_first in (True, False):  # (parents' paths made on the way, or before)
+        node = _ROOT
+        chain = [node]
+        for k in keys:
+            node = _Node(node, k, node.depth + 1)
+            chain.append(node)
+        for node in reversed(chain) if deepest_first else chain:
+            assert node.path() == capped(node.keys(), node.depth)
+            expected = capped(_chain(key_text(last), node.keys()), node.depth + 1)
+            assert node.path(last) == expected
