@@ -196,10 +196,10 @@ class TorchHandlers:
             template = TensorTemplate(
                 self.storages.declare_typed,
                 self.make_tensor,
-                eager=self.eager
-                and self.on_tensor is None
-                and type(self).make_tensor is TorchHandlers.make_tensor,
+                eager=self.eager,
                 mmap=self.mmap,
+                direct=self.on_tensor is None
+                and type(self).make_tensor is TorchHandlers.make_tensor,
             )
             return Global(qualname, self.rebuild_tensor_v2, template.run)
         if isinstance(entry, str):

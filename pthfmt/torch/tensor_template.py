@@ -42,7 +42,7 @@ from typing import Any, Final
 from ..errors import PthError
 from ..model.globals import Global
 from ..model.storage import StorageInfo, StorageType
-from ..model.tensor import view_of
+from ..model.tensor import TensorRef, view_of
 from ..pickle.opcodes import BY_NAME
 
 __all__ = ["TensorTemplate"]
@@ -193,7 +193,7 @@ class TensorTemplate:
     arguments).
     """
 
-    __slots__ = ("declare", "eager", "gets", "make_tensor", "mmap", "tuples", "views")
+    __slots__ = ("declare", "direct", "eager", "gets", "make_tensor", "mmap", "tuples", "views")
 
     def __init__(
         self,
@@ -201,11 +201,18 @@ class TensorTemplate:
         make_tensor: Callable[..., Any],
         eager: bool = False,
         mmap: bool = False,
+        direct: bool = False,
     ) -> None:
         self.declare = declare
         self.make_tensor = make_tensor
+        #: the handlers' own arguments: arrays (``eager``) or lazy references, from the
+        #: mapped file (``mmap``)
         self.eager = eager
         self.mmap = mmap
+        #: ``make_tensor`` is the handlers' own and nothing observes the tensors it makes
+        #: (``on_tensor``): the fast path checks the view's bounds and makes the array or
+        #: the :class:`TensorRef` itself, as ``make_tensor`` would
+        self.direct = direct
         #: Each distinct size or stride tuple once: a million tensors of a few shapes hold a
         #: few tuples, not two million (each one memory, and work for every full collection).
         self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -440,20 +447,22 @@ class TensorTemplate:
             storage = self.declare(key, storage_class, location, numel)
             hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)
             dtype = storage.dtype
-            if self.eager and dtype is not None and type(storage) is StorageInfo:
-                item = dtype.itemsize
-                last = offset + span if span >= 0 else -1
-                if (last + 1) * item > storage.nbytes:
-                    return -1
+            if not self.direct or dtype is None or type(storage) is not StorageInfo:
+                tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
+            elif ((offset + span if span >= 0 else -1) + 1) * dtype.itemsize > storage.nbytes:
+                return -1  # (make_tensor's check_view: the loop raises its error)
+            elif not self.eager:
+                tensor = TensorRef(
+                    storage, dtype, offset, size, stride, requires_grad, mmap=self.mmap
+                )
+            else:
                 buffer = storage._buffer
                 if buffer is None:
                     buffer = storage.buffer(self.mmap)
-                if stride == (1,) and offset == 0 and 0 < size[0] * item == buffer.nbytes:
+                if stride == (1,) and offset == 0 and 0 < size[0] * dtype.itemsize == buffer.nbytes:
                     tensor = buffer.view(dtype.numpy)
                 else:
                     tensor = view_of(buffer, dtype, offset, size, stride)
-            else:
-                tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
         except PthError:
             return -1  # the loop runs the same opcodes and raises it where it belongs
         memo += values
