@@ -69,7 +69,7 @@ from ..model.device import Device
 from ..model.dtypes import DType
 from ..model.kinds import QuantizedRef
 from ..model.stub import Stub
-from ..model.tensor import StorageInfo, TensorRef, check_expansion
+from ..model.tensor import ReadBudget, StorageInfo, TensorRef
 from ..model.tree import MAX_PART_CHARS, MAX_PATH_PARTS
 from ..remote import is_url
 from ..text import escape, is_unicode
@@ -562,13 +562,15 @@ def _read_torch(path: str, content: Content, salvage: bool = False) -> None:
 
 def _check_expansions(items: list[TensorItem]) -> None:
     """Refuse, before anything is written, a view that writing out whole would make far
-    larger than its storage (a stride-0 view of a few bytes may declare terabytes)."""
+    larger than its storage (a stride-0 view of a few bytes may declare terabytes), alone
+    or all of them together."""
+    budget = ReadBudget()
     for item in items:
         if isinstance(item.storage, StorageInfo):  # a torch file's view (for_save: the ref)
             ref = item.for_save()
             if isinstance(ref, TensorRef):
                 try:
-                    check_expansion(ref)
+                    budget.charge(ref)
                 except LimitError as exc:
                     raise exc.locate(key_path=escape(item.name)) from None
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import PthError
 from ..model.kinds import as_array
-from ..model.tensor import TensorRef, check_expansion
+from ..model.tensor import ReadBudget, TensorRef
 from .kinds import EXACT_PARTS, describe, kind_name, parts
 from .tree import Failure, leaves, open_stubbed, plain, subtree
 
@@ -96,14 +96,20 @@ def _chunk(cx: Any, cy: Any, complex_: bool, atol: float, rtol: float, out: Clos
 
 
 def compare_values(
-    a: TensorRef, b: TensorRef, *, atol: float = 0.0, rtol: float = 0.0
+    a: TensorRef,
+    b: TensorRef,
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    budget: ReadBudget | None = None,
 ) -> Closeness:
     """Compare two equal-shaped tensors chunk by chunk (bounded memory), with numpy
     ``isclose`` semantics (``|a - b| <= atol + rtol * |b|``, equal NaNs equal).  A view that
-    repeats its storage (stride 0) beyond :func:`~pthfmt.model.tensor.check_expansion`'s bound
-    is a ``LimitError``."""
-    check_expansion(a)
-    check_expansion(b)
+    repeats its storage (stride 0) beyond :class:`~pthfmt.model.tensor.ReadBudget`'s bound
+    is a ``LimitError``; ``budget`` is the whole diff's (else these two views' own)."""
+    budget = budget if budget is not None else ReadBudget()
+    budget.charge(a)
+    budget.charge(b)
     x, y = a.numpy(mmap=True), b.numpy(mmap=True)
     out = Closeness()
     if x.dtype.metadata or y.dtype.metadata:  # packed and bits dtypes: the bits only
@@ -229,6 +235,8 @@ class DiffResult:
     different: list[dict[str, Any]] = field(default_factory=list)
     equal: int = 0
     hints: list[str] = field(default_factory=list)
+    #: what comparing every element of the views costs, all pairs together
+    budget: ReadBudget = field(default_factory=ReadBudget, repr=False, compare=False)
 
     @property
     def loadable(self) -> bool:
@@ -361,7 +369,7 @@ def _compare_tensors(result: DiffResult, k: str, va: TensorRef, vb: TensorRef) -
     if not result.values_compared:
         return
     try:
-        found = compare_values(va, vb, atol=result.atol, rtol=result.rtol)
+        found = compare_values(va, vb, atol=result.atol, rtol=result.rtol, budget=result.budget)
     except PthError as exc:
         raise exc.locate(key_path=k) from None
     if found.equal:

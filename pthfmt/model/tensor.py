@@ -32,6 +32,7 @@ __all__ = [
     "c_strides",
     "check_view",
     "check_expansion",
+    "ReadBudget",
     "view_of",
     "EXPANSION_RATIO",
     "EXPANSION_ALLOWANCE",
@@ -217,6 +218,33 @@ def check_expansion(ref: TensorRef) -> None:
             f"{ref.storage.nbytes} bytes (stride {ref.stride}): reading every element is more "
             f"than {EXPANSION_RATIO} times the storage"
         )
+
+
+class ReadBudget:
+    """What reading every element of many views may cost in one job (a conversion, a diff):
+    each view within :func:`check_expansion`'s bound, and all of them together within
+    :data:`EXPANSION_RATIO` times the bytes of the distinct storages they view, plus one
+    :data:`EXPANSION_ALLOWANCE` for the whole job (an allowance per view would add up: a
+    thousand stride-0 views of one small storage, each just within it, are a terabyte)."""
+
+    def __init__(self) -> None:
+        self._storages: dict[int, StorageInfo] = {}  # (kept: their ids stay theirs)
+        self.stored = 0
+        self.read = 0
+
+    def charge(self, ref: TensorRef) -> None:
+        """Count reading every element of ``ref``; a :class:`LimitError` past the bound."""
+        check_expansion(ref)
+        if id(ref.storage) not in self._storages:
+            self._storages[id(ref.storage)] = ref.storage
+            self.stored += ref.storage.nbytes
+        self.read += ref.nbytes
+        if self.read > EXPANSION_RATIO * self.stored + EXPANSION_ALLOWANCE:
+            raise LimitError(
+                f"the views read so far take {self.read} bytes from storages of {self.stored} "
+                f"bytes: reading every element is more than {EXPANSION_RATIO} times the "
+                "storages"
+            )
 
 
 class TensorRef:

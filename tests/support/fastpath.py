@@ -26,3 +26,17 @@ def count_fast_path(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
     return counts
+
+
+def count_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The stack's length at each call of the fast path from now on (one call per run of
+    tensors it takes; ``monkeypatch`` undoes it)."""
+    calls: list[int] = []
+    run = tensor_template.TensorTemplate.run
+
+    def counted(self: Any, *args: Any) -> Any:
+        calls.append(len(args[5]))
+        return run(self, *args)
+
+    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    return calls

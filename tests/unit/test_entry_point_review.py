@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import pthfmt
 from pthfmt.formats.sharding import save_sharded
@@ -94,18 +95,12 @@ def test_an_index_that_is_a_fifo_is_refused_without_blocking(tmp_path):
         lambda: inspect_summary(str(tmp_path)),
         lambda: convert(tmp_path, tmp_path / "out.safetensors"),
     ):
-        try:
+        with pytest.raises(FormatError) as caught:
             call()
-        except FormatError as exc:
-            assert (exc.message, exc.code) == (expected, "file.not_regular")
-        else:
-            raise AssertionError("no error")
-    try:
+        assert (caught.value.message, caught.value.code) == (expected, "file.not_regular")
+    with pytest.raises(Failure) as caught:
         diff_summary(str(tmp_path), str(tmp_path))
-    except Failure as exc:
-        assert str(exc) == f"{tmp_path}: {expected}"
-    else:
-        raise AssertionError("no error")
+    assert str(caught.value) == f"{tmp_path}: {expected}"
     report = pthfmt.validate(str(tmp_path))
     assert [(p.code, p.message) for p in report.problems] == [("index.inconsistent", expected)]
     status, out, err = _cli("inspect", str(tmp_path))
@@ -121,12 +116,9 @@ def test_a_checkpoint_path_that_is_a_fifo_or_device_is_refused_without_blocking(
     os.mkfifo(fifo)
     for path, what in ((fifo, "a FIFO"), ("/dev/zero", "a device")):
         for call in (pthfmt.load, pthfmt.open):
-            try:
+            with pytest.raises(FormatError) as caught:
                 call(path)
-            except FormatError as exc:
-                assert exc.message == f"{path}: {what}, not a regular file: never read"
-            else:
-                raise AssertionError("no error")
+            assert caught.value.message == f"{path}: {what}, not a regular file: never read"
         report = pthfmt.validate(str(path))
         assert [p.code for p in report.problems] == ["file.not_regular"]
     status, out, err = _cli("convert", str(fifo), str(tmp_path / "o.npz"))
@@ -226,15 +218,12 @@ def test_a_broken_shard_is_named_in_the_error(tmp_path):
 
     _index(tmp_path)
     (tmp_path / "model-00001-of-00001.safetensors").write_bytes(b"\x1b[2J not a checkpoint")
-    try:
+    with pytest.raises(FormatError) as caught:
         pthfmt.load_sharded(tmp_path)
-    except FormatError as exc:
-        assert str(exc) == (
-            "shard 'model-00001-of-00001.safetensors': not a torch checkpoint: no zip, legacy "
-            "pickle, tar or safetensors signature at the start of the 21-byte file"
-        )
-    else:
-        raise AssertionError("no error")
+    assert str(caught.value) == (
+        "shard 'model-00001-of-00001.safetensors': not a torch checkpoint: no zip, legacy "
+        "pickle, tar or safetensors signature at the start of the 21-byte file"
+    )
 
 
 def test_validate_of_a_folder_of_two_indexes_reports_them_escaped(tmp_path):
@@ -264,12 +253,9 @@ def test_a_huge_storage_key_is_shown_bounded(tmp_path):
     path.write_bytes(legacy(state(tensor(storage=pid + b"Q")), ["0", key], [bytes(16), bytes(4)]))
     shown = "'" + "k" * 37 + "..." + "k" * 38 + "'"  # 80 characters (reprlib's cut)
     message = f"storage {shown} is listed but no object uses it"
-    try:
+    with pytest.raises(pthfmt.FormatError) as caught:
         pthfmt.load(path)
-    except pthfmt.FormatError as exc:
-        assert exc.message == message
-    else:
-        raise AssertionError("no error")
+    assert caught.value.message == message
     report = pthfmt.validate(str(path))
     keys = [p.message for p in report.problems if p.code == "legacy.keys"]
     assert keys == [f"{message} (torch: AssertionError)"]
@@ -341,12 +327,9 @@ def test_a_64_kib_member_name_is_shown_cut(tmp_path):
     records = {folder + "/data.pkl": state(tensor()), "archive/version": b"3\n"}
     path = tmp_path / "long.pt"
     path.write_bytes(zip_file(records, prefix=""))
-    try:
+    with pytest.raises(pthfmt.FormatError) as caught:
         pthfmt.load(path)
-    except pthfmt.FormatError as exc:
-        assert str(exc) == f"zip record 'archive/version' is outside the archive folder {cut}"
-    else:
-        raise AssertionError("no error")
+    assert str(caught.value) == f"zip record 'archive/version' is outside the archive folder {cut}"
     status, out, err = _cli("validate", str(path))
     assert status == 1 and err == ""
     assert max(len(line) for line in out.splitlines()) < 2300
@@ -371,26 +354,17 @@ def test_a_stride_0_view_of_terabytes_is_a_limit_for_what_reads_every_element(tm
         "(stride (0,)): reading every element is more than 256 times the storage (key 'w')"
     )
     for out in ("out.safetensors", "out.npz"):
-        try:
+        with pytest.raises(LimitError) as caught:
             convert(path, tmp_path / out)
-        except LimitError as exc:
-            assert str(exc) == message
-        else:
-            raise AssertionError("no error")
+        assert str(caught.value) == message
         assert not (tmp_path / out).exists()
     assert convert(path, tmp_path / "out.pth") == []
-    try:
+    with pytest.raises(Failure) as caught:
         diff_summary(str(path), str(path))
-    except Failure as exc:
-        assert str(exc) == f"{path} / {path}: {message}"
-    else:
-        raise AssertionError("no error")
-    try:
+    assert str(caught.value) == f"{path} / {path}: {message}"
+    with pytest.raises(LimitError) as caught:
         pthfmt.diff(path, path)
-    except LimitError as exc:
-        assert str(exc) == message
-    else:
-        raise AssertionError("no error")
+    assert str(caught.value) == message
     # a view within the bound still converts and compares
     small = tmp_path / "small.pt"
     small.write_bytes(checkpoint(state(tensor(size=(1000,), stride=(0,)))))
@@ -464,12 +438,9 @@ def test_an_npy_header_that_is_code_gives_the_same_message_every_run(tmp_path):
     (tmp_path / "in.npz").write_bytes(buf.getvalue())
     messages = set()
     for _ in range(2):
-        try:
+        with pytest.raises(FormatError) as caught:
             convert(tmp_path / "in.npz", tmp_path / "out.pth")
-        except FormatError as exc:
-            messages.add(str(exc))
-        else:
-            raise AssertionError("no error")
+        messages.add(str(caught.value))
     assert messages == {"member 'a.npy': malformed node or string on line 1: <ast.Call object>"}
 
 
@@ -483,3 +454,28 @@ def test_a_storage_repr_bounds_its_record_name() -> None:
     text = repr(info)
     assert len(text) < 2 * 6 * NAME_LIMIT and "\u202e" not in text
     assert text.endswith("...)") and "\\u202e" in text
+
+
+def test_views_each_within_the_bound_are_bounded_together(tmp_path):
+    # Two stride-0 views of 1 GiB over one 16-byte storage: each is within a view's own
+    # allowance (256 x 16 bytes + 1 GiB), but an allowance per view adds up (a thousand of
+    # them would be a terabyte); the job has one.
+    from pthfmt.engines.convert import convert
+    from pthfmt.errors import LimitError
+    from tests.support.adversarial import checkpoint, tensor, ustr
+
+    view = tensor(size=(2**28,), stride=(0,))
+    pkl = b"\x80\x02}(" + ustr("w0") + view + ustr("w1") + view + b"u."
+    path = tmp_path / "twice.pt"
+    path.write_bytes(checkpoint(pkl))
+    message = (
+        "the views read so far take 2147483648 bytes from storages of 16 bytes: reading every "
+        "element is more than 256 times the storages (key 'w1')"
+    )
+    with pytest.raises(LimitError) as caught:
+        convert(path, tmp_path / "out.safetensors")
+    assert str(caught.value) == message
+    assert not (tmp_path / "out.safetensors").exists()
+    with pytest.raises(LimitError) as caught:  # (both sides read: at the first pair)
+        pthfmt.diff(path, path)
+    assert str(caught.value) == message.replace("16 bytes", "32 bytes").replace("w1", "w0")

@@ -24,7 +24,7 @@ from pthfmt.model.storage import StorageTable
 from pthfmt.pickle.machine import Unpickler
 from pthfmt.strategies import state_dicts
 from pthfmt.torch.handlers import TorchHandlers
-from tests.support.fastpath import count_fast_path
+from tests.support.fastpath import count_fast_path, count_runs
 
 SETTINGS = settings(
     max_examples=300,
@@ -286,16 +286,7 @@ def _item(key: bytes) -> int:
 
 
 def test_a_run_takes_every_following_item_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pthfmt.torch import tensor_template
-
-    calls: list[int] = []
-    run = tensor_template.TensorTemplate.run
-
-    def counted(self: Any, *args: Any) -> Any:
-        calls.append(len(args[5]))
-        return run(self, *args)
-
-    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    calls = count_runs(monkeypatch)
     sd = OrderedDict((f"k{i}", np.full(i % 3 + 1, i, np.float32)) for i in range(50))
     obj = {"a": sd, "b": [v.copy() for v in sd.values()]}
     out = pthfmt.load(io.BytesIO(saved(obj)))
@@ -362,16 +353,7 @@ def test_a_tensor_reading_its_own_key_back_from_the_memo_agrees_with_the_loop() 
 def test_keys_read_back_from_the_memo_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """Optimizer state: every inner dict's keys (``step``, ``exp_avg``) are memo gets after
     the first dict; tuple keys likewise; one run call per dict."""
-    from pthfmt.torch import tensor_template
-
-    calls: list[int] = []
-    run = tensor_template.TensorTemplate.run
-
-    def counted(self: Any, *args: Any) -> Any:
-        calls.append(len(args[5]))
-        return run(self, *args)
-
-    monkeypatch.setattr(tensor_template.TensorTemplate, "run", counted)
+    calls = count_runs(monkeypatch)
     key = (1, 2)
     state = {
         i: {"step": np.full((), i, np.float32), "exp_avg": np.full(3, i, np.float32)}
