@@ -16,6 +16,7 @@ from .text import escape
 
 __all__ = [
     "Source",
+    "PREAD_FROM",
     "PathOrFile",
     "fresh_buffer",
     "is_remote",
@@ -24,7 +25,7 @@ __all__ = [
     "file_kind",
 ]
 
-_PREAD_FROM = 1 << 20  # smaller copies come from the mapping (one call is cheaper)
+PREAD_FROM = 1 << 20  # smaller copies come from the mapping (one call is cheaper)
 _PREAD_CHUNK = 1 << 30
 _HAVE_PREADV = hasattr(os, "preadv")
 
@@ -54,7 +55,7 @@ def fresh_buffer(nbytes: int) -> np.ndarray:
     # np.empty 0.43-0.82 s, MAP_POPULATE 0.46 s in both runs (0.45-0.53 s, 10 of 16 fresh
     # wins).  A fresh process is the command-line case and the benchmark's, so MAP_POPULATE
     # is kept for every size.
-    if nbytes >= _PREAD_FROM and _POPULATE:
+    if nbytes >= PREAD_FROM and _POPULATE:
         try:
             region = _mmap.mmap(-1, nbytes, flags=_mmap.MAP_PRIVATE | _POPULATE)
             return np.frombuffer(region, np.uint8)
@@ -167,7 +168,7 @@ class Source:
         sharing between arrays means sharing a torch storage)."""
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
             self.check(offset, nbytes, "data")  # (raises)
-        if nbytes < _PREAD_FROM or self._fd is None or not _HAVE_PREADV:
+        if nbytes < PREAD_FROM or self._fd is None or not _HAVE_PREADV:
             whole = self._whole if self._whole is not None else self.whole
             try:
                 return whole[offset : offset + nbytes].copy()

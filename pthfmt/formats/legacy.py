@@ -22,7 +22,7 @@ import struct
 from typing import Any
 
 from ..errors import CorruptError, FormatError
-from ..model.storage import StorageTable, stored_reader
+from ..model.storage import StorageTable, StoredReader
 from ..model.tensor import StorageInfo
 from ..pickle.machine import Unpickler
 from ..source import Source
@@ -47,7 +47,7 @@ def _unpickle_main(
     src: Source, start: int, opts: Options, eager: bool, offsets: dict[str, int] | None
 ) -> tuple[Any, int, StorageTable]:
     budget = [src.size - start]
-    reader = stored_reader(src, False)
+    reader = StoredReader(src, False)
 
     def locate(info: StorageInfo) -> None:
         budget[0] -= info.nbytes
@@ -124,7 +124,7 @@ def read_legacy(src: Source, opts: Options) -> Parsed:
     if opts.eager:
         obj, _, table = _unpickle_main(src, main_start, opts, True, offsets)
     else:
-        reader = stored_reader(src, False)
+        reader = StoredReader(src, False)
         for key, info in table.infos.items():
             info.offset = offsets[key]
             info.attach(reader)

@@ -38,7 +38,7 @@ import numpy as np
 from ..atomic import Write
 from ..errors import CorruptError, FormatError, LimitError, PthError, UnsupportedError
 from ..model.dtypes import DTypeInfo, by_name
-from ..model.storage import StorageInfo, stored_reader
+from ..model.storage import StorageInfo, StoredReader
 from ..model.tensor import INTP_MAX, MAX_NDIM, TensorRef, c_strides
 from ..source import Source
 from ..text import escape, is_unicode, short_repr
@@ -513,7 +513,7 @@ def read_safetensors_source(src: Source, opts: Options) -> Parsed:
     (``F6_*``) is an :class:`UnsupportedError`."""
     entries, metadata = check_header(src.buf, src.size)
     location = opts.mapper("cpu")
-    read = stored_reader(src, big_endian=False)
+    read = StoredReader(src, big_endian=False)
     obj: dict[str, Any] = {}
     storages: dict[str, StorageInfo] = {}
     for i, entry in enumerate(entries):

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptError, FormatError, PthError, UnsafePickleError, UnsupportedError
-from ..model.storage import StorageSlice, StorageTable, StorageType, stored_reader
+from ..model.storage import StorageSlice, StorageTable, StorageType, StoredReader
 from ..model.stub import StubType
 from ..model.tensor import INTP_MAX, MAX_NDIM, StorageInfo, TensorRef
 from ..pickle.machine import Unpickler
@@ -420,7 +420,7 @@ class _Reader:
 def _read_storages(r: _Reader, table: StorageTable, objects: dict[str, Any]) -> None:
     name = r.member.name
     total = _count(r.pickle(), "storage count", r.member, r.member.offset)
-    reader = stored_reader(r.src, False)
+    reader = StoredReader(r.src, False)
     for i in range(total):
         r.ran_out(i, total, "storages")
         at = r.pos

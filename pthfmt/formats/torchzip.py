@@ -16,7 +16,7 @@ from typing import Any, Final
 import numpy as np
 
 from ..errors import CorruptError, FormatError
-from ..model.storage import Reader, StorageTable, chunked_reader, stored_reader
+from ..model.storage import Reader, StorageTable, StoredReader, chunked_reader
 from ..model.tensor import StorageInfo
 from ..pickle.machine import Unpickler
 from ..source import Source
@@ -239,7 +239,7 @@ def _unpickle(
     """Run ``pickle_name``; its tensors live in the records of the folder named after it."""
     big = byteorder == "big"
     folder = pickle_name[: -len(".pkl")] + "/"
-    stored = stored_reader(src, big)
+    stored = StoredReader(src, big)
     lazy = bool(getattr(src, "lazy", False))  # (a remote file: headers fetched on first read)
 
     # torch writes the storage records in the order the pickle declares them: each lookup
@@ -290,6 +290,7 @@ def _unpickle(
             info.attach(chunked_reader(lambda: archive.zip.inflate(entry), big))
 
     table = StorageTable(opts.mapper, locate)
+    table.stored = stored
     handlers = TorchHandlers(
         table,
         eager=opts.eager,

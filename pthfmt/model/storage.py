@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptError, FormatError, LimitError
-from ..source import Source
+from ..source import PREAD_FROM, Source
 from ..text import quoted, short_repr
 from .device import Device
 from .dtypes import DTypeInfo, by_name
@@ -27,7 +27,8 @@ __all__ = [
     "StorageTable",
     "Reader",
     "swap_to_native",
-    "stored_reader",
+    "StoredReader",
+    "SMALL_COPY",
     "chunked_reader",
 ]
 
@@ -158,6 +159,9 @@ class StorageTable:
         self._locations: dict[str, Device] = {}
         self.mapper = mapper
         self.locate = locate
+        #: the reader ``locate`` attaches to the storages lying uncompressed in the file, when
+        #: the container has one (the tensor fast path copies small ones itself)
+        self.stored: StoredReader | None = None
 
     def declare(self, key: Any, stype: Any, tag: Any, numel: Any) -> StorageInfo:
         """The storage of one persistent id: made and located on its first declaration."""
@@ -263,20 +267,37 @@ def swap_to_native(buf: np.ndarray, dtype: DTypeInfo | None, key: str) -> None:
     buf.view(f"u{unit}").byteswap(inplace=True)
 
 
-def stored_reader(src: Source, big_endian: bool) -> Reader:
+class StoredReader:
     """The reader of every storage whose bytes lie uncompressed in ``src`` at ``info.offset``
     (one per container): zero copy when ``mmap``."""
 
-    def read(info: StorageInfo, mmap: bool) -> np.ndarray:
+    __slots__ = ("big_endian", "src")
+
+    def __init__(self, src: Source, big_endian: bool) -> None:
+        self.src = src
+        self.big_endian = big_endian
+
+    def __call__(self, info: StorageInfo, mmap: bool) -> np.ndarray:
         assert info.offset is not None
-        if mmap and not big_endian:
-            return src.array(info.offset, info.nbytes)
-        buf = src.copy(info.offset, info.nbytes)
-        if big_endian:
+        if mmap and not self.big_endian:
+            return self.src.array(info.offset, info.nbytes)
+        buf = self.src.copy(info.offset, info.nbytes)
+        if self.big_endian:
             swap_to_native(buf, info.dtype, info.key)
         return buf
 
-    return read
+    def copies_from(self) -> np.ndarray | None:
+        """The file as one ``uint8`` array when a storage's copy (``mmap=False``) below
+        :data:`SMALL_COPY` bytes is a plain slice of it copied (a local file in native byte
+        order; the tensor fast path makes those copies itself), else ``None``."""
+        if self.big_endian or type(self.src) is not Source:
+            return None
+        return self.src.whole
+
+
+#: Storages smaller than this are copied out of the file's mapping in one call (larger ones
+#: are read into fresh pages: :meth:`Source.copy`).
+SMALL_COPY = PREAD_FROM
 
 
 def chunked_reader(chunks: Callable[[], Iterable[bytes]], big_endian: bool) -> Reader:

@@ -200,6 +200,7 @@ class TorchHandlers:
                 mmap=self.mmap,
                 direct=self.on_tensor is None
                 and type(self).make_tensor is TorchHandlers.make_tensor,
+                stored=self.storages.stored,
             )
             return Global(qualname, self.rebuild_tensor_v2, template.run)
         if isinstance(entry, str):

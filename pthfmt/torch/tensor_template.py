@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from ..errors import PthError
 from ..model.globals import Global
-from ..model.storage import StorageInfo, StorageType
+from ..model.storage import SMALL_COPY, StorageInfo, StorageType, StoredReader
 from ..model.tensor import TensorRef, view_of
 from ..pickle.opcodes import BY_NAME
 
@@ -193,7 +193,18 @@ class TensorTemplate:
     arguments).
     """
 
-    __slots__ = ("declare", "direct", "eager", "gets", "make_tensor", "mmap", "tuples", "views")
+    __slots__ = (
+        "copies_from",
+        "declare",
+        "direct",
+        "eager",
+        "gets",
+        "make_tensor",
+        "mmap",
+        "stored",
+        "tuples",
+        "views",
+    )
 
     def __init__(
         self,
@@ -202,6 +213,7 @@ class TensorTemplate:
         eager: bool = False,
         mmap: bool = False,
         direct: bool = False,
+        stored: StoredReader | None = None,
     ) -> None:
         self.declare = declare
         self.make_tensor = make_tensor
@@ -213,6 +225,13 @@ class TensorTemplate:
         #: (``on_tensor``): the fast path checks the view's bounds and makes the array or
         #: the :class:`TensorRef` itself, as ``make_tensor`` would
         self.direct = direct
+        #: the reader of storages lying uncompressed in the file, and the file as one array
+        #: when an eager copy of such a storage is a plain slice of it copied: the fast path
+        #: makes those copies itself (``stored.copies_from``); else ``None``
+        self.stored = stored
+        self.copies_from = (
+            stored.copies_from() if stored is not None and eager and not mmap else None
+        )
         #: Each distinct size or stride tuple once: a million tensors of a few shapes hold a
         #: few tuples, not two million (each one memory, and work for every full collection).
         self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -458,12 +477,20 @@ class TensorTemplate:
             else:
                 buffer = storage._buffer
                 if buffer is None:
-                    buffer = storage.buffer(self.mmap)
+                    if (
+                        storage._reader is self.stored
+                        and (whole := self.copies_from) is not None
+                        and (nbytes := storage.nbytes) < SMALL_COPY
+                        and (start := storage.offset) + nbytes <= len(whole)
+                    ):  # (what storage.buffer() does, written out: once per storage)
+                        buffer = storage._buffer = whole[start : start + nbytes].copy()
+                    else:
+                        buffer = storage.buffer(self.mmap)
                 if stride == (1,) and offset == 0 and 0 < size[0] * dtype.itemsize == buffer.nbytes:
                     tensor = buffer.view(dtype.numpy)
                 else:
                     tensor = view_of(buffer, dtype, offset, size, stride)
-        except PthError:
+        except (PthError, MemoryError):
             return -1  # the loop runs the same opcodes and raises it where it belongs
         memo += values
         memo += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)

@@ -90,9 +90,9 @@ def test_a_large_buffer_is_resident_before_it_is_written() -> None:
 @linux_only
 def test_small_buffers_are_not_populated_mappings() -> None:
     # below the preadv threshold a copy comes from the mapping: no mmap call per small buffer
-    buf = source.fresh_buffer(source._PREAD_FROM - 1)
+    buf = source.fresh_buffer(source.PREAD_FROM - 1)
     assert buf.base is None or not isinstance(buf.base, mmap.mmap)
-    assert buf.shape == (source._PREAD_FROM - 1,)
+    assert buf.shape == (source.PREAD_FROM - 1,)
 
 
 def test_without_map_populate_copies_are_the_same(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from pthfmt.errors import PthError, UnsafePickleError
 from pthfmt.model.device import location_mapper
 from pthfmt.model.storage import StorageTable
 from pthfmt.pickle.machine import Unpickler
+from pthfmt.source import Source
 from pthfmt.strategies import state_dicts
 from pthfmt.torch.handlers import TorchHandlers
 from tests.support.fastpath import count_fast_path, count_runs
@@ -151,6 +153,42 @@ def test_the_fast_path_runs_every_tensor_but_the_first(hits: list[int]) -> None:
     assert hits == [299, 0]  # every tensor but the first (its globals are not memoized yet)
     assert all((out[k] == v).all() and out[k].shape == v.shape for k, v in sd.items())
     assert assert_same(data)[0] == "tree"
+
+
+@pytest.mark.parametrize("where", ["path", "bytes"])
+def test_the_fast_path_copies_small_storages_itself(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eager loads of a local file: the fast path copies each small storage out of the file
+    itself, into arrays of their own, as the loop does (through ``Source.copy``)."""
+    data = saved({"model": mixed(), "again": mixed()})
+    path = tmp_path / "m.pt"
+    path.write_bytes(data)
+    copies: list[int] = []
+    copy = Source.copy
+
+    def counted(self: Source, offset: int, nbytes: int) -> Any:
+        copies.append(nbytes)
+        return copy(self, offset, nbytes)
+
+    monkeypatch.setattr(Source, "copy", counted)
+
+    def load(fast: bool) -> Any:
+        Unpickler.fast_paths = fast
+        try:
+            return canonical(pthfmt.load(path if where == "path" else io.BytesIO(data)))
+        finally:
+            Unpickler.fast_paths = True
+
+    fast = load(True)
+    # the first mixed()'s tensors each name a storage class first (a GLOBAL, not a memo
+    # get): the loop's; the second's 10 storages are the fast path's
+    assert len(copies) == 10
+    copies.clear()
+    assert fast == load(False)
+    assert len(copies) == 20
+    arrays = [v for v in pthfmt.load(path)["model"].values()]
+    assert all(a.flags.writeable for a in arrays)
 
 
 def test_mixed_shapes_agree_with_the_loop(hits: list[int]) -> None:
