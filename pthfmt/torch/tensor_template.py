@@ -481,7 +481,8 @@ class TensorTemplate:
                         storage._reader is self.stored
                         and (whole := self.copies_from) is not None
                         and (nbytes := storage.nbytes) < SMALL_COPY
-                        and (start := storage.offset) + nbytes <= len(whole)
+                        and (start := storage.offset) is not None
+                        and start + nbytes <= len(whole)
                     ):  # (what storage.buffer() does, written out: once per storage)
                         buffer = storage._buffer = whole[start : start + nbytes].copy()
                     else:
