@@ -72,21 +72,17 @@ class TorchZip:
 
     def __init__(self, src: Source) -> None:
         self.zip = ZipArchive(src)
-        if not self.zip.entries:
+        names = self.zip.names
+        if not names:
             raise FormatError("zip archive has no records")
-        first = self.zip.entries[0].name
+        first = names[0]
         if "/" not in first:
             raise _other_zip(
-                [e.name for e in self.zip.entries],
-                f"zip record {escape(first, 100)!r} is not inside an archive folder",
+                names, f"zip record {escape(first, 100)!r} is not inside an archive folder"
             )
         self.prefix = first.split("/", 1)[0]
         head = self.prefix + "/"
         cut = len(head)
-        #: relative name -> entry, and every entry under names equal but for case (those are
-        #: ambiguous: torch's lookup is case-insensitive and which copy it reads varies).
-        self._cut = cut
-        names = [entry.name for entry in self.zip.entries]
         if not all(map(str.startswith, names, repeat(head))):
             name = next(name for name in names if not name.startswith(head))
             raise FormatError(
@@ -94,18 +90,21 @@ class TorchZip:
             )
         #: every entry's name relative to the folder, in directory order
         self.relative = relative = [name[cut:] for name in names]
-        self.exact: dict[str, ZipEntry] = dict(zip(relative, self.zip.entries))
+        #: relative name -> entry index, and folded name -> entry index for the names
+        #: folding changes (only those can be found under another case than their own, or
+        #: clash with another name); ``islower()`` is true of every name without an ASCII
+        #: capital, so few names are folded
+        self.exact: dict[str, int] = dict(zip(relative, range(len(relative))))
         self._folded: dict[str, list[ZipEntry]] | None = None
-        #: folded name -> entry, for the names folding changes (only those can be found
-        #: under another case than their own, or clash with another name); ``islower()``
-        #: is true of every name without an ASCII capital, so few names are folded
         # (one pass at memory speed: bytes.lower() changes ASCII capitals only)
         joined = "/".join(relative).encode("utf-8", "surrogatepass")
         capitals = joined.lower() != joined
         changed = [rel for rel in relative if fold_case(rel) != rel] if capitals else []
         self.lower = {fold_case(rel): self.exact[rel] for rel in changed}
+        #: names equal but for case (ambiguous: torch's lookup is case-insensitive and which
+        #: copy it reads varies)
         self.clashes = (
-            len(self.exact) != len(self.zip.entries)
+            len(self.exact) != len(relative)
             or len(self.lower) != len(changed)
             or any(low in self.exact for low in self.lower)
         )
@@ -115,26 +114,28 @@ class TorchZip:
         """Folded relative name -> every entry under it (built on first need)."""
         if self._folded is None:
             self._folded = {}
-            for entry in self.zip.entries:
-                self._folded.setdefault(fold_case(entry.name[self._cut :]), []).append(entry)
+            for i, rel in enumerate(self.relative):
+                self._folded.setdefault(fold_case(rel), []).append(self.zip.entries[i])
         return self._folded
 
     @property
     def records(self) -> dict[str, list[ZipEntry]]:
         """Relative name -> every entry under exactly that name."""
         out: dict[str, list[ZipEntry]] = {}
-        for entry in self.zip.entries:
-            out.setdefault(entry.name[self._cut :], []).append(entry)
+        for i, rel in enumerate(self.relative):
+            out.setdefault(rel, []).append(self.zip.entries[i])
         return out
 
     def find(self, rel: str) -> ZipEntry | None:
         """The record ``rel`` (torch looks names up case-insensitively); ambiguity refused."""
         if not self.clashes:
-            entry = self.exact.get(rel)
-            if entry is None:
+            i = self.exact.get(rel)
+            if i is None:
                 low = fold_case(rel)
-                entry = self.exact.get(low) or self.lower.get(low)
-            return entry
+                i = self.exact.get(low)
+                if i is None:
+                    i = self.lower.get(low)
+            return None if i is None else self.zip.entries[i]
         hits = self.folded.get(fold_case(rel))
         if not hits:
             return None
@@ -208,7 +209,7 @@ def read_zip(src: Source, opts: Options) -> Parsed:
         format="torchscript" if torchscript else "zip",
         obj=obj[0],
         storages=obj[1],
-        records=[e.name for e in archive.zip.entries],
+        records=list(archive.zip.names),
         byteorder=byteorder,
         version=version,
         archive_name=archive.prefix,
@@ -244,21 +245,31 @@ def _unpickle(
 
     # torch writes the storage records in the order the pickle declares them: each lookup
     # tries the record after the last one found before the name table (whose lookups miss
-    # the CPU's caches at a million records); names that fold are left to find()
-    entries, relative = archive.zip.entries, None if archive.clashes else archive.relative
+    # the CPU's caches at a million records); names that fold are left to find().  A record
+    # whose bytes lie in the file as they are (``plain``) is located from the columns alone.
+    directory, relative = archive.zip, archive.relative
+    names, sizes, count = directory.names, directory.sizes, len(relative)
+    plain = None if archive.clashes or lazy else directory.plain_offsets()
     after = 0
 
     def locate(info: StorageInfo) -> None:
         nonlocal after
         name = folder + info.key
+        i = after
+        if plain is not None and i < count and relative[i] == name:
+            start = plain[i]
+            if start >= 0 and sizes[i] == info.nbytes:
+                info.record = names[i]
+                info.offset = start
+                info._reader = stored  # (info.attach(stored), written out: once per storage)
+                after = i + 1
+                return
         entry = None
-        if relative is not None:
-            if after < len(relative) and relative[after] == name:
-                entry = entries[after]
-            else:
-                entry = archive.exact.get(name)
-            if entry is not None:
-                after = entry.index + 1
+        if not archive.clashes:
+            i = after if i < count and relative[i] == name else archive.exact.get(name, -1)
+            if i >= 0:
+                entry = directory.entries[i]
+                after = i + 1
         if entry is None:
             entry = archive.find(name)
         if entry is None:
@@ -275,19 +286,19 @@ def _unpickle(
             )
         method = entry.method
         if method != STORED or entry.flags & 1 or entry.csize != entry.usize:
-            archive.zip.check_readable(entry)
-        start = entry.data_offset
+            directory.check_readable(entry)
+        start = directory.known_offset(entry)
         if method == STORED and lazy and start < 0:
-            info.attach(located_on_read(archive.zip, entry, stored))
+            info.attach(located_on_read(directory, entry, stored))
             return
         if start < 0:
-            start = archive.zip.data_offset(entry)
+            start = directory.data_offset(entry)
         if method == STORED:
             info.offset = start
-            info._reader = stored  # (info.attach(stored), written out: once per storage)
+            info._reader = stored
         else:
             info.compressed = True
-            info.attach(chunked_reader(lambda: archive.zip.inflate(entry), big))
+            info.attach(chunked_reader(lambda: directory.inflate(entry), big))
 
     table = StorageTable(opts.mapper, locate)
     table.stored = stored

@@ -12,13 +12,17 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import pthfmt
 from pthfmt.errors import CorruptError, FormatError
 from pthfmt.formats.torchzip import TorchZip
+from pthfmt.formats.zip import reader
 from pthfmt.formats.zip.reader import ZipArchive
 from pthfmt.source import Source
 
@@ -60,11 +64,17 @@ def _check(raw: bytes) -> ZipArchive:
         (i.filename, i.CRC, i.compress_size, i.file_size, i.header_offset, i.compress_type)
         for i in infos
     ]
+    assert archive.names == [e.name for e in walked]
+    assert archive.sizes == [e.usize for e in walked]
     # payload offsets: the batch scan and the one-by-one reader agree, and the bytes are right
     archive._scan_local()
+    plain = archive.plain_offsets()
+    for entry in walked:  # (plain: what a reader may slice without reading the entry)
+        stored = entry.method == zipfile.ZIP_STORED and entry.csize == entry.usize
+        assert plain[entry.index] == (archive.data_offset(entry) if stored else -1)
     for entry, info in zip(archive.entries, infos):
-        scanned = entry.data_offset
-        entry.data_offset = -1
+        scanned = archive.known_offset(entry)
+        archive.forget_offset(entry)
         assert archive.data_offset(entry) == scanned
         if entry.method == zipfile.ZIP_STORED:
             assert archive.read(entry) == zipfile.ZipFile(io.BytesIO(raw)).read(info)
@@ -220,3 +230,23 @@ def test_zip64_offsets_past_the_file_leave_the_columns_to_the_entries():
     assert archive.entries[3].header_offset == 1 << 40
     assert archive._spans is None
     archive.check_disjoint()
+
+
+def test_a_load_makes_entries_only_for_the_records_it_reads_by_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Storages are located from the directory's columns: a load of 300 tensors makes an
+    entry object for the few records it reads by entry (pickle, version), not per storage."""
+    made: list[str] = []
+    init = reader.ZipEntry.__init__
+
+    def counted(self: reader.ZipEntry, name: str, *args: Any, **kwargs: Any) -> None:
+        made.append(name)
+        init(self, name, *args, **kwargs)
+
+    buf = io.BytesIO()
+    pthfmt.save({f"w{i}": np.full(3, i, np.float32) for i in range(300)}, buf)
+    monkeypatch.setattr(reader.ZipEntry, "__init__", counted)
+    out = pthfmt.load(io.BytesIO(buf.getvalue()))
+    assert [int(out[f"w{i}"][0]) for i in range(300)] == list(range(300))
+    assert 0 < len(made) <= 5, made

@@ -10,10 +10,10 @@ size before it is used, and a deflated record never inflates past its declared s
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from .structs import CENTRAL, DEFLATED, EOCD, LOCAL, STORED, U32_MAX, ZIP64_EOCD
 
 __all__ = [
     "ZipEntry",
+    "Entries",
     "ZipArchive",
     "LocalHeader",
     "STORED",
@@ -73,7 +74,6 @@ class ZipEntry:
         "central_size",
         "crc",
         "csize",
-        "data_offset",
         "flags",
         "header_offset",
         "index",
@@ -107,7 +107,6 @@ class ZipEntry:
         self.central_offset = central_offset
         #: bytes of the directory entry with its name, extra field and comment
         self.central_size = central_size
-        self.data_offset = -1  # from the local header, on first use
         #: the local header, once :meth:`ZipArchive.local_header` has read it
         self.local: LocalHeader | None = None
 
@@ -122,6 +121,39 @@ class ZipEntry:
         )
 
 
+class Entries(Sequence[ZipEntry]):
+    """An archive's directory entries in order, each made on first use from the columns
+    the directory was read into (a load finds the records it reads by name and makes only
+    those few entries)."""
+
+    __slots__ = ("_made", "_make")
+
+    def __init__(self, made: list[ZipEntry | None], make: Callable[[int], ZipEntry]) -> None:
+        self._made = made
+        self._make = make
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    @overload
+    def __getitem__(self, i: int) -> ZipEntry: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[ZipEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> ZipEntry | list[ZipEntry]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self._made)))]
+        entry = self._made[i]
+        if entry is None:
+            entry = self._made[i] = self._make(i % len(self._made))
+        return entry
+
+    def __iter__(self) -> Iterator[ZipEntry]:
+        for i in range(len(self._made)):
+            yield self[i]
+
+
 class ZipArchive:
     """The entries of a zip file held by a :class:`Source`."""
 
@@ -132,10 +164,21 @@ class ZipArchive:
         self.zip64_offset: int | None = None
         self.zip64_record: tuple[Any, ...] | None = None
         self.eocd_offset, self.cd_offset, self.cd_size, count = self._find_directory()
-        #: every entry's local header offset and compressed size as arrays, when the whole
-        #: directory was read at once and all of them lie within the file (else ``None``)
-        self._spans: tuple[np.ndarray, np.ndarray] | None = None
-        self.entries = self._read_central(count)
+        #: every entry's local header offset, compressed size and size as arrays, when the
+        #: whole directory was read at once and all of them lie within the file (else
+        #: ``None``)
+        self._spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: every entry's name, and its size (the columns a load looks records up by)
+        self.names: list[str] = []
+        self.sizes: list[int] = []
+        #: every entry's method and general-purpose flags
+        self._methods: np.ndarray | list[int] = []
+        self._flags: list[int] = []
+        self.entries: Entries = self._read_central(count)
+        #: every entry's payload offset, from its local header (-1: not read yet, or bad)
+        self._payload = [-1] * count
+        #: :meth:`plain_offsets`, once made
+        self._plain: list[int] | None = None
         self._scanned = False
         self._on_demand = hasattr(src, "ensure")  # a remote source (pthfmt.remote)
         #: bytes the deflated records may still inflate to, all of them together
@@ -178,12 +221,22 @@ class ZipArchive:
         return pos, cd_offset, cd_size, count
 
     # -- central directory ---------------------------------------------------------------------
-    def _read_central(self, count: int) -> list[ZipEntry]:
+    def _read_central(self, count: int) -> Entries:
         entries = self._scan_central(count)
-        return entries if entries is not None else self._walk_central(count)
+        if entries is not None:
+            return entries
+        walked = self._walk_central(count)
+        self.names = [e.name for e in walked]
+        self.sizes = [e.usize for e in walked]
+        self._methods = [e.method for e in walked]
+        self._flags = [e.flags for e in walked]
+        made: list[ZipEntry | None] = list(walked)
+        return Entries(made, walked.__getitem__)
 
-    def _scan_central(self, count: int) -> list[ZipEntry] | None:
-        """The whole directory at once, column by column: for a well-formed directory only.
+    def _scan_central(self, count: int) -> Entries | None:
+        """The whole directory at once, column by column: for a well-formed directory only
+        (its entries are made on first use, from the columns: what makes them holds no
+        reference back to the archive).
 
         Every ``PK\\1\\2`` in it is a candidate entry; when the first is at the start, there
         are ``count`` of them and each one's lengths lead exactly to the next, the candidates
@@ -224,7 +277,7 @@ class ZipArchive:
                     names[i] = _name(name.encode("latin-1"), flags[i])
         usize, csize = rows["uncompressed_size"].tolist(), rows["compressed_size"].tolist()
         lho = rows["header_offset"].tolist()
-        central = (at + self.cd_offset).tolist()
+        base = self.cd_offset
         wide = (
             (rows["extra_length"] != 0)
             | (rows["uncompressed_size"] == U32_MAX)
@@ -234,27 +287,37 @@ class ZipArchive:
         widened = np.flatnonzero(wide).tolist()
         for i in widened:
             extra = text[ends[i] : ends[i] + rows["extra_length"][i]]
-            usize[i], csize[i], lho[i] = _zip64(extra, usize[i], csize[i], lho[i], i, central[i])
-        spans = rows["header_offset"].astype(np.int64), rows["compressed_size"].astype(np.int64)
-        if all(lho[i] <= self.src.size and csize[i] <= self.src.size for i in widened):
-            for i in widened:
-                spans[0][i], spans[1][i] = lho[i], csize[i]
-            self._spans = spans
-        return list(
-            map(
-                ZipEntry,
-                names,
-                range(count),
-                rows["method"].tolist(),
-                flags,
-                rows["crc"].tolist(),
-                csize,
-                usize,
-                lho,
-                central,
-                (stop - at).tolist(),
+            usize[i], csize[i], lho[i] = _zip64(
+                extra, usize[i], csize[i], lho[i], i, base + int(at[i])
             )
+        spans = (
+            rows["header_offset"].astype(np.int64),
+            rows["compressed_size"].astype(np.int64),
+            rows["uncompressed_size"].astype(np.int64),
         )
+        if all(max(lho[i], csize[i], usize[i]) <= self.src.size for i in widened):
+            for i in widened:
+                spans[0][i], spans[1][i], spans[2][i] = lho[i], csize[i], usize[i]
+            self._spans = spans
+        self.names, self.sizes = names, usize
+        methods, crcs, sizes = rows["method"], rows["crc"], stop - at
+        self._methods, self._flags = methods, flags
+
+        def make(i: int) -> ZipEntry:
+            return ZipEntry(
+                names[i],
+                i,
+                int(methods[i]),
+                flags[i],
+                int(crcs[i]),
+                csize[i],
+                usize[i],
+                lho[i],
+                base + int(at[i]),
+                int(sizes[i]),
+            )
+
+        return Entries([None] * count, make)
 
     def _walk_central(self, count: int) -> list[ZipEntry]:
         """The directory entry by entry, naming the first that is wrong."""
@@ -316,27 +379,64 @@ class ZipArchive:
         heads = heads.view(LOCAL.dtype)[:, 0]
         start = lho + LOCAL.size + heads["name_length"] + heads["extra_length"]
         good = (lho >= 0) & (heads["signature"] == LOCAL.signature) & (start + csize <= size)
-        for entry, at in zip(entries, np.where(good, start, -1).tolist()):
-            entry.data_offset = at
+        known = self._payload
+        self._payload = np.where(good, start, -1).tolist()
+        for i, at in enumerate(known):  # (those read one by one before: the same offsets)
+            if at >= 0:
+                self._payload[i] = at
+
+    def plain_offsets(self) -> list[int]:
+        """Each entry's payload offset where its bytes lie in the file as they are (stored,
+        not encrypted, compressed size equal to its size, local header good), else -1: what
+        a reader may slice without :meth:`check_readable` or :meth:`data_offset`.  Every
+        local header is scanned first; a source that fetches on demand gets all -1."""
+        if self._plain is None:
+            if self._on_demand:
+                self._plain = [-1] * len(self.entries)
+                return self._plain
+            if not self._scanned:
+                self._scan_local()
+            plain = (np.asarray(self._methods) == STORED) & (
+                np.asarray(self._flags) & zs.FLAG_ENCRYPTED == 0
+            )
+            if self._spans is not None:
+                plain &= self._spans[1] == self._spans[2]
+                payload = np.asarray(self._payload, np.int64)
+                self._plain = np.where(plain, payload, -1).tolist()
+            else:
+                self._plain = [
+                    at if ok and e.csize == e.usize else -1
+                    for at, ok, e in zip(self._payload, plain.tolist(), self.entries)
+                ]
+        return self._plain
 
     def data_offset(self, entry: ZipEntry) -> int:
         """Where the entry's (compressed) bytes start, from its local header (all entries'
         at once, the first time; one by one from a source that fetches on demand, whose
         unfetched bytes must not be scanned)."""
-        if entry.data_offset < 0 and not self._scanned and not self._on_demand:
+        if self._payload[entry.index] < 0 and not self._scanned and not self._on_demand:
             self._scan_local()
         return self.local_data_offset(entry)
 
     def local_data_offset(self, entry: ZipEntry) -> int:
         """:meth:`data_offset` from this entry's local header alone (a source that fetches
         on demand fetches the header, and the data after it, in one request)."""
-        if entry.data_offset < 0:
+        if self._payload[entry.index] < 0:
             fetch = getattr(self.src, "ensure", None)
             if fetch is not None:
                 name = len(entry.name.encode("utf-8", "surrogateescape"))
                 fetch([(entry.header_offset, LOCAL.size + name + _PADDING_GUESS + entry.csize)])
             self._read_local(entry)
-        return entry.data_offset
+        return self._payload[entry.index]
+
+    def known_offset(self, entry: ZipEntry) -> int:
+        """The entry's payload offset if its local header has been read, else -1."""
+        return self._payload[entry.index]
+
+    def forget_offset(self, entry: ZipEntry) -> None:
+        """Drop what is known of the entry's payload offset (tests: the next
+        :meth:`data_offset` reads its local header alone)."""
+        self._payload[entry.index] = -1
 
     def _read_local(self, entry: ZipEntry) -> None:
         buf = self.src.buf
@@ -348,10 +448,11 @@ class ZipArchive:
                 record=entry.name,
                 offset=entry.header_offset,
             )
-        entry.data_offset = (
+        start = (
             entry.header_offset + LOCAL.size + head[zs.LH_NAME_LENGTH] + head[zs.LH_EXTRA_LENGTH]
         )
-        self.src.check(entry.data_offset, entry.csize, "zip record data", entry.name)
+        self.src.check(start, entry.csize, "zip record data", entry.name)
+        self._payload[entry.index] = start
 
     def local_header(self, entry: ZipEntry) -> LocalHeader:
         """The entry's local header, parsed (and kept on ``entry.local``): its fields as
@@ -415,7 +516,7 @@ class ZipArchive:
         a small file could cost memory quadratic in its size."""
         entries = self.entries
         if self._spans is not None:  # (offsets and sizes within the file: no overflow)
-            lho, csize = self._spans
+            lho, csize, _ = self._spans
             at = np.argsort(lho, kind="stable")
             starts = lho[at]
             clash = np.flatnonzero(starts[:-1] + LOCAL.size + csize[at[:-1]] > starts[1:])
