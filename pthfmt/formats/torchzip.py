@@ -88,26 +88,36 @@ class TorchZip:
             raise FormatError(
                 f"zip record {quoted(name)} is outside the archive folder {quoted(head)}"
             )
-        #: every entry's name relative to the folder, in directory order
-        self.relative = relative = [name[cut:] for name in names]
-        #: relative name -> entry index, and folded name -> entry index for the names
+        self.head = head
+        self._relative: list[str] | None = None
+        #: whole name -> entry index, and folded relative name -> entry index for the names
         #: folding changes (only those can be found under another case than their own, or
-        #: clash with another name); ``islower()`` is true of every name without an ASCII
-        #: capital, so few names are folded
-        self.exact: dict[str, int] = dict(zip(relative, range(len(relative))))
+        #: clash with another name)
+        self.exact: dict[str, int] = dict(zip(names, range(len(names))))
         self._folded: dict[str, list[ZipEntry]] | None = None
-        # (one pass at memory speed: bytes.lower() changes ASCII capitals only)
-        joined = "/".join(relative).encode("utf-8", "surrogatepass")
+        # (capitals: one pass at memory speed, bytes.lower() changes ASCII capitals only; the
+        # folder's own name is left out unless it has none)
+        within = names if fold_case(head) == head else self.relative
+        joined = "/".join(within).encode("utf-8", "surrogatepass")
         capitals = joined.lower() != joined
-        changed = [rel for rel in relative if fold_case(rel) != rel] if capitals else []
-        self.lower = {fold_case(rel): self.exact[rel] for rel in changed}
+        changed = [i for i, n in enumerate(within) if fold_case(n) != n] if capitals else []
+        self.lower = {fold_case(names[i][cut:]): i for i in changed}
         #: names equal but for case (ambiguous: torch's lookup is case-insensitive and which
         #: copy it reads varies)
         self.clashes = (
-            len(self.exact) != len(relative)
+            len(self.exact) != len(names)
             or len(self.lower) != len(changed)
-            or any(low in self.exact for low in self.lower)
+            or any(head + low in self.exact for low in self.lower)
         )
+
+    @property
+    def relative(self) -> list[str]:
+        """Every entry's name relative to the folder, in directory order (made on first
+        use)."""
+        if self._relative is None:
+            cut = len(self.head)
+            self._relative = [name[cut:] for name in self.zip.names]
+        return self._relative
 
     @property
     def folded(self) -> dict[str, list[ZipEntry]]:
@@ -129,10 +139,10 @@ class TorchZip:
     def find(self, rel: str) -> ZipEntry | None:
         """The record ``rel`` (torch looks names up case-insensitively); ambiguity refused."""
         if not self.clashes:
-            i = self.exact.get(rel)
+            i = self.exact.get(self.head + rel)
             if i is None:
                 low = fold_case(rel)
-                i = self.exact.get(low)
+                i = self.exact.get(self.head + low)
                 if i is None:
                     i = self.lower.get(low)
             return None if i is None else self.zip.entries[i]
@@ -187,10 +197,11 @@ def _byteorder(archive: TorchZip) -> str:
 def _check_checkpoint(archive: TorchZip) -> None:
     """A precise FormatError for zip archives that are not checkpoints (torch.package
     archives, .npz files, documents): they have no ``data.pkl``."""
-    names = list(archive.exact)
-    package = any(map(str.endswith, names, repeat(".data/extern_modules")))
+    package = any(map(str.endswith, archive.zip.names, repeat(".data/extern_modules")))
     if package or archive.find("data.pkl") is None:
-        raise _other_zip(names, f"record {escape(archive.prefix, NAME_LIMIT)}/data.pkl is missing")
+        raise _other_zip(
+            archive.relative, f"record {escape(archive.prefix, NAME_LIMIT)}/data.pkl is missing"
+        )
 
 
 def read_zip(src: Source, opts: Options) -> Parsed:
@@ -247,16 +258,16 @@ def _unpickle(
     # tries the record after the last one found before the name table (whose lookups miss
     # the CPU's caches at a million records); names that fold are left to find().  A record
     # whose bytes lie in the file as they are (``plain``) is located from the columns alone.
-    directory, relative = archive.zip, archive.relative
-    names, sizes, count = directory.names, directory.sizes, len(relative)
+    directory, inside = archive.zip, archive.head + folder
+    names, sizes, count = directory.names, directory.sizes, len(directory.names)
     plain = None if archive.clashes or lazy else directory.plain_offsets()
     after = 0
 
     def locate(info: StorageInfo) -> None:
         nonlocal after
-        name = folder + info.key
+        whole = inside + info.key
         i = after
-        if plain is not None and i < count and relative[i] == name:
+        if plain is not None and i < count and names[i] == whole:
             start = plain[i]
             if start >= 0 and sizes[i] == info.nbytes:
                 info.record = names[i]
@@ -266,12 +277,12 @@ def _unpickle(
                 return
         entry = None
         if not archive.clashes:
-            i = after if i < count and relative[i] == name else archive.exact.get(name, -1)
+            i = after if i < count and names[i] == whole else archive.exact.get(whole, -1)
             if i >= 0:
                 entry = directory.entries[i]
                 after = i + 1
         if entry is None:
-            entry = archive.find(name)
+            entry = archive.find(folder + info.key)
         if entry is None:
             raise FormatError(
                 f"storage {short_repr(info.key)} has no record "

@@ -64,7 +64,13 @@ class StorageInfo:
     )
 
     def __init__(
-        self, key: str, dtype: DTypeInfo | None, nbytes: int, tag: str, location: Device
+        self,
+        key: str,
+        dtype: DTypeInfo | None,
+        nbytes: int,
+        tag: str,
+        location: Device,
+        storage_class: str | None = None,
     ) -> None:
         self.key = key
         self.dtype = dtype
@@ -75,7 +81,7 @@ class StorageInfo:
         self.offset: int | None = None
         self.compressed = False
         #: the storage class named in the file (``FloatStorage``, ``UntypedStorage``...)
-        self.storage_class: str | None = None
+        self.storage_class = storage_class
         self._buffer: np.ndarray | None = None
         self._reader: Reader | None = None
         self._cache = True
@@ -177,7 +183,22 @@ class StorageTable:
 
     def declare_typed(self, key: str, stype: StorageType, tag: str, numel: int) -> StorageInfo:
         """:meth:`declare` of fields whose types are already checked (``numel >= 0``)."""
-        seen = self.infos.get(key)
+        location = self._locations.get(tag)
+        seen: StorageInfo | None
+        if location is not None:  # (a known tag: the new storage made first, one table access)
+            dtype = stype.dtype
+            nbytes = numel * dtype.itemsize if dtype else numel
+            info = StorageInfo(key, dtype, nbytes, tag, location, stype.name)
+            seen = self.infos.setdefault(key, info)
+            if seen is info:
+                try:
+                    self.locate(info)
+                except BaseException:
+                    del self.infos[key]
+                    raise
+                return info
+        else:
+            seen = self.infos.get(key)
         if seen is not None:
             if (
                 seen.storage_class != stype.name
@@ -191,20 +212,11 @@ class StorageTable:
                     code="storage.redeclared",
                 )
             return seen
-        location = self._locations.get(tag)
-        if location is None:
-            try:
-                location = self._locations[tag] = self.mapper(tag)
-            except ValueError as exc:
-                raise FormatError(
-                    f"storage {short_repr(key)}: {exc}", code="device.invalid"
-                ) from None
-        dtype = stype.dtype
-        info = StorageInfo(key, dtype, numel * dtype.itemsize if dtype else numel, tag, location)
-        info.storage_class = stype.name
-        self.locate(info)
-        self.infos[key] = info
-        return info
+        try:
+            self._locations[tag] = self.mapper(tag)
+        except ValueError as exc:
+            raise FormatError(f"storage {short_repr(key)}: {exc}", code="device.invalid") from None
+        return self.declare_typed(key, stype, tag, numel)  # (now a known tag)
 
     @staticmethod
     def _check(key: object, stype: object, tag: object, numel: object) -> None:
