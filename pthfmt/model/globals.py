@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import FormatError
 from ..text import escape
 
-__all__ = ["Global", "FastPath"]
+__all__ = ["Global", "FastPath", "Unmade"]
 
 
 #: ``fast(data, pos, end, memo, sparse, stack, glob)``: a global's own way through the
@@ -56,3 +56,19 @@ class Global:
 
     def __repr__(self) -> str:
         return f"<allowed global {escape(self.qualname)}>"
+
+
+class Unmade:
+    """A memo entry a fast path left unmade: values the loop would memoize that a pickle
+    hardly ever reads back (torch's per-tensor persistent id, hooks and argument tuple).
+    The pickle machine makes one on its first memo get, ``make(index)``, and stores it
+    over this stand-in; nothing else ever sees one (a memo get is the only way out of the
+    memo)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[int], Any]) -> None:
+        self.make = make
+
+    def __repr__(self) -> str:
+        return "<unmade memo entry>"

@@ -40,7 +40,7 @@ from ..errors import (
     UnsafePickleError,
     UnsupportedError,
 )
-from ..model.globals import Global
+from ..model.globals import Global, Unmade
 from ..model.tree import walk
 from ..text import short_repr
 from .keys import KeyGuard
@@ -233,11 +233,14 @@ class Unpickler:
                         idx = u4(data, pos + 1)[0]
                         after = pos + 5
                     value = memo[idx] if idx < len(memo) else self._sparse_get(idx)
-                    if type(value) is Global and value.fast is not None and fast:
-                        done = value.fast(data, after, end, memo, sparse, stack, value)
-                        if done is not None:  # (else: the loop runs the same opcodes)
-                            pos = done
-                            continue
+                    if type(value) is Global:
+                        if value.fast is not None and fast:
+                            done = value.fast(data, after, end, memo, sparse, stack, value)
+                            if done is not None:  # (else: the loop runs the same opcodes)
+                                pos = done
+                                continue
+                    elif type(value) is Unmade:
+                        value = memo[idx] = value.make(idx)
                     stack.append(value)
                     pos = after
                 elif code == 0x4B:  # BININT1
@@ -506,7 +509,10 @@ class Unpickler:
 
     def _get(self, idx: int) -> None:
         memo = self.memo
-        self.stack.append(memo[idx] if 0 <= idx < len(memo) else self._sparse_get(idx))
+        value = memo[idx] if 0 <= idx < len(memo) else self._sparse_get(idx)
+        if type(value) is Unmade:
+            value = memo[idx] = value.make(idx)
+        self.stack.append(value)
 
     def _store(self, idx: int, value: Any) -> None:
         memo = self.memo

@@ -21,6 +21,12 @@ any memo or stack change*, and the loop runs the same bytes opcode by opcode, so
 error message and error offset is the loop's own.  Handler calls repeated that way are
 idempotent (a storage declared again is the same storage).
 
+Three of a tensor's seven memo entries, its persistent id, hooks and argument tuple, are
+never read back by torch's pickles: when the tensor's key is new and its puts are long (most
+tensors), the path leaves them *unmade* (:class:`~pthfmt.model.globals.Unmade`) and makes
+them, from the tensor's opcodes, only if a memo get reads one (a tenth of a many-tensor
+load's time and a third of its transient memory otherwise).
+
 After a tensor the path goes on by itself (*run continuation*) while the next item of the
 dict or list being built is another such tensor, keyed by a new ``BINUNICODE`` string put to
 the next memo index or by a memo get (torch's state dicts and optimizer state): it pushes and
@@ -35,12 +41,14 @@ from __future__ import annotations
 
 import re
 import struct
+from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
 
 from ..errors import PthError
-from ..model.globals import Global
+from ..model.globals import Global, Unmade
 from ..model.storage import SMALL_COPY, StorageInfo, StorageType, StoredReader
 from ..model.tensor import TensorRef, view_of
 from ..pickle.opcodes import BY_NAME
@@ -134,6 +142,9 @@ _LAST_SEVEN: Final = (1 << 32) - 6
 
 
 _ORDERED_DICT: Final = "collections.OrderedDict"
+#: A tensor's unmade memo entries, from its first memo index: the persistent id, the hooks
+#: and the argument tuple (their order in :meth:`TensorTemplate._make`'s ``made``).
+_ROLES: Final = {1: 0, 4: 1, 5: 2}
 
 
 def _shape(tok: bytes) -> tuple[int, ...]:
@@ -194,15 +205,21 @@ class TensorTemplate:
     """
 
     __slots__ = (
+        "bases",
         "copies_from",
         "declare",
         "direct",
         "eager",
         "gets",
+        "hit_bases",
+        "hits",
         "make_tensor",
         "mmap",
+        "starts",
         "stored",
         "tuples",
+        "unmade",
+        "unmade_from",
         "views",
     )
 
@@ -243,6 +260,13 @@ class TensorTemplate:
         #: memo indices, the largest of them, and the objects found there when they passed
         #: the checks: while those very objects are there, they pass again
         self.gets: dict[tuple[bytes, bytes, bytes], tuple[Any, ...]] = {}
+        #: Unmade memo entries (see :class:`_Unmade`): the stand-in, and the same columns
+        #: as the one making them (no reference back: no cycle)
+        unmade = _Unmade(declare, self.views)
+        self.unmade = Unmade(unmade.make)
+        self.bases, self.starts = unmade.bases, unmade.starts
+        self.hit_bases, self.hits = unmade.hit_bases, unmade.hits
+        self.unmade_from = unmade
 
     def run(
         self,
@@ -259,6 +283,7 @@ class TensorTemplate:
         position after them, or ``None`` with nothing changed."""
         if sparse:
             return None
+        self.unmade_from.data = data
         pos = self._tensor(data, pos, end, memo, stack)
         if pos < 0:
             return None
@@ -441,8 +466,8 @@ class TensorTemplate:
         if view is None:
             view = self._view(*toks)
         size, stride, span = view
-        pid = (tag, storage_class, key, location, numel)
         key_put, size_put, stride_put = g[4], g[10], g[12]
+        values: list[Any] | None
         if (
             key_put is not None
             and size_put is not None
@@ -453,18 +478,22 @@ class TensorTemplate:
         ):  # seven LONG_BINPUTs (written out: most tensors; ``_stored`` does the others)
             if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
                 return -1
-            values = [key, pid, size, stride]
+            # (a new key: what the unmade entries hold can be read again from the bytes)
+            values = (
+                None
+                if g[2] is not None
+                else [key, (tag, storage_class, key, location, numel), size, stride]
+            )
         else:
-            stored = _stored(g, n, key, pid, size, g[10], stride, g[12])
-            if stored is None:
+            pid = (tag, storage_class, key, location, numel)
+            values = _stored(g, n, key, pid, size, g[10], stride, g[12])
+            if values is None:
                 return -1
-            values = stored
         t = g[8]
         offset = t[1] if len(t) == 2 else t[1] | t[2] << 8
         requires_grad = g[13][0] == _NEWTRUE
         try:
             storage = self.declare(key, storage_class, location, numel)
-            hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)
             dtype = storage.dtype
             if not self.direct or dtype is None or type(storage) is not StorageInfo:
                 tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
@@ -493,7 +522,62 @@ class TensorTemplate:
                     tensor = view_of(buffer, dtype, offset, size, stride)
         except (PthError, MemoryError):
             return -1  # the loop runs the same opcodes and raises it where it belongs
-        memo += values
-        memo += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
+        if values is None:  # the persistent id, hooks and argument tuple left unmade
+            unmade = self.unmade
+            memo += (key, unmade, size, stride, unmade, unmade, tensor)
+            self.bases.append(n)
+            self.starts.append(pos)
+            if not self.hits or hit is not self.hits[-1]:
+                self.hit_bases.append(n)
+                self.hits.append(hit)
+        else:
+            hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)
+            memo += values
+            memo += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
         stack.append(tensor)
         return m.end()
+
+
+class _Unmade:
+    """What one template's unmade memo entries are made from: for each tensor that left
+    some (a new key and seven ``LONG_BINPUT``s, the commonest case), its first memo index
+    and where its opcodes start in ``data``; the ``gets`` entries those tensors passed, each
+    from the first index it served; and the entries made so far, by first memo index."""
+
+    __slots__ = ("bases", "data", "declare", "hit_bases", "hits", "made", "starts", "views")
+
+    def __init__(self, declare: Callable[..., Any], views: dict[Any, tuple[Any, Any, int]]) -> None:
+        self.declare = declare
+        self.views = views
+        self.data: Any = b""
+        self.bases = array("q")
+        self.starts = array("q")
+        self.hit_bases = array("q")
+        self.hits: list[tuple[Any, ...]] = []
+        self.made: dict[int, tuple[Any, Any, Any]] = {}
+
+    def make(self, idx: int) -> Any:
+        """The unmade memo entry ``idx``: the persistent id, hooks or argument tuple of the
+        tensor whose seven entries start at the last of ``bases`` not after it, as the loop
+        makes them from that tensor's opcodes (all three at once, so that the argument tuple
+        holds the very hooks, whichever is read first)."""
+        k = bisect_right(self.bases, idx) - 1
+        n = self.bases[k]
+        made = self.made.get(n)
+        if made is None:
+            m = _PATTERN.match(self.data, self.starts[k])
+            assert m is not None  # (it matched when the entries were left unmade)
+            g = m.groups()
+            hit = self.hits[bisect_right(self.hit_bases, n) - 1]
+            tag, storage_class, location = hit[5], hit[6], hit[7]
+            key = str(g[2], "ascii")
+            t = g[6]
+            numel = t[1] if len(t) == 2 else t[1] | t[2] << 8
+            t = g[8]
+            offset = t[1] if len(t) == 2 else t[1] | t[2] << 8
+            size, stride, _ = self.views[g[9], g[11]]
+            storage = self.declare(key, storage_class, location, numel)  # (the same one)
+            hook: OrderedDict[Any, Any] = OrderedDict()
+            args = (storage, offset, size, stride, g[13][0] == _NEWTRUE, hook)
+            made = self.made[n] = ((tag, storage_class, key, location, numel), hook, args)
+        return made[_ROLES[idx - n]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import OrderedDict
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pthfmt.model.storage import StorageTable
 from pthfmt.pickle.machine import Unpickler
 from pthfmt.source import Source
 from pthfmt.strategies import state_dicts
+from pthfmt.torch import tensor_template
 from pthfmt.torch.handlers import TorchHandlers
 from tests.support.fastpath import count_fast_path, count_runs
 
@@ -523,3 +525,90 @@ def test_a_run_goes_on_when_the_rebuild_global_is_a_long_memo_get(
     pkl = _pickle_region(data)[1]
     assert pkl[calls[0] - 5] == 0x6A  # LONG_BINGET
     assert assert_same(data)[0] == "tree"
+
+
+# -- unmade memo entries: a tensor's persistent id, hooks and argument tuple, read back ------
+MANY = saved({f"w{i}": np.full((i % 3 + 1, 2), i, np.float32) for i in range(80)})
+MANY_NAME, MANY_PICKLE = _pickle_region(MANY)
+
+
+def _tensor_slots(pkl: bytes, which: int) -> int:
+    """The first memo index of the ``which``-th tensor whose entries the loop makes as
+    ``key, pid, size, stride, hooks, args, tensor`` with seven ``LONG_BINPUT``s (the
+    fast path leaves pid, hooks and args unmade)."""
+    import pickletools
+
+    ops = list(pickletools.genops(pkl))
+    firsts = [  # (the put of a storage key: a string of digits)
+        arg
+        for (before, key, _), (op, arg, _) in pairwise(ops)
+        if op.name == "LONG_BINPUT" and before.name == "BINUNICODE" and key.isdigit()
+    ]
+    return firsts[which]
+
+
+def _reading(pkl: bytes, body: bytes) -> bytes:
+    """``pkl`` with ``SETITEMS`` of ``body``'s items into the top-level dict before STOP."""
+    assert pkl.endswith(b".")
+    return _with_pickle(MANY, MANY_NAME, pkl[:-1] + b"(" + body + b"u.")
+
+
+def _get(idx: int) -> bytes:
+    return b"j" + idx.to_bytes(4, "little")
+
+
+def _key(text: str) -> bytes:
+    return b"X" + len(text).to_bytes(4, "little") + text.encode()
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [(1,), (4,), (5,), (4, 5), (5, 4), (1, 5, 4, 5), (5, 5)],
+    ids=lambda r: "-".join(map(str, r)),
+)
+def test_unmade_entries_read_back_are_what_the_loop_made(
+    roles: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pickle reading back a tensor's persistent id (n+1), hooks (n+4) or argument tuple
+    (n+5) gets what the loop memoized: equal values, the argument tuple holding the very
+    hooks, whichever is read first, and each read of one entry the same object."""
+    n = _tensor_slots(MANY_PICKLE, 20)
+    body = b"".join(_key(f"r{i}") + _get(n + r) for i, r in enumerate(roles))
+    data = _reading(MANY_PICKLE, body)
+    assert assert_same(data)[0] == "tree"
+    made: list[int] = []
+    make = tensor_template._Unmade.make
+    monkeypatch.setattr(
+        tensor_template._Unmade, "make", lambda self, idx: made.append(idx) or make(self, idx)
+    )
+    out = pthfmt.load(io.BytesIO(data))
+    assert made == list(dict.fromkeys(n + r for r in roles))  # (each entry made once)
+    read = [out[f"r{i}"] for i in range(len(roles))]
+    for r, value in zip(roles, read):
+        if r == 1:
+            assert value[0] == "storage" and value[2].isdigit() and type(value[4]) is int
+        elif r == 4:
+            assert type(value) is OrderedDict and not value
+        else:
+            assert len(value) == 6 and type(value[5]) is OrderedDict
+    if 4 in roles and 5 in roles:
+        assert read[roles.index(5)][5] is read[roles.index(4)]
+
+
+def test_unmade_entries_of_many_tensors_read_back_in_any_order() -> None:
+    firsts = [_tensor_slots(MANY_PICKLE, k) for k in (0, 7, 30, 31, 45)]
+    body = b"".join(_key(f"r{n}.{r}") + _get(n + r) for n in reversed(firsts) for r in (5, 1, 4))
+    assert assert_same(_reading(MANY_PICKLE, body))[0] == "tree"
+
+
+def test_a_put_over_an_unmade_entry_is_what_a_later_read_gets() -> None:
+    """A value put over a tensor's hooks entry before anything read it: reading that entry
+    gets the value, and the argument tuple still holds hooks of its own (the loop's)."""
+    n = _tensor_slots(MANY_PICKLE, 20)
+    over = _key("over") + b"r" + (n + 4).to_bytes(4, "little") + b"0"  # (put, then POP)
+    body = _key("a") + _get(n + 4) + _key("b") + _get(n + 5)
+    pkl = MANY_PICKLE[:-1] + over + b"(" + body + b"u."
+    data = _with_pickle(MANY, MANY_NAME, pkl)
+    assert assert_same(data)[0] == "tree"
+    out = pthfmt.load(io.BytesIO(data))
+    assert out["a"] == "over" and type(out["b"][5]) is OrderedDict
