@@ -385,8 +385,8 @@ class TensorTemplate:
                 key = memo[idx]
                 if key is rebuild:
                     at = pos
-                elif type(key) is Global or at + 2 > end:
-                    break
+                elif type(key) is Global or type(key) is Unmade or at + 2 > end:
+                    break  # (an unmade entry: the loop's get makes it)
                 else:
                     keyed = True
             else:

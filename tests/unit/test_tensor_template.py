@@ -612,3 +612,31 @@ def test_a_put_over_an_unmade_entry_is_what_a_later_read_gets() -> None:
     assert assert_same(data)[0] == "tree"
     out = pthfmt.load(io.BytesIO(data))
     assert out["a"] == "over" and type(out["b"][5]) is OrderedDict
+
+
+@pytest.mark.parametrize("role", [1, 4, 5])
+def test_an_unmade_entry_read_back_as_a_dict_key_is_made_first(role: int) -> None:
+    """An item of a run keyed by a memo get of an earlier tensor's unmade entry (instead of
+    a new string): the run stops there and the loop's get makes it (a pid or argument tuple
+    as the key, an OrderedDict refused as the loop refuses it)."""
+    import pickletools
+
+    n = _tensor_slots(MANY_PICKLE, 5)
+    key = _key("w75")  # (a later item of the same run)
+    at = MANY_PICKLE.index(key)
+    dropped = int.from_bytes(MANY_PICKLE[at + len(key) + 1 : at + len(key) + 5], "little")
+    out = bytearray()  # the key a memo get, its put gone, later memo indices one lower
+    ops = list(pickletools.genops(MANY_PICKLE))
+    for k, (op, arg, pos) in enumerate(ops):
+        stop = ops[k + 1][2] if k + 1 < len(ops) else len(MANY_PICKLE)
+        if pos == at:
+            out += _get(n + role)
+        elif pos == at + len(key):
+            pass
+        elif op.name in ("LONG_BINPUT", "LONG_BINGET") and arg > dropped:
+            out += MANY_PICKLE[pos : pos + 1] + (arg - 1).to_bytes(4, "little")
+        else:
+            out += MANY_PICKLE[pos:stop]
+    pkl = bytes(out)
+    fast = assert_same(_with_pickle(MANY, MANY_NAME, pkl))
+    assert fast[0] == ("tree" if role == 1 else "error")  # (unhashable: refused)
