@@ -640,3 +640,18 @@ def test_an_unmade_entry_read_back_as_a_dict_key_is_made_first(role: int) -> Non
     pkl = bytes(out)
     fast = assert_same(_with_pickle(MANY, MANY_NAME, pkl))
     assert fast[0] == ("tree" if role == 1 else "error")  # (unhashable: refused)
+
+
+def _memo_size(pkl: bytes) -> int:
+    import pickletools
+
+    return 1 + max(arg for op, arg, _ in pickletools.genops(pkl) if op.name.endswith("PUT"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, _memo_size(MANY_PICKLE) - 1), max_size=12))
+def test_memo_gets_of_any_entries_agree_with_the_loop(indices: list[int]) -> None:
+    """Items whose values are memo gets of any entries (made, unmade, read twice) at the end
+    of a many-tensor pickle: the same tree as the loop's."""
+    body = b"".join(_key(f"r{i}") + _get(idx) for i, idx in enumerate(indices))
+    assert assert_same(_reading(MANY_PICKLE, body))[0] == "tree"
