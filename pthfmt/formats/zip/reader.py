@@ -121,6 +121,18 @@ class ZipEntry:
         )
 
 
+def _signatures(buf: np.ndarray, sig: bytes) -> np.ndarray:
+    """Every offset of ``buf`` (``uint8``) where the 4-byte ``sig`` starts, in order: one
+    pass of 4-byte words per alignment (a zip signature cannot overlap itself)."""
+    want = np.frombuffer(sig, "<u4")[0]
+    found = []
+    for phase in range(4):
+        words = (len(buf) - phase) // 4
+        at = np.flatnonzero(buf[phase : phase + 4 * words].view("<u4") == want)
+        found.append(at * 4 + phase)
+    return np.sort(np.concatenate(found))
+
+
 class Entries(Sequence[ZipEntry]):
     """An archive's directory entries in order, each made on first use from the columns
     the directory was read into (a load finds the records it reads by name and makes only
@@ -173,7 +185,7 @@ class ZipArchive:
         self.sizes: list[int] = []
         #: every entry's method and general-purpose flags
         self._methods: np.ndarray | list[int] = []
-        self._flags: list[int] = []
+        self._flags: np.ndarray | list[int] = []
         self.entries: Entries = self._read_central(count)
         #: every entry's payload offset, from its local header (-1: not read yet, or bad)
         self._payload = [-1] * count
@@ -250,14 +262,8 @@ class ZipArchive:
         sig = CENTRAL.signature
         assert sig is not None
         text = bytes(cd)
-        if text.count(sig) != count:  # (a signature cannot overlap itself)
-            return None
-        # where the signatures are: bytes of masks, and an offset only for each of the count
-        found = cd[: size - 3] == sig[0]
-        for i in (1, 2, 3):
-            found &= cd[i : size - 3 + i] == sig[i]
-        at = np.flatnonzero(found[: size - CENTRAL.size + 1])
-        if len(at) != count or at[0] != 0:
+        at = _signatures(cd, sig)
+        if len(at) != count or at[0] != 0 or at[-1] > size - CENTRAL.size:
             return None
         rows = np.lib.stride_tricks.sliding_window_view(cd, CENTRAL.size)[at]
         rows = rows.view(CENTRAL.dtype)[:, 0]
@@ -301,7 +307,7 @@ class ZipArchive:
             self._spans = spans
         self.names, self.sizes = names, usize
         methods, crcs, sizes = rows["method"], rows["crc"], stop - at
-        self._methods, self._flags = methods, flags
+        self._methods, self._flags = methods, rows["flags"]
 
         def make(i: int) -> ZipEntry:
             return ZipEntry(
@@ -379,11 +385,18 @@ class ZipArchive:
         heads = heads.view(LOCAL.dtype)[:, 0]
         start = lho + LOCAL.size + heads["name_length"] + heads["extra_length"]
         good = (lho >= 0) & (heads["signature"] == LOCAL.signature) & (start + csize <= size)
+        payload = np.where(good, start, -1)
         known = self._payload
-        self._payload = np.where(good, start, -1).tolist()
+        self._payload = payload.tolist()
         for i, at in enumerate(known):  # (those read one by one before: the same offsets)
             if at >= 0:
                 self._payload[i] = at
+        if self._spans is not None:  # (plain_offsets from the same columns)
+            plain = (np.asarray(self._methods) == STORED) & (
+                np.asarray(self._flags) & zs.FLAG_ENCRYPTED == 0
+            )
+            plain &= self._spans[1] == self._spans[2]
+            self._plain = np.where(plain, payload, -1).tolist()
 
     def plain_offsets(self) -> list[int]:
         """Each entry's payload offset where its bytes lie in the file as they are (stored,
@@ -396,18 +409,14 @@ class ZipArchive:
                 return self._plain
             if not self._scanned:
                 self._scan_local()
-            plain = (np.asarray(self._methods) == STORED) & (
+        if self._plain is None:  # (not made by the scan: from the entries)
+            stored = (np.asarray(self._methods) == STORED) & (
                 np.asarray(self._flags) & zs.FLAG_ENCRYPTED == 0
             )
-            if self._spans is not None:
-                plain &= self._spans[1] == self._spans[2]
-                payload = np.asarray(self._payload, np.int64)
-                self._plain = np.where(plain, payload, -1).tolist()
-            else:
-                self._plain = [
-                    at if ok and e.csize == e.usize else -1
-                    for at, ok, e in zip(self._payload, plain.tolist(), self.entries)
-                ]
+            self._plain = [
+                at if ok and e.csize == e.usize else -1
+                for at, ok, e in zip(self._payload, stored.tolist(), self.entries)
+            ]
         return self._plain
 
     def data_offset(self, entry: ZipEntry) -> int:
