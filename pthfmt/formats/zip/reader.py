@@ -188,7 +188,7 @@ class ZipArchive:
         self._flags: np.ndarray | list[int] = []
         self.entries: Entries = self._read_central(count)
         #: every entry's payload offset, from its local header (-1: not read yet, or bad)
-        self._payload = [-1] * count
+        self._payload = np.full(count, -1, np.int64)
         #: :meth:`plain_offsets`, once made
         self._plain: list[int] | None = None
         self._scanned = False
@@ -261,7 +261,6 @@ class ZipArchive:
         cd = self.src.whole[self.cd_offset : self.cd_offset + size]
         sig = CENTRAL.signature
         assert sig is not None
-        text = bytes(cd)
         at = _signatures(cd, sig)
         if len(at) != count or at[0] != 0 or at[-1] > size - CENTRAL.size:
             return None
@@ -272,17 +271,21 @@ class ZipArchive:
         stop = ends + rows["extra_length"] + rows["comment_length"]
         if not (stop[:-1] == at[1:]).all() or stop[-1] > size:
             return None
-        flags = rows["flags"].tolist()
-        # ASCII reads the same in UTF-8 and cp437: slice one string decoded byte for byte,
-        # and decode the names holding a byte >= 0x80 again, by their own flag.
-        latin = str(text, "latin-1")
+        flags = rows["flags"]
+        # ASCII reads the same in UTF-8 and cp437: slice one string decoded byte for byte
+        # (straight from the file's buffer), and decode the names holding a byte >= 0x80
+        # again, by their own flag.
+        latin = str(self.src.view[self.cd_offset : self.cd_offset + size], "latin-1")
         names = [latin[a:b] for a, b in zip(names_at.tolist(), ends.tolist())]
         if not all(map(str.isascii, names)):
             for i, name in enumerate(names):
                 if not name.isascii():
-                    names[i] = _name(name.encode("latin-1"), flags[i])
-        usize, csize = rows["uncompressed_size"].tolist(), rows["compressed_size"].tolist()
-        lho = rows["header_offset"].tolist()
+                    names[i] = _name(name.encode("latin-1"), int(flags[i]))
+        # sizes as a list (what locating a record reads), the rest as columns (zip64 values
+        # are 8-byte fields: uint64)
+        usize = rows["uncompressed_size"].tolist()
+        csize = rows["compressed_size"].astype(np.uint64)
+        lho = rows["header_offset"].astype(np.uint64)
         base = self.cd_offset
         wide = (
             (rows["extra_length"] != 0)
@@ -292,33 +295,30 @@ class ZipArchive:
         )
         widened = np.flatnonzero(wide).tolist()
         for i in widened:
-            extra = text[ends[i] : ends[i] + rows["extra_length"][i]]
-            usize[i], csize[i], lho[i] = _zip64(
-                extra, usize[i], csize[i], lho[i], i, base + int(at[i])
+            extra = bytes(cd[ends[i] : ends[i] + rows["extra_length"][i]])
+            usize[i], c, h = _zip64(
+                extra, usize[i], int(csize[i]), int(lho[i]), i, base + int(at[i])
             )
-        spans = (
-            rows["header_offset"].astype(np.int64),
-            rows["compressed_size"].astype(np.int64),
-            rows["uncompressed_size"].astype(np.int64),
-        )
-        if all(max(lho[i], csize[i], usize[i]) <= self.src.size for i in widened):
+            csize[i], lho[i] = c, h
+        if all(max(usize[i], int(csize[i]), int(lho[i])) <= self.src.size for i in widened):
+            full = rows["uncompressed_size"].astype(np.int64)
             for i in widened:
-                spans[0][i], spans[1][i], spans[2][i] = lho[i], csize[i], usize[i]
-            self._spans = spans
+                full[i] = usize[i]
+            self._spans = lho.astype(np.int64), csize.astype(np.int64), full
         self.names, self.sizes = names, usize
         methods, crcs, sizes = rows["method"], rows["crc"], stop - at
-        self._methods, self._flags = methods, rows["flags"]
+        self._methods, self._flags = methods, flags
 
         def make(i: int) -> ZipEntry:
             return ZipEntry(
                 names[i],
                 i,
                 int(methods[i]),
-                flags[i],
+                int(flags[i]),
                 int(crcs[i]),
-                csize[i],
+                int(csize[i]),
                 usize[i],
-                lho[i],
+                int(lho[i]),
                 base + int(at[i]),
                 int(sizes[i]),
             )
@@ -386,11 +386,9 @@ class ZipArchive:
         start = lho + LOCAL.size + heads["name_length"] + heads["extra_length"]
         good = (lho >= 0) & (heads["signature"] == LOCAL.signature) & (start + csize <= size)
         payload = np.where(good, start, -1)
-        known = self._payload
-        self._payload = payload.tolist()
-        for i, at in enumerate(known):  # (those read one by one before: the same offsets)
-            if at >= 0:
-                self._payload[i] = at
+        known = self._payload >= 0  # (those read one by one before: the same offsets)
+        payload[known] = self._payload[known]
+        self._payload = payload
         if self._spans is not None:  # (plain_offsets from the same columns)
             plain = (np.asarray(self._methods) == STORED) & (
                 np.asarray(self._flags) & zs.FLAG_ENCRYPTED == 0
@@ -415,7 +413,7 @@ class ZipArchive:
             )
             self._plain = [
                 at if ok and e.csize == e.usize else -1
-                for at, ok, e in zip(self._payload, stored.tolist(), self.entries)
+                for at, ok, e in zip(self._payload.tolist(), stored.tolist(), self.entries)
             ]
         return self._plain
 
@@ -436,11 +434,11 @@ class ZipArchive:
                 name = len(entry.name.encode("utf-8", "surrogateescape"))
                 fetch([(entry.header_offset, LOCAL.size + name + _PADDING_GUESS + entry.csize)])
             self._read_local(entry)
-        return self._payload[entry.index]
+        return int(self._payload[entry.index])
 
     def known_offset(self, entry: ZipEntry) -> int:
         """The entry's payload offset if its local header has been read, else -1."""
-        return self._payload[entry.index]
+        return int(self._payload[entry.index])
 
     def forget_offset(self, entry: ZipEntry) -> None:
         """Drop what is known of the entry's payload offset (tests: the next
