@@ -213,6 +213,7 @@ class TensorTemplate:
         "gets",
         "hit_bases",
         "hits",
+        "last_hit",
         "make_tensor",
         "mmap",
         "starts",
@@ -266,6 +267,7 @@ class TensorTemplate:
         self.unmade = Unmade(unmade.make)
         self.bases, self.starts = unmade.bases, unmade.starts
         self.hit_bases, self.hits = unmade.hit_bases, unmade.hits
+        self.last_hit: tuple[Any, ...] | None = None
         self.unmade_from = unmade
 
     def run(
@@ -527,7 +529,8 @@ class TensorTemplate:
             memo += (key, unmade, size, stride, unmade, unmade, tensor)
             self.bases.append(n)
             self.starts.append(pos)
-            if not self.hits or hit is not self.hits[-1]:
+            if hit is not self.last_hit:
+                self.last_hit = hit
                 self.hit_bases.append(n)
                 self.hits.append(hit)
         else:
