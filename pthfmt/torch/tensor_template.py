@@ -128,6 +128,9 @@ _PATTERN: Final = re.compile(
     re.S,
 )
 _U4 = struct.Struct("<I").unpack_from
+#: a LONG_BINPUT then a BINGET (torch memoizes its globals first): (opcode, index, opcode,
+#: index)
+_LONG_PUT_GET = struct.Struct("<BIBB").unpack_from
 _NEWTRUE = BY_NAME["NEWTRUE"].code
 _BININT1 = BY_NAME["BININT1"].code
 _BINGET = BY_NAME["BINGET"].code
@@ -355,6 +358,24 @@ class TensorTemplate:
                 if start > end:
                     break
                 stop = start + u4(data, pos + 1)[0]
+                if stop + 7 <= end:  # its LONG_BINPUT and a BINGET of rebuild, read at once
+                    put, idx, get, glob = _LONG_PUT_GET(data, stop)
+                    if put == 0x72 and get == 0x68 and idx == len(memo):
+                        if glob >= len(memo) or memo[glob] is not rebuild:
+                            break
+                        try:
+                            key = str(data[start:stop], "utf-8", "surrogatepass")
+                        except UnicodeDecodeError:
+                            break
+                        memo.append(key)
+                        stack.append(key)
+                        done = self._tensor(data, stop + 7, end, memo, stack)
+                        if done < 0:
+                            memo.pop()
+                            stack.pop()
+                            break
+                        pos = done
+                        continue
                 if stop + 4 > end:  # (a put and a get at least)
                     break
                 code = data[stop]

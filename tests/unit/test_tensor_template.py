@@ -655,3 +655,42 @@ def test_memo_gets_of_any_entries_agree_with_the_loop(indices: list[int]) -> Non
     of a many-tensor pickle: the same tree as the loop's."""
     body = b"".join(_key(f"r{i}") + _get(idx) for i, idx in enumerate(indices))
     assert assert_same(_reading(MANY_PICKLE, body))[0] == "tree"
+
+
+_LONG_SPAN = range(MANY_PICKLE.index(_key("w60")) - 4, MANY_PICKLE.index(_key("w62")) + 12)
+
+
+@pytest.mark.parametrize("pos", _LONG_SPAN)
+def test_a_long_index_run_broken_at_every_position_agrees_with_the_loop(pos: int) -> None:
+    """As above, over items whose puts and gets take 4-byte memo indices (the run reads a
+    new key's LONG_BINPUT and the rebuild get at once)."""
+    byte = MANY_PICKLE[pos]
+    for value in {byte ^ 1, byte + 1 & 255, 0x58, 0x68, 0x6A, 0x72, 0xFF, None}:
+        if value == byte:
+            continue
+        pkl = bytearray(MANY_PICKLE)
+        if value is None:
+            del pkl[pos]
+        else:
+            pkl[pos] = value
+        assert_same(_with_pickle(MANY, MANY_NAME, bytes(pkl)))
+
+
+def test_a_key_put_over_an_earlier_entry_in_a_long_index_run_agrees_with_the_loop() -> None:
+    """A run's new key put to an earlier memo index (over another key) instead of the next:
+    the run stops there; a memo get of that entry reads the new key, and one of the next
+    index finds nothing stored there, as in the loop."""
+    first = MANY_PICKLE.index(_key("w60")) + len(_key("w60"))
+    second = MANY_PICKLE.index(_key("w61")) + len(_key("w61"))
+    assert MANY_PICKLE[first] == MANY_PICKLE[second] == 0x72
+    earlier = int.from_bytes(MANY_PICKLE[first + 1 : first + 5], "little")
+    pkl = bytearray(MANY_PICKLE)
+    pkl[second + 1 : second + 5] = earlier.to_bytes(4, "little")
+    data = _with_pickle(MANY, MANY_NAME, bytes(pkl[:-1] + b"(" + _key("r") + _get(earlier) + b"u."))
+    assert assert_same(data)[0] == "tree"
+    assert pthfmt.load(io.BytesIO(data))["r"] == "w61"
+    # the entries after it: the loop stored the next tensor's from one index later
+    data = _with_pickle(
+        MANY, MANY_NAME, bytes(pkl[:-1] + b"(" + _key("r") + _get(earlier + 8) + b"u.")
+    )
+    assert assert_same(data)[0] == "error"
