@@ -47,6 +47,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
 
+import numpy as np
+
 from ..errors import PthError
 from ..model.globals import Global, Unmade
 from ..model.storage import SMALL_COPY, StorageInfo, StorageType, StoredReader
@@ -220,6 +222,7 @@ class TensorTemplate:
         "make_tensor",
         "mmap",
         "starts",
+        "steps",
         "stored",
         "tuples",
         "unmade",
@@ -260,6 +263,8 @@ class TensorTemplate:
         #: empty tuple) -> the size, the stride, and the offset of the last element from the
         #: first in elements (-1: no elements)
         self.views: dict[tuple[bytes | None, bytes | None], tuple[Any, Any, int]] = {}
+        #: (stride, item size) -> the stride in bytes (what numpy takes)
+        self.steps: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
         #: the memo get tokens of a tensor's tag, storage class, location and hooks -> their
         #: memo indices, the largest of them, and the objects found there when they passed
         #: the checks: while those very objects are there, they pass again
@@ -539,10 +544,16 @@ class TensorTemplate:
                         buffer = storage._buffer = whole[start : start + nbytes].copy()
                     else:
                         buffer = storage.buffer(self.mmap)
-                if stride == (1,) and offset == 0 and 0 < size[0] * dtype.itemsize == buffer.nbytes:
+                itemsize = dtype.itemsize
+                if stride == (1,) and offset == 0 and 0 < size[0] * itemsize == buffer.nbytes:
                     tensor = buffer.view(dtype.numpy)
-                else:
+                elif span < 0:  # (no elements: view_of's own way)
                     tensor = view_of(buffer, dtype, offset, size, stride)
+                else:  # (view_of, written out: byte strides kept per stride and item size)
+                    steps = self.steps.get((stride, itemsize))
+                    if steps is None:
+                        steps = self.steps[stride, itemsize] = tuple(n * itemsize for n in stride)
+                    tensor = np.ndarray(size, dtype.numpy, buffer, offset * itemsize, steps)
         except (PthError, MemoryError):
             return -1  # the loop runs the same opcodes and raises it where it belongs
         if values is None:  # the persistent id, hooks and argument tuple left unmade
