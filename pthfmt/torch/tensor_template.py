@@ -218,6 +218,7 @@ class TensorTemplate:
         "gets",
         "hit_bases",
         "hits",
+        "last_gets",
         "last_hit",
         "make_tensor",
         "mmap",
@@ -269,6 +270,8 @@ class TensorTemplate:
         #: memo indices, the largest of them, and the objects found there when they passed
         #: the checks: while those very objects are there, they pass again
         self.gets: dict[tuple[bytes, bytes, bytes], tuple[Any, ...]] = {}
+        #: the last tokens looked up there, and their entry
+        self.last_gets: tuple[tuple[bytes, bytes, bytes], tuple[Any, ...]] = ((b"", b"", b""), ())
         #: Unmade memo entries (see :class:`_Unmade`): the stand-in, and the same columns
         #: as the one making them (no reference back: no cycle)
         unmade = _Unmade(declare, self.views)
@@ -457,12 +460,16 @@ class TensorTemplate:
         n = len(memo)
         # the memo gets of the tag, storage class, location and hooks: the objects torch puts
         # there, stored before this tensor (the same few tokens every tensor: cached)
-        gets = (g[0], g[5], g[14])
-        hit = self.gets.get(gets)
-        if hit is None:
-            hit = self._gets(gets, memo)
-            if hit is None:
-                return -1
+        gets, hit = self.last_gets  # (the last tensor's tokens, most often this one's too)
+        if g[0] != gets[0] or g[5] != gets[1] or g[14] != gets[2]:
+            gets = (g[0], g[5], g[14])
+            found = self.gets.get(gets)
+            if found is None:
+                found = self._gets(gets, memo)
+                if found is None:
+                    return -1
+            hit = found
+            self.last_gets = gets, hit
         i, j, k, h, top, tag, storage_class, location, hooks = hit
         if (
             top >= n
@@ -471,9 +478,11 @@ class TensorTemplate:
             or memo[k] is not location
             or memo[h] is not hooks
         ):  # a put over a slot since (rare): check what is there now
-            hit = self._gets(gets, memo)
-            if hit is None:
+            found = self._gets(gets, memo)
+            if found is None:
                 return -1
+            hit = found
+            self.last_gets = gets, hit
             tag, storage_class, location = hit[5], hit[6], hit[7]
         if g[2] is not None:  # a new storage key
             digits = g[2]
