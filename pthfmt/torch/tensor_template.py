@@ -210,7 +210,6 @@ class TensorTemplate:
     """
 
     __slots__ = (
-        "bases",
         "copies_from",
         "declare",
         "direct",
@@ -276,7 +275,7 @@ class TensorTemplate:
         #: as the one making them (no reference back: no cycle)
         unmade = _Unmade(declare, self.views)
         self.unmade = Unmade(unmade.make)
-        self.bases, self.starts = unmade.bases, unmade.starts
+        self.starts = unmade.starts
         self.hit_bases, self.hits = unmade.hit_bases, unmade.hits
         self.last_hit: tuple[Any, ...] | None = None
         self.unmade_from = unmade
@@ -528,17 +527,17 @@ class TensorTemplate:
                 return -1
         t = g[8]
         offset = t[1] if len(t) == 2 else t[1] | t[2] << 8
-        requires_grad = g[13][0] == _NEWTRUE
         try:
             storage = self.declare(key, storage_class, location, numel)
             dtype = storage.dtype
             if not self.direct or dtype is None or type(storage) is not StorageInfo:
+                requires_grad = g[13][0] == _NEWTRUE
                 tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
             elif ((offset + span if span >= 0 else -1) + 1) * dtype.itemsize > storage.nbytes:
                 return -1  # (make_tensor's check_view: the loop raises its error)
             elif not self.eager:
                 tensor = TensorRef(
-                    storage, dtype, offset, size, stride, requires_grad, mmap=self.mmap
+                    storage, dtype, offset, size, stride, g[13][0] == _NEWTRUE, mmap=self.mmap
                 )
             else:
                 buffer = storage._buffer
@@ -568,7 +567,6 @@ class TensorTemplate:
         if values is None:  # the persistent id, hooks and argument tuple left unmade
             unmade = self.unmade
             memo += (key, unmade, size, stride, unmade, unmade, tensor)
-            self.bases.append(n)
             self.starts.append(pos)
             if hit is not self.last_hit:
                 self.last_hit = hit
@@ -577,16 +575,18 @@ class TensorTemplate:
         else:
             hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)
             memo += values
+            requires_grad = g[13][0] == _NEWTRUE
             memo += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
         stack.append(tensor)
         return m.end()
 
 
 class _Unmade:
-    """What one template's unmade memo entries are made from: for each tensor that left
-    some (a new key and seven ``LONG_BINPUT``s, the commonest case), its first memo index
-    and where its opcodes start in ``data``; the ``gets`` entries those tensors passed, each
-    from the first index it served; and the entries made so far, by first memo index."""
+    """What one template's unmade memo entries are made from: where the opcodes of each
+    tensor that left some start in ``data`` (a new key and seven ``LONG_BINPUT``s, the
+    commonest case), and its first memo index (read from those opcodes on the first
+    :meth:`make`); the ``gets`` entries those tensors passed, each from the first index it
+    served; and the entries made so far, by first memo index."""
 
     __slots__ = ("bases", "data", "declare", "hit_bases", "hits", "made", "starts", "views")
 
@@ -605,8 +605,13 @@ class _Unmade:
         tensor whose seven entries start at the last of ``bases`` not after it, as the loop
         makes them from that tensor's opcodes (all three at once, so that the argument tuple
         holds the very hooks, whichever is read first)."""
-        k = bisect_right(self.bases, idx) - 1
-        n = self.bases[k]
+        bases = self.bases
+        for start in self.starts[len(bases) :]:  # (each tensor's first index, read once)
+            first = _PATTERN.match(self.data, start)
+            assert first is not None
+            bases.append(_U4(first.group(5), 1)[0])  # (its key's LONG_BINPUT)
+        k = bisect_right(bases, idx) - 1
+        n = bases[k]
         made = self.made.get(n)
         if made is None:
             m = _PATTERN.match(self.data, self.starts[k])
