@@ -90,45 +90,70 @@ _TUPLE: Final = (
     + _PUT
     + b")"
 )
-#: From after the rebuild get to the put of the tensor.  torch's storage keys are decimal
-#: numbers: a new one is matched as ``BINUNICODE`` of 1-9 digits (the length byte is checked
-#: against them after the match), a seen one is a memo get.
-_PATTERN: Final = re.compile(
-    _op("MARK")
-    + _op("MARK")
-    + b"("
-    + _GET_
-    + _GET_
-    + b")(?:"
-    + _op("BINUNICODE")
-    + b"([\x01-\x09])\x00\x00\x00([0-9]{1,9})|"
-    + _GET
-    + b")(?:"
-    + _PUT
-    + b")?"
-    + _GET
-    + _INT
-    + _op("TUPLE")
-    + _PUT
-    + _op("BINPERSID")
-    + _INT
-    + _TUPLE
-    + _TUPLE
-    + b"("
-    + _op("NEWTRUE")
-    + b"|"
-    + _op("NEWFALSE")
-    + b")"
-    + _GET
-    + _op("EMPTY_TUPLE")
-    + _op("REDUCE")
-    + _PUT
-    + _op("TUPLE")
-    + _PUT
-    + _op("REDUCE")
-    + _PUT,
-    re.S,
-)
+
+
+def _tensor_pattern(gets: tuple[bytes, bytes, bytes] | None = None) -> re.Pattern[bytes]:
+    """From after the rebuild get to the put of the tensor.  torch's storage keys are
+    decimal numbers: a new one is matched as ``BINUNICODE`` of 1-9 digits (the length byte is
+    checked against them after the match), a seen one is a memo get.
+
+    Without ``gets``, the memo gets of the tensor's tag and storage class (one group),
+    location and hooks are captured (groups 1, 6 and 15; :data:`_PATTERN`).  With the tokens
+    of those gets, they are matched as they are, not captured: the pattern the fast path
+    matches a run's tensors with (groups as in :data:`_FIELDS`)."""
+    if gets is None:
+        tag_class, location, hooks = b"(" + _GET_ + _GET_ + b")", _GET, _GET
+    else:
+        tag_class, location, hooks = (re.escape(t) for t in gets)
+    return re.compile(
+        _op("MARK")
+        + _op("MARK")
+        + tag_class
+        + b"(?:"
+        + _op("BINUNICODE")
+        + b"([\x01-\x09])\x00\x00\x00([0-9]{1,9})|"
+        + _GET
+        + b")(?:"
+        + _PUT
+        + b")?"
+        + location
+        + _INT
+        + _op("TUPLE")
+        + _PUT
+        + _op("BINPERSID")
+        + _INT
+        + _TUPLE
+        + _TUPLE
+        + b"("
+        + _op("NEWTRUE")
+        + b"|"
+        + _op("NEWFALSE")
+        + b")"
+        + hooks
+        + _op("EMPTY_TUPLE")
+        + _op("REDUCE")
+        + _PUT
+        + _op("TUPLE")
+        + _PUT
+        + _op("REDUCE")
+        + _PUT,
+        re.S,
+    )
+
+
+_PATTERN: Final = _tensor_pattern()
+#: The groups of a pattern made with given gets, in order: the key's length byte and digits,
+#: or its memo get; the key's put; numel; the persistent id's put; offset; size and its
+#: put; stride and its put; requires_grad; the last three puts.
+_FIELDS: Final = (
+    "length digits key_get key_put numel pid_put offset size size_put stride stride_put "
+    "requires_grad put put put"
+).split()
+#: Distinct gets tokens (storage classes x locations) a template makes patterns for: a
+#: file that names more runs the rest through the loop.
+_MAX_PATTERNS: Final = 64
+_NEVER: Final = re.compile(b"(?!)")
+
 _U4 = struct.Struct("<I").unpack_from
 #: a LONG_BINPUT then a BINGET (torch memoizes its globals first): (opcode, index, opcode,
 #: index)
@@ -173,27 +198,26 @@ def _stored(
     key: str,
     pid: tuple[Any, ...],
     size: tuple[int, ...],
-    size_put: bytes | None,
     stride: tuple[int, ...],
-    stride_put: bytes | None,
 ) -> list[Any] | None:
     """What the puts before the tensor's last three store, in order, when every put of the
-    match (those and the last three) is to the next memo index from ``n``; else ``None``.
-    (Seven long puts, the commonest case, are checked at once by the caller.)"""
+    match (``g``: groups as in :data:`_FIELDS`; those and the last three) is to the next memo
+    index from ``n``; else ``None``.  (Seven long puts, the commonest case, are checked at
+    once by the caller.)"""
     puts: list[bytes] = []
     values: list[Any] = []
-    if g[4] is not None:  # the new key's put
-        puts.append(g[4])
+    if g[3] is not None:  # the new key's put
+        puts.append(g[3])
         values.append(key)
-    puts.append(g[7])
+    puts.append(g[5])
     values.append(pid)
-    if size_put is not None:
-        puts.append(size_put)
+    if g[8] is not None:  # the size's
+        puts.append(g[8])
         values.append(size)
-    if stride_put is not None:
-        puts.append(stride_put)
+    if g[10] is not None:  # the stride's
+        puts.append(g[10])
         values.append(stride)
-    puts += (g[15], g[16], g[17])
+    puts += (g[12], g[13], g[14])
     for k, t in enumerate(puts, n):
         if (t[1] if len(t) == 2 else _U4(t, 1)[0]) != k:
             return None
@@ -214,13 +238,13 @@ class TensorTemplate:
         "declare",
         "direct",
         "eager",
-        "gets",
         "hit_bases",
         "hits",
-        "last_gets",
         "last_hit",
         "make_tensor",
         "mmap",
+        "patterns",
+        "run_pattern",
         "starts",
         "steps",
         "stored",
@@ -265,12 +289,12 @@ class TensorTemplate:
         self.views: dict[tuple[bytes | None, bytes | None], tuple[Any, Any, int]] = {}
         #: (stride, item size) -> the stride in bytes (what numpy takes)
         self.steps: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
-        #: the memo get tokens of a tensor's tag, storage class, location and hooks -> their
-        #: memo indices, the largest of them, and the objects found there when they passed
-        #: the checks: while those very objects are there, they pass again
-        self.gets: dict[tuple[bytes, bytes, bytes], tuple[Any, ...]] = {}
-        #: the last tokens looked up there, and their entry
-        self.last_gets: tuple[tuple[bytes, bytes, bytes], tuple[Any, ...]] = ((b"", b"", b""), ())
+        #: the memo get tokens of a tensor's tag, storage class, location and hooks -> the
+        #: pattern matching tensors with those very gets, the tokens, and (once checked) their
+        #: memo indices, the largest of them and the objects found there: while those very
+        #: objects are there, they pass again; and the one tried first (the last one used)
+        self.patterns: dict[tuple[bytes, bytes, bytes], list[Any]] = {}
+        self.run_pattern: list[Any] = [_NEVER, (b"", b"", b""), None]
         #: Unmade memo entries (see :class:`_Unmade`): the stand-in, and the same columns
         #: as the one making them (no reference back: no cycle)
         unmade = _Unmade(declare, self.views)
@@ -317,10 +341,25 @@ class TensorTemplate:
         view = self.views[size_tok, stride_tok] = (size, stride, span)
         return view
 
+    def _pattern_for(self, data: Any, pos: int, end: int) -> list[Any] | None:
+        """The run pattern for the gets of the tensor at ``pos`` (made on first need, at most
+        :data:`_MAX_PATTERNS`), now the one tried first; ``None`` when no tensor is there."""
+        m = _PATTERN.match(data, pos, end)
+        if m is None:
+            return None
+        gets = (m.group(1), m.group(6), m.group(15))
+        run = self.patterns.get(gets)
+        if run is None:
+            if len(self.patterns) >= _MAX_PATTERNS:
+                return None
+            run = self.patterns[gets] = [_tensor_pattern(gets), gets, None]
+        self.run_pattern = run
+        return run
+
     def _gets(self, gets: tuple[bytes, bytes, bytes], memo: list[Any]) -> tuple[Any, ...] | None:
         """The memo gets of a tensor's tag and storage class (one token: ``_PATTERN``'s first
-        group), location and hooks: their entry of ``gets`` (made anew), or ``None`` when what
-        they read is not what torch puts there."""
+        group), location and hooks: their memo indices, the largest, and the objects found
+        there; or ``None`` when what they read is not what torch puts there."""
         n = len(memo)
         u4 = _U4
         pair = gets[0]
@@ -340,9 +379,7 @@ class TensorTemplate:
             or hooks.qualname != _ORDERED_DICT
         ):
             return None
-        hit = (*found, max(found), tag, storage_class, location, hooks)
-        self.gets[gets] = hit
-        return hit
+        return (*found, max(found), tag, storage_class, location, hooks)
 
     def _items(
         self, data: Any, pos: int, end: int, memo: list[Any], stack: list[Any], rebuild: Any
@@ -452,64 +489,64 @@ class TensorTemplate:
     def _tensor(self, data: Any, pos: int, end: int, memo: list[Any], stack: list[Any]) -> int:
         """From ``pos`` (just after the memo get of the rebuild global): the tensor pushed and
         memoized, and the position after its put; or -1 with nothing changed."""
-        m = _PATTERN.match(data, pos, end)
+        # the memo gets of the tag, storage class, location and hooks: the objects torch puts
+        # there, stored before this tensor (the same few tokens for a run's tensors: matched
+        # as they are by a pattern made for them, their entry cached)
+        run = self.run_pattern
+        m: re.Match[bytes] | None = run[0].match(data, pos, end)
         if m is None:
-            return -1
+            other = self._pattern_for(data, pos, end)
+            if other is None:
+                return -1
+            run = other
+            m = run[0].match(data, pos, end)
+            if m is None:
+                return -1
         g = m.groups()
         n = len(memo)
-        # the memo gets of the tag, storage class, location and hooks: the objects torch puts
-        # there, stored before this tensor (the same few tokens every tensor: cached)
-        gets, hit = self.last_gets  # (the last tensor's tokens, most often this one's too)
-        if g[0] != gets[0] or g[5] != gets[1] or g[14] != gets[2]:
-            gets = (g[0], g[5], g[14])
-            found = self.gets.get(gets)
-            if found is None:
-                found = self._gets(gets, memo)
-                if found is None:
-                    return -1
-            hit = found
-            self.last_gets = gets, hit
-        i, j, k, h, top, tag, storage_class, location, hooks = hit
+        hit = run[2]
+        if hit is None or hit[4] >= n:
+            hit = run[2] = self._gets(run[1], memo)
+            if hit is None:
+                return -1
+        i, j, k, h, _, tag, storage_class, location, hooks = hit
         if (
-            top >= n
-            or memo[i] is not tag
+            memo[i] is not tag
             or memo[j] is not storage_class
             or memo[k] is not location
             or memo[h] is not hooks
         ):  # a put over a slot since (rare): check what is there now
-            found = self._gets(gets, memo)
-            if found is None:
+            hit = run[2] = self._gets(run[1], memo)
+            if hit is None:
                 return -1
-            hit = found
-            self.last_gets = gets, hit
             tag, storage_class, location = hit[5], hit[6], hit[7]
-        if g[2] is not None:  # a new storage key
-            digits = g[2]
-            if len(digits) != g[1][0]:
+        if g[1] is not None:  # a new storage key
+            digits = g[1]
+            if len(digits) != g[0][0]:
                 return -1
             key = str(digits, "ascii")
         else:
-            t = g[3]
+            t = g[2]
             i = t[1] if len(t) == 2 else _U4(t, 1)[0]
             seen = memo[i] if i < n else None
             if type(seen) is not str:
                 return -1
             key = seen
-        t = g[6]
+        t = g[4]
         numel = t[1] if len(t) == 2 else t[1] | t[2] << 8
-        toks = (g[9], g[11])
+        toks = (g[7], g[9])
         view = self.views.get(toks)
         if view is None:
             view = self._view(*toks)
         size, stride, span = view
-        key_put, size_put, stride_put = g[4], g[10], g[12]
+        key_put, size_put, stride_put = g[3], g[8], g[10]
         values: list[Any] | None
         if (
             key_put is not None
             and size_put is not None
             and stride_put is not None
             and n < _LAST_SEVEN
-            and len(joined := b"".join((key_put, g[7], size_put, stride_put, g[15], g[16], g[17])))
+            and len(joined := b"".join((key_put, g[5], size_put, stride_put, g[12], g[13], g[14])))
             == 35
         ):  # seven LONG_BINPUTs (written out: most tensors; ``_stored`` does the others)
             if int.from_bytes(joined, "little") != _SEVEN_BASE + n * _SEVEN_STEP:
@@ -517,27 +554,27 @@ class TensorTemplate:
             # (a new key: what the unmade entries hold can be read again from the bytes)
             values = (
                 None
-                if g[2] is not None
+                if g[1] is not None
                 else [key, (tag, storage_class, key, location, numel), size, stride]
             )
         else:
             pid = (tag, storage_class, key, location, numel)
-            values = _stored(g, n, key, pid, size, g[10], stride, g[12])
+            values = _stored(g, n, key, pid, size, stride)
             if values is None:
                 return -1
-        t = g[8]
+        t = g[6]
         offset = t[1] if len(t) == 2 else t[1] | t[2] << 8
         try:
             storage = self.declare(key, storage_class, location, numel)
             dtype = storage.dtype
             if not self.direct or dtype is None or type(storage) is not StorageInfo:
-                requires_grad = g[13][0] == _NEWTRUE
+                requires_grad = g[11][0] == _NEWTRUE
                 tensor = self.make_tensor(storage, None, offset, size, stride, requires_grad)
             elif ((offset + span if span >= 0 else -1) + 1) * dtype.itemsize > storage.nbytes:
                 return -1  # (make_tensor's check_view: the loop raises its error)
             elif not self.eager:
                 tensor = TensorRef(
-                    storage, dtype, offset, size, stride, g[13][0] == _NEWTRUE, mmap=self.mmap
+                    storage, dtype, offset, size, stride, g[11][0] == _NEWTRUE, mmap=self.mmap
                 )
             else:
                 buffer = storage._buffer
@@ -575,7 +612,7 @@ class TensorTemplate:
         else:
             hook: OrderedDict[Any, Any] = OrderedDict()  # (the handler's, for no items)
             memo += values
-            requires_grad = g[13][0] == _NEWTRUE
+            requires_grad = g[11][0] == _NEWTRUE
             memo += (hook, (storage, offset, size, stride, requires_grad, hook), tensor)
         stack.append(tensor)
         return m.end()

@@ -694,3 +694,18 @@ def test_a_key_put_over_an_earlier_entry_in_a_long_index_run_agrees_with_the_loo
         MANY, MANY_NAME, bytes(pkl[:-1] + b"(" + _key("r") + _get(earlier + 8) + b"u.")
     )
     assert assert_same(data)[0] == "error"
+
+
+def test_tensors_past_the_patterns_a_template_makes_go_through_the_loop(
+    monkeypatch: pytest.MonkeyPatch, hits: list[int]
+) -> None:
+    """A run pattern per storage class and location (their memo gets matched as they are);
+    past :data:`_MAX_PATTERNS` of them, the loop runs the tensors of the others."""
+    sd = {f"w{i}": np.full(2, i, (np.float32, np.int64, np.float16)[i % 3]) for i in range(60)}
+    data = saved(sd)
+    monkeypatch.setattr(tensor_template, "_MAX_PATTERNS", 2)
+    assert assert_same(data)[0] == "tree"
+    hits[:] = [0, 0]
+    out = pthfmt.load(io.BytesIO(data))
+    assert all((out[k] == v).all() and out[k].dtype == v.dtype for k, v in sd.items())
+    assert hits[0] > 20 and hits[1] > 15  # (float16's every third tensor: declined)
