@@ -33,7 +33,12 @@ the next memo index or by a memo get (torch's state dicts and optimizer state): 
 memoizes exactly what the loop would, item by item, and hands the loop the first item it
 does not take, untouched.
 
-The pattern is built from the opcode table, so it cannot name an opcode the table does
+A run's tensors read their tag, storage class, location and hooks through the same few memo
+gets: the first tensor with given gets is matched by the general pattern, which captures
+them, and the rest by a pattern made for those very tokens (matched as they are, not
+captured; one per storage class and location, at most :data:`_MAX_PATTERNS`).
+
+The patterns are built from the opcode table, so they cannot name an opcode the table does
 not hold; ``Unpickler.fast_paths = False`` turns this path off (the tests' oracle).
 """
 

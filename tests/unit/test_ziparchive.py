@@ -254,3 +254,16 @@ def test_a_load_makes_entries_only_for_the_records_it_reads_by_entry(
     out = pthfmt.load(io.BytesIO(buf.getvalue()))
     assert [int(out[f"w{i}"][0]) for i in range(300)] == list(range(300))
     assert 0 < len(made) <= 5, made
+
+
+def test_entries_are_made_once_each_and_index_like_a_list() -> None:
+    archive = ZipArchive(
+        Source(io.BytesIO(_build([(f"a/{i}", b"x" * i, b"", False) for i in range(5)])))
+    )
+    entries = archive.entries
+    assert len(entries) == 5
+    assert entries[-1] is entries[4] and entries[-1].name == "a/4"
+    assert [e.name for e in entries[1:4]] == ["a/1", "a/2", "a/3"]
+    assert list(entries) == [entries[i] for i in range(5)]  # (the same objects)
+    with pytest.raises(IndexError):
+        entries[5]
