@@ -345,18 +345,24 @@ _SPAN = (
 )
 
 
-@pytest.mark.parametrize("pos", _SPAN)
-def test_a_run_broken_at_every_position_agrees_with_the_loop(pos: int) -> None:
-    byte = RUN_PICKLE[pos]
-    for value in {byte ^ 1, byte + 1 & 255, 0x58, 0x68, 0x71, 0x72, 0xFF, None}:
+def _broken_at(data: bytes, name: str, pickle: bytes, pos: int) -> None:
+    """The byte at ``pos`` of the record ``name`` (``pickle``) of ``data`` changed (flipped,
+    incremented, made an opcode a run reads, dropped): the same outcome as the loop's."""
+    byte = pickle[pos]
+    for value in {byte ^ 1, byte + 1 & 255, 0x58, 0x68, 0x6A, 0x71, 0x72, 0xFF, None}:
         if value == byte:
             continue
-        pkl = bytearray(RUN_PICKLE)
+        pkl = bytearray(pickle)
         if value is None:
             del pkl[pos]
         else:
             pkl[pos] = value
-        assert_same(_with_pickle(RUN, RUN_NAME, bytes(pkl)))
+        assert_same(_with_pickle(data, name, bytes(pkl)))
+
+
+@pytest.mark.parametrize("pos", _SPAN)
+def test_a_run_broken_at_every_position_agrees_with_the_loop(pos: int) -> None:
+    _broken_at(RUN, RUN_NAME, RUN_PICKLE, pos)
 
 
 @pytest.mark.parametrize(
@@ -664,16 +670,7 @@ _LONG_SPAN = range(MANY_PICKLE.index(_key("w60")) - 4, MANY_PICKLE.index(_key("w
 def test_a_long_index_run_broken_at_every_position_agrees_with_the_loop(pos: int) -> None:
     """As above, over items whose puts and gets take 4-byte memo indices (the run reads a
     new key's LONG_BINPUT and the rebuild get at once)."""
-    byte = MANY_PICKLE[pos]
-    for value in {byte ^ 1, byte + 1 & 255, 0x58, 0x68, 0x6A, 0x72, 0xFF, None}:
-        if value == byte:
-            continue
-        pkl = bytearray(MANY_PICKLE)
-        if value is None:
-            del pkl[pos]
-        else:
-            pkl[pos] = value
-        assert_same(_with_pickle(MANY, MANY_NAME, bytes(pkl)))
+    _broken_at(MANY, MANY_NAME, MANY_PICKLE, pos)
 
 
 def test_a_key_put_over_an_earlier_entry_in_a_long_index_run_agrees_with_the_loop() -> None:
