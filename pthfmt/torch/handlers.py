@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any, Final
@@ -136,6 +137,8 @@ class TorchHandlers:
         self.unknown = unknown
         self.script_classes = script_classes
         self._globals: dict[tuple[str, str], Any] = {}
+        #: the tensor fast path's compiled run patterns, shared by its templates
+        self._run_patterns: dict[tuple[bytes, bytes, bytes], re.Pattern[bytes]] = {}
         #: Bytes that handlers may still copy out of pickled values (bytearray(),
         #: _codecs.encode, numpy arrays): a memo reference lets a file name one big blob
         #: many times, so copies are charged against a budget set from the file's size.
@@ -201,6 +204,7 @@ class TorchHandlers:
                 direct=self.on_tensor is None
                 and type(self).make_tensor is TorchHandlers.make_tensor,
                 stored=self.storages.stored,
+                compiled=self._run_patterns,
             )
             return Global(qualname, self.rebuild_tensor_v2, template.run)
         if isinstance(entry, str):

@@ -154,8 +154,8 @@ _FIELDS: Final = (
     "length digits key_get key_put numel pid_put offset size size_put stride stride_put "
     "requires_grad put put put"
 ).split()
-#: Distinct gets tokens (storage classes x locations) a template makes patterns for: a
-#: file that names more runs the rest through the loop.
+#: Distinct gets tokens (storage classes x locations) the templates of one pickle make
+#: patterns for: a file that names more runs the rest through the loop.
 _MAX_PATTERNS: Final = 64
 _NEVER: Final = re.compile(b"(?!)")
 
@@ -239,6 +239,7 @@ class TensorTemplate:
     """
 
     __slots__ = (
+        "compiled",
         "copies_from",
         "declare",
         "direct",
@@ -267,6 +268,7 @@ class TensorTemplate:
         mmap: bool = False,
         direct: bool = False,
         stored: StoredReader | None = None,
+        compiled: dict[tuple[bytes, bytes, bytes], re.Pattern[bytes]] | None = None,
     ) -> None:
         self.declare = declare
         self.make_tensor = make_tensor
@@ -299,6 +301,10 @@ class TensorTemplate:
         #: memo indices, the largest of them and the objects found there: while those very
         #: objects are there, they pass again; and the one tried first (the last one used)
         self.patterns: dict[tuple[bytes, bytes, bytes], list[Any]] = {}
+        #: the compiled run patterns, shared by the templates of one pickle (at most
+        #: :data:`_MAX_PATTERNS` in all: each costs ~0.4 ms to compile, and a file may name
+        #: the rebuild global again and again)
+        self.compiled = {} if compiled is None else compiled
         self.run_pattern: list[Any] = [_NEVER, (b"", b"", b""), None]
         #: Unmade memo entries (see :class:`_Unmade`): the stand-in, and the same columns
         #: as the one making them (no reference back: no cycle)
@@ -355,9 +361,12 @@ class TensorTemplate:
         gets = (m.group(1), m.group(6), m.group(15))
         run = self.patterns.get(gets)
         if run is None:
-            if len(self.patterns) >= _MAX_PATTERNS:
-                return None
-            run = self.patterns[gets] = [_tensor_pattern(gets), gets, None]
+            pattern = self.compiled.get(gets)
+            if pattern is None:
+                if len(self.compiled) >= _MAX_PATTERNS:
+                    return None
+                pattern = self.compiled[gets] = _tensor_pattern(gets)
+            run = self.patterns[gets] = [pattern, gets, None]
         self.run_pattern = run
         return run
 

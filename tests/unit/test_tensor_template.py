@@ -706,3 +706,16 @@ def test_tensors_past_the_patterns_a_template_makes_go_through_the_loop(
     out = pthfmt.load(io.BytesIO(data))
     assert all((out[k] == v).all() and out[k].dtype == v.dtype for k, v in sd.items())
     assert hits[0] > 20 and hits[1] > 15  # (float16's every third tensor: declined)
+
+
+def test_the_templates_of_one_pickle_share_their_compiled_patterns() -> None:
+    """A file may name the rebuild global again and again (a template each): the patterns
+    they compile (~0.4 ms each) are one bounded table per pickle, not one per template."""
+    handlers = TorchHandlers(
+        StorageTable(location_mapper(None), lambda info: None), eager=False, mmap=False
+    )
+    first, second = (handlers.resolve("torch._utils", "_rebuild_tensor_v2") for _ in "ab")
+    assert first is not second and first.fast is not None and second.fast is not None
+    templates = [g.fast.__self__ for g in (first, second)]  # type: ignore[attr-defined]
+    assert templates[0] is not templates[1]
+    assert templates[0].compiled is templates[1].compiled

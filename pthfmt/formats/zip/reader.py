@@ -390,11 +390,14 @@ class ZipArchive:
         payload[known] = self._payload[known]
         self._payload = payload
         if self._spans is not None:  # (plain_offsets from the same columns)
-            plain = (np.asarray(self._methods) == STORED) & (
-                np.asarray(self._flags) & zs.FLAG_ENCRYPTED == 0
-            )
-            plain &= self._spans[1] == self._spans[2]
+            plain = self._stored_clear() & (self._spans[1] == self._spans[2])
             self._plain = np.where(plain, payload, -1).tolist()
+
+    def _stored_clear(self) -> np.ndarray:
+        """Which entries are stored (not compressed) and not encrypted."""
+        methods, flags = np.asarray(self._methods), np.asarray(self._flags)
+        stored: np.ndarray = (methods == STORED) & (flags & zs.FLAG_ENCRYPTED == 0)
+        return stored
 
     def plain_offsets(self) -> list[int]:
         """Each entry's payload offset where its bytes lie in the file as they are (stored,
@@ -408,9 +411,7 @@ class ZipArchive:
             if not self._scanned:
                 self._scan_local()
         if self._plain is None:  # (not made by the scan: from the entries)
-            stored = (np.asarray(self._methods) == STORED) & (
-                np.asarray(self._flags) & zs.FLAG_ENCRYPTED == 0
-            )
+            stored = self._stored_clear()
             self._plain = [
                 at if ok and e.csize == e.usize else -1
                 for at, ok, e in zip(self._payload.tolist(), stored.tolist(), self.entries)
