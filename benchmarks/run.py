@@ -21,6 +21,7 @@ import mmap
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -991,24 +992,38 @@ def targets(
             }
         )
     if scaling and scaling.get("samples"):
-        per = {int(n): statistics.median(ts) / int(n) for n, ts in scaling["samples"].items()}
-        ref = 10_000 if 10_000 in per else min(per)
-        top = max(per)
-        if top > ref:
-            v = per[top] / per[ref]
-            out.append(
-                {
-                    "id": "L1",
-                    "case": "scaling",
-                    "op": "pthfmt.open",
-                    "target": f"open + all metadata linear: per tensor at {top:,} "
-                    f"tensors vs {ref:,}",
-                    "measured": f"{v:.2f}x ({per[top] * 1e6:.1f} vs {per[ref] * 1e6:.1f} us)",
-                    "limit": "<= 1.15x",
-                    "pass": v <= 1.15,
-                }
-            )
+        out += scaling_targets(scaling)
     return [t for t in out if t["case"] in meta or t["case"] in SCRIPT_CASES]
+
+
+def scaling_targets(scaling: dict) -> list[dict]:
+    """L1: open + all metadata does linear work: callgrind's instructions per tensor at 1M
+    vs 10k.  (Its wall clock per tensor is reported beside the pickle floor's, not judged:
+    past the CPU's caches it grows for CPython's C unpickler building the same graph too.)"""
+    own = {int(n): statistics.median(ts) / int(n) for n, ts in scaling["samples"].items()}
+    instr = {int(n): v for n, v in (scaling.get("instructions") or {}).items()}
+    ref = 10_000 if 10_000 in own else min(own)
+    top = max(own)
+    if top <= ref:
+        return []
+    if top in instr and ref in instr:
+        v = instr[top] / instr[ref]
+        measured = f"{v:.3f}x ({instr[top]:,.0f} vs {instr[ref]:,.0f})"
+        ok: bool | None = v <= 1.10
+    else:
+        measured, ok = "not counted (valgrind)", None
+    return [
+        {
+            "id": "L1",
+            "case": "scaling",
+            "op": "pthfmt.open",
+            "target": f"open + all metadata linear: instructions per tensor at {top:,} "
+            f"tensors vs {ref:,}",
+            "measured": measured,
+            "limit": "<= 1.10x",
+            "pass": ok,
+        }
+    ]
 
 
 def _fmt_t(v):
@@ -1476,6 +1491,7 @@ def run_scaling_script(quick: bool, reps: int) -> dict:
     sj = HERE / "out" / "scaling.json"
     sj.unlink(missing_ok=True)
     sizes = "1000,10000" if quick else "1000,10000,100000,1000000"
+    counted = [] if quick or not shutil.which("valgrind") else ["--instructions", "10000,1000000"]
     subprocess.run(
         [
             sys.executable,
@@ -1484,6 +1500,7 @@ def run_scaling_script(quick: bool, reps: int) -> dict:
             str(reps),
             "--sizes",
             sizes,
+            *counted,
             "--json",
             str(sj),
         ],

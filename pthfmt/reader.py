@@ -173,7 +173,7 @@ class Checkpoint(Closing):
 
     def tensors(self) -> Iterator[tuple[str, TensorRef]]:
         """``(key_path, TensorRef)`` in file order, each object visited once."""
-        yield from walk(self._parsed.obj, leaves=(TensorRef, np.ndarray), want=_is_ref)
+        return walk(self._parsed.obj, leaves=(TensorRef, np.ndarray), want=_is_ref)
 
     def close(self) -> None:
         self._src = None

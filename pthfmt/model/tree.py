@@ -131,21 +131,24 @@ class _Node:
             node.whole = whole
         return self.whole  # type: ignore[return-value]
 
-    def path(self, *last: Any) -> str:
-        """This container's key path, or that of its item ``last[0]``."""
+    def path(self) -> str:
+        """This container's key path."""
         whole = self.whole if self.whole is not None else self._whole()
-        if last:
-            first = key_text(last[0])
-            if self.depth == 0:
-                return first
-            if whole and self.depth < MAX_PATH_PARTS:
-                path = f"{whole}.{first}"
-                if len(path) <= MAX_PATH_CHARS:
-                    return path
-            return capped(_chain(first, self.keys()), self.depth + 1)
         if whole or self.depth == 0:
             return whole
         return capped(self.keys(), self.depth)
+
+    def item_path(self, key: Any) -> str:
+        """The key path of this container's item ``key``."""
+        whole = self.whole if self.whole is not None else self._whole()
+        first = key if type(key) is str and len(key) <= MAX_PART_CHARS else key_text(key)
+        if self.depth == 0:
+            return first
+        if whole and self.depth < MAX_PATH_PARTS:
+            path = f"{whole}.{first}"
+            if len(path) <= MAX_PATH_CHARS:
+                return path
+        return capped(_chain(first, self.keys()), self.depth + 1)
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
@@ -170,7 +173,11 @@ def walk(
     would take more characters than its budget raises :class:`~pthfmt.errors.LimitError`.
     """
     seen: set[int] = set()
-    shared = (dict, list, tuple, Stub, Namespace, *leaves)
+    containers = (dict, list, tuple, Stub, Namespace)
+    shared = (*containers, *leaves)
+    # exact leaf types, whose instances the item loop below takes itself (no trip through
+    # the container checks, no frame)
+    plain_leaves = {kind for kind in leaves if not issubclass(kind, containers)}
     budget = PATH_BUDGET
     # One frame per container on the way down: its node, its keys and values (copied when
     # it is reached, as lists: no tuple per item) and the index of the next item.
@@ -194,7 +201,7 @@ def walk(
                 if node is not None:
                     path = node.path()
                 else:
-                    path = parent.path(key) if parent is not None else ""
+                    path = parent.item_path(key) if parent is not None else ""
                 budget -= len(path)
                 if budget < 0:
                     _too_long()
@@ -206,11 +213,24 @@ def walk(
         while frames:
             frame = frames[-1]
             i = frame.next
-            if i < len(frame.values):
+            values = frame.values
+            if i < len(values):
                 frame.next = i + 1
                 keys = frame.keys
-                parent, key, value = frame.node, i if keys is None else keys[i], frame.values[i]
-                break
+                parent, key, value = frame.node, i if keys is None else keys[i], values[i]
+                if type(value) not in plain_leaves:
+                    break
+                # a leaf of an exact leaf type: what the loop above does for it, here
+                if id(value) in seen:
+                    continue
+                seen.add(id(value))
+                if want is None or want(value):
+                    path = parent.item_path(key)
+                    budget -= len(path)
+                    if budget < 0:
+                        _too_long()
+                    yield path, value
+                continue
             frames.pop()
         else:
             return

@@ -170,7 +170,24 @@ def _reference_walk(root, leaves=(), want=None):
     return out
 
 
-_leaf = st.one_of(st.integers(-3, 300), st.text(max_size=3), st.none(), st.floats(0, 1))
+class _Leaf:
+    """A leaf type for ``walk(leaves=...)``: each instance yielded once however shared."""
+
+
+class _SubLeaf(_Leaf):
+    """Not of the exact leaf type: walked the general way, with the same result."""
+
+
+_SHARED_LEAF = _Leaf()
+_leaf = st.one_of(
+    st.integers(-3, 300),
+    st.text(max_size=3),
+    st.none(),
+    st.floats(0, 1),
+    st.builds(_Leaf),
+    st.builds(_SubLeaf),
+    st.just(_SHARED_LEAF),
+)
 _trees = st.recursive(
     _leaf,
     lambda inner: st.one_of(
@@ -187,9 +204,12 @@ _trees = st.recursive(
 def test_walk_agrees_with_a_recursive_reference(tree, data):
     shared = [tree, tree]  # the same subtree twice: visited once
     root = data.draw(st.sampled_from([tree, shared, {"a": tree, "b": [tree, shared]}]))
-    want = data.draw(st.sampled_from([None, lambda v: isinstance(v, int)]))
-    got = [(p, id(v)) for p, v in walk(root, want=want)]
-    assert got == [(p, id(v)) for p, v in _reference_walk(root, want=want)]
+    want = data.draw(
+        st.sampled_from([None, lambda v: isinstance(v, int), lambda v: isinstance(v, _Leaf)])
+    )
+    leaves = data.draw(st.sampled_from([(), (_Leaf,), (_SubLeaf,), (_Leaf, dict)]))
+    got = [(p, id(v)) for p, v in walk(root, leaves=leaves, want=want)]
+    assert got == [(p, id(v)) for p, v in _reference_walk(root, leaves=leaves, want=want)]
 
 
 @settings(max_examples=300, deadline=None)
@@ -221,4 +241,4 @@ def test_cached_container_paths_are_what_capped_gives(keys, last):
         for node in reversed(chain) if deepest_first else chain:
             assert node.path() == capped(node.keys(), node.depth)
             expected = capped(_chain(key_text(last), node.keys()), node.depth + 1)
-            assert node.path(last) == expected
+            assert node.item_path(last) == expected
