@@ -21,7 +21,8 @@ import numpy as np
 
 from . import reader
 from .closing import Closing
-from .errors import FormatError, LimitError
+from .errors import FormatError, LimitError, PthError
+from .formats.contract import Unknown
 from .formats.sharding import (
     ShardLayout,
     open_shard,
@@ -96,8 +97,15 @@ class ShardedCheckpoint(Mapping[str, np.ndarray], Closing):
     weight_map: dict[str, str]
     metadata: dict[str, Any]
 
-    def __init__(self, index: str, *, mmap: bool = False, map_location: MapLocation = None) -> None:
-        self.mmap, self._location = mmap, map_location
+    def __init__(
+        self,
+        index: str,
+        *,
+        mmap: bool = False,
+        map_location: MapLocation = None,
+        unknown: Unknown = "error",
+    ) -> None:
+        self.mmap, self._location, self._unknown = mmap, map_location, unknown
         self._base: str | None = None  # the folder URL of a remote index's shards
         if is_url(index) and index.endswith(_INDEX_SUFFIXES):
             self.index_path, self._base = index, index.rsplit("/", 1)[0] + "/"
@@ -106,15 +114,22 @@ class ShardedCheckpoint(Mapping[str, np.ndarray], Closing):
             return
         layout = shard_layout(index) if not is_url(index) else ShardLayout(index, "", None)
         self.index_path, self.metadata = layout.index_path, layout.metadata
-        self.shards, self.refs, self.weight_map = open_shards(layout, map_location)
+        self.shards, self.refs, self.weight_map = open_shards(layout, map_location, unknown)
 
-    def open_all(self) -> None:
+    def open_all(self, errors: dict[str, PthError] | None = None) -> None:
         """Open every shard not opened yet (a remote index opens its shards as keys are
-        read); afterwards :attr:`shards` and :attr:`refs` are complete."""
+        read); afterwards :attr:`shards` and :attr:`refs` are complete.  With ``errors``,
+        a shard that fails is entered there by name and the others are still opened (else
+        the first failure raises)."""
         if self._base is not None:
             for shard in dict.fromkeys(self.weight_map.values()):
                 if shard not in self.shards:
-                    self._open_shard(shard)
+                    try:
+                        self._open_shard(shard)
+                    except PthError as exc:
+                        if errors is None:
+                            raise
+                        errors[shard] = exc
 
     def shard_paths(self) -> list[str]:
         """Where each shard is (a path, or a URL for a remote index), in the index's order."""
@@ -132,7 +147,7 @@ class ShardedCheckpoint(Mapping[str, np.ndarray], Closing):
         """Open one shard of a remote index and check its keys against the index."""
         assert self._base is not None
         url = self._base + shard
-        ckpt = self.shards[shard] = open_shard(url, shard, self._location)
+        ckpt = self.shards[shard] = open_shard(url, shard, self._location, self._unknown)
         for key, ref in ckpt.tensors():
             owner = self.weight_map.get(key)
             if owner is None:

@@ -163,7 +163,9 @@ class _Sharded:
     def __init__(self, index: str) -> None:
         from ..sharded import ShardedCheckpoint
 
-        self._sharded = ShardedCheckpoint(index)
+        # (classes as stubs, as for one file; a remote index's shards opened here too)
+        self._sharded = ShardedCheckpoint(index, unknown="stub")
+        self._sharded.open_all()
         self.obj: dict[str, TensorRef] = dict(self._sharded.refs)
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..gcpause import paused_gc
 from ..model.tensor import StorageInfo, TensorRef
+from ..reader import Checkpoint
 from .kinds import describe
 from .tree import Survey, leaves, open_stubbed, plain, survey
 
@@ -102,8 +103,14 @@ def inspect_summary(path: str, *, filter: str | None = None) -> dict[str, Any]:
 
 
 def _file_summary(path: str, filter: str | None) -> dict[str, Any]:
+    with open_stubbed(path) as ck:
+        return _summary(ck, path, filter)
+
+
+def _summary(ck: Checkpoint, path: str, filter: str | None) -> dict[str, Any]:
+    """The summary of one opened checkpoint (``path``: where it was opened from)."""
     found = Survey()
-    with open_stubbed(path) as ck, paused_gc():
+    with paused_gc():
         entries = [(k, v) for k, v in leaves(ck.obj, found) if _selected(k, filter)]
         rows = _tensor_rows([(k, v) for k, v in entries if isinstance(v, TensorRef)])
         storages, per_dtype = _storage_rows(ck.storages)
@@ -151,8 +158,12 @@ def _sharded_summary(path: str, filter: str | None) -> dict[str, Any]:
     """``inspect`` of a sharded checkpoint: the shards' summaries merged, in index order."""
     from ..sharded import ShardedCheckpoint
 
-    merged = ShardedCheckpoint(path)  # checks the index against the shards
-    parts = [_file_summary(shard, filter) for shard in merged.shard_paths()]
+    # each shard opened once (classes as stubs, as for one file), and its keys checked
+    # against the index
+    with ShardedCheckpoint(path, unknown="stub") as merged:
+        merged.open_all()
+        shards = zip(merged.shard_paths(), merged.shards.values(), strict=True)
+        parts = [_summary(ck, shard, filter) for shard, ck in shards]
     rows = [dict(r, shard=os.path.basename(p["file"])) for p in parts for r in p["tensors"]]
     totals: dict[str, Any] = dict.fromkeys(_TOTALS, 0)  # (an index of no tensors: zeros)
     totals["bytes_per_dtype"] = Counter()

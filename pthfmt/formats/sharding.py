@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..model.device import MapLocation
     from ..model.tensor import TensorRef
     from ..reader import Checkpoint
+    from .contract import Unknown
 
 __all__ = [
     "SAFETENSORS_INDEX_SUFFIX",
@@ -188,7 +189,14 @@ def checked_index(doc: Any, path: str) -> tuple[dict[str, str], dict[str, Any]]:
     return weight_map, metadata
 
 
-def open_shard(path: str, shard: str, map_location: MapLocation = None) -> Checkpoint:
+def missing_shard(shard: str) -> str:
+    """What a local index's missing shard is reported as."""
+    return f"shard '{escape(shard)}' named by the index is missing"
+
+
+def open_shard(
+    path: str, shard: str, map_location: MapLocation = None, unknown: Unknown = "error"
+) -> Checkpoint:
     """One shard, opened; its errors name it (``shard 'x.bin': ...``).  A shard of a remote
     index that cannot be fetched is a :class:`~pthfmt.errors.RemoteError` (as a local index's
     missing shard is a ``FormatError``: the index names a file that is not there)."""
@@ -196,7 +204,7 @@ def open_shard(path: str, shard: str, map_location: MapLocation = None) -> Check
     from ..remote import is_url
 
     try:
-        return reader.open(path, map_location=map_location)
+        return reader.open(path, map_location=map_location, unknown=unknown)
     except PthError as exc:
         exc.message = f"shard '{escape(shard)}': {exc.message}"
         raise exc.locate() from None
@@ -210,7 +218,7 @@ def open_shard(path: str, shard: str, map_location: MapLocation = None) -> Check
 
 
 def open_shards(
-    layout: ShardLayout, map_location: MapLocation = None
+    layout: ShardLayout, map_location: MapLocation = None, unknown: Unknown = "error"
 ) -> tuple[dict[str, Checkpoint], dict[str, TensorRef], dict[str, str]]:
     """Open every shard (metadata only): ``(shards by file name, TensorRef by key, the
     weight map)``.  Each key must be in exactly the shard the index names."""
@@ -218,7 +226,7 @@ def open_shards(
 
     if layout.weight_map is None:  # one checkpoint file: its tensors are the map
         name = os.path.basename(layout.index_path)
-        ckpt = reader.open(layout.index_path, map_location=map_location)
+        ckpt = reader.open(layout.index_path, map_location=map_location, unknown=unknown)
         single = dict(ckpt.tensors())
         return {name: ckpt}, single, dict.fromkeys(single, name)
     weight_map = layout.weight_map
@@ -227,8 +235,8 @@ def open_shards(
     for shard in dict.fromkeys(weight_map.values()):
         path = os.path.join(layout.folder, shard)
         if not os.path.isfile(path):
-            raise FormatError(f"shard '{escape(shard)}' named by the index is missing")
-        ckpt = shards[shard] = open_shard(path, shard, map_location)
+            raise FormatError(missing_shard(shard))
+        ckpt = shards[shard] = open_shard(path, shard, map_location, unknown)
         for key, ref in ckpt.tensors():
             owner = weight_map.get(key)
             if owner is None:

@@ -35,7 +35,7 @@ import re
 from .. import reader
 from ..errors import FormatError, PthError, RemoteError, UnsafePickleError, UnsupportedError
 from ..formats.contract import Options
-from ..formats.sharding import index_document
+from ..formats.sharding import index_document, missing_shard
 from ..model.device import location_mapper
 from ..model.tensor import TensorRef
 from ..model.tree import walk
@@ -272,19 +272,23 @@ def _validate_index(path: str, strict: bool, data: bool) -> Report:
     except PthError as exc:  # a folder of several indexes: which one is meant is unknown
         problem = Problem("index.inconsistent", "error", exc.message)
         return Report(path, "sharded", False, [problem], strict, exc.message)
-    problems: list[Problem] = []
+    folder, name = os.path.dirname(index), os.path.basename(index)
+    listed = _listed_shards(index)
+    # every missing shard, each a problem (opening the shards stops at the first)
+    missing = [
+        missing_shard(shard) for shard in listed if not os.path.isfile(os.path.join(folder, shard))
+    ]
+    problems = [Problem("index.inconsistent", "error", message, name) for message in missing]
     try:
         ShardedCheckpoint(index)
     except PthError as exc:
-        problems.append(
-            Problem("index.inconsistent", "error", exc.message, os.path.basename(index))
-        )
-    folder = os.path.dirname(index)
+        if exc.message not in missing:
+            problems.append(Problem("index.inconsistent", "error", exc.message, name))
     reports: list[tuple[str, Report]] = []
-    for shard in _listed_shards(index):
+    for shard in listed:
         shard_path = os.path.join(folder, shard)
         if not os.path.isfile(shard_path):
-            continue  # reported as index.inconsistent above
+            continue  # reported above
         if is_index(shard_path) or os.path.samefile(shard_path, index):
             # an index listing an index (or itself) as a shard: never followed
             problems.append(
@@ -292,7 +296,7 @@ def _validate_index(path: str, strict: bool, data: bool) -> Report:
                     "index.inconsistent",
                     "error",
                     f"shard '{escape(shard)}' is a shard index, not a checkpoint",
-                    os.path.basename(index),
+                    name,
                 )
             )
             continue
@@ -302,22 +306,34 @@ def _validate_index(path: str, strict: bool, data: bool) -> Report:
 
 def _validate_remote_index(url: str, strict: bool, data: bool) -> Report:
     """A shard index by URL: the index against every shard's keys, then every shard."""
-    problems: list[Problem] = []
-    shards: list[str] = []
+    name = _base_name(url)
     try:
         sharded = ShardedCheckpoint(url)  # the index, read and checked as a local one
-        shards = sharded.shard_paths()
-        with sharded:
-            sharded.open_all()  # every shard's keys against the index
     except PthError as exc:
-        problems.append(Problem("index.inconsistent", "error", exc.message, _base_name(url)))
+        return _index_report(
+            url, [Problem("index.inconsistent", "error", exc.message, name)], [], strict
+        )
+    failed: dict[str, PthError] = {}
+    with sharded:
+        sharded.open_all(failed)  # every shard's keys against the index
+    problems = [
+        Problem("index.inconsistent", "error", exc.message, name) for exc in failed.values()
+    ]
     reports: list[tuple[str, Report]] = []
-    for shard in shards:
+    for shard in sharded.shard_paths():
+        if _base_name(shard) in failed and isinstance(failed[_base_name(shard)], RemoteError):
+            continue  # (a shard that cannot be fetched: reported above)
         try:
             reports.append((_base_name(shard), validate(shard, strict=strict, data=data)))
-        except FileNotFoundError:  # a shard the server does not have: index.inconsistent
-            if not problems:
-                raise
+        except FileNotFoundError:  # (gone since it was opened)
+            problems.append(
+                Problem(
+                    "index.inconsistent",
+                    "error",
+                    f"shard '{escape(_base_name(shard))}' named by the index cannot be fetched",
+                    name,
+                )
+            )
     return _index_report(url, problems, reports, strict)
 
 

@@ -568,6 +568,7 @@ def test_inspect_url_is_the_local_summary(server: StaticServer, files: dict[str,
 def test_cli_inspect_and_convert_url(server: StaticServer, files: dict[str, Path], tmp_path: Path):
     import subprocess
 
+    import ml_dtypes  # noqa: F401  (safetensors' numpy loader names bfloat16 through it)
     from safetensors.numpy import load_file
 
     from tests.support import ROOT
@@ -616,7 +617,9 @@ def test_sharded_url_inspect_and_convert(tmp_path: Path):
             s.put(p.name, p)
         summary = inspect_summary(s.url(index.name))
         pthfmt.convert(s.url(index.name), tmp_path / "all.pt")
+        compared = pthfmt.diff(s.url(index.name), index)  # (each shard read on access)
     local = inspect_summary(str(index))
+    assert compared.identical and compared.equal == len(sd), compared
     assert summary["shards"] == local["shards"] and len(local["shards"]) >= 3
     assert without_offsets(summary)["tensors"] == without_offsets(local)["tensors"]
     back = torch.load(tmp_path / "all.pt", weights_only=True)
