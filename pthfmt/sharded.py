@@ -90,7 +90,8 @@ def _remote_index(url: str) -> tuple[dict[str, str], dict[str, Any]]:
 class ShardedCheckpoint(Mapping[str, np.ndarray], Closing):
     """All tensors of a sharded checkpoint as one mapping: every shard is opened for its
     metadata (its keys checked against the index), arrays are read on access.  Use as a
-    context manager or call :meth:`close`."""
+    context manager or call :meth:`close`.  ``unknown`` is :func:`pthfmt.open`'s, for every
+    shard."""
 
     shards: dict[str, reader.Checkpoint]
     refs: dict[str, TensorRef]
