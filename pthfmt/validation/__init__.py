@@ -320,20 +320,15 @@ def _validate_remote_index(url: str, strict: bool, data: bool) -> Report:
         Problem("index.inconsistent", "error", exc.message, name) for exc in failed.values()
     ]
     reports: list[tuple[str, Report]] = []
-    for shard in sharded.shard_paths():
-        if _base_name(shard) in failed and isinstance(failed[_base_name(shard)], RemoteError):
+    for shard_url in sharded.shard_paths():
+        shard = _base_name(shard_url)
+        if isinstance(failed.get(shard), RemoteError):
             continue  # (a shard that cannot be fetched: reported above)
         try:
-            reports.append((_base_name(shard), validate(shard, strict=strict, data=data)))
+            reports.append((shard, validate(shard_url, strict=strict, data=data)))
         except FileNotFoundError:  # (gone since it was opened)
-            problems.append(
-                Problem(
-                    "index.inconsistent",
-                    "error",
-                    f"shard '{escape(_base_name(shard))}' named by the index cannot be fetched",
-                    name,
-                )
-            )
+            message = f"shard '{escape(shard)}' named by the index cannot be fetched"
+            problems.append(Problem("index.inconsistent", "error", message, name))
     return _index_report(url, problems, reports, strict)
 
 
