@@ -306,6 +306,14 @@ class StoredReader:
             return None
         return self.src.whole
 
+    def views_from(self) -> memoryview | None:
+        """The file as one ``memoryview`` when a storage's zero-copy view (``mmap=True``) is
+        ``np.frombuffer`` of a slice of it (a local file in native byte order; the tensor
+        fast path makes those views itself), else ``None``."""
+        if self.big_endian or type(self.src) is not Source:
+            return None
+        return self.src.view
+
 
 #: Storages smaller than this are copied out of the file's mapping in one call (larger ones
 #: are read into fresh pages: :meth:`Source.copy`).

@@ -258,6 +258,7 @@ class TensorTemplate:
         "unmade",
         "unmade_from",
         "views",
+        "views_from",
     )
 
     def __init__(
@@ -281,12 +282,14 @@ class TensorTemplate:
         #: the :class:`TensorRef` itself, as ``make_tensor`` would
         self.direct = direct
         #: the reader of storages lying uncompressed in the file, and the file as one array
-        #: when an eager copy of such a storage is a plain slice of it copied: the fast path
-        #: makes those copies itself (``stored.copies_from``); else ``None``
+        #: when an eager copy of such a storage is a plain slice of it copied, or as one
+        #: memoryview when an eager mapped storage is a slice of it: the fast path makes those
+        #: copies and views itself (``stored.copies_from``, ``stored.views_from``)
         self.stored = stored
         self.copies_from = (
             stored.copies_from() if stored is not None and eager and not mmap else None
         )
+        self.views_from = stored.views_from() if stored is not None and eager and mmap else None
         #: Each distinct size or stride tuple once: a million tensors of a few shapes hold a
         #: few tuples, not two million (each one memory, and work for every full collection).
         self.tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -593,15 +596,15 @@ class TensorTemplate:
             else:
                 buffer = storage._buffer
                 if buffer is None:
-                    if (
-                        storage._reader is self.stored
-                        and (whole := self.copies_from) is not None
-                        and (nbytes := storage.nbytes) < SMALL_COPY
-                        and (start := storage.offset) is not None
-                        and start + nbytes <= len(whole)
-                    ):  # (what storage.buffer() does, written out: once per storage)
-                        buffer = storage._buffer = whole[start : start + nbytes].copy()
-                    else:
+                    # (what storage.buffer() does, written out: once per storage)
+                    if storage._reader is self.stored and (start := storage.offset) is not None:
+                        end = start + storage.nbytes
+                        if (whole := self.copies_from) is not None:
+                            if end - start < SMALL_COPY and end <= len(whole):
+                                buffer = storage._buffer = whole[start:end].copy()
+                        elif (mapped := self.views_from) is not None and end <= len(mapped):
+                            buffer = storage._buffer = np.frombuffer(mapped[start:end], np.uint8)
+                    if buffer is None:
                         buffer = storage.buffer(self.mmap)
                 itemsize = dtype.itemsize
                 if stride == (1,) and offset == 0 and 0 < size[0] * itemsize == buffer.nbytes:

@@ -193,6 +193,55 @@ def test_the_fast_path_copies_small_storages_itself(
     assert all(a.flags.writeable for a in arrays)
 
 
+def _root(arr: np.ndarray) -> Any:
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    return arr.base
+
+
+def test_the_fast_path_maps_storages_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mmap=True`` loads of a local file: the fast path makes each storage's view of the
+    mapping itself, each storage the root of its arrays (a memoryview of its own bytes), as
+    the loop does (through ``Source.array``)."""
+    data = saved({"model": mixed(), "again": mixed()})
+    path = tmp_path / "m.pt"
+    path.write_bytes(data)
+    views: list[int] = []
+    array = Source.array
+
+    def counted(self: Source, offset: int, nbytes: int) -> Any:
+        views.append(nbytes)
+        return array(self, offset, nbytes)
+
+    monkeypatch.setattr(Source, "array", counted)
+
+    def load(fast: bool) -> Any:
+        Unpickler.fast_paths = fast
+        try:
+            return pthfmt.load(path, mmap=True)
+        finally:
+            Unpickler.fast_paths = True
+
+    fast = load(True)
+    assert len(views) == 10  # (the first mixed()'s storages: the loop's, as above)
+    views.clear()
+    slow = load(False)
+    assert len(views) == 20
+    assert canonical(fast) == canonical(slow)
+    for tree in (fast, slow):
+        arrays = {k: v for k, v in tree["again"].items()}
+        roots = {k: _root(a) for k, a in arrays.items()}
+        assert all(type(r) is memoryview for r in roots.values())
+        assert roots["view"] is roots["again"]  # one storage, one root
+        # each root holds exactly its storage's bytes (``view`` and ``again``: the 23 float32
+        # the writer keeps for the two)
+        sizes = {k: 92 if k in ("view", "again") else a.nbytes for k, a in arrays.items()}
+        assert {k: r.nbytes for k, r in roots.items()} == sizes
+        assert not any(a.flags.writeable for a in arrays.values())
+
+
 def test_mixed_shapes_agree_with_the_loop(hits: list[int]) -> None:
     data = saved({"model": mixed(), "epoch": 3, "again": mixed()})
     assert assert_same(data)[0] == "tree"
