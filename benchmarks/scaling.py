@@ -104,8 +104,10 @@ def floor_worker(path: str) -> None:
     data = TorchZip(Source(path)).read("data.pkl")
     devices: dict[str, object] = {}
 
-    def rebuild(storage, offset, shape, stride, requires_grad, hooks, *metadata):  # type: ignore[no-untyped-def]
-        return _Tensor(storage, offset, shape, stride)
+    def rebuild(
+        storage: _Storage, offset: int, shape: tuple, stride: tuple, *rest: object
+    ) -> _Tensor:
+        return _Tensor(storage, offset, shape, stride)  # (rest: requires_grad, hooks...)
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> object:

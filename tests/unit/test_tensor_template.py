@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -95,16 +96,16 @@ def canonical(obj: Any) -> Any:
 
 
 def outcome(data: bytes, fast: bool, lazy: bool = False) -> Any:
-    Unpickler.fast_paths = fast
-    try:
-        if lazy:
-            with pthfmt.open(io.BytesIO(data)) as ck:
-                return ("tree", canonical(ck.obj))
-        return ("tree", canonical(pthfmt.load(io.BytesIO(data))))
-    except PthError as exc:
-        return ("error", type(exc).__name__, str(exc), exc.record, exc.offset, exc.key_path)
-    finally:
-        Unpickler.fast_paths = True
+    def load() -> Any:
+        try:
+            if lazy:
+                with pthfmt.open(io.BytesIO(data)) as ck:
+                    return ("tree", canonical(ck.obj))
+            return ("tree", canonical(pthfmt.load(io.BytesIO(data))))
+        except PthError as exc:
+            return ("error", type(exc).__name__, str(exc), exc.record, exc.offset, exc.key_path)
+
+    return with_fast_paths(fast, load)
 
 
 def assert_same(data: bytes) -> Any:
@@ -118,6 +119,28 @@ def assert_same(data: bytes) -> Any:
 def hits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """[taken, declined] counts of the fast path."""
     return count_fast_path(monkeypatch)
+
+
+def with_fast_paths(fast: bool, load: Callable[[], Any]) -> Any:
+    """``load()`` with the fast path on or off (the loop: the oracle)."""
+    Unpickler.fast_paths = fast
+    try:
+        return load()
+    finally:
+        Unpickler.fast_paths = True
+
+
+def counted_reads(monkeypatch: pytest.MonkeyPatch, method: str) -> list[int]:
+    """The sizes ``Source.<method>(offset, nbytes)`` is asked for from now on."""
+    sizes: list[int] = []
+    real = getattr(Source, method)
+
+    def counted(self: Source, offset: int, nbytes: int) -> Any:
+        sizes.append(nbytes)
+        return real(self, offset, nbytes)
+
+    monkeypatch.setattr(Source, method, counted)
+    return sizes
 
 
 def saved(obj: Any) -> bytes:
@@ -166,28 +189,17 @@ def test_the_fast_path_copies_small_storages_itself(
     data = saved({"model": mixed(), "again": mixed()})
     path = tmp_path / "m.pt"
     path.write_bytes(data)
-    copies: list[int] = []
-    copy = Source.copy
+    copies = counted_reads(monkeypatch, "copy")
 
-    def counted(self: Source, offset: int, nbytes: int) -> Any:
-        copies.append(nbytes)
-        return copy(self, offset, nbytes)
+    def load() -> Any:
+        return canonical(pthfmt.load(path if where == "path" else io.BytesIO(data)))
 
-    monkeypatch.setattr(Source, "copy", counted)
-
-    def load(fast: bool) -> Any:
-        Unpickler.fast_paths = fast
-        try:
-            return canonical(pthfmt.load(path if where == "path" else io.BytesIO(data)))
-        finally:
-            Unpickler.fast_paths = True
-
-    fast = load(True)
+    fast = with_fast_paths(True, load)
     # the first mixed()'s tensors each name a storage class first (a GLOBAL, not a memo
     # get): the loop's; the second's 10 storages are the fast path's
     assert len(copies) == 10
     copies.clear()
-    assert fast == load(False)
+    assert fast == with_fast_paths(False, load)
     assert len(copies) == 20
     arrays = [v for v in pthfmt.load(path)["model"].values()]
     assert all(a.flags.writeable for a in arrays)
@@ -208,26 +220,11 @@ def test_the_fast_path_maps_storages_itself(
     data = saved({"model": mixed(), "again": mixed()})
     path = tmp_path / "m.pt"
     path.write_bytes(data)
-    views: list[int] = []
-    array = Source.array
-
-    def counted(self: Source, offset: int, nbytes: int) -> Any:
-        views.append(nbytes)
-        return array(self, offset, nbytes)
-
-    monkeypatch.setattr(Source, "array", counted)
-
-    def load(fast: bool) -> Any:
-        Unpickler.fast_paths = fast
-        try:
-            return pthfmt.load(path, mmap=True)
-        finally:
-            Unpickler.fast_paths = True
-
-    fast = load(True)
+    views = counted_reads(monkeypatch, "array")
+    fast = with_fast_paths(True, lambda: pthfmt.load(path, mmap=True))
     assert len(views) == 10  # (the first mixed()'s storages: the loop's, as above)
     views.clear()
-    slow = load(False)
+    slow = with_fast_paths(False, lambda: pthfmt.load(path, mmap=True))
     assert len(views) == 20
     assert canonical(fast) == canonical(slow)
     for tree in (fast, slow):
